@@ -1,0 +1,46 @@
+# Entry points: `make demo`, `make test`. Everything else is for developers.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+ARGS   ?=
+
+.PHONY: install demo test test-all faults bench bench-year lint clean up
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) ..."
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole system: embedded broker + PostgreSQL, workers, sinks, a simulated city, live counters.
+demo: $(STAMP)
+	@$(BIN)/ehb demo $(ARGS)
+
+## Start only the embedded broker and PostgreSQL (prints the EHB_* variables to use them).
+up: $(STAMP)
+	@$(BIN)/ehb up $(ARGS)
+
+## The default test suite (starts its own broker and database).
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+
+faults: $(STAMP)
+	@$(BIN)/python -m pytest -m slow tests/faults $(ARGS)
+
+bench: $(STAMP)
+	@$(BIN)/python benchmarks/bench.py $(ARGS)
+
+bench-year: $(STAMP)
+	@$(BIN)/python benchmarks/bench.py --year $(ARGS)
+
+clean:
+	rm -rf .ehb .pytest_cache

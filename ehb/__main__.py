@@ -1,0 +1,3 @@
+from ehb.cli import main
+
+main()

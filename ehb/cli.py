@@ -1,0 +1,279 @@
+"""``ehb``: the command line of the electronic-health-book pipeline.
+
+Every command reads the ``EHB_*`` settings (``ehb settings`` lists them), so each process can
+run on its own machine against external services; without ``EHB_KAFKA_BOOTSTRAP`` /
+``EHB_DATABASE_URL`` the commands use the embedded stack that ``ehb up`` or ``ehb demo`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from ehb.exceptions import EhbError
+from ehb.logs import configure_logging
+from ehb.settings import Settings
+
+__all__ = ["app", "main"]
+
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("ehb")
+
+
+def _settings_epilog() -> str:
+    lines = ["Settings (environment variables):", ""]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        lines.append(f"  EHB_{name.upper()} (default {shown}): {field.description}")
+    return "\n\n".join(lines)
+
+
+app = typer.Typer(
+    name="ehb",
+    help="Event-streaming backbone of Ho Chi Minh City's electronic health book: facilities "
+         "-> Kafka -> Faust -> PostgreSQL + Prometheus.",
+    epilog=_settings_epilog(),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"EHB_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise EhbError(f"invalid settings: {problems}") from None
+    configure_logging(settings.log_level)
+    return settings
+
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option("--metrics-port", help="Port of /metrics (0 disables). [env: EHB_METRICS_PORT]"),
+]
+
+
+# -- services -----------------------------------------------------------------------------
+@app.command()
+def up(
+    fresh: Annotated[bool, typer.Option(help="Start with an empty database.")] = False,
+) -> None:
+    """Start the embedded broker (Tansu) and PostgreSQL, create topics, migrate; until Ctrl-C."""
+    from ehb.embedded import EmbeddedStack
+    from ehb.kafka import create_topics
+    from sinks.migrate import migrate
+
+    settings = load_settings()
+    stack = EmbeddedStack(settings, fresh_database=fresh)
+    with console.status("starting the embedded broker and PostgreSQL..."):
+        info = stack.start()
+    try:
+        stack_settings = settings.model_copy(update={"kafka_bootstrap": info.bootstrap})
+        create_topics(stack_settings)
+        from ehb.db import connect
+        from pydantic import SecretStr
+
+        conn = connect(settings.model_copy(update={"database_url": SecretStr(info.database_url)}))
+        migrate(conn)
+        conn.close()
+        out.print(f"export EHB_KAFKA_BOOTSTRAP={info.bootstrap}")
+        out.print(f"export EHB_DATABASE_URL={info.database_url}")
+        console.print("[green]embedded stack running[/] (other ehb commands on this machine "
+                      "find it without the variables); Ctrl-C to stop")
+        _wait_for_signal()
+    finally:
+        stack.stop()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+@app.command()
+def topics(
+    create: Annotated[bool, typer.Option("--create/--list", help="Create missing topics.")] = True,
+) -> None:
+    """Create (default) or list the pipeline's topics with their partition counts."""
+    from ehb.kafka import admin_client, create_topics, topic_specs
+
+    settings = load_settings()
+    status = create_topics(settings) if create else {}
+    metadata = admin_client(settings).list_topics(timeout=10).topics
+    table = Table("topic", "partitions", "key", "value", "status")
+    for spec in topic_specs(settings):
+        name = settings.topic(spec.name)
+        partitions = len(metadata[name].partitions) if name in metadata else 0
+        table.add_row(name, str(partitions), spec.key, spec.value,
+                      status.get(name, "exists" if name in metadata else "missing"))
+    out.print(table)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (the sink also does this at start)."""
+    from ehb.db import connect
+    from sinks.migrate import migrate as apply
+
+    settings = load_settings()
+    conn = connect(settings)
+    try:
+        applied = apply(conn)
+    finally:
+        conn.close()
+    out.print(f"applied: {', '.join(applied) if applied else 'nothing (up to date)'}")
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Show every setting, its environment variable and its current value (secrets masked)."""
+    settings = load_settings()
+    table = Table("variable", "value", "meaning")
+    values = settings.public_dict()
+    for name, field in Settings.model_fields.items():
+        table.add_row(f"EHB_{name.upper()}", str(values[name]), field.description or "")
+    out.print(table)
+
+
+# -- the data path ------------------------------------------------------------------------
+@app.command()
+def worker(metrics_port: MetricsPort = None) -> None:
+    """Run a Faust stream worker (validate, enrich, route; stateful health-book stage)."""
+    import faust
+    from prometheus_client import start_http_server
+
+    from ehb.kafka import resolve_bootstrap
+    from streams.app import create_app
+    from streams.registry import initial_registry
+
+    settings = load_settings(metrics_port=metrics_port)
+    resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
+    registry = initial_registry(settings)
+    faust_app = create_app(settings, registry=registry)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
+    log.info("worker %s starting (group %s, %d facilities in registry)",
+             faust_app.conf.id, settings.worker_group, len(registry))
+    faust_worker = faust.Worker(faust_app, loglevel=settings.log_level.lower()
+                                .replace("warning", "warn"), quiet=True,
+                                redirect_stdouts=False)
+    faust_worker.execute_from_commandline()
+
+
+@app.command()
+def sink(metrics_port: MetricsPort = None) -> None:
+    """Run the PostgreSQL sink (health book, referrals, appointments, dead letters)."""
+    from sinks.runner import run_sink
+
+    settings = load_settings(metrics_port=metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_sink(settings, stop)
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Option(help="Examination events to publish.")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Events per second (0: as fast as possible).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same city).")] = 79,
+    invalid_share: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.01,
+    days: Annotated[float | None, typer.Option(
+        help="Simulated days the events span. Default: the city's real pace, "
+             "3,789,912 exams a year.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
+) -> None:
+    """Publish a simulated city's examination events."""
+    from producers.simulate import run_simulation
+    from producers.simulator import SimulationConfig
+
+    settings = load_settings()
+    config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days)
+    summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
+                             progress=console)
+    out.print_json(json.dumps(summary))
+
+
+@app.command()
+def publish(
+    file: Annotated[Path, typer.Argument(help="JSON Lines file, one examination event a line.",
+                                         exists=True, dir_okay=False, readable=True)],
+    batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
+) -> None:
+    """Publish examination events from a JSON Lines file (fields: the schema's field names).
+
+    A bad line is reported with its line number and reason; the good lines are still
+    published. Exit code 1 when any line was bad.
+    """
+    from producers.jsonl import publish_jsonl
+
+    settings = load_settings()
+    report = publish_jsonl(settings, file, batch_size=batch_size)
+    for line_no, reason in report.bad_lines:
+        console.print(f"{file}:{line_no}: {reason}")
+    out.print(f"published {report.published} events from {file}"
+              f" ({len(report.bad_lines)} bad lines)")
+    if report.bad_lines:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    events: Annotated[int | None, typer.Option(
+        help="Publish exactly this many events, wait until each is persisted or "
+             "dead-lettered, print a summary and exit. Unset: run until Ctrl-C.")] = None,
+    rate: Annotated[float, typer.Option(
+        help="Events per second (0: as fast as possible). Default: 0 with --events, "
+             "else 200.")] = -1,
+    workers: Annotated[int, typer.Option(help="Stream worker processes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated city.")] = 79,
+    invalid_share: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.01,
+    days: Annotated[float | None, typer.Option(
+        help="Simulated days the events span (default: the city's real pace; more days "
+             "let referrals expire and appointments be kept or missed).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh/--keep",
+                                        help="Start with an empty database.")] = True,
+) -> None:
+    """Run the whole system: broker, PostgreSQL, workers, sink, a simulated city, live counters."""
+    from ehb.demo import run_demo
+
+    settings = load_settings()
+    code = run_demo(settings, events=events, rate=rate, workers=workers, seed=seed,
+                    invalid_share=invalid_share, days=days, fresh=fresh, console=out)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except EhbError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+def _elapsed(start: float) -> str:
+    return f"{time.monotonic() - start:.1f}s"

@@ -1,0 +1,310 @@
+"""``ehb demo``: the whole system on one machine, with live counters.
+
+Starts the embedded broker and PostgreSQL (unless ``EHB_KAFKA_BOOTSTRAP`` and
+``EHB_DATABASE_URL`` point elsewhere), creates the topics, migrates, starts ``ehb worker``
+(one or more) and ``ehb sink`` as separate processes, waits until the workers own their
+partitions, then runs the simulated city in this process and shows the campaign's counters
+live. With ``--events N`` it waits until every event is persisted or dead-lettered, prints a
+summary and exits 0; without, it runs until Ctrl-C. Either way every child is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from ehb.embedded import EmbeddedStack
+from ehb.exceptions import EhbError, ServiceUnavailable
+from ehb.settings import Settings
+
+__all__ = ["run_demo", "DemoChildren"]
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+
+@dataclass
+class DemoChildren:
+    """The worker and sink processes of a demo (also used by tests and benchmarks)."""
+
+    settings: Settings
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        s = self.settings
+        env["EHB_KAFKA_BOOTSTRAP"] = s.kafka_bootstrap or ""
+        env["EHB_DATABASE_URL"] = s.database_url.get_secret_value() if s.database_url else ""
+        env["EHB_DATA_DIR"] = str(s.state_dir)
+        env["EHB_KAFKA_SESSION_TIMEOUT_S"] = str(s.kafka_session_timeout_s)
+        env["EHB_KAFKA_PARTITIONS"] = str(s.kafka_partitions)
+        env["EHB_TOPIC_PREFIX"] = s.topic_prefix
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self, name: str, command: str, metrics_port: int,
+              extra_env: dict[str, str] | None = None) -> Child:
+        from ehb.embedded import _child_setup
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        env = self.env()
+        env["EHB_METRICS_PORT"] = str(metrics_port)
+        env.update(extra_env or {})
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ehb", command], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup(),
+            )
+        child = Child(name, proc, log, metrics_port)
+        self.children.append(child)
+        return child
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if c.proc.poll() is not None]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for child in self.children:
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait(5)
+        self.children.clear()
+
+
+def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
+    """Metric samples of a local /metrics endpoint: {'name{labels}': value}."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def wait_for_workers(children: list[Child], partitions: int, timeout: float = 120.0) -> float:
+    """Wait until the workers together own every partition of the input topic."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        dead = [c for c in children if c.proc.poll() is not None]
+        if dead:
+            raise ServiceUnavailable(f"{dead[0].name} exited; see {dead[0].log}")
+        total = 0.0
+        for child in children:
+            with contextlib.suppress(OSError):
+                total += scrape(child.metrics_port).get("ehb_worker_assigned_partitions", 0)
+        if total >= partitions:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise ServiceUnavailable(f"workers did not own the {partitions} partitions in {timeout:.0f}s")
+
+
+def read_counters(conn: Any) -> dict[str, Any]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT metric, label, value FROM campaign_counters")
+        rows = cur.fetchall()
+        cur.execute("SELECT greatest((SELECT max(persisted_at) FROM health_book_entries),"
+                    " (SELECT max(persisted_at) FROM dead_letters))")
+        last = cur.fetchone()[0]
+    conn.rollback()
+    counters: dict[str, Any] = {"dead_letters": {}, "last_commit": last}
+    for metric, label, value in rows:
+        if metric == "dead_letters":
+            counters["dead_letters"][label] = value
+        elif metric == "examinations":
+            counters[f"examinations_{label}"] = value
+        else:
+            counters[metric] = value
+    counters["examinations"] = (counters.get("examinations_in_province", 0)
+                                + counters.get("examinations_out_of_province", 0))
+    counters["dead_letters_total"] = sum(counters["dead_letters"].values())
+    return counters
+
+
+def render(counters: dict[str, Any], published: int, target: int | None, elapsed: float
+           ) -> Group:
+    table = Table(title="Ho Chi Minh City electronic health book (live)", min_width=60)
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    rows = [
+        ("events published", published),
+        ("examinations persisted", counters.get("examinations", 0)),
+        ("  in province", counters.get("examinations_in_province", 0)),
+        ("  out of province", counters.get("examinations_out_of_province", 0)),
+        ("health books integrated", counters.get("health_books_integrated", 0)),
+        ("referrals issued", counters.get("referrals", 0)),
+        ("  completed", counters.get("referrals_completed", 0)),
+        ("  expired", counters.get("referrals_expired", 0)),
+        ("appointments", counters.get("appointments", 0)),
+        ("  reminders", counters.get("appointment_reminders", 0)),
+        ("  kept", counters.get("appointments_kept", 0)),
+        ("  missed", counters.get("appointments_missed", 0)),
+        ("dead letters", counters.get("dead_letters_total", 0)),
+    ]
+    for reason, value in sorted(counters.get("dead_letters", {}).items()):
+        rows.append((f"  {reason}", value))
+    for name, value in rows:
+        table.add_row(name, f"{value:,}")
+    done = counters.get("examinations", 0) + counters.get("dead_letters_total", 0)
+    goal = f" of {target:,}" if target else ""
+    footer = f"{done:,}{goal} events accounted for after {elapsed:.1f}s — Ctrl-C to stop"
+    return Group(table, Panel(footer, expand=False))
+
+
+def run_demo(settings: Settings, *, events: int | None, rate: float, workers: int, seed: int,
+             invalid_share: float, fresh: bool, console: Console,
+             days: float | None = None) -> int:
+    from ehb.db import connect
+    from ehb.kafka import create_topics
+    from producers.publisher import ExaminationPublisher
+    from producers.simulate import run_simulation
+    from producers.simulator import SimulationConfig
+    from sinks.migrate import migrate
+
+    if rate < 0:
+        rate = 0 if events else 200
+    stack: EmbeddedStack | None = None
+    children: DemoChildren | None = None
+    publisher = None
+    conn = None
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    try:
+        if not settings.kafka_bootstrap or settings.database_url is None:
+            stack = EmbeddedStack(settings, fresh_database=fresh)
+            with console.status("starting the embedded broker (Tansu) and PostgreSQL..."):
+                info = stack.start()
+            updates: dict[str, Any] = {}
+            if not settings.kafka_bootstrap:
+                updates["kafka_bootstrap"] = info.bootstrap
+            if settings.database_url is None:
+                updates["database_url"] = SecretStr(info.database_url)
+            settings = settings.model_copy(update=updates)
+        if settings.kafka_session_timeout_s > 6 and stack is not None:
+            # Tansu makes group joins wait a full session timeout: keep it short here.
+            settings = settings.model_copy(update={"kafka_session_timeout_s": 6.0})
+        with console.status("creating topics and migrating the database..."):
+            create_topics(settings)
+            conn = connect(settings)
+            migrate(conn)
+        children = DemoChildren(settings, settings.state_dir / "demo-logs")
+        base_port = settings.metrics_port or 9400
+        sink_child = children.start("sink", "sink", base_port)
+        worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i)
+                           for i in range(workers)]
+        with console.status(f"starting {workers} worker(s) and the sink..."):
+            wait_for_workers(worker_children, settings.kafka_partitions)
+        console.print(f"metrics: sink :{sink_child.metrics_port}/metrics, workers "
+                      + ", ".join(f":{c.metrics_port}" for c in worker_children)
+                      + f"; logs in {children.log_dir}")
+
+        target = events
+        config = SimulationConfig(events=events or 10**12, seed=seed,
+                                  invalid_share=invalid_share,
+                                  days=days)
+        publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0)
+        stop = threading.Event()
+        summary: dict[str, Any] = {}
+
+        def simulate() -> None:
+            try:
+                summary.update(run_simulation(settings, config, rate=rate, stop=stop,
+                                              publisher=publisher))
+            except Exception as exc:  # reported by the main loop
+                summary["error"] = f"{type(exc).__name__}: {exc}"
+
+        sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        started = time.monotonic()
+        sim_thread.start()
+        counters: dict[str, Any] = {}
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not interrupted.is_set():
+                counters = read_counters(conn)
+                live.update(render(counters, publisher.events_delivered, target,
+                                   time.monotonic() - started))
+                if children.dead():
+                    child = children.dead()[0]
+                    raise EhbError(f"{child.name} exited with code {child.proc.returncode}; "
+                                   f"see {child.log}")
+                if "error" in summary:
+                    raise EhbError(f"simulator failed: {summary['error']}")
+                accounted = counters["examinations"] + counters["dead_letters_total"]
+                if target and not sim_thread.is_alive() and accounted >= target:
+                    break
+                time.sleep(0.25)
+        if interrupted.is_set():
+            return 0
+        stop.set()
+        _print_summary(console, counters, summary, publisher)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        console.print("stopping...")
+        if publisher is not None:
+            publisher.close()
+        if conn is not None:
+            conn.close()
+        if children is not None:
+            children.stop()
+        if stack is not None:
+            stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str, Any],
+                   publisher: Any) -> None:
+    first = publisher.first_publish
+    last = counters.get("last_commit")
+    table = Table(title="Summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    published = publisher.events_delivered
+    table.add_row("events published", f"{published:,}")
+    table.add_row("examinations persisted", f"{counters.get('examinations', 0):,}")
+    table.add_row("  in province", f"{counters.get('examinations_in_province', 0):,}")
+    table.add_row("  out of province", f"{counters.get('examinations_out_of_province', 0):,}")
+    table.add_row("health books integrated", f"{counters.get('health_books_integrated', 0):,}")
+    table.add_row("referrals", f"{counters.get('referrals', 0):,}")
+    table.add_row("appointments", f"{counters.get('appointments', 0):,}")
+    table.add_row("dead letters", f"{counters.get('dead_letters_total', 0):,}")
+    for reason, value in sorted(counters.get("dead_letters", {}).items()):
+        table.add_row(f"  {reason}", f"{value:,}")
+    if first and last:
+        seconds = last.timestamp() - first
+        table.add_row("first publish -> last commit", f"{seconds:.2f} s")
+        table.add_row("end-to-end throughput", f"{published / seconds:,.0f} events/s")
+    if summary.get("events_per_second"):
+        table.add_row("publish rate", f"{summary['events_per_second']:,.0f} events/s")
+    console.print(table)

@@ -1,0 +1,236 @@
+"""Kafka client configuration and the topic layout.
+
+One place turns the settings into librdkafka (confluent-kafka) and aiokafka (Faust) client
+configuration, security included, so the producer, the worker, the sink and every tool talk to
+the broker the same way. Topics are created explicitly with documented partition counts
+(``ehb topics``); nothing relies on broker auto-creation.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ehb.embedded import resolve_bootstrap
+from ehb.exceptions import ServiceUnavailable
+from ehb.settings import Settings
+
+__all__ = [
+    "TopicSpec",
+    "admin_client",
+    "consumer_config",
+    "create_topics",
+    "faust_broker_options",
+    "partition_for",
+    "producer_config",
+    "topic_specs",
+    "wait_for_broker",
+]
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic of the pipeline. ``name`` is logical; the settings add the prefix."""
+
+    name: str
+    partitions: int
+    key: str
+    value: str
+    description: str
+    config: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic, with its partitioning and retention (also the README's topic table)."""
+    n = settings.kafka_partitions
+    return [
+        TopicSpec(
+            "examinations", n, "facility code (ma_cskcb)",
+            "ExaminationBatch or ExaminationEvent",
+            "Input: facilities publish examination events, one or several per message; a "
+            "facility's events stay in order on one partition.",
+            {"retention.ms": str(30 * DAY_MS)},
+        ),
+        TopicSpec(
+            "examinations-by-citizen", n, "none (explicit partition = murmur2(citizen_key) % n)",
+            "ValidatedBatch",
+            "Internal: validated, enriched events re-partitioned by pseudonymous citizen key "
+            "for the stateful stage.",
+            {"retention.ms": str(7 * DAY_MS)}, internal=True,
+        ),
+        TopicSpec(
+            "health-book", n, "citizen_key", "HealthBookRecord",
+            "Every valid examination, and one BOOK_INTEGRATED record per citizen.",
+            {"retention.ms": str(30 * DAY_MS)},
+        ),
+        TopicSpec(
+            "referrals", max(1, n // 2), "citizen_key", "ReferralRecord",
+            "Referral letters: ISSUED, COMPLETED, EXPIRED. Pseudonymous.",
+            {"retention.ms": str(90 * DAY_MS)},
+        ),
+        TopicSpec(
+            "appointments", max(1, n // 2), "citizen_key", "AppointmentRecord",
+            "Follow-up appointments: SCHEDULED, REMINDER, KEPT, MISSED. Pseudonymous.",
+            {"retention.ms": str(90 * DAY_MS)},
+        ),
+        TopicSpec(
+            "dead-letter", max(1, n // 4), "facility code, when known", "DeadLetter",
+            "Inputs that could not be processed, with the original bytes and a reason code.",
+            {"retention.ms": str(90 * DAY_MS)},
+        ),
+    ]
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The Java client's default partitioner (murmur2), as aiokafka and Faust use it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.upper().startswith("SASL"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        if settings.kafka_sasl_username:
+            conf["sasl.username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_cafile:
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    return conf
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": resolve_bootstrap(settings), **_security(settings)}
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf = {
+        **base_config(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+        "queue.buffering.max.kbytes": 1048576,
+        # Same partitioner as the Java client, aiokafka and Faust: a key lands on the same
+        # partition whichever client wrote it.
+        "partitioner": "murmur2_random",
+        # Never give up on a message: an outage is waited out, not turned into a loss.
+        "message.timeout.ms": 0,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
+    conf = {
+        **base_config(settings),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
+        "heartbeat.interval.ms": max(500, int(settings.kafka_session_timeout_s * 1000) // 5),
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 100,
+        "enable.partition.eof": False,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(base_config(settings))
+
+
+def wait_for_broker(settings: Settings, timeout: float = 30.0) -> AdminClient:
+    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=2)
+            return admin
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"Kafka broker {resolve_bootstrap(settings)} unreachable: {exc}"
+                ) from exc
+            time.sleep(0.2)
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create the missing topics; returns {topic: "created" | "exists"}."""
+    admin = wait_for_broker(settings, timeout)
+    existing = set(admin.list_topics(timeout=10).topics)
+    result: dict[str, str] = {}
+    wanted = []
+    for spec in topic_specs(settings):
+        name = settings.topic(spec.name)
+        if name in existing:
+            result[name] = "exists"
+        else:
+            wanted.append(
+                NewTopic(name, spec.partitions, settings.kafka_replication_factor,
+                         config=dict(spec.config))
+            )
+    if wanted:
+        futures = admin.create_topics(wanted, request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                future.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS (a race)
+                    result[name] = "exists"
+                else:
+                    raise ServiceUnavailable(f"cannot create topic {name}: {exc}") from exc
+    _wait_for_metadata(admin, list(result), timeout)
+    return result
+
+
+def _wait_for_metadata(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        known = admin.list_topics(timeout=5).topics
+        if all(t in known and known[t].partitions for t in topics):
+            return
+        time.sleep(0.1)
+    raise ServiceUnavailable(f"topics not visible in metadata after {timeout:.0f}s: {topics}")
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) settings derived from the same security settings."""
+    import faust
+
+    options: dict[str, Any] = {"broker": f"kafka://{resolve_bootstrap(settings)}"}
+    proto = settings.kafka_security_protocol.upper()
+    context = None
+    if proto.endswith("SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if proto.startswith("SASL"):
+        password = (
+            settings.kafka_sasl_password.get_secret_value()
+            if settings.kafka_sasl_password is not None else ""
+        )
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options

@@ -1,0 +1,161 @@
+"""Settings: one name, one default, one place (12-factor, environment variables prefixed ``EHB_``).
+
+Every process (``ehb worker``, ``ehb sink``, ``ehb simulate`` ...) reads the same model, so the
+processes can be spread over machines and pointed at the same broker and database with the
+same variables. When ``EHB_KAFKA_BOOTSTRAP`` / ``EHB_DATABASE_URL`` are unset, the commands use
+the embedded broker and PostgreSQL that ``ehb up`` / ``ehb demo`` start (see ``ehb.embedded``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Environment", "Settings", "get_settings"]
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """All settings of the pipeline. The README's "Settings" table is generated from this model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EHB_", env_file=None, extra="ignore", case_sensitive=False
+    )
+
+    env: Environment = Field(
+        Environment.DEVELOPMENT,
+        description="development or production. Production refuses to start without "
+        "explicit secrets, broker and database.",
+    )
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="Kafka bootstrap servers (host:port,...). Unset: use the embedded broker "
+        "started by `ehb up` / `ehb demo`.",
+    )
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when a SASL protocol is used."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    kafka_session_timeout_s: float = Field(
+        10.0,
+        description="Consumer-group session timeout. Short in development so that joins and "
+        "failover are quick; 30-45 s is usual on Apache Kafka in production.",
+    )
+    kafka_partitions: int = Field(
+        8, ge=1, description="Partitions of the examination and routed topics (see README)."
+    )
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of created topics (3 on the compose cluster)."
+    )
+    topic_prefix: str = Field("ehb.", description="Prefix of every topic name.")
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible schema registry. Unset: schema ids come from the "
+        "versioned catalog schemas/catalog.json.",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL DSN (postgresql://user:pass@host:port/db). Unset: use the "
+        "embedded PostgreSQL started by `ehb up` / `ehb demo`.",
+    )
+    metrics_port: int = Field(
+        9400, ge=0, description="Port of the /metrics endpoint (0 disables it)."
+    )
+    data_dir: Path = Field(
+        Path(".ehb"),
+        description="Local state: embedded PostgreSQL data, broker logs, outboxes. Git-ignored.",
+    )
+    citizen_key_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of the pseudonymous citizen key. Development: generated once "
+        "under EHB_DATA_DIR when unset. Production: required.",
+    )
+    worker_group: str = Field("ehb-worker", description="Consumer group / Faust app id of workers.")
+    sink_group: str = Field("ehb-sink", description="Consumer group of the PostgreSQL sink.")
+    sink_batch_size: int = Field(5000, ge=1, description="Max records per sink transaction.")
+    sink_batch_timeout_s: float = Field(
+        0.2, gt=0, description="Max wait to fill a sink batch before writing it."
+    )
+    worker_batch_size: int = Field(
+        200, ge=1, description="Max input messages the worker handles per batch."
+    )
+    worker_batch_timeout_s: float = Field(
+        0.05, gt=0, description="Max wait to fill a worker batch."
+    )
+    referral_window_days: float = Field(
+        30.0, gt=0, description="A referral is completed when the patient's exam at the "
+        "destination arrives within this many days (event time) of the letter.")
+    appointment_reminder_lead_hours: float = Field(
+        24.0, ge=0, description="A reminder is emitted this long (event time) before the "
+        "follow-up appointment.")
+    appointment_grace_days: float = Field(
+        3.0, ge=0, description="An appointment is kept by an exam at its facility within this "
+        "many days either side of the date; missed when the window has passed.")
+    allowed_lateness_hours: float = Field(
+        48.0, ge=0, description="How late (event time) data may arrive and still count: the "
+        "watermark is the newest event time seen on a partition minus this.")
+    registry_refresh_s: float = Field(
+        30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_explicit_services(self) -> Settings:
+        if self.env is Environment.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("EHB_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                    ("EHB_DATABASE_URL", self.database_url),
+                    ("EHB_CITIZEN_KEY_SECRET", self.citizen_key_secret),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"production mode requires {', '.join(missing)}")
+            secret = self.citizen_key_secret
+            if secret is not None and len(secret.get_secret_value()) < 32:
+                raise ValueError("EHB_CITIZEN_KEY_SECRET must be at least 32 characters")
+        return self
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic name (``examinations`` -> ``ehb.examinations``)."""
+        return f"{self.topic_prefix}{name}"
+
+    @cached_property
+    def state_dir(self) -> Path:
+        return self.data_dir.resolve()
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print or log: secrets masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "**********"
+            out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def get_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

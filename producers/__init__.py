@@ -1,0 +1,1 @@
+"""The facility side: what hospital systems run to publish examination events to Kafka."""

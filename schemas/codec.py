@@ -1,0 +1,154 @@
+"""Avro in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body.
+
+Schema ids come from the catalog (``schemas/catalog.json``) or, when a Confluent-compatible
+registry is configured, from that registry. Decoding always resolves the writer's schema to
+the newest version of its subject (schema evolution), and fails with a stable reason code:
+
+=====================  ==========================================================
+``empty_message``      the value is empty (or a tombstone)
+``bad_magic_byte``     the first byte is not 0: not the Confluent wire format
+``truncated_header``   fewer than 5 bytes
+``unknown_schema_id``  the id is neither in the catalog nor in the registry
+``unexpected_schema``  a known schema, but not one this topic carries
+``malformed_avro``     the body does not decode with the writer's schema
+``trailing_bytes``     the body decodes but bytes are left over (over-long body)
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from schemas.catalog import Catalog, SchemaEntry, load_catalog
+from schemas.exceptions import DecodeError, EncodeError
+
+__all__ = ["AvroCodec", "Decoded", "MAGIC_BYTE", "wire_header"]
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">bI")
+
+
+def wire_header(schema_id: int) -> bytes:
+    return _HEADER.pack(MAGIC_BYTE, schema_id)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    entry: SchemaEntry
+    schema_id: int
+    record: dict[str, Any]
+
+    @property
+    def subject(self) -> str:
+        return self.entry.subject
+
+
+class _Writer:
+    """Encoder bound to one subject's newest schema: the header is computed once."""
+
+    __slots__ = ("entry", "header", "schema_id")
+
+    def __init__(self, entry: SchemaEntry, schema_id: int) -> None:
+        self.entry = entry
+        self.schema_id = schema_id
+        self.header = wire_header(schema_id)
+
+    def __call__(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self.header)
+        try:
+            schemaless_writer(buf, self.entry.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise EncodeError(f"{self.entry.subject}: {exc}") from exc
+        return buf.getvalue()
+
+
+class AvroCodec:
+    """Encode/decode records of the pipeline's subjects.
+
+    ``registry`` (a :class:`schemas.registry.RegistryIds`) maps catalog entries to registry ids;
+    without it the catalog ids are used.
+    """
+
+    def __init__(self, catalog: Catalog | None = None, registry: Any = None) -> None:
+        self.catalog = catalog or load_catalog()
+        self.registry = registry
+        self._writers: dict[str, _Writer] = {}
+        # schema id on the wire -> catalog entry of the writer's schema
+        self._by_wire_id: dict[int, SchemaEntry] = {}
+        if registry is None:
+            self._by_wire_id.update(self.catalog.by_id)
+        else:
+            for entry in self.catalog.entries:
+                self._by_wire_id[registry.id_of(entry)] = entry
+
+    def wire_id(self, entry: SchemaEntry) -> int:
+        return entry.id if self.registry is None else int(self.registry.id_of(entry))
+
+    def writer(self, subject: str) -> Callable[[dict[str, Any]], bytes]:
+        writer = self._writers.get(subject)
+        if writer is None:
+            entry = self.catalog.latest(subject)
+            writer = self._writers[subject] = _Writer(entry, self.wire_id(entry))
+        return writer
+
+    def encode(self, subject: str, record: dict[str, Any]) -> bytes:
+        return self.writer(subject)(record)
+
+    def _entry_for(self, schema_id: int) -> SchemaEntry | None:
+        entry = self._by_wire_id.get(schema_id)
+        if entry is None and self.registry is not None:
+            entry = self.registry.entry_for_unknown_id(schema_id, self.catalog)
+            if entry is not None:
+                self._by_wire_id[schema_id] = entry
+        return entry
+
+    def decode(self, data: bytes | None, subjects: Iterable[str] | None = None) -> Decoded:
+        """Decode one wire-format value, resolving it to the newest schema of its subject."""
+        if not data:
+            raise DecodeError("empty_message", "the message value is empty")
+        if data[0] != MAGIC_BYTE:
+            raise DecodeError(
+                "bad_magic_byte",
+                f"first byte is {data[0]:#04x}, expected 0x00 (Confluent wire format)",
+            )
+        if len(data) < _HEADER.size:
+            raise DecodeError("truncated_header", f"only {len(data)} bytes, need at least 5")
+        schema_id = _HEADER.unpack_from(data)[1]
+        entry = self._entry_for(schema_id)
+        if entry is None:
+            raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not known",
+                              schema_id=schema_id)
+        if subjects is not None and entry.subject not in subjects:
+            raise DecodeError(
+                "unexpected_schema",
+                f"schema id {schema_id} is {entry.subject}, not expected on this topic",
+                schema_id=schema_id,
+            )
+        latest = self.catalog.latest(entry.subject)
+        reader_schema = None if latest is entry else latest.parsed
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
+        try:
+            record = schemaless_reader(body, entry.parsed, reader_schema)
+        except (EOFError, StopIteration) as exc:
+            raise DecodeError("malformed_avro", f"body ends early: {exc or 'EOF'}",
+                              schema_id=schema_id) from exc
+        except Exception as exc:  # fastavro raises many kinds on garbage bodies
+            raise DecodeError("malformed_avro", f"{type(exc).__name__}: {exc}"[:300],
+                              schema_id=schema_id) from exc
+        if body.tell() != len(data):
+            raise DecodeError(
+                "trailing_bytes",
+                f"{len(data) - body.tell()} bytes left after the record",
+                schema_id=schema_id,
+            )
+        if not isinstance(record, dict):
+            raise DecodeError("malformed_avro", "the body is not a record", schema_id=schema_id)
+        return Decoded(entry=entry, schema_id=schema_id, record=record)

@@ -1,0 +1,1 @@
+"""Sinks: the routed topics persisted to PostgreSQL, idempotently, with live counters."""

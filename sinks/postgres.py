@@ -1,0 +1,389 @@
+"""The PostgreSQL sink: routed records -> tables, idempotently, one transaction per batch.
+
+* Every table is upserted on its natural key, so a redelivered record leaves exactly one row.
+* The campaign counters (``campaign_counters``) are incremented in the same transaction, by
+  the rows that were really inserted or really changed state, so the Prometheus counters the
+  sink exports always equal what the tables hold, across crashes and redeliveries.
+* PostgreSQL down: the transaction is retried with backoff until it commits; the caller
+  commits Kafka offsets only after :meth:`PostgresWriter.write` returns.
+* A record the database refuses (a constraint) is isolated by retrying the batch one record
+  at a time under savepoints; it is written to ``dead_letters`` (reason ``db_rejected``) and
+  the rest of the batch flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2.extras import execute_values
+
+from schemas import SUBJECTS
+from sinks import metrics
+from sinks.consumer import Record
+from streams.enrichment import IN_PROVINCE
+from streams.validation import parse_datetime
+
+__all__ = ["PostgresWriter", "dead_letter_id"]
+
+log = logging.getLogger(__name__)
+
+
+def _ts(ms: int | datetime | None) -> datetime | None:
+    if ms is None or isinstance(ms, datetime):
+        return ms
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def dead_letter_id(record: dict[str, Any]) -> str:
+    """The dead letter's natural key: its event id when known, else its source position."""
+    if record.get("event_id"):
+        return f"event:{record['event_id']}"
+    index = record.get("event_index")
+    return (f"{record['source_topic']}:{record['source_partition']}:{record['source_offset']}"
+            f":{'-' if index is None else index}")
+
+
+def _dedupe(rows: Iterable[tuple[Any, ...]], key: Callable[[tuple[Any, ...]], Any]
+            ) -> list[tuple[Any, ...]]:
+    """One row per key (the last): ON CONFLICT cannot touch a row twice in one statement."""
+    return list({key(r): r for r in rows}.values())
+
+
+_ENTRY_COLUMNS = (
+    "ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, ho_ten, ngay_sinh, gioi_tinh, "
+    "ma_the_bhyt, ma_dkbd, registration_province, facility_province, scope, ma_loai_kcb, "
+    "visit_type, ma_benh_chinh, ma_benh_kt, ngay_vao, ngay_ra, ket_qua_dtri, ma_loai_rv, "
+    "t_tongchi_bv, t_tongchi_bh, t_bhtt, has_referral, has_appointment, published_at, "
+    "processed_at"
+)
+_ENTRY_UPDATE = ", ".join(
+    f"{c.strip()} = EXCLUDED.{c.strip()}" for c in _ENTRY_COLUMNS.split(",")[2:]
+)
+SQL_ENTRIES = (
+    f"INSERT INTO health_book_entries ({_ENTRY_COLUMNS}) VALUES %s "
+    f"ON CONFLICT (ma_cskcb, ma_lk) DO UPDATE SET {_ENTRY_UPDATE} "
+    "WHERE health_book_entries.event_id <> EXCLUDED.event_id "
+    "RETURNING (xmax = 0) AS inserted, scope, published_at"
+)
+SQL_BOOKS = (
+    "INSERT INTO health_books (citizen_key, so_cccd, ho_ten, first_event_id, first_ma_cskcb, "
+    "integrated_at) VALUES %s ON CONFLICT (citizen_key) DO NOTHING RETURNING 1"
+)
+SQL_REFERRALS_ISSUED = (
+    "INSERT INTO referrals (referral_id, event_id, citizen_key, origin, destination, "
+    "ma_lydo_ct, ma_benh_chinh, issued_at, deadline, status) VALUES %s "
+    "ON CONFLICT (referral_id) DO NOTHING RETURNING 1"
+)
+SQL_REFERRALS_CLOSED = (
+    "UPDATE referrals r SET status = v.status, arrival_event_id = v.arrival_event_id, "
+    "arrived_at = v.arrived_at::timestamptz, days_to_arrival = v.days::double precision, "
+    "updated_at = clock_timestamp() "
+    "FROM (VALUES %s) AS v (referral_id, status, arrival_event_id, arrived_at, days) "
+    "WHERE r.referral_id = v.referral_id AND r.status = 'issued' "
+    "RETURNING r.status, r.days_to_arrival"
+)
+SQL_APPOINTMENTS_SCHEDULED = (
+    "INSERT INTO appointments (appointment_id, event_id, citizen_key, ma_cskcb, ma_benh_chinh, "
+    "appointment_at, status) VALUES %s ON CONFLICT (appointment_id) DO NOTHING RETURNING 1"
+)
+SQL_APPOINTMENTS_REMINDED = (
+    "UPDATE appointments a SET reminded_at = v.at::timestamptz, updated_at = clock_timestamp() "
+    "FROM (VALUES %s) AS v (appointment_id, at) "
+    "WHERE a.appointment_id = v.appointment_id AND a.reminded_at IS NULL RETURNING 1"
+)
+SQL_APPOINTMENTS_CLOSED = (
+    "UPDATE appointments a SET status = v.status, visit_event_id = v.visit_event_id, "
+    "updated_at = clock_timestamp() "
+    "FROM (VALUES %s) AS v (appointment_id, status, visit_event_id) "
+    "WHERE a.appointment_id = v.appointment_id AND a.status = 'scheduled' RETURNING a.status"
+)
+SQL_DEAD_LETTERS = (
+    "INSERT INTO dead_letters (dead_letter_id, reason, message, stage, source_topic, "
+    "source_partition, source_offset, event_index, event_id, ma_cskcb, schema_id, original, "
+    "published_at, failed_at) VALUES %s ON CONFLICT (dead_letter_id) DO NOTHING "
+    "RETURNING reason"
+)
+SQL_COUNTERS = (
+    "INSERT INTO campaign_counters (metric, label, value) VALUES %s "
+    "ON CONFLICT (metric, label) DO UPDATE SET value = campaign_counters.value + EXCLUDED.value"
+)
+
+
+#: errors that mean "this data is refused", not "the database is unavailable"
+_REFUSED = (psycopg2.IntegrityError, psycopg2.DataError, ValueError)
+
+
+class _Batch:
+    """Rows of one batch, split by statement."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, ...]] = []
+        self.books: list[tuple[Any, ...]] = []
+        self.referrals_issued: list[tuple[Any, ...]] = []
+        self.referrals_closed: list[tuple[Any, ...]] = []
+        self.appointments_scheduled: list[tuple[Any, ...]] = []
+        self.appointments_reminded: list[tuple[Any, ...]] = []
+        self.appointments_closed: list[tuple[Any, ...]] = []
+        self.dead_letters: list[tuple[Any, ...]] = []
+
+    def add(self, record: Record) -> None:
+        v = record.value
+        subject = record.subject
+        if subject == SUBJECTS.HEALTH_BOOK_RECORD:
+            self._add_health_book(v)
+        elif subject == SUBJECTS.REFERRAL_RECORD:
+            self._add_referral(v)
+        elif subject == SUBJECTS.APPOINTMENT_RECORD:
+            self._add_appointment(v)
+        elif subject == SUBJECTS.DEAD_LETTER:
+            self.add_dead_letter(v)
+        else:  # pragma: no cover - the consumer filters subjects
+            raise ValueError(f"unexpected subject {subject}")
+
+    def _add_health_book(self, v: dict[str, Any]) -> None:
+        if v["record_type"] == "BOOK_INTEGRATED":
+            self.books.append((v["citizen_key"], v["so_cccd"], v["ho_ten"], v["event_id"],
+                               v["ma_cskcb"], parse_datetime(v["ngay_vao"])))
+            return
+        self.entries.append((
+            v["ma_cskcb"], v["ma_lk"], v["event_id"], v["citizen_key"], v["so_cccd"],
+            v["ho_ten"], v["ngay_sinh"], v["gioi_tinh"], v["ma_the_bhyt"], v["ma_dkbd"],
+            v["registration_province"], v["facility_province"],
+            "in_province" if v["scope"] == IN_PROVINCE else "out_of_province",
+            v["ma_loai_kcb"], v["visit_type"], v["ma_benh_chinh"], v["ma_benh_kt"],
+            parse_datetime(v["ngay_vao"]), parse_datetime(v["ngay_ra"]), v["ket_qua_dtri"],
+            v["ma_loai_rv"], v["t_tongchi_bv"], v["t_tongchi_bh"], v["t_bhtt"],
+            v["has_referral"], v["has_appointment"], _ts(v["published_at"]),
+            _ts(v["processed_at"]),
+        ))
+
+    def _add_referral(self, v: dict[str, Any]) -> None:
+        kind = v["record_type"]
+        if kind == "ISSUED":
+            self.referrals_issued.append((
+                v["referral_id"], v["event_id"], v["citizen_key"], v["origin"],
+                v["destination"], v["ma_lydo_ct"], v["ma_benh_chinh"], _ts(v["issued_at"]),
+                _ts(v["deadline"]), "issued",
+            ))
+        else:
+            self.referrals_closed.append((
+                v["referral_id"], "completed" if kind == "COMPLETED" else "expired",
+                v["arrival_event_id"], _ts(v["arrived_at"]), v["days_to_arrival"],
+            ))
+
+    def _add_appointment(self, v: dict[str, Any]) -> None:
+        kind = v["record_type"]
+        if kind == "SCHEDULED":
+            self.appointments_scheduled.append((
+                v["appointment_id"], v["event_id"], v["citizen_key"], v["ma_cskcb"],
+                v["ma_benh_chinh"], _ts(v["appointment_at"]), "scheduled",
+            ))
+        elif kind == "REMINDER":
+            self.appointments_reminded.append((v["appointment_id"], _ts(v["event_time"])))
+        else:
+            self.appointments_closed.append((
+                v["appointment_id"], "kept" if kind == "KEPT" else "missed", v["visit_event_id"],
+            ))
+
+    def add_dead_letter(self, v: dict[str, Any]) -> None:
+        self.dead_letters.append((
+            dead_letter_id(v), v["reason"], v["message"], v["stage"], v["source_topic"],
+            v["source_partition"], v["source_offset"], v["event_index"], v["event_id"],
+            v["ma_cskcb"], v["schema_id"], psycopg2.Binary(v["original"]),
+            _ts(v["published_at"]), _ts(v["failed_at"]),
+        ))
+
+
+class PostgresWriter:
+    """Writes batches of records; ``write`` returns only once they are committed."""
+
+    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
+                 *, max_backoff: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+        self._connect = connect
+        self._conn: psycopg2.extensions.connection | None = None
+        self.max_backoff = max_backoff
+        self.clock = clock
+
+    @property
+    def conn(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+
+    # -- public ---------------------------------------------------------------------------
+    def write(self, records: Sequence[Record]) -> Counter[str]:
+        """Persist ``records``; retry while PostgreSQL is unavailable. Returns counter deltas."""
+        delay = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._write_once(records)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                metrics.SINK_RETRIES.inc()
+                self._discard_connection()
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("PostgreSQL unavailable (attempt %d), retrying in %.1fs: %s",
+                                attempt, delay, str(exc).strip().splitlines()[0] if str(exc)
+                                else type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    # -- internals ----------------------------------------------------------------------
+    def _discard_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+
+    def _write_once(self, records: Sequence[Record]) -> Counter[str]:
+        batch = _Batch()
+        for record in records:
+            batch.add(record)
+        conn = self.conn
+        try:
+            with conn.cursor() as cur:
+                deltas, latencies = self._apply(cur, batch)
+                self._bump_counters(cur, deltas)
+            conn.commit()
+        except _REFUSED as exc:
+            conn.rollback()
+            log.warning("batch refused by PostgreSQL (%s); isolating the bad records",
+                        type(exc).__name__)
+            deltas, latencies = self._write_isolating(records)
+        self._observe(deltas, latencies)
+        return deltas
+
+    def _write_isolating(self, records: Sequence[Record]
+                         ) -> tuple[Counter[str], list[float]]:
+        """One record per savepoint; refused records become dead letters (db_rejected)."""
+        conn = self.conn
+        deltas: Counter[str] = Counter()
+        latencies: list[float] = []
+        with conn.cursor() as cur:
+            for record in records:
+                single = _Batch()
+                single.add(record)
+                cur.execute("SAVEPOINT one_record")
+                try:
+                    d, lat = self._apply(cur, single)
+                except _REFUSED as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT one_record")
+                    poison = _Batch()
+                    poison.add_dead_letter(self._poison(record, exc))
+                    d, lat = self._apply(cur, poison)
+                    metrics.SINK_FAILURES.labels("db_rejected").inc()
+                cur.execute("RELEASE SAVEPOINT one_record")
+                deltas.update(d)
+                latencies.extend(lat)
+            self._bump_counters(cur, deltas)
+        conn.commit()
+        return deltas, latencies
+
+    def _poison(self, record: Record, exc: Exception) -> dict[str, Any]:
+        from schemas import AvroCodec
+
+        pgcode = getattr(exc, "pgcode", None) or type(exc).__name__
+        value = record.value
+        return {
+            "reason": "db_rejected",
+            "message": f"PostgreSQL refused a {record.subject} record (SQLSTATE {pgcode})",
+            "stage": "sink",
+            "source_topic": record.topic,
+            "source_partition": record.partition,
+            "source_offset": record.offset,
+            "event_index": None,
+            "event_id": value.get("event_id"),
+            "ma_cskcb": value.get("ma_cskcb") or value.get("origin"),
+            "schema_id": None,
+            "original": AvroCodec().encode(record.subject, value),
+            "published_at": record.timestamp_ms,
+            "failed_at": int(self.clock() * 1000),
+        }
+
+    def _apply(self, cur: psycopg2.extensions.cursor, batch: _Batch
+               ) -> tuple[Counter[str], list[float]]:
+        deltas: Counter[str] = Counter()
+        latencies: list[float] = []
+        now = self.clock()
+        if batch.entries:
+            rows = execute_values(cur, SQL_ENTRIES, _dedupe(batch.entries, lambda r: r[:2]),
+                                  page_size=1000, fetch=True)
+            for inserted, scope, published_at in rows:
+                if inserted:
+                    deltas[f"examinations|{scope}"] += 1
+                    latencies.append(now - published_at.timestamp())
+        if batch.books:
+            rows = execute_values(cur, SQL_BOOKS, _dedupe(batch.books, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            deltas["health_books_integrated|"] += len(rows)
+        if batch.referrals_issued:
+            rows = execute_values(cur, SQL_REFERRALS_ISSUED,
+                                  _dedupe(batch.referrals_issued, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            deltas["referrals|"] += len(rows)
+        if batch.referrals_closed:
+            rows = execute_values(cur, SQL_REFERRALS_CLOSED,
+                                  _dedupe(batch.referrals_closed, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            for status, days in rows:
+                deltas[f"referrals_{status}|"] += 1
+                if status == "completed" and days is not None:
+                    metrics.REFERRAL_DAYS.observe(days)
+        if batch.appointments_scheduled:
+            rows = execute_values(cur, SQL_APPOINTMENTS_SCHEDULED,
+                                  _dedupe(batch.appointments_scheduled, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            deltas["appointments|"] += len(rows)
+        if batch.appointments_reminded:
+            rows = execute_values(cur, SQL_APPOINTMENTS_REMINDED,
+                                  _dedupe(batch.appointments_reminded, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            deltas["appointment_reminders|"] += len(rows)
+        if batch.appointments_closed:
+            rows = execute_values(cur, SQL_APPOINTMENTS_CLOSED,
+                                  _dedupe(batch.appointments_closed, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            for (status,) in rows:
+                deltas[f"appointments_{status}|"] += 1
+        if batch.dead_letters:
+            rows = execute_values(cur, SQL_DEAD_LETTERS,
+                                  _dedupe(batch.dead_letters, lambda r: r[0]),
+                                  page_size=1000, fetch=True)
+            for (reason,) in rows:
+                deltas[f"dead_letters|{reason}"] += 1
+        return deltas, latencies
+
+    @staticmethod
+    def _bump_counters(cur: psycopg2.extensions.cursor, deltas: Counter[str]) -> None:
+        rows = []
+        for key, value in sorted(deltas.items()):
+            if value:
+                metric, label = key.split("|", 1)
+                rows.append((metric, label, value))
+        if rows:
+            execute_values(cur, SQL_COUNTERS, rows)
+
+    @staticmethod
+    def _observe(deltas: Counter[str], latencies: list[float]) -> None:
+        for latency in latencies:
+            metrics.END_TO_END_LATENCY.observe(max(0.0, latency))
+        grouped: dict[str, int] = defaultdict(int)
+        for key, value in deltas.items():
+            grouped[key.split("|", 1)[0]] += value
+        for table, value in grouped.items():
+            metrics.SINK_ROWS.labels(table).inc(value)
+        metrics.SINK_LAST_COMMIT.set(time.time())

@@ -1,0 +1,61 @@
+"""``ehb sink``: the routed topics -> PostgreSQL, with live campaign counters on /metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+from prometheus_client import REGISTRY, start_http_server
+
+from ehb.db import connect
+from ehb.settings import Settings
+from schemas import SUBJECTS
+from sinks import metrics
+from sinks.consumer import Record, RecordConsumer
+from sinks.metrics import CampaignCollector
+from sinks.migrate import migrate
+from sinks.postgres import PostgresWriter
+
+__all__ = ["SINK_TOPICS", "run_sink"]
+
+log = logging.getLogger(__name__)
+
+SINK_TOPICS = ("health-book", "referrals", "appointments", "dead-letter")
+SINK_SUBJECTS = (SUBJECTS.HEALTH_BOOK_RECORD, SUBJECTS.REFERRAL_RECORD,
+                 SUBJECTS.APPOINTMENT_RECORD, SUBJECTS.DEAD_LETTER)
+
+
+def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
+    conn = connect(settings, application_name="ehb-sink-migrate")
+    try:
+        applied = migrate(conn)
+    finally:
+        conn.close()
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+
+    def connect_quickly():  # the writer retries on its own, with backoff
+        return connect(settings, timeout=2, application_name="ehb-sink")
+
+    if settings.metrics_port:
+        REGISTRY.register(CampaignCollector(
+            lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
+        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
+        log.info("metrics on :%d/metrics", settings.metrics_port)
+
+    writer = PostgresWriter(connect_quickly)
+    consumer = RecordConsumer(settings, settings.sink_group, SINK_TOPICS, subjects=SINK_SUBJECTS)
+
+    def handle(records: list[Record]) -> None:
+        by_topic = Counter(r.topic for r in records)
+        for topic, n in by_topic.items():
+            metrics.SINK_RECORDS_IN.labels(topic).inc(n)
+        writer.write(records)
+
+    log.info("sink consuming %s", ", ".join(consumer.topics))
+    try:
+        consumer.run(handle, batch_size=settings.sink_batch_size,
+                     batch_timeout=settings.sink_batch_timeout_s, stop=stop)
+    finally:
+        writer.close()

@@ -1,0 +1,1 @@
+"""The Faust stream processor: validate, enrich and route examination events (``app``)."""

@@ -1,0 +1,228 @@
+"""The Faust stream worker: two agents, one changelog-backed table.
+
+::
+
+    examinations ──intake──▶ examinations-by-citizen ──health-book agent──▶ health-book
+     (by facility)  │          (by citizen key)            │  table       ▶ referrals
+                    ▼                                      │ "citizens"   ▶ appointments
+               dead-letter                                 ▼
+                                                 <app id>-citizens-changelog
+
+* **intake** (stateless): decode, validate, enrich a ``take_events`` batch at a time and
+  re-partition the valid events by pseudonymous citizen key, several per message, so that one
+  citizen's events are ordered on one partition. Rejected events go to ``dead-letter``.
+* **health-book** (stateful): integration, referral completion and appointment follow-through
+  (``streams.citizen_state``) with state in the ``citizens`` table.
+
+Faust pays ~200 µs of framework work per Kafka message; both agents therefore handle batches
+of messages, each carrying several events, and send with librdkafka (``streams.output``). The
+outputs of a batch are flushed before its state is written, and both before Faust
+acknowledges the source offsets: at-least-once, idempotent downstream.
+
+Start it with ``ehb worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import faust
+
+from ehb.kafka import faust_broker_options, producer_config
+from ehb.privacy import CitizenKeyer
+from ehb.settings import Settings
+from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.reference import FacilityRegistry
+from streams import metrics
+from streams.citizen_state import CitizenStateMachine, StateConfig
+from streams.intake import Intake, SourceMessage
+from streams.output import OutputProducer
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+#: events per internal message; keeps messages well under the broker's 1 MB default
+MAX_ITEMS_PER_MESSAGE = 500
+
+
+def _encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def create_app(settings: Settings, codec: AvroCodec | None = None,
+               registry: FacilityRegistry | None = None) -> faust.App:
+    codec = codec or AvroCodec()
+    registry = registry or FacilityRegistry.from_reference()
+    partitions = settings.kafka_partitions
+    session = settings.kafka_session_timeout_s
+    app = faust.App(
+        settings.worker_group,
+        **faust_broker_options(settings),
+        store="memory://",
+        datadir=str(settings.state_dir / "faust"),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.kafka_replication_factor,
+        topic_allow_declare=True,
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(0.5, session / 5),
+        broker_commit_interval=1.0,
+        broker_max_poll_records=2000,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=4096,
+        producer_acks=-1,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    examinations = app.topic(settings.topic("examinations"), key_type=bytes, value_type=bytes)
+    by_citizen = app.topic(settings.topic("examinations-by-citizen"), key_type=bytes,
+                           value_type=bytes)
+    # Keys and values are JSON in the changelog (Faust's default codec for these types).
+    citizens = app.Table("citizens", default=None, partitions=partitions, key_type=str)
+    output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
+    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
+    machine = CitizenStateMachine(StateConfig.from_settings(settings))
+    encode_batch = codec.writer(SUBJECTS.VALIDATED_BATCH)
+    encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
+    encode_health_book = codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)
+    encode_referral = codec.writer(SUBJECTS.REFERRAL_RECORD)
+    encode_appointment = codec.writer(SUBJECTS.APPOINTMENT_RECORD)
+    t_by_citizen = settings.topic("examinations-by-citizen")
+    t_dead_letter = settings.topic("dead-letter")
+    t_health_book = settings.topic("health-book")
+    t_referrals = settings.topic("referrals")
+    t_appointments = settings.topic("appointments")
+    t_examinations = settings.topic("examinations")
+    batch_size, within = settings.worker_batch_size, settings.worker_batch_timeout_s
+
+    @app.agent(examinations, name="ehb.intake")
+    async def intake_agent(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(batch_size, within=within):
+            started = time.perf_counter()
+            messages = [
+                SourceMessage(e.message.value, e.message.topic, e.message.partition,
+                              e.message.offset, int(e.message.timestamp * 1000))
+                for e in events
+            ]
+            result = intake.process(messages)
+            for partition, items in result.by_partition.items():
+                for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
+                    chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
+                    output.produce(t_by_citizen, encode_batch({"items": chunk}),
+                                   partition=partition)
+            for facility, dead_letter in result.dead_letters:
+                output.produce(t_dead_letter, encode_dead_letter(dead_letter),
+                               key=facility.encode() if facility else None)
+            await output.flush()
+            metrics.MESSAGES_IN.labels("intake").inc(len(events))
+            metrics.EVENTS_IN.labels("intake").inc(result.events_in)
+            metrics.EVENTS_OUT.labels("intake", t_by_citizen).inc(result.accepted)
+            metrics.EVENTS_OUT.labels("intake", t_dead_letter).inc(len(result.dead_letters))
+            for reason, count in result.rejected.items():
+                metrics.FAILURES.labels("intake", reason).inc(count)
+            metrics.LAST_PROCESSED.labels("intake").set(time.time())
+            metrics.BATCH_SECONDS.labels("intake").observe(time.perf_counter() - started)
+
+    changelog_topic = citizens.changelog_topic.get_topic_name()
+
+    @app.agent(by_citizen, name="ehb.health-book")
+    async def health_book_agent(stream: faust.StreamT[bytes]) -> None:
+        store = citizens.data
+        async for events in stream.take_events(batch_size, within=within):
+            started = time.perf_counter()
+            by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            for e in events:
+                try:
+                    decoded = codec.decode(e.message.value, (SUBJECTS.VALIDATED_BATCH,))
+                except DecodeError as exc:  # only our own worker writes this topic
+                    log.error("undecodable internal message %s[%d]@%d: %s", e.message.topic,
+                              e.message.partition, e.message.offset, exc.reason)
+                    metrics.FAILURES.labels("health-book", exc.reason).inc()
+                    continue
+                by_partition[e.message.partition].extend(decoded.record["items"])
+            now_ms = int(time.time() * 1000)
+            state_writes: list[tuple[int, dict[str, Any]]] = []
+            n_items = n_hb = n_ref = n_app = 0
+            for partition, items in by_partition.items():
+                emitted = machine.process(partition, items, store, now_ms)
+                n_items += len(items)
+                for record in emitted.health_book:
+                    output.produce(t_health_book, encode_health_book(record),
+                                   key=record["citizen_key"].encode())
+                for record in emitted.referrals:
+                    output.produce(t_referrals, encode_referral(record),
+                                   key=record["citizen_key"].encode())
+                for record in emitted.appointments:
+                    output.produce(t_appointments, encode_appointment(record),
+                                   key=record["citizen_key"].encode())
+                n_hb += len(emitted.health_book)
+                n_ref += len(emitted.referrals)
+                n_app += len(emitted.appointments)
+                state_writes.append((partition, emitted.state))
+            # Outputs first: state that says "done" must never land without its records.
+            await output.flush()
+            for partition, changes in state_writes:
+                for key, value in changes.items():
+                    output.produce(changelog_topic,
+                                   None if value is None else _encode_json(value),
+                                   key=_encode_json(key), partition=partition)
+                    if value is None:
+                        store.pop(key, None)
+                    else:
+                        store[key] = value
+            await output.flush()
+            metrics.MESSAGES_IN.labels("health-book").inc(len(events))
+            metrics.EVENTS_IN.labels("health-book").inc(n_items)
+            metrics.EVENTS_OUT.labels("health-book", t_health_book).inc(n_hb)
+            metrics.EVENTS_OUT.labels("health-book", t_referrals).inc(n_ref)
+            metrics.EVENTS_OUT.labels("health-book", t_appointments).inc(n_app)
+            metrics.LAST_PROCESSED.labels("health-book").set(time.time())
+            metrics.BATCH_SECONDS.labels("health-book").observe(time.perf_counter() - started)
+
+    @app.on_partitions_revoked.connect
+    async def _forget_timer_indexes(app: faust.App, revoked: Any, **_: Any) -> None:
+        machine.forget_partitions()
+
+    @app.on_partitions_assigned.connect
+    async def _count_assigned(app: faust.App, assigned: Any, **_: Any) -> None:
+        machine.forget_partitions()
+        mine = app.consumer.assignment()
+        metrics.ASSIGNED_PARTITIONS.set(sum(1 for tp in mine if tp.topic == t_examinations))
+
+    if settings.database_url is not None or not settings.kafka_bootstrap:
+        _schedule_registry_refresh(app, settings, registry)
+
+    app.ehb_output = output  # type: ignore[attr-defined]
+    return app
+
+
+def _schedule_registry_refresh(app: faust.App, settings: Settings,
+                               registry: FacilityRegistry) -> None:
+    """Reload the facility registry from PostgreSQL: updates apply without a restart."""
+    from ehb.db import connect, fetch_facilities
+
+    def reload() -> int:
+        conn = connect(settings, timeout=5, application_name="ehb-worker-registry")
+        try:
+            facilities = fetch_facilities(conn)
+        finally:
+            conn.close()
+        if facilities:
+            registry.replace(facilities)
+        return len(facilities)
+
+    @app.timer(settings.registry_refresh_s, on_leader=False)
+    async def refresh_registry() -> None:
+        try:
+            count = await asyncio.get_running_loop().run_in_executor(None, reload)
+        except Exception as exc:  # keep the last good registry
+            log.warning("facility registry refresh failed, keeping %d facilities: %s",
+                        len(registry), exc)
+            return
+        metrics.REGISTRY_FACILITIES.set(count)

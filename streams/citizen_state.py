@@ -1,0 +1,416 @@
+"""The stateful stage's logic: health-book integration, referral completion and appointment
+follow-through, per citizen, in event time. Pure: no Kafka, no Faust.
+
+State lives in one changelog-backed Faust table keyed by pseudonymous citizen key (see
+``streams.app``); this module reads it through a ``Mapping`` and returns what changed, so
+that the agent can write the outputs *before* the state (a crash in between re-emits a record
+the idempotent sink absorbs, never loses one).
+
+Time. Every decision uses the events' own times, never the wall clock:
+
+* ``clock(p)``: the newest event time (NGAY_VAO) seen on partition ``p``;
+* ``watermark(p) = clock(p) - allowed_lateness``: data older than that is "late".
+* A referral is COMPLETED by an exam of the same citizen at its destination with admission in
+  ``[issued_at, issued_at + window]``; EXPIRED once the watermark passes the deadline (so a
+  facility's late upload, within the allowed lateness, still completes it).
+* An appointment gets a REMINDER once the clock reaches ``appointment_at - lead``; it is KEPT
+  by an exam at its facility within ``appointment_at +/- grace`` (after the episode's
+  discharge); MISSED once the watermark passes ``appointment_at + grace``.
+* Recent visits are kept until the watermark passes them, so that a referral or appointment
+  uploaded late is matched with a visit processed before it.
+
+Replaying the same events gives the same decisions: every update is idempotent (visits by
+event id, referrals and appointments by id, integration once), and the clock is persisted.
+
+State of one citizen (compact JSON, the table's value)::
+
+    {"i": 1,                                   # the health book is integrated
+     "v": [[facility, admitted_ms, event_id], ...],             # recent visits
+     "r": {referral_id: [origin, destination, issued_ms, deadline_ms, status, event_id,
+                         ma_lydo_ct, ma_benh_chinh]},
+     "a": {appointment_id: [facility, at_ms, reminded, status, event_id, ma_benh_chinh,
+                            discharged_ms]}}
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ehb.kafka import partition_for
+from streams.enrichment import event_time_ms
+
+__all__ = ["StateConfig", "CitizenStateMachine", "Emitted", "watermark_key"]
+
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+NEVER = -(2**62)
+
+# referral tuple indexes
+R_ORIGIN, R_DEST, R_ISSUED, R_DEADLINE, R_STATUS, R_EVENT, R_REASON, R_ICD = range(8)
+# appointment tuple indexes
+A_FACILITY, A_AT, A_REMINDED, A_STATUS, A_EVENT, A_ICD, A_DISCHARGED = range(7)
+OPEN = "open"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    partitions: int
+    referral_window_ms: int = 30 * DAY_MS
+    reminder_lead_ms: int = 24 * HOUR_MS
+    grace_ms: int = 3 * DAY_MS
+    lateness_ms: int = 48 * HOUR_MS
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> StateConfig:
+        return cls(
+            partitions=settings.kafka_partitions,
+            referral_window_ms=int(settings.referral_window_days * DAY_MS),
+            reminder_lead_ms=int(settings.appointment_reminder_lead_hours * HOUR_MS),
+            grace_ms=int(settings.appointment_grace_days * DAY_MS),
+            lateness_ms=int(settings.allowed_lateness_hours * HOUR_MS),
+        )
+
+
+def watermark_key(partition: int, partitions: int) -> str:
+    """A table key that the murmur2 partitioner maps to ``partition`` (holds its clock)."""
+    i = 0
+    while True:
+        key = f"__clock__:{partition}:{i}"
+        if partition_for(key.encode(), partitions) == partition:
+            return key
+        i += 1
+
+
+@dataclass
+class Emitted:
+    """What one batch of one partition produced: records to send, then state to write."""
+
+    health_book: list[dict[str, Any]] = field(default_factory=list)
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+    appointments: list[dict[str, Any]] = field(default_factory=list)
+    #: citizen key (or clock key) -> new state (None deletes)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class CitizenStateMachine:
+    def __init__(self, config: StateConfig) -> None:
+        self.config = config
+        self._clock_keys = [watermark_key(p, config.partitions) for p in range(config.partitions)]
+        # per partition: heap of (clock time at which something is due, citizen key)
+        self._due: dict[int, list[tuple[int, str]]] = {}
+
+    # -- clocks and timers --------------------------------------------------------------
+    def clock_key(self, partition: int) -> str:
+        return self._clock_keys[partition]
+
+    def forget_partitions(self) -> None:
+        """After a rebalance: timer indexes are rebuilt from the table on next use."""
+        self._due.clear()
+
+    def _index(self, partition: int, table: Mapping[str, Any]) -> list[tuple[int, str]]:
+        heap = self._due.get(partition)
+        if heap is None:
+            heap = []
+            n = self.config.partitions
+            for key, state in table.items():
+                if key.startswith("__clock__") or not isinstance(state, dict):
+                    continue
+                if partition_for(key.encode(), n) != partition:
+                    continue
+                due = self._next_due(state)
+                if due is not None:
+                    heap.append((due, key))
+            heapq.heapify(heap)
+            self._due[partition] = heap
+        return heap
+
+    def _next_due(self, state: Mapping[str, Any]) -> int | None:
+        """Clock time at which this citizen's next timer fires."""
+        cfg = self.config
+        due: int | None = None
+        for r in state.get("r", {}).values():
+            if r[R_STATUS] == OPEN:
+                t = r[R_DEADLINE] + cfg.lateness_ms + 1
+                due = t if due is None else min(due, t)
+        for a in state.get("a", {}).values():
+            if a[A_STATUS] != OPEN:
+                continue
+            t = a[A_AT] + cfg.grace_ms + cfg.lateness_ms + 1
+            if not a[A_REMINDED]:
+                t = min(t, a[A_AT] - cfg.reminder_lead_ms)
+            due = t if due is None else min(due, t)
+        return due
+
+    # -- processing ---------------------------------------------------------------------
+    def process(self, partition: int, items: Iterable[Mapping[str, Any]],
+                table: Mapping[str, Any], now_ms: int) -> Emitted:
+        """Apply one partition's validated examinations in order.
+
+        Timers are checked after every event, so decisions depend on the order of events on
+        the partition only, never on how they were cut into batches.
+        """
+        out = Emitted()
+        overlay = out.state
+        heap = self._index(partition, table)
+        clock_key = self._clock_keys[partition]
+        clock: int = overlay.get(clock_key, table.get(clock_key, NEVER))
+        lateness = self.config.lateness_ms
+        for item in items:
+            published = item["published_at"]
+            if item["event_time"] > clock:
+                clock = item["event_time"]
+                if heap and heap[0][0] <= clock:
+                    self._fire_timers(heap, clock, table, out, published)
+            key = item["citizen_key"]
+            state = _copy(overlay[key] if key in overlay else table.get(key))
+            self._apply_examination(item, state, out, now_ms, clock - lateness)
+            overlay[key] = state
+            due = self._next_due(state)
+            if due is not None:
+                heapq.heappush(heap, (due, key))
+                if due <= clock:
+                    self._fire_timers(heap, clock, table, out, published)
+        if clock != table.get(clock_key, NEVER):
+            overlay[clock_key] = clock
+        return out
+
+    def _apply_examination(self, item: Mapping[str, Any], state: dict[str, Any],
+                           out: Emitted, now_ms: int, watermark: int) -> None:
+        event = item["event"]
+        key = item["citizen_key"]
+        admitted = item["event_time"]
+        facility = event["ma_cskcb"]
+        event_id = event["event_id"]
+        published = item["published_at"]
+        record = _health_book_record(item, "EXAMINATION", now_ms)
+        out.health_book.append(record)
+        if not state.get("i"):
+            state["i"] = 1
+            out.health_book.append({**record, "record_type": "BOOK_INTEGRATED"})
+
+        _prune(state, watermark)
+        # Only visits within the allowed lateness count: a later decision never depends on
+        # how long an older visit happened to stay in memory.
+        visits: list[list[Any]] = [v for v in state.get("v", ()) if v[1] >= watermark]
+        if admitted >= watermark:
+            if all(v[2] != event_id for v in visits):
+                visits.append([facility, admitted, event_id])
+                state["v"] = visits
+            # this visit may complete open referrals and keep open appointments
+            self._match_visit(key, state, facility, admitted, event_id, published, out)
+
+        referral = event.get("referral")
+        if referral is not None:
+            rid = f"{referral['ma_noi_di']}:{referral['so_chuyentuyen']}"
+            refs = state.setdefault("r", {})
+            if rid not in refs:
+                issued = event_time_ms(referral["ngay_ct"])
+                r = [referral["ma_noi_di"], referral["ma_noi_den"], issued,
+                     issued + self.config.referral_window_ms, OPEN, event_id,
+                     referral["ma_lydo_ct"], event["ma_benh_chinh"]]
+                refs[rid] = r
+                out.referrals.append(_referral_record("ISSUED", rid, key, r, issued, published))
+                for v in sorted(visits, key=lambda v: v[1]):  # a visit processed before
+                    if v[2] != event_id and self._referral_matches(r, v[0], v[1]):
+                        self._complete(key, rid, r, v[1], v[2], published, out)
+                        break
+
+        appointment = event.get("appointment")
+        if appointment is not None:
+            aid = f"{facility}:{appointment['so_giayhen_kl']}"
+            appts = state.setdefault("a", {})
+            if aid not in appts:
+                at = event_time_ms(appointment["ngay_hen_kl"])
+                discharged = event_time_ms(event["ngay_ra"])
+                a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged]
+                appts[aid] = a
+                out.appointments.append(
+                    _appointment_record("SCHEDULED", aid, key, a, discharged, published))
+                for v in sorted(visits, key=lambda v: v[1]):
+                    if v[2] != event_id and self._appointment_matches(a, v[0], v[1]):
+                        self._keep(key, aid, a, v[1], v[2], published, out)
+                        break
+
+    def _referral_matches(self, r: list[Any], facility: str, admitted: int) -> bool:
+        return (r[R_STATUS] == OPEN and r[R_DEST] == facility
+                and r[R_ISSUED] <= admitted <= r[R_DEADLINE])
+
+    def _appointment_matches(self, a: list[Any], facility: str, admitted: int) -> bool:
+        grace = self.config.grace_ms
+        return (a[A_STATUS] == OPEN and a[A_FACILITY] == facility
+                and admitted > a[A_DISCHARGED]
+                and a[A_AT] - grace <= admitted <= a[A_AT] + grace)
+
+    def _match_visit(self, key: str, state: dict[str, Any], facility: str, admitted: int,
+                     event_id: str, published: int, out: Emitted) -> None:
+        for rid, r in sorted(state.get("r", {}).items()):
+            if r[R_EVENT] != event_id and self._referral_matches(r, facility, admitted):
+                self._complete(key, rid, r, admitted, event_id, published, out)
+        for aid, a in sorted(state.get("a", {}).items()):
+            if a[A_EVENT] != event_id and self._appointment_matches(a, facility, admitted):
+                self._keep(key, aid, a, admitted, event_id, published, out)
+
+    def _complete(self, key: str, rid: str, r: list[Any], admitted: int, visit_event_id: str,
+                  published: int, out: Emitted) -> None:
+        r[R_STATUS] = "completed"
+        record = _referral_record("COMPLETED", rid, key, r, admitted, published)
+        record["arrival_event_id"] = visit_event_id
+        record["arrived_at"] = admitted
+        record["days_to_arrival"] = round((admitted - r[R_ISSUED]) / DAY_MS, 3)
+        out.referrals.append(record)
+
+    def _keep(self, key: str, aid: str, a: list[Any], admitted: int, visit_event_id: str,
+              published: int, out: Emitted) -> None:
+        a[A_STATUS] = "kept"
+        record = _appointment_record("KEPT", aid, key, a, admitted, published)
+        record["visit_event_id"] = visit_event_id
+        out.appointments.append(record)
+
+    def _fire_timers(self, heap: list[tuple[int, str]], clock: int, table: Mapping[str, Any],
+                     out: Emitted, published: int) -> None:
+        cfg = self.config
+        watermark = clock - cfg.lateness_ms
+        overlay = out.state
+        fired: set[str] = set()
+        while heap and heap[0][0] <= clock:
+            _, key = heapq.heappop(heap)
+            if key in fired:
+                continue
+            fired.add(key)
+            current = overlay[key] if key in overlay else table.get(key)
+            if not current:
+                continue
+            state = _copy(current)
+            for rid, r in sorted(state.get("r", {}).items()):
+                if r[R_STATUS] == OPEN and r[R_DEADLINE] < watermark:
+                    r[R_STATUS] = "expired"
+                    out.referrals.append(
+                        _referral_record("EXPIRED", rid, key, r, r[R_DEADLINE], published))
+            for aid, a in sorted(state.get("a", {}).items()):
+                if a[A_STATUS] != OPEN:
+                    continue
+                remind_at = a[A_AT] - cfg.reminder_lead_ms
+                if not a[A_REMINDED] and remind_at <= clock:
+                    a[A_REMINDED] = 1
+                    out.appointments.append(
+                        _appointment_record("REMINDER", aid, key, a, remind_at, published))
+                if a[A_AT] + cfg.grace_ms < watermark:
+                    a[A_STATUS] = "missed"
+                    end = a[A_AT] + cfg.grace_ms
+                    out.appointments.append(_appointment_record("MISSED", aid, key, a, end, published))
+            _prune(state, watermark)
+            overlay[key] = state
+            due = self._next_due(state)
+            if due is not None:
+                heapq.heappush(heap, (due, key))
+
+
+def _copy(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not state:
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if k == "v":
+            out[k] = [list(x) for x in v]
+        elif k in ("r", "a"):
+            out[k] = {i: list(x) for i, x in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+def _prune(state: dict[str, Any], watermark: int) -> None:
+    """Forget what no late event can change any more."""
+    if "v" in state:
+        state["v"] = [v for v in state["v"] if v[1] >= watermark]
+        if not state["v"]:
+            del state["v"]
+    if "r" in state:
+        state["r"] = {i: r for i, r in state["r"].items()
+                      if r[R_STATUS] == OPEN or r[R_DEADLINE] >= watermark}
+        if not state["r"]:
+            del state["r"]
+    if "a" in state:
+        state["a"] = {i: a for i, a in state["a"].items()
+                      if a[A_STATUS] == OPEN or a[A_AT] >= watermark}
+        if not state["a"]:
+            del state["a"]
+
+
+def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int
+                        ) -> dict[str, Any]:
+    e = item["event"]
+    return {
+        "record_type": record_type,
+        "event_id": e["event_id"],
+        "citizen_key": item["citizen_key"],
+        "so_cccd": e["so_cccd"],
+        "ho_ten": e["ho_ten"],
+        "ngay_sinh": e["ngay_sinh"],
+        "gioi_tinh": e["gioi_tinh"],
+        "ma_the_bhyt": e["ma_the_bhyt"],
+        "ma_lk": e["ma_lk"],
+        "ma_cskcb": e["ma_cskcb"],
+        "facility_name": item["facility_name"],
+        "facility_level": item["facility_level"],
+        "facility_district": item["facility_district"],
+        "facility_province": item["facility_province"],
+        "ma_dkbd": e["ma_dkbd"],
+        "registration_province": item["registration_province"],
+        "scope": item["scope"],
+        "ma_loai_kcb": e["ma_loai_kcb"],
+        "visit_type": item["visit_type"],
+        "ma_benh_chinh": e["ma_benh_chinh"],
+        "ma_benh_kt": e["ma_benh_kt"],
+        "ngay_vao": e["ngay_vao"],
+        "ngay_ra": e["ngay_ra"],
+        "ket_qua_dtri": e["ket_qua_dtri"],
+        "ma_loai_rv": e["ma_loai_rv"],
+        "t_tongchi_bv": e["t_tongchi_bv"],
+        "t_tongchi_bh": e["t_tongchi_bh"],
+        "t_bhtt": e["t_bhtt"],
+        "has_referral": e["referral"] is not None,
+        "has_appointment": e["appointment"] is not None,
+        "published_at": item["published_at"],
+        "processed_at": now_ms,
+    }
+
+
+def _referral_record(record_type: str, rid: str, key: str, r: list[Any], event_time: int,
+                     published: int) -> dict[str, Any]:
+    return {
+        "record_type": record_type,
+        "referral_id": rid,
+        "event_id": r[R_EVENT],
+        "citizen_key": key,
+        "origin": r[R_ORIGIN],
+        "destination": r[R_DEST],
+        "ma_lydo_ct": r[R_REASON],
+        "ma_benh_chinh": r[R_ICD],
+        "issued_at": r[R_ISSUED],
+        "deadline": r[R_DEADLINE],
+        "event_time": event_time,
+        "arrival_event_id": None,
+        "arrived_at": None,
+        "days_to_arrival": None,
+        "published_at": published,
+    }
+
+
+def _appointment_record(record_type: str, aid: str, key: str, a: list[Any], event_time: int,
+                        published: int) -> dict[str, Any]:
+    return {
+        "record_type": record_type,
+        "appointment_id": aid,
+        "event_id": a[A_EVENT],
+        "citizen_key": key,
+        "ma_cskcb": a[A_FACILITY],
+        "ma_benh_chinh": a[A_ICD],
+        "appointment_at": a[A_AT],
+        "event_time": event_time,
+        "visit_event_id": None,
+        "published_at": published,
+    }

@@ -1,0 +1,143 @@
+"""The stateless stage: decode -> validate -> enrich -> route, a batch of Kafka messages at a time.
+
+Pure logic, no I/O: the Faust agent (``streams.app``) feeds it the messages of one
+``take_events`` batch and produces what it returns. Every input event ends up either in a
+:class:`ValidatedBatch` for the stateful stage (partitioned by pseudonymous citizen key) or in
+a dead letter with a stable reason code; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ehb.kafka import partition_for
+from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.reference import FacilityRegistry
+from streams.enrichment import enrich
+from streams.validation import VN_TZ, Rejection, Validator
+
+__all__ = ["Intake", "IntakeResult", "SourceMessage", "INPUT_SUBJECTS"]
+
+INPUT_SUBJECTS = frozenset({SUBJECTS.EXAMINATION_EVENT, SUBJECTS.EXAMINATION_BATCH})
+
+
+@dataclass(slots=True)
+class SourceMessage:
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class IntakeResult:
+    #: target partition of examinations-by-citizen -> ValidatedExamination records
+    by_partition: dict[int, list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    #: (facility code or None, DeadLetter record)
+    dead_letters: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+    events_in: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Intake:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        registry: FacilityRegistry,
+        citizen_key: Callable[[str], str],
+        partitions: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.codec = codec
+        self.registry = registry
+        self.validator = Validator(registry)
+        self.citizen_key = citizen_key
+        self.partitions = partitions
+        self.clock = clock
+        self._encode_event = codec.writer(SUBJECTS.EXAMINATION_EVENT)
+
+    def process(self, messages: Iterable[SourceMessage]) -> IntakeResult:
+        result = IntakeResult()
+        now_s = self.clock()
+        now = datetime.fromtimestamp(now_s, VN_TZ)
+        now_ms = int(now_s * 1000)
+        for message in messages:
+            self._process_message(message, result, now, now_ms)
+        return result
+
+    def _process_message(self, message: SourceMessage, result: IntakeResult, now: datetime,
+                         now_ms: int) -> None:
+        try:
+            decoded = self.codec.decode(message.value, INPUT_SUBJECTS)
+        except DecodeError as exc:
+            result.events_in += 1
+            self._dead_letter(result, message, "decode", exc.reason, exc.message, now_ms,
+                              original=message.value or b"", schema_id=exc.schema_id)
+            return
+        if decoded.subject == SUBJECTS.EXAMINATION_BATCH:
+            events = decoded.record["events"]
+            batch_facility: str | None = decoded.record["ma_cskcb"]
+            if not events:
+                result.events_in += 1
+                self._dead_letter(result, message, "decode", "empty_batch",
+                                  "the batch has no event", now_ms, original=message.value or b"",
+                                  schema_id=decoded.schema_id, ma_cskcb=batch_facility)
+                return
+            indexed: list[tuple[int | None, dict[str, Any]]] = list(enumerate(events))
+        else:
+            batch_facility = None
+            indexed = [(None, decoded.record)]
+
+        for index, event in indexed:
+            result.events_in += 1
+            rejection: Rejection | None
+            if batch_facility is not None and event["ma_cskcb"] != batch_facility:
+                rejection = Rejection(
+                    "batch_facility_mismatch",
+                    f"event MA_CSKCB={event['ma_cskcb']} in a batch of {batch_facility}",
+                )
+            else:
+                rejection = self.validator.validate(event, now)
+            if rejection is not None:
+                original = message.value if index is None else self._encode_event(event)
+                self._dead_letter(result, message, "validate", rejection.reason,
+                                  rejection.message, now_ms, original=original or b"",
+                                  schema_id=decoded.schema_id, index=index, event=event)
+                continue
+            key = self.citizen_key(event["so_cccd"])
+            item = enrich(event, self.registry, key, message.timestamp_ms)
+            result.by_partition[partition_for(key.encode(), self.partitions)].append(item)
+            result.accepted += 1
+
+    def _dead_letter(self, result: IntakeResult, message: SourceMessage, stage: str,
+                     reason: str, text: str, now_ms: int, *, original: bytes,
+                     schema_id: int | None = None, index: int | None = None,
+                     event: dict[str, Any] | None = None, ma_cskcb: str | None = None) -> None:
+        facility = event.get("ma_cskcb") if event is not None else ma_cskcb
+        if facility is not None and not isinstance(facility, str):
+            facility = None
+        result.rejected[reason] += 1
+        result.dead_letters.append((facility, {
+            "reason": reason,
+            "message": text,
+            "stage": stage,
+            "source_topic": message.topic,
+            "source_partition": message.partition,
+            "source_offset": message.offset,
+            "event_index": index,
+            "event_id": event.get("event_id") if event is not None else None,
+            "ma_cskcb": facility,
+            "schema_id": schema_id,
+            "original": original,
+            "published_at": message.timestamp_ms,
+            "failed_at": now_ms,
+        }))

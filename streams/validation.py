@@ -1,0 +1,348 @@
+"""Validation of examination events against the QĐ 130/4750 rules the appraisal portal applies.
+
+``validate(event, ...)`` returns ``None`` for a valid event, or the first :class:`Rejection`
+found: a stable reason code (``REASONS``, documented in the README) and a message a facility's
+IT staff can act on. Messages name fields and codes, never a name or citizen ID.
+
+Text is checked for length only: Vietnamese (any Unicode) passes untouched, and hostile text
+(quotes, SQL, control characters) is stored verbatim, safely, by parameterised SQL. The one
+character refused is NUL, which PostgreSQL ``text`` cannot store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from schemas.reference import FacilityRegistry, load_provinces
+
+__all__ = ["REASONS", "Rejection", "Validator", "parse_datetime", "VN_TZ"]
+
+VN_TZ = timezone(timedelta(hours=7), "ICT")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    message: str
+
+
+#: reason code -> (what it means, what the facility should fix). The README table is built
+#: from this mapping; codes are stable: never renamed, never reused.
+REASONS: dict[str, tuple[str, str]] = {
+    # decoding (the message itself)
+    "empty_message": ("The Kafka message has no value.", "Send the event body."),
+    "bad_magic_byte": ("The value is not in the Confluent wire format (first byte not 0).",
+                       "Encode with the Avro serializer (magic byte 0 + schema id)."),
+    "truncated_header": ("The value is shorter than the 5-byte wire-format header.",
+                         "Send the full serialized value."),
+    "unknown_schema_id": ("The schema id is neither in the catalog nor in the registry.",
+                          "Use a released schema id from schemas/catalog.json or the registry."),
+    "unexpected_schema": ("A known schema, but not one this topic carries.",
+                          "Publish ExaminationEvent or ExaminationBatch to this topic."),
+    "malformed_avro": ("The Avro body does not decode with the writer's schema.",
+                       "Serialize the record with the schema whose id is in the header."),
+    "trailing_bytes": ("Bytes are left after the Avro record (over-long body).",
+                       "Send exactly one serialized record per message."),
+    "empty_batch": ("A batch message contains no event.", "Send at least one event per batch."),
+    "batch_facility_mismatch": ("An event's MA_CSKCB differs from its batch's facility.",
+                                "Send each facility's events in its own batches."),
+    # identity
+    "citizen_id_format": ("SO_CCCD is not 12 digits.", "Send the 12-digit citizen ID."),
+    "citizen_id_province": ("SO_CCCD's first 3 digits are not a real province code.",
+                            "Check the citizen ID against the patient's card."),
+    "citizen_id_sex_century": (
+        "SO_CCCD's 4th digit (sex and century) or 5th-6th digits (year of birth) disagree "
+        "with GIOI_TINH or NGAY_SINH.",
+        "Check GIOI_TINH, NGAY_SINH and the citizen ID."),
+    "hi_card_format": (
+        "MA_THE_BHYT is not 15 characters: known beneficiary group letters, benefit level 1-5, "
+        "a real province code, 10 digits.",
+        "Send the HI card number as printed (several separated by ';')."),
+    # facilities
+    "facility_code_invalid": (
+        "MA_CSKCB, MA_DKBD, MA_NOI_DI or MA_NOI_DEN is not a 5-digit facility code of a real "
+        "province.", "Use the facility codes issued by Vietnam Social Security."),
+    "facility_unknown": ("MA_CSKCB is not in the facility registry of Ho Chi Minh City.",
+                         "Register the facility, or correct MA_CSKCB."),
+    # clinical codes
+    "icd10_main_invalid": ("MA_BENH_CHINH is not exactly one well-formed ICD-10 code.",
+                           "Send one ICD-10 code (e.g. J06.9) as the main diagnosis."),
+    "icd10_secondary_invalid": (
+        "MA_BENH_KT has a malformed ICD-10 code or more than 12 codes.",
+        "Send at most 12 ICD-10 codes separated by ';'."),
+    "code_not_in_list": (
+        "GIOI_TINH, MA_LOAI_KCB, KET_QUA_DTRI, MA_LOAI_RV, MA_DOITUONG_KCB or MA_LYDO_CT is "
+        "not in its code list.", "Use the code lists of QĐ 130/4750."),
+    # dates
+    "date_invalid": ("A date is not a valid yyyymmddHHMM (or yyyymmdd) value.",
+                     "Send dates as yyyymmddHHMM, e.g. 202401151030."),
+    "date_order": ("Dates are out of order: birth <= admission <= discharge is required.",
+                   "Check NGAY_SINH, NGAY_VAO and NGAY_RA."),
+    "date_in_future": ("A date lies in the future (beyond a 15-minute clock skew).",
+                       "Check the HIS clock and the dates."),
+    "appointment_before_discharge": ("NGAY_HEN_KL is not after NGAY_RA.",
+                                     "The follow-up date must follow the discharge."),
+    # referral / appointment
+    "referral_same_facility": ("The referral's destination is its origin.",
+                               "MA_NOI_DEN must differ from MA_NOI_DI."),
+    # money
+    "money_negative": ("A money field is negative.", "Money fields are VND amounts >= 0."),
+    "money_insurer_exceeds_total": (
+        "T_TONGCHI_BH or T_BHTT exceeds the facility's total T_TONGCHI_BV.",
+        "The insurer's amounts cannot exceed the episode's total cost."),
+    # text
+    "required_field_missing": ("A required field is empty.",
+                               "Fill MA_LK, MA_BN, HO_TEN and the required XML13/XML14 fields."),
+    "text_too_long": ("A text field exceeds the standard's maximum length.",
+                      "Shorten the field to the length of QĐ 130/4750."),
+    "text_nul_character": ("A text field contains the NUL character (0x00).",
+                           "Remove NUL characters; any other Unicode is accepted."),
+    # sink
+    "db_rejected": ("PostgreSQL refused the record (a table constraint).",
+                    "Operator: inspect the dead letter; the record breaks a database rule."),
+}
+
+_DIGITS = re.compile(r"\d+\Z")
+_FACILITY = re.compile(r"\d{5}\Z")
+_ICD10 = re.compile(r"[A-Z]\d[0-9A-Z](\.?[0-9A-Z]{1,4})?\Z")
+_DOITUONG = re.compile(r"[1-9](\.\d{1,2})?\Z")
+_CARD = re.compile(r"([A-Z]{2})([1-5])(\d{2})(\d{10})\Z")
+
+#: Beneficiary group letters of the HI card (Decision 1351/QĐ-BHXH and successors).
+HI_GROUPS = frozenset(
+    "DN HX CH NN TK HC XK CA HT TB NO CT XB TN CS XN MS HD TQ TA TY HG LS PV CC CK CB KC HS "
+    "SV GB GD TE BT HN DT DK XD TS TC QN CY NK CN".split()
+)
+GIOI_TINH = frozenset({1, 2, 3})
+MA_LOAI_KCB = frozenset(f"{i:02d}" for i in range(1, 11))
+KET_QUA_DTRI = frozenset(range(1, 8))
+MA_LOAI_RV = frozenset(range(1, 6))
+MA_LYDO_CT = frozenset({1, 2, 3})
+
+#: (field, max length) of XML1 text fields.
+_LENGTHS_XML1 = (
+    ("ma_lk", 100), ("ma_bn", 100), ("ho_ten", 255), ("ma_benh_chinh", 7),
+    ("ma_benh_kt", 100), ("ma_doituong_kcb", 4), ("ma_khoa", 100), ("ngay_tai_kham", 50),
+    ("event_id", 100), ("matinh_cu_tru", 3), ("ma_the_bhyt", 159),
+)
+_LENGTHS_XML13 = (
+    ("so_hoso", 50), ("so_chuyentuyen", 50), ("giay_chuyen_tuyen", 50), ("dau_hieu_ls", 4000),
+    ("chan_doan_rv", 4000), ("qt_benhly", 4000), ("huong_dieu_tri", 4000),
+    ("phuongtien_vc", 255), ("ma_bac_si", 255),
+)
+_LENGTHS_XML14 = (("so_giayhen_kl", 50), ("chan_doan_rv", 4000), ("ma_bac_si", 255))
+_MONEY = ("t_thuoc", "t_vtyt", "t_tongchi_bv", "t_tongchi_bh", "t_bntt", "t_bncct", "t_bhtt",
+          "t_nguonkhac")
+_CLOCK_SKEW = timedelta(minutes=15)
+
+# century digit of the citizen ID -> (first year of the century, sex) ; sex 1 male 2 female
+_CCCD_CENTURY = {str(d): (1900 + 100 * (d // 2), 1 + d % 2) for d in range(8)}
+_CCCD_CENTURY.update({"8": (2300, 1), "9": (2300, 2)})
+
+
+def _has_nul(record: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, str) and "\x00" in v for v in record.values())
+
+
+def parse_datetime(value: str) -> datetime:
+    """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid."""
+    if not value.isdigit() or len(value) not in (8, 12):
+        raise ValueError(value)
+    if len(value) == 8:
+        value += "0000"
+    return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]),
+                    int(value[10:12]), tzinfo=VN_TZ)
+
+
+class Validator:
+    """Holds the reference data; ``validate`` is a pure function of the event and ``now``."""
+
+    def __init__(self, registry: FacilityRegistry, provinces: Mapping[str, str] | None = None):
+        self.registry = registry
+        self.provinces = frozenset(provinces or load_provinces())
+
+    # -- helpers ------------------------------------------------------------------------
+    def _facility_code_ok(self, code: str | None) -> bool:
+        return code is not None and _FACILITY.match(code) is not None and (
+            code[:2] in self.provinces or code[:2] in ("97", "98")
+        )
+
+    def _card_ok(self, cards: str) -> bool:
+        for card in cards.split(";"):
+            m = _CARD.match(card.strip())
+            if m is None or m.group(1) not in HI_GROUPS or m.group(3) not in self.provinces:
+                return False
+        return True
+
+    # -- the rules ----------------------------------------------------------------------
+    def validate(self, event: Mapping[str, Any], now: datetime) -> Rejection | None:  # noqa: C901
+        # text: NUL, lengths, required fields
+        for name, value in event.items():
+            if isinstance(value, str) and "\x00" in value:
+                return Rejection("text_nul_character", f"{name.upper()} contains NUL")
+        for name, limit in _LENGTHS_XML1:
+            value = event.get(name)
+            if value is not None and len(value) > limit:
+                return Rejection("text_too_long", f"{name.upper()} is {len(value)} characters,"
+                                 f" max {limit}")
+        for name in ("event_id", "ma_lk", "ma_bn", "ho_ten"):
+            if not (event.get(name) or "").strip():
+                return Rejection("required_field_missing", f"{name.upper()} is empty")
+
+        # identity
+        cccd = event["so_cccd"]
+        if len(cccd) != 12 or _DIGITS.match(cccd) is None:
+            return Rejection("citizen_id_format", f"SO_CCCD has {len(cccd)} characters, "
+                             "expected 12 digits")
+        if cccd[0] != "0" or cccd[1:3] not in self.provinces:
+            return Rejection("citizen_id_province",
+                             f"SO_CCCD province part {cccd[:3]} is not a province code")
+        gioi_tinh = event["gioi_tinh"]
+        if gioi_tinh not in GIOI_TINH:
+            return Rejection("code_not_in_list", f"GIOI_TINH={gioi_tinh} not in 1, 2, 3")
+        try:
+            born = parse_datetime(event["ngay_sinh"])
+        except ValueError:
+            return Rejection("date_invalid", "NGAY_SINH is not a valid yyyymmddHHMM date")
+        century, sex = _CCCD_CENTURY[cccd[3]]
+        if gioi_tinh != 3 and sex != gioi_tinh:
+            return Rejection("citizen_id_sex_century",
+                             f"SO_CCCD sex digit {cccd[3]} disagrees with GIOI_TINH={gioi_tinh}")
+        if century + int(cccd[4:6]) != born.year:
+            return Rejection("citizen_id_sex_century",
+                             "SO_CCCD century/year digits disagree with NGAY_SINH's year")
+        if not self._card_ok(event["ma_the_bhyt"]):
+            return Rejection("hi_card_format", "MA_THE_BHYT does not have the 15-character "
+                             "structure (group letters, level 1-5, province, 10 digits)")
+
+        # facilities
+        for name in ("ma_cskcb", "ma_dkbd", "ma_noi_di", "ma_noi_den"):
+            code = event.get(name)
+            if (code is not None or name in ("ma_cskcb", "ma_dkbd")) and not (
+                self._facility_code_ok(code)
+            ):
+                return Rejection("facility_code_invalid",
+                                 f"{name.upper()}={code!r} is not a 5-digit facility code of a "
+                                 "real province")
+        if event["ma_cskcb"] not in self.registry:
+            return Rejection("facility_unknown",
+                             f"MA_CSKCB={event['ma_cskcb']} is not in the facility registry")
+
+        # clinical codes
+        if _ICD10.match(event["ma_benh_chinh"]) is None:
+            return Rejection("icd10_main_invalid",
+                             f"MA_BENH_CHINH={event['ma_benh_chinh']!r} is not one ICD-10 code")
+        secondary = event.get("ma_benh_kt")
+        if secondary:
+            codes = secondary.split(";")
+            if len(codes) > 12:
+                return Rejection("icd10_secondary_invalid",
+                                 f"MA_BENH_KT has {len(codes)} codes, max 12")
+            for code in codes:
+                if _ICD10.match(code) is None:
+                    return Rejection("icd10_secondary_invalid",
+                                     f"MA_BENH_KT code {code!r} is not an ICD-10 code")
+        if event["ma_loai_kcb"] not in MA_LOAI_KCB:
+            return Rejection("code_not_in_list",
+                             f"MA_LOAI_KCB={event['ma_loai_kcb']!r} not in 01..10")
+        if event["ket_qua_dtri"] not in KET_QUA_DTRI:
+            return Rejection("code_not_in_list",
+                             f"KET_QUA_DTRI={event['ket_qua_dtri']} not in 1..7")
+        if event["ma_loai_rv"] not in MA_LOAI_RV:
+            return Rejection("code_not_in_list", f"MA_LOAI_RV={event['ma_loai_rv']} not in 1..5")
+        if _DOITUONG.match(event["ma_doituong_kcb"]) is None:
+            return Rejection("code_not_in_list",
+                             f"MA_DOITUONG_KCB={event['ma_doituong_kcb']!r} is not a category")
+
+        # dates
+        try:
+            admitted = parse_datetime(event["ngay_vao"])
+            discharged = parse_datetime(event["ngay_ra"])
+            for name in ("gt_the_tu", "gt_the_den"):
+                if event.get(name):
+                    parse_datetime(event[name])
+        except ValueError:
+            return Rejection("date_invalid", "NGAY_VAO, NGAY_RA or GT_THE_* is not a valid date")
+        if not born <= admitted <= discharged:
+            return Rejection("date_order", "expected NGAY_SINH <= NGAY_VAO <= NGAY_RA")
+        latest = now + _CLOCK_SKEW
+        if discharged > latest:
+            return Rejection("date_in_future", "NGAY_RA lies in the future")
+
+        # money
+        for name in _MONEY:
+            if event.get(name, 0) < 0:
+                return Rejection("money_negative", f"{name.upper()} is negative")
+        total = event["t_tongchi_bv"]
+        if event["t_tongchi_bh"] > total or event.get("t_bhtt", 0) > total:
+            return Rejection("money_insurer_exceeds_total",
+                             "T_TONGCHI_BH or T_BHTT exceeds T_TONGCHI_BV")
+
+        referral = event.get("referral")
+        if referral is not None:
+            rejection = self._validate_referral(referral, latest)
+            if rejection is not None:
+                return rejection
+        appointment = event.get("appointment")
+        if appointment is not None:
+            rejection = self._validate_appointment(appointment, discharged)
+            if rejection is not None:
+                return rejection
+        return None
+
+    def _validate_referral(self, referral: Mapping[str, Any], latest: datetime
+                           ) -> Rejection | None:
+        if _has_nul(referral):
+            return Rejection("text_nul_character", "an XML13 field contains NUL")
+        for name, limit in _LENGTHS_XML13:
+            value = referral.get(name)
+            if value is not None and len(value) > limit:
+                return Rejection("text_too_long", f"XML13 {name.upper()} is {len(value)} "
+                                 f"characters, max {limit}")
+        for name in ("so_chuyentuyen", "dau_hieu_ls", "qt_benhly", "huong_dieu_tri"):
+            if not (referral.get(name) or "").strip():
+                return Rejection("required_field_missing", f"XML13 {name.upper()} is empty")
+        for name in ("ma_noi_di", "ma_noi_den"):
+            if not self._facility_code_ok(referral[name]):
+                return Rejection("facility_code_invalid",
+                                 f"XML13 {name.upper()}={referral[name]!r} is not a 5-digit "
+                                 "facility code of a real province")
+        if referral["ma_noi_den"] == referral["ma_noi_di"]:
+            return Rejection("referral_same_facility",
+                             f"XML13 MA_NOI_DEN equals MA_NOI_DI ({referral['ma_noi_di']})")
+        if referral["ma_lydo_ct"] not in MA_LYDO_CT:
+            return Rejection("code_not_in_list",
+                             f"XML13 MA_LYDO_CT={referral['ma_lydo_ct']} not in 1, 2, 3")
+        try:
+            issued = parse_datetime(referral["ngay_ct"])
+        except ValueError:
+            return Rejection("date_invalid", "XML13 NGAY_CT is not a valid date")
+        if issued > latest:
+            return Rejection("date_in_future", "XML13 NGAY_CT lies in the future")
+        return None
+
+    def _validate_appointment(self, appointment: Mapping[str, Any], discharged: datetime
+                              ) -> Rejection | None:
+        if _has_nul(appointment):
+            return Rejection("text_nul_character", "an XML14 field contains NUL")
+        for name, limit in _LENGTHS_XML14:
+            value = appointment.get(name)
+            if value is not None and len(value) > limit:
+                return Rejection("text_too_long", f"XML14 {name.upper()} is {len(value)} "
+                                 f"characters, max {limit}")
+        if not (appointment.get("so_giayhen_kl") or "").strip():
+            return Rejection("required_field_missing", "XML14 SO_GIAYHEN_KL is empty")
+        try:
+            when = parse_datetime(appointment["ngay_hen_kl"])
+            if appointment.get("ngay_ct"):
+                parse_datetime(appointment["ngay_ct"])
+        except ValueError:
+            return Rejection("date_invalid", "XML14 NGAY_HEN_KL or NGAY_CT is not a valid date")
+        if when <= discharged:
+            return Rejection("appointment_before_discharge",
+                             "XML14 NGAY_HEN_KL is not after NGAY_RA")
+        return None
