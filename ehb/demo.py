@@ -60,6 +60,9 @@ class DemoChildren:
         env["EHB_KAFKA_SESSION_TIMEOUT_S"] = str(s.kafka_session_timeout_s)
         env["EHB_KAFKA_PARTITIONS"] = str(s.kafka_partitions)
         env["EHB_TOPIC_PREFIX"] = s.topic_prefix
+        env["EHB_WORKER_GROUP"] = s.worker_group
+        env["EHB_SINK_GROUP"] = s.sink_group
+        env["EHB_LOG_LEVEL"] = s.log_level
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
