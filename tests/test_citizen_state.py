@@ -1,0 +1,213 @@
+"""Unit tests of the stateful stage's logic (streams/citizen_state.py): event time, idempotence,
+independence from how events are cut into batches."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas.reference import FacilityRegistry
+from streams.citizen_state import (
+    DAY_MS,
+    HOUR_MS,
+    CitizenStateMachine,
+    StateConfig,
+    _copy,
+    _prune,
+)
+from streams.enrichment import enrich
+from tests import factories as f
+
+REGISTRY = FacilityRegistry.from_reference()
+CONFIG = StateConfig(partitions=1, referral_window_ms=30 * DAY_MS, reminder_lead_ms=24 * HOUR_MS,
+                     grace_ms=3 * DAY_MS, lateness_ms=48 * HOUR_MS)
+T0 = f.BASE_TIME
+
+
+def item(event: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    return enrich(event, REGISTRY, key or f"citizen-{event['so_cccd']}", published_at=0)
+
+
+class Run:
+    """Feeds items through the machine like the agent does: outputs, then state."""
+
+    def __init__(self, config: StateConfig = CONFIG) -> None:
+        self.machine = CitizenStateMachine(config)
+        self.table: dict[str, Any] = {}
+        self.health_book: list[dict] = []
+        self.referrals: list[dict] = []
+        self.appointments: list[dict] = []
+
+    def feed(self, items: list[dict], batch: int = 1000) -> Run:
+        for i in range(0, len(items), batch):
+            out = self.machine.process(0, items[i:i + batch], self.table, now_ms=0)
+            self.health_book += out.health_book
+            self.referrals += out.referrals
+            self.appointments += out.appointments
+            for k, v in out.state.items():
+                if v is None:
+                    self.table.pop(k, None)
+                else:
+                    self.table[k] = v
+        return self
+
+    def kinds(self, records: list[dict]) -> list[tuple[str, str]]:
+        return [(r["record_type"], r.get("referral_id") or r.get("appointment_id")) for r in
+                records]
+
+    def final(self) -> dict[str, Any]:
+        return {
+            "integrated": sorted(r["citizen_key"] for r in self.health_book
+                                 if r["record_type"] == "BOOK_INTEGRATED"),
+            "referrals": sorted(self.kinds(self.referrals)),
+            "appointments": sorted(self.kinds(self.appointments)),
+        }
+
+
+def clock_push(n: int, when: datetime) -> dict:
+    """An unrelated citizen's exam that moves the partition's event-time clock."""
+    return item(f.exam(9000 + n, admitted=when))
+
+
+def test_integration_once_per_citizen_with_duplicates_and_many_exams() -> None:
+    first = f.exam(1, admitted=T0)
+    items = [item(first), item(first)] + [
+        item(f.exam(1, admitted=T0 + timedelta(days=d), facility="79005")) for d in range(1, 6)
+    ] + [item(f.exam(2, admitted=T0))]
+    run = Run().feed(items, batch=3)
+    integrated = [r for r in run.health_book if r["record_type"] == "BOOK_INTEGRATED"]
+    assert len(integrated) == 2
+    assert integrated[0]["event_id"] == first["event_id"]
+    assert len([r for r in run.health_book if r["record_type"] == "EXAMINATION"]) == 8
+
+
+def test_referral_completed_by_exam_at_destination_within_window() -> None:
+    issuing = f.with_referral(f.exam(3, facility="79005", admitted=T0), destination="79002",
+                              number="CT1")
+    arrival = f.exam(3, facility="79002", admitted=T0 + timedelta(days=4))
+    run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=2)),
+                      item(arrival)])
+    assert run.kinds(run.referrals) == [("ISSUED", "79005:CT1"), ("COMPLETED", "79005:CT1")]
+    completed = run.referrals[1]
+    assert completed["arrival_event_id"] == arrival["event_id"]
+    assert completed["origin"] == "79005" and completed["destination"] == "79002"
+    assert 3.9 < completed["days_to_arrival"] < 4.0
+
+
+def test_referral_expires_when_watermark_passes_deadline() -> None:
+    issuing = f.with_referral(f.exam(4, facility="79005", admitted=T0), destination="79002",
+                              number="CT2")
+    wrong_place = f.exam(4, facility="79003", admitted=T0 + timedelta(days=3))
+    run = Run().feed([item(issuing), item(wrong_place)])
+    # the deadline is 30 days after the letter; lateness 48 h: not yet expired at day 31
+    run.feed([clock_push(1, T0 + timedelta(days=31, hours=12))])
+    assert [k for k, _ in run.kinds(run.referrals)] == ["ISSUED"]
+    run.feed([clock_push(2, T0 + timedelta(days=32, hours=3))])
+    assert run.kinds(run.referrals) == [("ISSUED", "79005:CT2"), ("EXPIRED", "79005:CT2")]
+    # an arrival after expiry completes nothing
+    run.feed([item(f.exam(4, facility="79002", admitted=T0 + timedelta(days=32)))])
+    assert [k for k, _ in run.kinds(run.referrals)] == ["ISSUED", "EXPIRED"]
+
+
+def test_late_arrival_within_allowed_lateness_still_completes() -> None:
+    issuing = f.with_referral(f.exam(5, facility="79005", admitted=T0), destination="79002",
+                              number="CT3")
+    run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=31))])
+    # the destination uploads an exam of day 29 two days late: within lateness
+    run.feed([item(f.exam(5, facility="79002", admitted=T0 + timedelta(days=29)))])
+    assert [k for k, _ in run.kinds(run.referrals)] == ["ISSUED", "COMPLETED"]
+
+
+def test_referral_uploaded_after_the_arrival_is_matched() -> None:
+    arrival = f.exam(6, facility="79002", admitted=T0 + timedelta(days=1))
+    issuing = f.with_referral(f.exam(6, facility="79005", admitted=T0), destination="79002",
+                              number="CT4")
+    run = Run().feed([item(arrival), item(issuing)])
+    assert [k for k, _ in run.kinds(run.referrals)] == ["ISSUED", "COMPLETED"]
+    assert run.referrals[1]["arrival_event_id"] == arrival["event_id"]
+
+
+def test_appointment_reminder_kept_and_missed_in_event_time() -> None:
+    date = T0 + timedelta(days=14)
+    kept = f.with_appointment(f.exam(7, facility="79005", admitted=T0), when=date, number="HK1")
+    missed = f.with_appointment(f.exam(8, facility="79005", admitted=T0), when=date,
+                                number="HK2")
+    run = Run().feed([item(kept), item(missed)])
+    assert [k for k, _ in run.kinds(run.appointments)] == ["SCHEDULED", "SCHEDULED"]
+    run.feed([clock_push(1, date - timedelta(hours=25))])
+    assert len(run.appointments) == 2            # not yet: 25 h before
+    run.feed([clock_push(2, date - timedelta(hours=23))])
+    reminders = [r for r in run.appointments if r["record_type"] == "REMINDER"]
+    assert len(reminders) == 2
+    assert {r["event_time"] for r in reminders} == {
+        int((date - timedelta(hours=24)).timestamp() * 1000)}
+    run.feed([item(f.exam(7, facility="79005", admitted=date + timedelta(days=1)))])
+    run.feed([clock_push(3, date + timedelta(days=5, hours=1))])  # grace 3 d + lateness 2 d
+    final = {(k, i) for k, i in run.kinds(run.appointments)}
+    assert ("KEPT", "79005:HK1") in final and ("MISSED", "79005:HK2") in final
+    assert ("MISSED", "79005:HK1") not in final and ("KEPT", "79005:HK2") not in final
+
+
+def test_the_episode_itself_does_not_keep_its_own_appointment() -> None:
+    event = f.with_appointment(f.exam(9, facility="79005", admitted=T0),
+                               when=T0 + timedelta(days=2), number="HK3")
+    run = Run().feed([item(event)])
+    assert [k for k, _ in run.kinds(run.appointments)] == ["SCHEDULED"]
+
+
+def _scenario(seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    items = []
+    for n in range(40):
+        at = T0 + timedelta(hours=rng.randint(0, 24 * 40))
+        event = f.exam(100 + n % 15, facility=rng.choice(["79001", "79002", "79005"]),
+                       admitted=at)
+        if rng.random() < 0.25:
+            event = f.with_referral(event, destination="79002" if event["ma_cskcb"] != "79002"
+                                    else "79001")
+        elif rng.random() < 0.3:
+            event = f.with_appointment(event, when=at + timedelta(days=rng.randint(3, 10)))
+        items.append(item(event))
+    items.sort(key=lambda i: i["event_time"] + rng.randint(-30, 30) * HOUR_MS)  # some late
+    return items
+
+
+def test_results_do_not_depend_on_batch_boundaries() -> None:
+    items = _scenario(1)
+    reference = Run().feed(items, batch=1000).final()
+    for batch in (1, 2, 7, 13):
+        assert Run().feed(items, batch=batch).final() == reference
+
+
+def test_replaying_processed_events_changes_nothing() -> None:
+    items = _scenario(2)
+    once = Run().feed(items)
+    replayed = Run()
+    replayed.feed(items[:25])
+    # a crash after state was written: the same events come again, then the rest
+    replayed.feed(items[10:])
+    assert replayed.final() == once.final()
+    # the states agree once what no event can use any more (visits behind the watermark) is
+    # forgotten: when that forgetting happens is memory management, not a decision
+    assert _pruned(replayed) == _pruned(once)
+
+
+def _pruned(run: Run) -> dict[str, Any]:
+    clock = run.table[run.machine.clock_key(0)]
+    out = {}
+    for key, state in run.table.items():
+        if isinstance(state, dict):
+            state = _copy(state)
+            _prune(state, clock - CONFIG.lateness_ms)
+        out[key] = state
+    return out
+
+
+def test_state_is_pruned_once_nothing_can_change() -> None:
+    issuing = f.with_referral(f.exam(10, facility="79005", admitted=T0), destination="79002")
+    run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=40))])
+    run.feed([item(f.exam(10, facility="79003", admitted=T0 + timedelta(days=40)))])
+    state = run.table[f"citizen-{issuing['so_cccd']}"]
+    assert "r" not in state                       # expired and past the watermark
+    assert state["i"] == 1                        # integration is remembered forever
