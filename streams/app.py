@@ -32,6 +32,7 @@ from collections import defaultdict
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from ehb.kafka import faust_broker_options, producer_config
 from ehb.privacy import CitizenKeyer
@@ -39,7 +40,7 @@ from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
 from streams import metrics
-from streams.citizen_state import CitizenStateMachine, StateConfig
+from streams.citizen_state import NEVER, CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
 from streams.output import OutputProducer
 
@@ -49,6 +50,52 @@ log = logging.getLogger(__name__)
 
 #: events per internal message; keeps messages well under the broker's 1 MB default
 MAX_ITEMS_PER_MESSAGE = 500
+
+
+class IntakeProgress:
+    """The intake's progress on the input partitions it owns.
+
+    Sent with every message to the stateful stage, which aligns its event-time clock on the
+    slowest input partition (streams/citizen_state.py). A partition is *idle* when everything
+    up to its high watermark has been processed: it then does not hold the clock back.
+    """
+
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.watermark: dict[int, int] = {}
+        self.done_upto: dict[int, int] = {}
+        self._last_sent: dict[int, list[dict[str, Any]]] = {}
+
+    def update(self, result: Any) -> None:
+        for q, t in result.progress.items():
+            if t > self.watermark.get(q, NEVER):
+                self.watermark[q] = t
+        for q, offset in result.consumed.items():
+            if offset > self.done_upto.get(q, 0):
+                self.done_upto[q] = offset
+
+    def sources(self, consumer: Any) -> list[dict[str, Any]]:
+        out = []
+        owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == self.topic)
+        for q in owned:
+            tp = TP(self.topic, q)
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp) or 0
+            done = max(self.done_upto.get(q, 0), committed)
+            idle = highwater is not None and done >= highwater
+            out.append({"partition": q, "watermark": self.watermark.get(q, NEVER),
+                        "idle": idle})
+        return out
+
+    def changed_for(self, partition: int, sources: list[dict[str, Any]]) -> bool:
+        if self._last_sent.get(partition) == sources:
+            return False
+        self._last_sent[partition] = sources
+        return True
+
+    def sent(self, partition: int, sources: list[dict[str, Any]]) -> None:
+        self._last_sent[partition] = sources
 
 
 def _encode_json(value: Any) -> bytes:
@@ -101,6 +148,15 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     t_examinations = settings.topic("examinations")
     batch_size, within = settings.worker_batch_size, settings.worker_batch_timeout_s
 
+    progress = IntakeProgress(t_examinations, partitions)
+
+    def send_progress(sources: list[dict[str, Any]], with_items: set[int]) -> None:
+        """Progress to every partition that got no items in this batch (if it changed)."""
+        for p in range(partitions):
+            if p not in with_items and progress.changed_for(p, sources):
+                output.produce(t_by_citizen, encode_batch({"items": [], "sources": sources}),
+                               partition=p)
+
     @app.agent(examinations, name="ehb.intake")
     async def intake_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(batch_size, within=within):
@@ -111,11 +167,16 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                 for e in events
             ]
             result = intake.process(messages)
+            progress.update(result)
+            sources = progress.sources(app.consumer)
             for partition, items in result.by_partition.items():
                 for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
                     chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
-                    output.produce(t_by_citizen, encode_batch({"items": chunk}),
+                    output.produce(t_by_citizen, encode_batch({"items": chunk,
+                                                               "sources": sources}),
                                    partition=partition)
+                progress.sent(partition, sources)
+            send_progress(sources, set(result.by_partition))
             for facility, dead_letter in result.dead_letters:
                 output.produce(t_dead_letter, encode_dead_letter(dead_letter),
                                key=facility.encode() if facility else None)
@@ -129,6 +190,14 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             metrics.LAST_PROCESSED.labels("intake").set(time.time())
             metrics.BATCH_SECONDS.labels("intake").observe(time.perf_counter() - started)
 
+    @app.timer(1.0)
+    async def report_idle_partitions() -> None:
+        """Between batches: tell the stateful stage which input partitions are caught up."""
+        if not app.consumer.assignment():
+            return
+        send_progress(progress.sources(app.consumer), set())
+        await output.flush()
+
     changelog_topic = citizens.changelog_topic.get_topic_name()
 
     @app.agent(by_citizen, name="ehb.health-book")
@@ -136,7 +205,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         store = citizens.data
         async for events in stream.take_events(batch_size, within=within):
             started = time.perf_counter()
-            by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            by_partition: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
             for e in events:
                 try:
                     decoded = codec.decode(e.message.value, (SUBJECTS.VALIDATED_BATCH,))
@@ -145,13 +214,14 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                               e.message.partition, e.message.offset, exc.reason)
                     metrics.FAILURES.labels("health-book", exc.reason).inc()
                     continue
-                by_partition[e.message.partition].extend(decoded.record["items"])
+                record = decoded.record
+                by_partition[e.message.partition].append((record["items"], record["sources"]))
             now_ms = int(time.time() * 1000)
             state_writes: list[tuple[int, dict[str, Any]]] = []
             n_items = n_hb = n_ref = n_app = 0
-            for partition, items in by_partition.items():
-                emitted = machine.process(partition, items, store, now_ms)
-                n_items += len(items)
+            for partition, batch in by_partition.items():
+                emitted = machine.process(partition, batch, store, now_ms)
+                n_items += sum(len(items) for items, _ in batch)
                 for record in emitted.health_book:
                     output.produce(t_health_book, encode_health_book(record),
                                    key=record["citizen_key"].encode())

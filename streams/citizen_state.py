@@ -6,10 +6,18 @@ State lives in one changelog-backed Faust table keyed by pseudonymous citizen ke
 that the agent can write the outputs *before* the state (a crash in between re-emits a record
 the idempotent sink absorbs, never loses one).
 
-Time. Every decision uses the events' own times, never the wall clock:
+Time. Every decision uses the events' own times (NGAY_VAO), never the wall clock:
 
-* ``clock(p)``: the newest event time (NGAY_VAO) seen on partition ``p``;
-* ``watermark(p) = clock(p) - allowed_lateness``: data older than that is "late".
+* The intake reports, with every message it sends to partition ``p`` of the internal topic,
+  its progress on each input partition ``q`` of ``examinations``: the newest event time it has
+  processed there, or "idle" when ``q`` had nothing left to process.
+* ``clock(p)`` = the minimum of those progresses over every input partition (idle ones
+  excluded; all idle: the maximum), never decreasing. Aligning on the slowest input partition
+  is what makes a replay of a year's backlog, consumed in whatever interleaving, give the
+  results of living through it: a partition read ahead of another never makes the other's
+  events "late".
+* ``watermark(p) = clock(p) - allowed_lateness``: data older than that is "late" (a facility
+  uploading old data) and no longer completes, keeps or expires anything.
 * A referral is COMPLETED by an exam of the same citizen at its destination with admission in
   ``[issued_at, issued_at + window]``; EXPIRED once the watermark passes the deadline (so a
   facility's late upload, within the allowed lateness, still completes it).
@@ -21,6 +29,9 @@ Time. Every decision uses the events' own times, never the wall clock:
 
 Replaying the same events gives the same decisions: every update is idempotent (visits by
 event id, referrals and appointments by id, integration once), and the clock is persisted.
+One caveat, documented in the README: a REMINDER is emitted when the clock reaches its time
+if the appointment is still open then; a visit *before* the reminder time that is uploaded
+late (within the lateness) keeps the appointment after the reminder was sent.
 
 State of one citizen (compact JSON, the table's value)::
 
@@ -145,36 +156,51 @@ class CitizenStateMachine:
         return due
 
     # -- processing ---------------------------------------------------------------------
-    def process(self, partition: int, items: Iterable[Mapping[str, Any]],
-                table: Mapping[str, Any], now_ms: int) -> Emitted:
-        """Apply one partition's validated examinations in order.
+    def clock(self, partition: int, table: Mapping[str, Any]) -> int:
+        return _clock_of(table.get(self._clock_keys[partition]), self.config.partitions)
 
-        Timers are checked after every event, so decisions depend on the order of events on
-        the partition only, never on how they were cut into batches.
+    def process(self, partition: int,
+                messages: Iterable[tuple[Iterable[Mapping[str, Any]], Iterable[Mapping[str, Any]]]],
+                table: Mapping[str, Any], now_ms: int) -> Emitted:
+        """Apply one partition's messages in order: each is (validated items, progress).
+
+        The items of a message are applied with the clock as it stands, then the message's
+        progress report moves the clock and fires what is due. Decisions depend on the order
+        of events on each input partition only, never on batch boundaries or interleaving.
         """
         out = Emitted()
         overlay = out.state
         heap = self._index(partition, table)
         clock_key = self._clock_keys[partition]
-        clock: int = overlay.get(clock_key, table.get(clock_key, NEVER))
+        progress = _copy_progress(overlay.get(clock_key, table.get(clock_key)))
+        clock = progress["c"]
         lateness = self.config.lateness_ms
-        for item in items:
-            published = item["published_at"]
-            if item["event_time"] > clock:
-                clock = item["event_time"]
+        published = 0
+        changed = False
+        for items, sources in messages:
+            for item in items:
+                published = item["published_at"]
+                key = item["citizen_key"]
+                state = _copy(overlay[key] if key in overlay else table.get(key))
+                self._apply_examination(item, state, out, now_ms, clock - lateness)
+                overlay[key] = state
+                due = self._next_due(state)
+                if due is not None:
+                    heapq.heappush(heap, (due, key))
+                    if due <= clock:
+                        self._fire_timers(heap, clock, table, out, published)
+            for source in sources:
+                q = str(source["partition"])
+                wm, idle = progress["s"].get(q, (NEVER, False))
+                progress["s"][q] = [max(wm, source["watermark"]), bool(source["idle"])]
+                changed = True
+            new_clock = _clock_of(progress, self.config.partitions)
+            if new_clock > clock:
+                clock = progress["c"] = new_clock
                 if heap and heap[0][0] <= clock:
                     self._fire_timers(heap, clock, table, out, published)
-            key = item["citizen_key"]
-            state = _copy(overlay[key] if key in overlay else table.get(key))
-            self._apply_examination(item, state, out, now_ms, clock - lateness)
-            overlay[key] = state
-            due = self._next_due(state)
-            if due is not None:
-                heapq.heappush(heap, (due, key))
-                if due <= clock:
-                    self._fire_timers(heap, clock, table, out, published)
-        if clock != table.get(clock_key, NEVER):
-            overlay[clock_key] = clock
+        if changed:
+            overlay[clock_key] = progress
         return out
 
     def _apply_examination(self, item: Mapping[str, Any], state: dict[str, Any],
@@ -300,12 +326,32 @@ class CitizenStateMachine:
                 if a[A_AT] + cfg.grace_ms < watermark:
                     a[A_STATUS] = "missed"
                     end = a[A_AT] + cfg.grace_ms
-                    out.appointments.append(_appointment_record("MISSED", aid, key, a, end, published))
+                    out.appointments.append(
+                        _appointment_record("MISSED", aid, key, a, end, published))
             _prune(state, watermark)
             overlay[key] = state
             due = self._next_due(state)
             if due is not None:
                 heapq.heappush(heap, (due, key))
+
+
+def _copy_progress(progress: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not progress:
+        return {"c": NEVER, "s": {}}
+    return {"c": progress["c"], "s": {q: list(v) for q, v in progress["s"].items()}}
+
+
+def _clock_of(progress: Mapping[str, Any] | None, partitions: int) -> int:
+    """min progress over the input partitions (idle excluded), never below the last clock."""
+    if not progress:
+        return NEVER
+    last: int = progress["c"]
+    sources = progress["s"]
+    if len(sources) < partitions:
+        return last  # some input partition never reported: hold the clock
+    active = [wm for wm, idle in sources.values() if not idle]
+    aligned = min(active) if active else max(wm for wm, _ in sources.values())
+    return max(last, aligned)
 
 
 def _copy(state: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from ehb.kafka import partition_for
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
+from streams.citizen_state import NEVER
 from streams.enrichment import enrich
 from streams.validation import VN_TZ, Rejection, Validator
 
@@ -43,6 +44,10 @@ class IntakeResult:
     )
     #: (facility code or None, DeadLetter record)
     dead_letters: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+    #: input partition -> newest event time (ms) of the valid events in this batch
+    progress: dict[int, int] = field(default_factory=dict)
+    #: input partition -> offset after the last message of this batch
+    consumed: dict[int, int] = field(default_factory=dict)
     events_in: int = 0
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -70,8 +75,11 @@ class Intake:
         now_s = self.clock()
         now = datetime.fromtimestamp(now_s, VN_TZ)
         now_ms = int(now_s * 1000)
+        consumed = result.consumed
         for message in messages:
             self._process_message(message, result, now, now_ms)
+            if message.offset + 1 > consumed.get(message.partition, -1):
+                consumed[message.partition] = message.offset + 1
         return result
 
     def _process_message(self, message: SourceMessage, result: IntakeResult, now: datetime,
@@ -117,6 +125,8 @@ class Intake:
             item = enrich(event, self.registry, key, message.timestamp_ms)
             result.by_partition[partition_for(key.encode(), self.partitions)].append(item)
             result.accepted += 1
+            if item["event_time"] > result.progress.get(message.partition, NEVER):
+                result.progress[message.partition] = item["event_time"]
 
     def _dead_letter(self, result: IntakeResult, message: SourceMessage, stage: str,
                      reason: str, text: str, now_ms: int, *, original: bytes,

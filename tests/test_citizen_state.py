@@ -11,6 +11,7 @@ from schemas.reference import FacilityRegistry
 from streams.citizen_state import (
     DAY_MS,
     HOUR_MS,
+    NEVER,
     CitizenStateMachine,
     StateConfig,
     _copy,
@@ -34,14 +35,20 @@ class Run:
 
     def __init__(self, config: StateConfig = CONFIG) -> None:
         self.machine = CitizenStateMachine(config)
+        self.progress = NEVER  # one input partition: its progress is the newest event time
         self.table: dict[str, Any] = {}
         self.health_book: list[dict] = []
         self.referrals: list[dict] = []
         self.appointments: list[dict] = []
 
     def feed(self, items: list[dict], batch: int = 1000) -> Run:
-        for i in range(0, len(items), batch):
-            out = self.machine.process(0, items[i:i + batch], self.table, now_ms=0)
+        messages = []
+        for it in items:
+            self.progress = max(self.progress, it["event_time"])
+            messages.append(([it], [{"partition": 0, "watermark": self.progress,
+                                     "idle": False}]))
+        for i in range(0, len(messages), batch):
+            out = self.machine.process(0, messages[i:i + batch], self.table, now_ms=0)
             self.health_book += out.health_book
             self.referrals += out.referrals
             self.appointments += out.appointments
@@ -194,7 +201,7 @@ def test_replaying_processed_events_changes_nothing() -> None:
 
 
 def _pruned(run: Run) -> dict[str, Any]:
-    clock = run.table[run.machine.clock_key(0)]
+    clock = run.table[run.machine.clock_key(0)]["c"]
     out = {}
     for key, state in run.table.items():
         if isinstance(state, dict):
@@ -211,3 +218,36 @@ def test_state_is_pruned_once_nothing_can_change() -> None:
     state = run.table[f"citizen-{issuing['so_cccd']}"]
     assert "r" not in state                       # expired and past the watermark
     assert state["i"] == 1                        # integration is remembered forever
+
+
+def test_an_input_partition_read_ahead_does_not_make_another_late() -> None:
+    """Replaying a backlog: input partition 1 is consumed 40 days ahead of partition 0."""
+    machine = CitizenStateMachine(StateConfig(partitions=2))
+    table: dict[str, Any] = {}
+    issuing = f.with_referral(f.exam(20, facility="79005", admitted=T0), destination="79002",
+                              number="CT9")
+    arrival = f.exam(20, facility="79002", admitted=T0 + timedelta(days=4))
+    ahead = [clock_push(i, T0 + timedelta(days=i)) for i in range(41)]
+
+    def source(q: int, when: datetime, idle: bool = False) -> dict:
+        return {"partition": q, "watermark": int(when.timestamp() * 1000), "idle": idle}
+
+    messages = [([item(issuing)], [source(0, T0)])]
+    messages += [([it], [source(1, T0 + timedelta(days=i))]) for i, it in enumerate(ahead)]
+    messages += [([item(arrival)], [source(0, T0 + timedelta(days=4))])]
+    out = machine.process(0, messages, table, now_ms=0)
+    assert [r["record_type"] for r in out.referrals] == ["ISSUED", "COMPLETED"]
+    table.update(out.state)
+    # once partition 0 is caught up (idle), the clock follows partition 1: nothing else open
+    out = machine.process(0, [([], [source(0, T0 + timedelta(days=4), idle=True)])], table, 0)
+    assert machine.clock(0, {**table, **out.state}) == int(
+        (T0 + timedelta(days=40)).timestamp() * 1000)
+
+
+def test_the_clock_holds_until_every_input_partition_reported() -> None:
+    machine = CitizenStateMachine(StateConfig(partitions=2))
+    issuing = f.with_referral(f.exam(21, facility="79005", admitted=T0), destination="79002")
+    later = int((T0 + timedelta(days=60)).timestamp() * 1000)
+    out = machine.process(0, [([item(issuing)], [{"partition": 0, "watermark": later,
+                                                  "idle": False}])], {}, now_ms=0)
+    assert [r["record_type"] for r in out.referrals] == ["ISSUED"]  # partition 1 unknown
