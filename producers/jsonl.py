@@ -18,6 +18,7 @@ from typing import Any
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
 from schemas import SUBJECTS, AvroCodec, EncodeError
+from schemas.registry import codec_for
 
 __all__ = ["JsonlReport", "publish_jsonl", "event_from_json", "EVENT_ID_NAMESPACE"]
 
@@ -61,7 +62,7 @@ def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
 
 
 def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> JsonlReport:
-    codec = AvroCodec()
+    codec = codec_for(settings)
     publisher = ExaminationPublisher(settings, codec=codec, batch_size=batch_size, linger_s=5)
     report = JsonlReport()
     with open(path, "rb") as src:

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
+from schemas.registry import codec_for
 from streams.validation import parse_datetime
 
 __all__ = ["ExaminationPublisher"]
@@ -35,7 +36,7 @@ class ExaminationPublisher:
                  batch_size: int = 100, linger_s: float = 0.2,
                  upload_interval: timedelta = timedelta(hours=24),
                  producer: Producer | None = None) -> None:
-        self.codec = codec or AvroCodec()
+        self.codec = codec or codec_for(settings)
         self.topic = settings.topic("examinations")
         self.batch_size = batch_size
         self.linger_s = linger_s

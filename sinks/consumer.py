@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from ehb.kafka import consumer_config, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.registry import codec_for
 
 __all__ = ["Record", "RecordConsumer"]
 
@@ -68,7 +69,7 @@ class RecordConsumer:
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.codec = codec or AvroCodec()
+        self.codec = codec or codec_for(settings)
         self.topics = [settings.topic(t) for t in topics]
         self.subjects = frozenset(subjects) if subjects is not None else None
         self._consumer = Consumer(

@@ -39,6 +39,7 @@ from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
+from schemas.registry import codec_for
 from streams import metrics
 from streams.citizen_state import NEVER, CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
@@ -104,7 +105,7 @@ def _encode_json(value: Any) -> bytes:
 
 def create_app(settings: Settings, codec: AvroCodec | None = None,
                registry: FacilityRegistry | None = None) -> faust.App:
-    codec = codec or AvroCodec()
+    codec = codec or codec_for(settings)
     registry = registry or FacilityRegistry.from_reference()
     partitions = settings.kafka_partitions
     session = settings.kafka_session_timeout_s

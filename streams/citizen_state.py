@@ -21,7 +21,8 @@ Time. Every decision uses the events' own times (NGAY_VAO), never the wall clock
 * A referral is COMPLETED by an exam of the same citizen at its destination with admission in
   ``[issued_at, issued_at + window]``; EXPIRED once the watermark passes the deadline (so a
   facility's late upload, within the allowed lateness, still completes it).
-* An appointment gets a REMINDER once the clock reaches ``appointment_at - lead``; it is KEPT
+* An appointment gets a REMINDER once the clock reaches ``appointment_at - lead``, unless a
+  visit before that time (in event time) already kept it; it is KEPT
   by an exam at its facility within ``appointment_at +/- grace`` (after the episode's
   discharge); MISSED once the watermark passes ``appointment_at + grace``.
 * Recent visits are kept until the watermark passes them, so that a referral or appointment
@@ -40,7 +41,7 @@ State of one citizen (compact JSON, the table's value)::
      "r": {referral_id: [origin, destination, issued_ms, deadline_ms, status, event_id,
                          ma_lydo_ct, ma_benh_chinh]},
      "a": {appointment_id: [facility, at_ms, reminded, status, event_id, ma_benh_chinh,
-                            discharged_ms]}}
+                            discharged_ms, kept_visit_ms]}}
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ NEVER = -(2**62)
 # referral tuple indexes
 R_ORIGIN, R_DEST, R_ISSUED, R_DEADLINE, R_STATUS, R_EVENT, R_REASON, R_ICD = range(8)
 # appointment tuple indexes
-A_FACILITY, A_AT, A_REMINDED, A_STATUS, A_EVENT, A_ICD, A_DISCHARGED = range(7)
+A_FACILITY, A_AT, A_REMINDED, A_STATUS, A_EVENT, A_ICD, A_DISCHARGED, A_VISIT = range(8)
 OPEN = "open"
 
 
@@ -138,6 +139,13 @@ class CitizenStateMachine:
             self._due[partition] = heap
         return heap
 
+    def _wants_reminder(self, a: list[Any]) -> bool:
+        """Open, or kept by a visit at or after the reminder time (in event time)."""
+        if a[A_STATUS] == OPEN:
+            return True
+        return bool(a[A_STATUS] == "kept" and a[A_VISIT] is not None
+                    and a[A_VISIT] >= a[A_AT] - self.config.reminder_lead_ms)
+
     def _next_due(self, state: Mapping[str, Any]) -> int | None:
         """Clock time at which this citizen's next timer fires."""
         cfg = self.config
@@ -147,12 +155,12 @@ class CitizenStateMachine:
                 t = r[R_DEADLINE] + cfg.lateness_ms + 1
                 due = t if due is None else min(due, t)
         for a in state.get("a", {}).values():
-            if a[A_STATUS] != OPEN:
-                continue
-            t = a[A_AT] + cfg.grace_ms + cfg.lateness_ms + 1
-            if not a[A_REMINDED]:
-                t = min(t, a[A_AT] - cfg.reminder_lead_ms)
-            due = t if due is None else min(due, t)
+            if not a[A_REMINDED] and self._wants_reminder(a):
+                t = a[A_AT] - cfg.reminder_lead_ms
+                due = t if due is None else min(due, t)
+            if a[A_STATUS] == OPEN:
+                t = a[A_AT] + cfg.grace_ms + cfg.lateness_ms + 1
+                due = t if due is None else min(due, t)
         return due
 
     # -- processing ---------------------------------------------------------------------
@@ -251,7 +259,7 @@ class CitizenStateMachine:
             if aid not in appts:
                 at = event_time_ms(appointment["ngay_hen_kl"])
                 discharged = event_time_ms(event["ngay_ra"])
-                a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged]
+                a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged, None]
                 appts[aid] = a
                 out.appointments.append(
                     _appointment_record("SCHEDULED", aid, key, a, discharged, published))
@@ -291,6 +299,7 @@ class CitizenStateMachine:
     def _keep(self, key: str, aid: str, a: list[Any], admitted: int, visit_event_id: str,
               published: int, out: Emitted) -> None:
         a[A_STATUS] = "kept"
+        a[A_VISIT] = admitted
         record = _appointment_record("KEPT", aid, key, a, admitted, published)
         record["visit_event_id"] = visit_event_id
         out.appointments.append(record)
@@ -316,14 +325,12 @@ class CitizenStateMachine:
                     out.referrals.append(
                         _referral_record("EXPIRED", rid, key, r, r[R_DEADLINE], published))
             for aid, a in sorted(state.get("a", {}).items()):
-                if a[A_STATUS] != OPEN:
-                    continue
                 remind_at = a[A_AT] - cfg.reminder_lead_ms
-                if not a[A_REMINDED] and remind_at <= clock:
+                if not a[A_REMINDED] and remind_at <= clock and self._wants_reminder(a):
                     a[A_REMINDED] = 1
                     out.appointments.append(
                         _appointment_record("REMINDER", aid, key, a, remind_at, published))
-                if a[A_AT] + cfg.grace_ms < watermark:
+                if a[A_STATUS] == OPEN and a[A_AT] + cfg.grace_ms < watermark:
                     a[A_STATUS] = "missed"
                     end = a[A_AT] + cfg.grace_ms
                     out.appointments.append(

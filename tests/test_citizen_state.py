@@ -251,3 +251,18 @@ def test_the_clock_holds_until_every_input_partition_reported() -> None:
     out = machine.process(0, [([item(issuing)], [{"partition": 0, "watermark": later,
                                                   "idle": False}])], {}, now_ms=0)
     assert [r["record_type"] for r in out.referrals] == ["ISSUED"]  # partition 1 unknown
+
+
+def test_reminder_follows_event_time_not_the_arrival_order_of_the_visit() -> None:
+    date = T0 + timedelta(days=10)
+    early = f.with_appointment(f.exam(30, facility="79005", admitted=T0), when=date,
+                               number="HK30")
+    ontime = f.with_appointment(f.exam(31, facility="79005", admitted=T0), when=date,
+                                number="HK31")
+    run = Run().feed([item(early), item(ontime)])
+    run.feed([item(f.exam(30, facility="79005", admitted=date - timedelta(hours=40))),
+              item(f.exam(31, facility="79005", admitted=date - timedelta(hours=10))),
+              clock_push(1, date)])
+    reminded = {i for k, i in run.kinds(run.appointments) if k == "REMINDER"}
+    # kept 40 h before: no reminder was due; kept 10 h before: the reminder (24 h) was due
+    assert reminded == {"79005:HK31"}
