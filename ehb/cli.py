@@ -264,6 +264,59 @@ def demo(
     raise typer.Exit(code)
 
 
+schemas_app = typer.Typer(help="The schema catalog and a Confluent-compatible registry.",
+                          no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+
+
+@schemas_app.command("register")
+def schemas_register(
+    url: Annotated[str | None, typer.Option(
+        help="Registry URL. [env: EHB_SCHEMA_REGISTRY_URL]")] = None,
+) -> None:
+    """Register every subject/version of the catalog (compatibility BACKWARD_TRANSITIVE)."""
+    from schemas.registry import register_catalog, registry_client
+
+    settings = load_settings(schema_registry_url=url)
+    if not settings.schema_registry_url:
+        raise EhbError("no registry: set EHB_SCHEMA_REGISTRY_URL or pass --url")
+    table = Table("subject", "version", "registry version", "id")
+    for entry in register_catalog(registry_client(settings.schema_registry_url)):
+        table.add_row(entry.subject, str(entry.catalog_version), str(entry.registry_version),
+                      str(entry.schema_id))
+    out.print(table)
+
+
+@app.command()
+def gateway(
+    directory: Annotated[Path, typer.Argument(help="Drop directory of the hospital systems' "
+                                                   "GIAMDINHHS *.xml files.",
+                                              exists=True, file_okay=False)],
+    watch: Annotated[bool, typer.Option(help="Keep watching for new files until Ctrl-C.")]
+    = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 2.0,
+    settle: Annotated[float, typer.Option(
+        help="A file is complete once unmodified for this many seconds.")] = 2.0,
+    max_message_bytes: Annotated[int, typer.Option(
+        help="Largest encoded dossier (one Kafka message); larger files are rejected.")]
+    = 900_000,
+) -> None:
+    """Publish XML dossier files (QĐ 130/4750 GIAMDINHHS envelopes), each whole or not at all.
+
+    Published files move to DIR/done/, malformed ones to DIR/rejected/ with a .reason.txt;
+    a ledger under EHB_DATA_DIR makes sure no file content is published twice. Exit code 1
+    when a file was rejected.
+    """
+    from producers.gateway import print_report, run_gateway
+
+    settings = load_settings()
+    report = run_gateway(settings, directory, watch=watch, interval=interval, settle_s=settle,
+                         max_message_bytes=max_message_bytes, console=console)
+    print_report(report, out)
+    if report.count("rejected"):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()
