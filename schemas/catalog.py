@@ -33,6 +33,7 @@ class SUBJECTS:
     APPOINTMENT_RECORD = "vn.ehb.AppointmentRecord"
     DEAD_LETTER = "vn.ehb.DeadLetter"
     VALIDATED_BATCH = "vn.ehb.internal.ValidatedBatch"
+    FACILITY_DAILY_REPORT = "vn.ehb.FacilityDailyReport"
 
 
 @dataclass(frozen=True)
