@@ -317,6 +317,62 @@ def gateway(
         raise typer.Exit(1)
 
 
+registry_app = typer.Typer(
+    help="The facility registry in PostgreSQL. Workers reload it every "
+         "EHB_REGISTRY_REFRESH_S seconds: changes apply without restarting them.",
+    no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("load")
+def registry_load(
+    file: Annotated[Path, typer.Argument(help="CSV file with columns code,name,level,district "
+                                              "(the format of schemas/reference/facilities.csv).",
+                                         exists=True, dir_okay=False, readable=True)],
+    deactivate_missing: Annotated[bool, typer.Option(
+        "--deactivate-missing",
+        help="Deactivate every facility the file does not list (its events are then "
+             "dead-lettered facility_unknown).")] = False,
+) -> None:
+    """Add or update facilities from a CSV file, in one transaction."""
+    from ehb.db import connect
+    from sinks.registry import load_registry_file
+
+    settings = load_settings()
+    conn = connect(settings, application_name="ehb-registry")
+    try:
+        upserted, deactivated = load_registry_file(conn, file,
+                                                   deactivate_missing=deactivate_missing)
+    finally:
+        conn.close()
+    out.print(f"{upserted} facilities loaded from {file}, {deactivated} deactivated; workers "
+              f"apply it within {settings.registry_refresh_s:g}s (EHB_REGISTRY_REFRESH_S)",
+              soft_wrap=True)
+
+
+@registry_app.command("list")
+def registry_list(
+    include_inactive: Annotated[bool, typer.Option("--all", help="Include inactive facilities.")]
+    = False,
+) -> None:
+    """List the registry's facilities (active ones unless --all)."""
+    from ehb.db import connect
+    from sinks.registry import list_registry
+
+    settings = load_settings()
+    conn = connect(settings, application_name="ehb-registry")
+    try:
+        rows = list_registry(conn, include_inactive=include_inactive)
+    finally:
+        conn.close()
+    table = Table("code", "name", "level", "district", "active")
+    for row in rows:
+        table.add_row(row.code, row.name, row.level, row.district or "",
+                      "yes" if row.active else "no")
+    out.print(table)
+    out.print(f"{len(rows)} facilities")
+
+
 def main() -> None:
     try:
         app()
