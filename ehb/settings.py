@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         "watermark is the newest event time seen on a partition minus this.")
     registry_refresh_s: float = Field(
         30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
+    lag_refresh_s: float = Field(
+        5.0, gt=0, description="How often the sink reads the consumer groups' committed and end "
+        "offsets for the kafka_consumergroup_lag metrics.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("topic_prefix")

@@ -13,6 +13,7 @@ from ehb.settings import Settings
 from schemas import SUBJECTS
 from sinks import metrics
 from sinks.consumer import Record, RecordConsumer
+from sinks.lag import LagCollector
 from sinks.metrics import CampaignCollector
 from sinks.migrate import migrate
 from sinks.postgres import PostgresWriter
@@ -41,6 +42,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     if settings.metrics_port:
         REGISTRY.register(CampaignCollector(
             lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
+        REGISTRY.register(LagCollector(settings, settings.lag_refresh_s).start())
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
         log.info("metrics on :%d/metrics", settings.metrics_port)
 
