@@ -32,10 +32,14 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
     conn.commit()
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # Checked first: a least-privilege role (the sink as ehb_writer) may not CREATE,
+            # not even IF NOT EXISTS, and only needs to see that nothing is pending.
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             cur.execute("SELECT name FROM schema_migrations")
             done = {row[0] for row in cur.fetchall()}
         conn.commit()
