@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         Path(".ehb"),
         description="Local state: embedded PostgreSQL data, broker logs, outboxes. Git-ignored.",
     )
+    producer_id: str | None = Field(
+        None,
+        description="Identity of a producer process (ehb publish/simulate/gateway): its outbox "
+        "is EHB_DATA_DIR/outbox/<id>.sqlite3, resent by the next producer with the same id. "
+        "Unset: the command's name.")
+    outbox_synchronous: str = Field(
+        "NORMAL", pattern="^(?i:NORMAL|FULL)$",
+        description="SQLite synchronous mode of producer outboxes: NORMAL survives a crash "
+        "of the producer, FULL also a power loss (an fsync per transaction).")
     citizen_key_secret: SecretStr | None = Field(
         None,
         description="HMAC key of the pseudonymous citizen key. Development: generated once "
@@ -108,8 +117,20 @@ class Settings(BaseSettings):
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How late (event time) data may arrive and still count: the "
         "watermark is the newest event time seen on a partition minus this.")
+    partition_idle_s: float = Field(
+        5.0, ge=0, description="An input partition with nothing left to process for this "
+        "long stops holding back the event-time clock (see README, Time).")
     registry_refresh_s: float = Field(
         30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
+    reports_reconcile_s: float = Field(
+        10.0, gt=0, description="How often the sink reconciles the facilities' daily reports "
+        "with the episodes received (also right after each batch of reports).")
+    reports_grace_hours: float = Field(
+        12.0, ge=0, description="A day has passed (a missing daily report makes its facility "
+        "silent) this many hours after its end, Vietnam time.")
+    reports_lookback_days: int = Field(
+        7, ge=0, description="Each reconciliation re-checks this many days before the newest "
+        "one it covered, so that late episodes and reports still count.")
     lag_refresh_s: float = Field(
         5.0, gt=0, description="How often the sink reads the consumer groups' committed and end "
         "offsets for the kafka_consumergroup_lag metrics.")

@@ -58,12 +58,16 @@ class IntakeProgress:
 
     Sent with every message to the stateful stage, which aligns its event-time clock on the
     slowest input partition (streams/citizen_state.py). A partition is *idle* when everything
-    up to its high watermark has been processed: it then does not hold the clock back.
+    up to its high watermark has been processed for ``idle_after_s`` seconds: it then no longer
+    holds the clock back. (A partition that is merely caught up between two uploads is not
+    idle, so a live run and a replay of the same input give the same results.)
     """
 
-    def __init__(self, topic: str, partitions: int) -> None:
+    def __init__(self, topic: str, partitions: int, idle_after_s: float) -> None:
         self.topic = topic
         self.partitions = partitions
+        self.idle_after_s = idle_after_s
+        self._caught_up_since: dict[int, float] = {}
         self.watermark: dict[int, int] = {}
         self.done_upto: dict[int, int] = {}
         self._last_sent: dict[int, list[dict[str, Any]]] = {}
@@ -84,7 +88,12 @@ class IntakeProgress:
             highwater = consumer.highwater(tp)
             committed = consumer._committed_offset.get(tp) or 0
             done = max(self.done_upto.get(q, 0), committed)
-            idle = highwater is not None and done >= highwater
+            if highwater is not None and done >= highwater:
+                since = self._caught_up_since.setdefault(q, time.monotonic())
+                idle = time.monotonic() - since >= self.idle_after_s
+            else:
+                self._caught_up_since.pop(q, None)
+                idle = False
             out.append({"partition": q, "watermark": self.watermark.get(q, NEVER),
                         "idle": idle})
         return out
@@ -149,7 +158,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     t_examinations = settings.topic("examinations")
     batch_size, within = settings.worker_batch_size, settings.worker_batch_timeout_s
 
-    progress = IntakeProgress(t_examinations, partitions)
+    progress = IntakeProgress(t_examinations, partitions, settings.partition_idle_s)
 
     def send_progress(sources: list[dict[str, Any]], with_items: set[int]) -> None:
         """Progress to every partition that got no items in this batch (if it changed)."""
