@@ -203,6 +203,11 @@ def simulate(
         help="Simulated days the events span. Default: the city's real pace, "
              "3,789,912 exams a year.")] = None,
     batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
+    xml_out: Annotated[Path | None, typer.Option(
+        "--xml-out", file_okay=False,
+        help="Write the events as hospital XML dossiers (GIAMDINHHS files, one per facility "
+             "per day) into this directory instead of publishing them; see `ehb gateway`.")
+    ] = None,
 ) -> None:
     """Publish a simulated city's examination events."""
     from producers.simulate import run_simulation
@@ -210,6 +215,11 @@ def simulate(
 
     settings = load_settings()
     config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days)
+    if xml_out is not None:
+        from producers.xml_export import export_simulation
+
+        out.print_json(json.dumps(export_simulation(config, xml_out, progress=console)))
+        return
     summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
                              progress=console)
     out.print_json(json.dumps(summary))
@@ -217,18 +227,30 @@ def simulate(
 
 @app.command()
 def publish(
-    file: Annotated[Path, typer.Argument(help="JSON Lines file, one examination event a line.",
+    file: Annotated[Path, typer.Argument(help="JSON Lines file, one examination event a line "
+                                              "(or a .xml dossier file, see `ehb gateway`).",
                                          exists=True, dir_okay=False, readable=True)],
     batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
 ) -> None:
     """Publish examination events from a JSON Lines file (fields: the schema's field names).
 
     A bad line is reported with its line number and reason; the good lines are still
-    published. Exit code 1 when any line was bad.
+    published. Exit code 1 when any line was bad. A .xml file is a GIAMDINHHS dossier:
+    published whole or rejected with a reason (exit code 1), never twice.
     """
     from producers.jsonl import publish_jsonl
 
     settings = load_settings()
+    if file.suffix.lower() == ".xml":
+        from producers.gateway import publish_dossier_file
+
+        outcome = publish_dossier_file(settings, file)
+        if outcome.status == "rejected":
+            console.print(f"{file}: rejected: {outcome.reason} ({outcome.detail})")
+            raise typer.Exit(1)
+        out.print(f"{outcome.status} {outcome.episodes} episodes from {file}"
+                  + (f" ({outcome.detail})" if outcome.detail else ""))
+        return
     report = publish_jsonl(settings, file, batch_size=batch_size)
     for line_no, reason in report.bad_lines:
         console.print(f"{file}:{line_no}: {reason}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,9 +26,18 @@ from schemas import SUBJECTS, AvroCodec
 from schemas.registry import codec_for
 from streams.validation import parse_datetime
 
-__all__ = ["ExaminationPublisher"]
+__all__ = ["BatchTooLarge", "ExaminationPublisher"]
 
 log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class BatchTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded batch is {size} bytes, more than {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class ExaminationPublisher:
@@ -54,22 +63,26 @@ class ExaminationPublisher:
         self.first_publish: float | None = None
 
     # -- delivery reports ---------------------------------------------------------------
-    def _delivered(self, count: int) -> Any:
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(self, count: int, then: DeliveryCallback | None = None) -> Any:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.events_delivered += count
                 self.messages_delivered += 1
             else:
                 self.errors.append(str(err))
+            if then is not None:
+                then(err, msg)
         return on_delivery
 
-    def _produce(self, key: bytes, value: bytes, count: int) -> None:
+    def _produce(self, key: bytes, value: bytes, count: int,
+                 headers: list[tuple[str, bytes]] | None = None,
+                 on_delivery: DeliveryCallback | None = None) -> None:
         if self.first_publish is None:
             self.first_publish = time.time()
         while True:
             try:
-                self._producer.produce(self.topic, value, key,
-                                       on_delivery=self._delivered(count))
+                self._producer.produce(self.topic, value, key, headers=headers,
+                                       on_delivery=self._delivered(count, on_delivery))
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -80,6 +93,19 @@ class ExaminationPublisher:
     def publish_event(self, event: dict[str, Any]) -> None:
         """One event in its own message (ExaminationEvent)."""
         self._produce(event["ma_cskcb"].encode(), self._encode_event(event), 1)
+
+    def publish_batch(self, facility: str, events: list[dict[str, Any]], *,
+                      max_bytes: int | None = None,
+                      headers: list[tuple[str, bytes]] | None = None,
+                      on_delivery: DeliveryCallback | None = None) -> int:
+        """All ``events`` in ONE ExaminationBatch message, delivered whole or not at all (a
+        dossier file); returns the message's size. :class:`BatchTooLarge` (nothing sent) when
+        the encoded batch exceeds ``max_bytes``. ``flush()`` waits for the acknowledgement."""
+        value = self._encode_batch({"ma_cskcb": facility, "events": events})
+        if max_bytes is not None and len(value) > max_bytes:
+            raise BatchTooLarge(len(value), max_bytes)
+        self._produce(facility.encode(), value, len(events), headers, on_delivery)
+        return len(value)
 
     def add(self, event: dict[str, Any]) -> None:
         """Buffer an event in its facility's batch; full batches are sent at once."""
