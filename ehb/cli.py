@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -395,11 +396,118 @@ def registry_list(
     out.print(f"{len(rows)} facilities")
 
 
+# -- downstream services: topic contracts, tail, replay -----------------------------------
+@app.command()
+def asyncapi(
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing; exit 1 with a diff when the file differs from the "
+                        "generated document.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        help="The document's path (default: asyncapi.yaml at the repository root).")] = None,
+) -> None:
+    """Generate asyncapi.yaml, the AsyncAPI 3 contract of every topic, from the schemas and
+    settings (keys, Avro payloads, partitioning, retention, personal data)."""
+    from schemas.asyncapi import DEFAULT_OUTPUT, write
+    from schemas.asyncapi import check as check_document
+
+    path = output or DEFAULT_OUTPUT
+    if check:
+        diff = check_document(path)
+        if diff:
+            sys.stdout.write("\n".join(diff[:300]) + "\n")
+            console.print(f"{path} is out of date: run `ehb asyncapi` and commit it")
+            raise typer.Exit(1)
+        out.print(f"{path} is up to date")
+        return
+    out.print(f"{'wrote' if write(path) else 'unchanged:'} {path}")
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(
+        help="Logical topic (examinations, health-book, referrals, appointments, dead-letter, "
+             "examinations-by-citizen, citizens-changelog, ...) or a full topic name.")],
+    from_beginning: Annotated[bool, typer.Option(
+        "--from-beginning", help="Start at the oldest record of every partition.")] = False,
+    from_offset: Annotated[int | None, typer.Option(
+        "--from-offset", help="Start at this offset of every partition (or of --partition).")]
+    = None,
+    from_time: Annotated[str | None, typer.Option(
+        "--from-time", help="Start at the first record at or after this ISO 8601 time "
+                            "(Vietnam time, UTC+7, when it has no offset).")] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Exit after N records.")]
+    = None,
+    partition: Annotated[int | None, typer.Option(help="Read only this partition.")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow/--no-follow", help="Wait for new records (default) or exit at the end.")]
+    = True,
+    show_personal_data: Annotated[bool, typer.Option(
+        "--show-personal-data", help="Print names, citizen IDs, card numbers... in clear "
+                                     "(masked by default).")] = False,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the broker before giving up.")] = 5.0,
+) -> None:
+    """Follow a topic and print its records decoded, as JSON Lines (for jq): from the end by
+    default; bytes as base64, timestamps ISO 8601; personal data masked."""
+    from sinks.tail import Start, parse_time
+    from sinks.tail import tail as run_tail
+
+    starts = [s for s in (from_beginning or None, from_offset, from_time) if s is not None]
+    if len(starts) > 1:
+        raise EhbError("give at most one of --from-beginning, --from-offset, --from-time")
+    if from_beginning:
+        start = Start("beginning")
+    elif from_offset is not None:
+        if from_offset < 0:
+            raise EhbError("--from-offset must be >= 0")
+        start = Start("offset", offset=from_offset)
+    elif from_time is not None:
+        start = Start("time", time=parse_time(from_time))
+    else:
+        start = Start("end")
+    settings = load_settings()
+    try:
+        run_tail(settings, topic, sys.stdout, start=start, count=count,
+                 show_personal_data=show_personal_data, follow=follow, partition=partition,
+                 connect_timeout=timeout)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `ehb tail ... | head`
+        sys.stdout = open(os.devnull, "w")  # silences the flush at exit
+
+
+@app.command()
+def replay(
+    from_time: Annotated[str, typer.Option(
+        "--from-time", help="Re-process the input messages published at or after this ISO "
+                            "8601 time (Vietnam time, UTC+7, when it has no offset).")],
+    to_time: Annotated[str | None, typer.Option(
+        "--to-time", help="... and before this time (default: now).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Read and validate the range, report, send nothing.")] = False,
+) -> None:
+    """Re-process the input topic from a point in time into the outputs, beside the running
+    workers; idempotent: an already-processed range leaves the persisted state unchanged.
+
+    Use it after fixing a validation rule (events dead-lettered by the old rule now reach the
+    health book) or to re-emit outputs for a new consumer. See the README, "Replay".
+    """
+    from sinks.tail import parse_time
+    from streams.replay import replay as run_replay
+
+    settings = load_settings()
+    start = parse_time(from_time)
+    end = parse_time(to_time) if to_time is not None else None
+    with console.status("replaying..."):
+        summary = run_replay(settings, start, end, dry_run=dry_run)
+    out.print_json(json.dumps(summary.as_dict()))
+
+
 def main() -> None:
     try:
         app()
     except EhbError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -17,12 +17,15 @@ from pathlib import Path
 
 from ehb.settings import Environment, Settings
 
-__all__ = ["CitizenKeyer", "mask", "PERSONAL_FIELDS"]
+__all__ = ["CitizenKeyer", "mask", "PERSONAL_FIELDS", "EMBEDDED_PERSONAL_FIELDS"]
 
 #: Fields that identify a person: masked by `ehb tail` unless asked, never logged.
 PERSONAL_FIELDS = frozenset(
     {"ho_ten", "so_cccd", "ma_the_bhyt", "ngay_sinh", "ma_bn", "matinh_cu_tru", "dien_thoai"}
 )
+
+#: Bytes fields that embed a whole input event, and so its personal data (DeadLetter.original).
+EMBEDDED_PERSONAL_FIELDS = frozenset({"original"})
 
 _SECRET_FILE = "citizen-key.secret"
 

@@ -1,22 +1,37 @@
-"""A consumer client for the routed topics: typed records, at-least-once.
+"""The consumer client for the routed topics: typed records, at-least-once.
 
-This is the API downstream services use (and the PostgreSQL sink itself)::
+This is the public API for downstream services (the PostgreSQL sink uses it too)::
 
     from ehb.settings import Settings
-    from sinks.consumer import RecordConsumer
+    from schemas.records import AppointmentRecord
+    from sinks.consumer import Record, RecordConsumer
 
-    def handle(records):               # a batch of decoded records
+    def handle(records: list[Record[AppointmentRecord]]) -> None:   # one batch
         for r in records:
-            print(r.topic, r.value["record_type"], r.value["appointment_id"])
+            print(r.value["record_type"], r.value["appointment_id"], r.value["appointment_at"])
 
-    RecordConsumer(Settings(), group="sms-reminders", topics=["appointments"]).run(handle)
+    with RecordConsumer(Settings(), group="sms-reminders", topics=["appointments"]) as consumer:
+        consumer.run(handle)            # until stop is set, or Ctrl-C
 
-* Values are decoded from the Confluent wire format with the registry or the catalog and
-  resolved to the newest schema of their subject.
-* Offsets are committed only after the handler returns: if the process dies in the handler,
-  the batch is delivered again (at-least-once). Make the handler idempotent.
-* A value that cannot be decoded is published to the dead-letter topic (stage ``sink``) with
-  its reason and position, and skipped; it never stalls the partition.
+``examples/appointment_reminders.py`` is a complete service built on it.
+
+* **Topics** are logical names (``"appointments"``); the settings add ``EHB_TOPIC_PREFIX``.
+  The group is the service's own consumer group: a new group starts from the beginning of
+  the topics (``auto.offset.reset=earliest``), an existing one where it left off.
+* **Decoding**: values are in the Confluent wire format; the codec resolves the schema id with
+  the schema registry when ``EHB_SCHEMA_REGISTRY_URL`` is set, else with the catalog
+  (``schemas/catalog.json``), and resolves the writer's schema to the newest version of its
+  subject. Records are plain dicts typed by :mod:`schemas.records` (timestamps are aware UTC
+  datetimes).
+* **At least once**: offsets are committed (synchronously) only after the handler returns.
+  If the handler raises, nothing of the batch is committed, the exception propagates and the
+  consumer closes: the batch is delivered again to the next consumer of the group. A
+  rebalance or a crash can also redeliver a batch. Make the handler idempotent (every record
+  carries stable ids: ``event_id``, ``referral_id``/``appointment_id`` + ``record_type``).
+* **Undecodable values** (not our wire format, unknown schema id, a schema this topic does
+  not carry, a corrupt body) are published to the ``dead-letter`` topic (stage ``sink``, with
+  the reason code, the position and the original bytes) and skipped: one bad record never
+  stalls a partition. ``dead_letter=False`` only logs and skips them.
 """
 
 from __future__ import annotations
@@ -26,7 +41,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -35,27 +51,48 @@ from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.registry import codec_for
 
-__all__ = ["Record", "RecordConsumer"]
+__all__ = ["Handler", "Record", "RecordConsumer"]
 
 log = logging.getLogger(__name__)
 
 
+V = TypeVar("V")
+
+
 @dataclass(slots=True)
-class Record:
-    topic: str
+class Record(Generic[V]):
+    """One decoded Kafka record. ``value`` is typed by :mod:`schemas.records` for our subjects."""
+
+    topic: str  #: full topic name (with the prefix)
     partition: int
     offset: int
     key: bytes | None
-    timestamp_ms: int
-    subject: str
-    value: dict[str, Any]
+    timestamp_ms: int  #: Kafka timestamp (when it was produced), epoch milliseconds
+    subject: str  #: the schema subject, e.g. ``vn.ehb.AppointmentRecord``
+    value: V
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    @property
+    def key_text(self) -> str | None:
+        """The key as text (our keys are UTF-8: citizen key or facility code)."""
+        return None if self.key is None else self.key.decode("utf-8", "replace")
 
 
-Handler = Callable[[list[Record]], None]
+#: What :meth:`RecordConsumer.run` calls with each batch of decoded records.
+Handler = Callable[[list[Record[Any]]], None]
 
 
 class RecordConsumer:
-    """Consume logical topics (``"appointments"``, ...) of the pipeline as typed records."""
+    """Consume logical topics (``"appointments"``, ...) of the pipeline as typed records.
+
+    ``subjects`` restricts the schemas accepted (others are dead-lettered as
+    ``unexpected_schema``); ``codec`` defaults to the registry's ids when EHB_SCHEMA_REGISTRY_URL
+    is set, else the catalog's; ``consumer_overrides``
+    are librdkafka settings (e.g. ``{"auto.offset.reset": "latest"}``).
+    """
 
     def __init__(
         self,
@@ -100,22 +137,27 @@ class RecordConsumer:
                 log.warning("consumer error: %s", error)
         return good
 
-    def decode(self, messages: Sequence[Message]) -> list[Record]:
-        records = []
+    def decode(self, messages: Sequence[Message]) -> list[Record[Any]]:
+        """Decode a batch; undecodable values are dead-lettered (and flushed) and left out."""
+        records: list[Record[Any]] = []
+        failed = 0
         for message in messages:
             value = message.value()
             try:
                 decoded = self.codec.decode(value, self.subjects)
             except DecodeError as exc:
-                self.undecodable += 1
+                failed += 1
                 self._dead_letter(message, exc)
                 continue
             records.append(Record(
                 message.topic(), message.partition(), message.offset(), message.key(),
                 message.timestamp()[1], decoded.subject, decoded.record,
             ))
-        if self._dead_letters is not None and self.undecodable:
-            self._dead_letters.flush(30)
+        self.undecodable += failed
+        if self._dead_letters is not None and failed:
+            # delivered before the offsets are committed: a dead letter is never lost
+            while self._dead_letters.flush(30) > 0:
+                log.warning("dead letters not delivered yet; waiting for the broker")
         return records
 
     def _dead_letter(self, message: Message, exc: DecodeError) -> None:
@@ -149,7 +191,12 @@ class RecordConsumer:
 
     def run(self, handler: Handler, *, batch_size: int = 1000, batch_timeout: float = 0.2,
             stop: threading.Event | None = None, max_batches: int | None = None) -> None:
-        """Call ``handler`` with each batch until ``stop`` is set; commit after it returns."""
+        """Call ``handler`` with each batch until ``stop`` is set; commit after it returns.
+
+        Blocks; returns when ``stop`` is set (check it from a signal handler or another
+        thread) or after ``max_batches`` batches, and closes the consumer. An exception from
+        the handler propagates after closing, with the batch uncommitted.
+        """
         stop = stop or threading.Event()
         self._consumer.subscribe(self.topics, on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
@@ -169,7 +216,14 @@ class RecordConsumer:
         finally:
             self.close()
 
+    def __enter__(self) -> RecordConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Leave the group and flush pending dead letters; idempotent."""
         try:
             self._consumer.close()
         except RuntimeError:  # already closed
