@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-all faults bench bench-year lint clean up
+.PHONY: install demo test test-all faults bench bench-year lint clean up docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) ..."
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(BIN)/python -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(BIN)/python -m pip install -q -e '.[dev]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -29,6 +29,10 @@ up: $(STAMP)
 ## The default test suite (starts its own broker and database).
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(ARGS)
+
+## Regenerate the README's generated tables (settings, reason codes).
+docs: $(STAMP)
+	@$(BIN)/python -m ehb.docs
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

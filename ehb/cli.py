@@ -33,6 +33,16 @@ out = Console()
 log = logging.getLogger("ehb")
 
 
+def settings_markdown() -> str:
+    """The README's settings table, generated from the model so the two cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `EHB_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
 def _settings_epilog() -> str:
     lines = ["Settings (environment variables):", ""]
     for name, field in Settings.model_fields.items():
@@ -147,8 +157,14 @@ def migrate() -> None:
 
 
 @app.command("settings")
-def show_settings() -> None:
+def show_settings(
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Print the defaults as the README's Markdown table.")] = False,
+) -> None:
     """Show every setting, its environment variable and its current value (secrets masked)."""
+    if markdown:
+        out.print(settings_markdown(), markup=False, highlight=False, soft_wrap=True)
+        return
     settings = load_settings()
     table = Table("variable", "value", "meaning")
     values = settings.public_dict()
