@@ -14,8 +14,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def generators() -> dict[str, Callable[[], str]]:
     from ehb.cli import settings_markdown
+    from producers.dossier import rejections_markdown
 
-    found: dict[str, Callable[[], str]] = {"settings": settings_markdown}
+    found: dict[str, Callable[[], str]] = {"settings": settings_markdown,
+                                           "gateway-reasons": rejections_markdown}
     try:  # the reason-code table, when its generator exists
         from streams.validation import reasons_markdown  # type: ignore[attr-defined]
 

@@ -59,6 +59,7 @@ __all__ = [
     "encode_dossier",
     "event_id_for",
     "parse_dossier",
+    "rejections_markdown",
 ]
 
 ROOT = "GIAMDINHHS"
@@ -109,6 +110,13 @@ REJECTIONS: dict[str, tuple[str, str]] = {
                           "publishes a file whole or not at all).",
                           "Split the upload into several files of fewer episodes."),
 }
+
+
+def rejections_markdown() -> str:
+    """The README's table of the gateway's reason codes (``make docs``)."""
+    rows = ["| reason | meaning | what the facility should fix |", "|---|---|---|"]
+    rows += [f"| `{code}` | {meaning} | {fix} |" for code, (meaning, fix) in REJECTIONS.items()]
+    return "\n".join(rows) + "\n"
 
 
 class DossierRejected(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -18,6 +19,7 @@ from producers.dossier import (
     encode_dossier,
     event_id_for,
     parse_dossier,
+    rejections_markdown,
 )
 from producers.gateway import complete_files
 from producers.jsonl import EVENT_ID_NAMESPACE
@@ -272,6 +274,14 @@ def test_fields_added_by_schema_evolution_are_read_by_their_upper_case_name() ->
     assert parse_dossier(envelope([[("XML1", xml1(event))]])).events[0][doubles[0]] == 62.5
     event[doubles[0]] = "62,5 kg"
     rejected(envelope([[("XML1", xml1(event))]]), "number_invalid")
+
+
+def test_every_reason_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    match = re.search(r"<!-- gateway-reasons:begin -->\n(.*?)<!-- gateway-reasons:end -->",
+                      readme, re.S)
+    assert match, "README.md lacks the gateway-reasons markers"
+    assert match.group(1) == rejections_markdown(), "stale: run `make docs`"
 
 
 def test_every_parser_reason_has_a_test() -> None:
