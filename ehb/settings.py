@@ -14,9 +14,43 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 __all__ = ["Environment", "Settings", "get_settings"]
+
+
+#: Values that are examples, not secrets: refused in production.
+_PLACEHOLDERS = ("change-me", "changeme", "replace-me", "example")
+_WEAK = frozenset({"secret", "password", "postgres", "admin", "test", "ehb"})
+
+
+def _is_placeholder(value: str) -> bool:
+    lowered = value.strip().lower()
+    return lowered in _WEAK or any(p in lowered for p in _PLACEHOLDERS)
+
+
+class _FileVariables(PydanticBaseSettingsSource):
+    """``EHB_<SETTING>_FILE=/path``: the setting's value is the file's content (Docker and
+    Kubernetes secrets), trailing newline removed."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        values: dict[str, Any] = {}
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        for name in self.settings_cls.model_fields:
+            path = environ.get(f"EHB_{name.upper()}_FILE")
+            if path:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        return values
 
 
 class Environment(StrEnum):
@@ -131,6 +165,10 @@ class Settings(BaseSettings):
     reports_lookback_days: int = Field(
         7, ge=0, description="Each reconciliation re-checks this many days before the newest "
         "one it covered, so that late episodes and reports still count.")
+    secrets_dir: Path | None = Field(
+        None, description="Directory of secret files named like the settings "
+        "(ehb_citizen_key_secret, ehb_database_url, ehb_kafka_sasl_password ...), e.g. "
+        "/run/secrets. Any setting can also come from a file named by EHB_<SETTING>_FILE.")
     lag_refresh_s: float = Field(
         5.0, gt=0, description="How often the sink reads the consumer groups' committed and end "
         "offsets for the kafka_consumergroup_lag metrics.")
@@ -143,6 +181,22 @@ class Settings(BaseSettings):
         if not set(value) <= allowed:
             raise ValueError("may contain only letters, digits, '.', '_' and '-'")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: arguments, EHB_* variables, EHB_*_FILE files, EHB_SECRETS_DIR files."""
+        import os
+
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings, env_settings, _FileVariables(settings_cls)]
+        secrets_dir = os.environ.get("EHB_SECRETS_DIR") or os.environ.get("ehb_secrets_dir")
+        if secrets_dir and Path(secrets_dir).is_dir():
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return (*sources, dotenv_settings)
 
     @model_validator(mode="after")
     def _production_needs_explicit_services(self) -> Settings:
@@ -161,7 +215,27 @@ class Settings(BaseSettings):
             secret = self.citizen_key_secret
             if secret is not None and len(secret.get_secret_value()) < 32:
                 raise ValueError("EHB_CITIZEN_KEY_SECRET must be at least 32 characters")
+            self._refuse_placeholder_secrets()
         return self
+
+    def _refuse_placeholder_secrets(self) -> None:
+        """Production: no example or default secret, no SASL without credentials."""
+        from urllib.parse import urlsplit
+
+        checked = {"EHB_CITIZEN_KEY_SECRET": self.citizen_key_secret,
+                   "EHB_KAFKA_SASL_PASSWORD": self.kafka_sasl_password}
+        if self.database_url is not None:
+            password = urlsplit(self.database_url.get_secret_value()).password
+            if password is not None:
+                checked["the password in EHB_DATABASE_URL"] = SecretStr(password)
+        for name, value in checked.items():
+            if value is not None and _is_placeholder(value.get_secret_value()):
+                raise ValueError(f"{name} is a placeholder or default value; production "
+                                 "needs a real secret")
+        if self.kafka_security_protocol.upper().startswith("SASL") and (
+                not self.kafka_sasl_username or self.kafka_sasl_password is None):
+            raise ValueError("production mode with SASL requires EHB_KAFKA_SASL_USERNAME and "
+                             "EHB_KAFKA_SASL_PASSWORD (or their _FILE / EHB_SECRETS_DIR files)")
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name (``examinations`` -> ``ehb.examinations``)."""
