@@ -378,11 +378,16 @@ class Gateway:
     def publish_file(self, path: Path, *, move: bool = True) -> Outcome:
         """Publish one dossier file; never raises for a bad file (see :class:`Outcome`)."""
         name = path.name
+        limit = self.limits.max_file_bytes
         try:
             with open(path, "rb") as src:
-                data = src.read(self.limits.max_file_bytes + 1)
+                size = os.fstat(src.fileno()).st_size
+                data = src.read(limit + 1) if size <= limit else b""
         except OSError as exc:
             return self._reject(path, None, "file_unreadable", exc.strerror or str(exc), move)
+        if size > limit:
+            return self._reject(path, None, "file_too_large", f"{size} bytes (limit {limit})",
+                                move)
         sha256 = hashlib.sha256(data).hexdigest()
         entry = self.ledger.get(self.topic, sha256)
         if entry is not None and entry.state == "done":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.dossier import encode_dossier, parse_dossier
+from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
 from producers.simulator import CitySimulator, SimulationConfig
 from producers.xml_export import export_simulation, write_dossier
@@ -120,6 +120,9 @@ def test_corrupt_dossiers_are_moved_aside_with_a_reason_and_the_good_ones_publis
     with Gateway(d.settings) as gateway:  # a file that vanished before it could be read
         outcome = gateway.publish_file(drop / "gone.xml", move=False)
     assert (outcome.status, outcome.reason) == ("rejected", "file_unreadable")
+    with Gateway(d.settings, limits=Limits(max_file_bytes=100)) as gateway:
+        outcome = gateway.publish_file(drop / "done" / good[0].name, move=False)
+    assert (outcome.status, outcome.reason) == ("rejected", "file_too_large")
 
 
 class _Crash(Exception):
