@@ -90,6 +90,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             "Inputs that could not be processed, with the original bytes and a reason code.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
+        TopicSpec(
+            "facility-reports", max(1, n // 4), "facility code (ma_cskcb)",
+            "FacilityDailyReport",
+            "Input: each facility's daily report (episodes sent that day, zero included), "
+            "reconciled by the sink with what was received (table facility_reports).",
+            {"retention.ms": str(90 * DAY_MS)},
+        ),
     ]
 
 

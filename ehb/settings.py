@@ -162,9 +162,9 @@ class Settings(BaseSettings):
     reports_grace_hours: float = Field(
         12.0, ge=0, description="A day has passed (a missing daily report makes its facility "
         "silent) this many hours after its end, Vietnam time.")
-    reports_lookback_days: int = Field(
-        7, ge=0, description="Each reconciliation re-checks this many days before the newest "
-        "one it covered, so that late episodes and reports still count.")
+    reports_window_days: int = Field(
+        400, ge=1, description="Days of daily reports reconciled, counted back from the newest "
+        "day seen; older days keep their last status.")
     secrets_dir: Path | None = Field(
         None, description="Directory of secret files named like the settings "
         "(ehb_citizen_key_secret, ehb_database_url, ehb_kafka_sasl_password ...), e.g. "

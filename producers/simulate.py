@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
+from producers.reports import DailyReportBook, ReportPublisher, pick_facilities
 from producers.simulator import CitySimulator, SimulationConfig
 
 __all__ = ["run_simulation"]
@@ -23,6 +24,15 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
     simulator = CitySimulator(config)
     publisher = publisher or ExaminationPublisher(
         settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0)
+    book: DailyReportBook | None = None
+    reports: ReportPublisher | None = None
+    if config.reports:
+        codes = [f.code for f in simulator.facilities]
+        silent, inconsistent = pick_facilities(codes, config.silent_facilities,
+                                               config.inconsistent_facilities, config.seed)
+        book = DailyReportBook(codes, config.start.date(), silent=silent,
+                               inconsistent=inconsistent, seed=config.seed)
+        reports = ReportPublisher(settings, codec=publisher.codec)
     started = time.monotonic()
     bar = None
     if progress is not None:
@@ -35,6 +45,12 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
             if stop is not None and stop.is_set():
                 break
             publisher.add(event)
+            if book is not None and reports is not None:
+                book.sent(event)
+                closed = book.close_before(simulator.horizon)
+                if closed:  # the day's episodes go out before its reports
+                    publisher.send_pending()
+                    reports.publish(closed)
             if rate:
                 ahead = i / rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -44,9 +60,14 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
             if bar is not None and i % 1000 == 0:
                 bar.update(task, completed=i)
         publisher.flush()
+        if book is not None and reports is not None:
+            reports.publish(book.close_all())
+            reports.flush()
     finally:
         if bar is not None:
             bar.stop()
+        if reports is not None:
+            reports.close()
     elapsed = time.monotonic() - started
     return {
         "events_published": publisher.events_delivered,
@@ -56,4 +77,10 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
         "first_publish": publisher.first_publish,
         "seconds": round(elapsed, 3),
         "events_per_second": round(publisher.events_delivered / elapsed, 1) if elapsed else None,
+        "daily_reports": None if book is None or reports is None else {
+            "published": reports.delivered,
+            "days": len({day for (_, day) in book.truth}),
+            "silent_facilities": sorted(book.silent),
+            "inconsistent_facilities": sorted(book.inconsistent),
+        },
     }

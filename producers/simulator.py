@@ -82,6 +82,12 @@ class SimulationConfig:
     days: float | None = None
     #: distinct citizens; default: the campaign's ratio of 3.39 exams per integrated resident
     citizens: int | None = None
+    #: facilities send a daily report per simulated day (producers/reports.py)
+    reports: bool = True
+    #: facilities that never send their daily report
+    silent_facilities: int = 0
+    #: facilities whose daily report misstates the number of episodes sent
+    inconsistent_facilities: int = 0
 
 
 @dataclass(slots=True)
@@ -127,6 +133,8 @@ class CitySimulator:
         self._seq: Counter[str] = Counter()
         self.expected_invalid: Counter[str] = Counter()
         self.published_valid = 0
+        #: no event yielded from now on has NGAY_VAO (nor NGAY_RA) before this instant
+        self.horizon: datetime = config.start
 
     # -- population ---------------------------------------------------------------------
     def patient(self, index: int) -> Patient:
@@ -180,6 +188,8 @@ class CitySimulator:
                 patient_index = event.pop("_patient")
                 seq = self._plan_follow_ups(event, patient_index, follow_ups, seq)
             event.pop("_patient", None)
+            # every later event is admitted (so discharged) at or after this instant
+            self.horizon = min(now, follow_ups[0].at) if follow_ups else now
             yield event
 
     def _plan_follow_ups(self, event: dict[str, Any], patient: int,

@@ -17,6 +17,8 @@ from sinks.lag import LagCollector
 from sinks.metrics import CampaignCollector
 from sinks.migrate import migrate
 from sinks.postgres import PostgresWriter
+from sinks.reconcile import FacilityReportCollector
+from sinks.reports import ReportSink
 
 __all__ = ["SINK_TOPICS", "run_sink"]
 
@@ -43,6 +45,8 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         REGISTRY.register(CampaignCollector(
             lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
         REGISTRY.register(LagCollector(settings, settings.lag_refresh_s).start())
+        REGISTRY.register(FacilityReportCollector(
+            lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
         log.info("metrics on :%d/metrics", settings.metrics_port)
 
@@ -56,8 +60,13 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         writer.write(records)
 
     log.info("sink consuming %s", ", ".join(consumer.topics))
+    stop = stop or threading.Event()
+    # facility-reports -> facility_reports, and the periodic reconciliation (sinks.reconcile)
+    reports = ReportSink(settings, connect_quickly, consumer.codec, stop).start()
     try:
         consumer.run(handle, batch_size=settings.sink_batch_size,
                      batch_timeout=settings.sink_batch_timeout_s, stop=stop)
     finally:
+        stop.set()
+        reports.join()
         writer.close()

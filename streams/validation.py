@@ -104,6 +104,10 @@ REASONS: dict[str, tuple[str, str]] = {
     # sink
     "db_rejected": ("PostgreSQL refused the record (a table constraint).",
                     "Operator: inspect the dead letter; the record breaks a database rule."),
+    "report_invalid": ("A daily facility report has a malformed MA_CSKCB, a negative episode "
+                       "count or an implausible date.",
+                       "Send one report per facility and day: the 5-digit MA_CSKCB, the day, "
+                       "the number of episodes sent (0 on a day without data)."),
 }
 
 _DIGITS = re.compile(r"\d+\Z")
