@@ -340,11 +340,11 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
     else:
         partitions_note = (f"{spec.partitions} partitions: Faust creates it with the table's "
                            "partition count, EHB_KAFKA_PARTITIONS.")
-    who = ("Read by the stream workers (the facilities write it)." if channel.received
+    who = ("Written by the facilities, read by the pipeline." if channel.received
            and not channel.sent else
-           "Written by the stream workers; consume it with your own consumer group."
-           if channel.sent and not channel.received else
-           "Written and read by the stream workers only.")
+           "Written by the pipeline; downstream services consume it with a consumer group of "
+           "their own." if channel.sent and not channel.received else
+           "Written and read by the stream workers only: not a contract, do not consume it.")
     paragraphs = [
         spec.description,
         who,
@@ -352,9 +352,12 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
     ]
     if not spec.internal:
         paragraphs.append(
-            "Delivery: at least once. A message can be delivered twice (a retried send, a "
-            "worker restart, a replay): deduplicate on the record's identifiers "
-            "(`event_id`, `referral_id` + `record_type`, `appointment_id` + `record_type`).")
+            "Delivery: at least once. A record can come more than once (a retried send, a "
+            "worker restart, an `ehb replay`): deduplicate on its stable identifiers "
+            "(`event_id`; `referral_id` or `appointment_id` with `record_type`). A replay can "
+            "also re-emit the life of a referral or appointment whose state was already closed: "
+            "the first terminal record of an id (COMPLETED or EXPIRED, KEPT or MISSED) is "
+            "final, as in the PostgreSQL sink.")
     paragraphs += [
         f"Retention: {retention}.",
         "Personal data: " + (", ".join(f"`{p}`" for p in personal) if personal else "none")
@@ -386,8 +389,8 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
     return doc, list(messages)
 
 
-def _operations(channels: list[_Channel], message_names: dict[str, list[str]],
-                settings: Settings) -> dict[str, Any]:
+def _operations(channels: list[_Channel], message_names: dict[str, list[str]]
+                ) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for channel in channels:
         for action, wanted in (("receive", channel.received), ("send", channel.sent)):
@@ -399,17 +402,11 @@ def _operations(channels: list[_Channel], message_names: dict[str, list[str]],
                 "action": action,
                 "channel": {"$ref": f"#/channels/{channel.key}"},
                 "title": f"{action} {channel.spec.name}",
-                "summary": (f"The stream workers read {channel.spec.name}."
+                "summary": (f"The pipeline reads {channel.spec.name}."
                             if action == "receive" else
-                            f"The stream workers write {channel.spec.name}."),
+                            f"The pipeline writes {channel.spec.name}."),
                 "messages": refs,
             }
-            if action == "receive":
-                op["bindings"] = {"kafka": {
-                    "groupId": {"type": "string", "enum": [settings.worker_group],
-                                "description": "EHB_WORKER_GROUP"},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }}
             operations[f"{action}{_camel(channel.key)}"] = op
     return operations
 
@@ -428,6 +425,10 @@ the registry's ids of the same subjects (RecordNameStrategy: the record's full n
 the writer's schema to the newest version of its subject (compatibility
 BACKWARD_TRANSITIVE). The Python client `sinks.consumer.RecordConsumer` does all of this;
 `ehb tail TOPIC` prints any topic as JSON Lines.
+
+**Operations** are those of the pipeline (stream workers and sinks): `receive` what it reads,
+`send` what it writes. A downstream service does the reverse: it receives what the pipeline
+sends, with a consumer group of its own.
 
 **Delivery.** At least once end to end: consumers must be idempotent (every record carries
 stable identifiers). Commit offsets after processing.
@@ -484,7 +485,7 @@ def build_document(settings: Settings | None = None,
             },
         },
         "channels": channel_docs,
-        "operations": _operations(channels, message_names, settings),
+        "operations": _operations(channels, message_names),
         "components": {
             "parameters": {
                 "topicPrefix": {

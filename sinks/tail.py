@@ -303,16 +303,17 @@ class TopicReader:
 
 def tail(settings: Settings, topic: str, out: TextIO, *, start: Start | None = None,
          count: int | None = None, show_personal_data: bool = False, follow: bool = True,
-         partition: int | None = None, connect_timeout: float = 5.0,
+         partition: int | None = None, connect_timeout: float = 5.0, idle_s: float = 1.0,
          stop: Any = None) -> int:
-    """Print the records of ``topic`` as JSON Lines to ``out``; returns how many."""
+    """Print the records of ``topic`` as JSON Lines to ``out``; returns how many. Without
+    ``follow``, stop at the end of the topic (quiet for ``idle_s``)."""
     codec = codec_for(settings)
     printed = 0
     if count is not None and count <= 0:
         return 0
     with TopicReader(settings, topic, start, partition=partition,
                      connect_timeout=connect_timeout) as reader:
-        for message in reader.messages(follow=follow):
+        for message in reader.messages(follow=follow, idle_s=idle_s):
             out.write(to_json_line(message, codec, show_personal_data) + "\n")
             out.flush()
             printed += 1
