@@ -356,6 +356,23 @@ def gateway(
         raise typer.Exit(1)
 
 
+@app.command()
+def reasons(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown "
+                                                              "table.")] = False,
+) -> None:
+    """Every dead-letter reason code: what it means and what the facility should fix."""
+    from streams.validation import REASONS, reason_stage, reasons_markdown
+
+    if markdown:
+        out.print(reasons_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table("code", "stage", "what it means", "what the facility should fix")
+    for code, (meaning, fix) in REASONS.items():
+        table.add_row(code, reason_stage(code), meaning, fix)
+    out.print(table)
+
+
 registry_app = typer.Typer(
     help="The facility registry in PostgreSQL. Workers reload it every "
          "EHB_REGISTRY_REFRESH_S seconds: changes apply without restarting them.",

@@ -29,7 +29,8 @@ from schemas import SUBJECTS, AvroCodec
 from sinks.consumer import Record, RecordConsumer
 from sinks.reconcile import ReconcileLoop, Reconciler
 
-__all__ = ["REPORTS_TOPIC", "ReportSink", "report_problem", "write_reports"]
+__all__ = ["REPORTS_TOPIC", "ReportSink", "report_dead_letter", "report_problem",
+           "write_reports"]
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,23 @@ class ReportSink:
                     record.offset, problem)
         if self._dead_letters is None:
             self._dead_letters = Producer(producer_config(self.settings))
-        code = record.value.get("ma_cskcb")
-        self._dead_letters.produce(self.settings.topic("dead-letter"), self._encode_dead_letter({
-            "reason": "report_invalid", "message": problem, "stage": "sink",
-            "source_topic": record.topic, "source_partition": record.partition,
-            "source_offset": record.offset, "event_index": None, "event_id": None,
-            "ma_cskcb": code if isinstance(code, str) else None, "schema_id": None,
-            "original": self._encode_report(record.value),
-            "published_at": record.timestamp_ms, "failed_at": int(time.time() * 1000),
-        }), key=code.encode() if isinstance(code, str) else None)
+        dead_letter = report_dead_letter(record, problem, self._encode_report,
+                                         int(time.time() * 1000))
+        code = dead_letter["ma_cskcb"]
+        self._dead_letters.produce(self.settings.topic("dead-letter"),
+                                   self._encode_dead_letter(dead_letter),
+                                   key=code.encode() if code else None)
+
+
+def report_dead_letter(record: Record, problem: str, encode_report: Callable[[dict[str, Any]],
+                       bytes], now_ms: int) -> dict[str, Any]:
+    """The DeadLetter record (reason ``report_invalid``) of a report that cannot be right."""
+    code = record.value.get("ma_cskcb")
+    return {
+        "reason": "report_invalid", "message": problem, "stage": "sink",
+        "source_topic": record.topic, "source_partition": record.partition,
+        "source_offset": record.offset, "event_index": None, "event_id": None,
+        "ma_cskcb": code if isinstance(code, str) else None, "schema_id": None,
+        "original": encode_report(record.value),
+        "published_at": record.timestamp_ms, "failed_at": now_ms,
+    }

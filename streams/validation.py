@@ -19,7 +19,8 @@ from typing import Any
 
 from schemas.reference import FacilityRegistry, load_provinces
 
-__all__ = ["REASONS", "Rejection", "Validator", "parse_datetime", "VN_TZ"]
+__all__ = ["REASONS", "Rejection", "Validator", "parse_datetime", "reason_stage",
+           "reasons_markdown", "VN_TZ"]
 
 VN_TZ = timezone(timedelta(hours=7), "ICT")
 
@@ -110,11 +111,37 @@ REASONS: dict[str, tuple[str, str]] = {
                        "the number of episodes sent (0 on a day without data)."),
 }
 
-_DIGITS = re.compile(r"\d+\Z")
-_FACILITY = re.compile(r"\d{5}\Z")
-_ICD10 = re.compile(r"[A-Z]\d[0-9A-Z](\.?[0-9A-Z]{1,4})?\Z")
-_DOITUONG = re.compile(r"[1-9](\.\d{1,2})?\Z")
-_CARD = re.compile(r"([A-Z]{2})([1-5])(\d{2})(\d{10})\Z")
+#: reason codes given before an event could be read, and by the sink; the rest at validation
+_DECODE_REASONS = frozenset({"empty_message", "bad_magic_byte", "truncated_header",
+                             "unknown_schema_id", "unexpected_schema", "malformed_avro",
+                             "trailing_bytes", "empty_batch"})
+_SINK_REASONS = frozenset({"db_rejected", "report_invalid"})
+
+
+def reason_stage(code: str) -> str:
+    """The dead letter's ``stage`` for a reason code: decode, validate or sink."""
+    if code not in REASONS:
+        raise KeyError(code)
+    return "decode" if code in _DECODE_REASONS else "sink" if code in _SINK_REASONS \
+        else "validate"
+
+
+def reasons_markdown() -> str:
+    """The README's reason-code table (``ehb reasons --markdown``, ``make docs``)."""
+    lines = ["| code | stage | what it means | what the facility should fix |",
+             "|---|---|---|---|"]
+    for code, (meaning, fix) in REASONS.items():
+        cells = [f"`{code}`", reason_stage(code), meaning, fix]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# re.ASCII: \d must not match other scripts' digits ("０７９" is not a province code)
+_DIGITS = re.compile(r"\d+\Z", re.ASCII)
+_FACILITY = re.compile(r"\d{5}\Z", re.ASCII)
+_ICD10 = re.compile(r"[A-Z]\d[0-9A-Z](\.?[0-9A-Z]{1,4})?\Z", re.ASCII)
+_DOITUONG = re.compile(r"[1-9](\.\d{1,2})?\Z", re.ASCII)
+_CARD = re.compile(r"([A-Z]{2})([1-5])(\d{2})(\d{10})\Z", re.ASCII)
 
 #: Beneficiary group letters of the HI card (Decision 1351/QĐ-BHXH and successors).
 HI_GROUPS = frozenset(
@@ -154,7 +181,7 @@ def _has_nul(record: Mapping[str, Any]) -> bool:
 
 def parse_datetime(value: str) -> datetime:
     """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid."""
-    if not value.isdigit() or len(value) not in (8, 12):
+    if not (value.isascii() and value.isdigit()) or len(value) not in (8, 12):
         raise ValueError(value)
     if len(value) == 8:
         value += "0000"
