@@ -225,13 +225,22 @@ def simulate(
         help="Write the events as hospital XML dossiers (GIAMDINHHS files, one per facility "
              "per day) into this directory instead of publishing them; see `ehb gateway`.")
     ] = None,
+    reports: Annotated[bool, typer.Option(
+        "--reports/--no-reports",
+        help="Each facility also sends its daily report (topic facility-reports).")] = True,
+    silent_facilities: Annotated[int, typer.Option(
+        help="Facilities that never send their daily report.", min=0)] = 0,
+    inconsistent_facilities: Annotated[int, typer.Option(
+        help="Facilities whose daily report misstates the episodes sent.", min=0)] = 0,
 ) -> None:
-    """Publish a simulated city's examination events."""
+    """Publish a simulated city's examination events (and the facilities' daily reports)."""
     from producers.simulate import run_simulation
     from producers.simulator import SimulationConfig
 
     settings = load_settings()
-    config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days)
+    config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days,
+                              reports=reports, silent_facilities=silent_facilities,
+                              inconsistent_facilities=inconsistent_facilities)
     if xml_out is not None:
         from producers.xml_export import export_simulation
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
@@ -40,7 +41,8 @@ def pick_facilities(codes: Iterable[str], silent: int, inconsistent: int, seed: 
     """Deterministically choose ``silent`` and ``inconsistent`` facilities (disjoint)."""
     ordered = sorted(codes)
     if silent + inconsistent > len(ordered):
-        raise ValueError(f"only {len(ordered)} facilities to make silent or inconsistent")
+        raise EhbError(f"only {len(ordered)} facilities to make silent or inconsistent, "
+                       f"not {silent + inconsistent}")
     chosen = random.Random(f"reports:{seed}").sample(  # noqa: S311 - a simulation
         ordered, silent + inconsistent)
     return frozenset(chosen[:silent]), frozenset(chosen[silent:])
