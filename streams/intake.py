@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ehb.kafka import partition_for
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
-from streams.citizen_state import NEVER
+from streams.citizen_state import NEVER, citizen_partition
 from streams.enrichment import enrich
 from streams.validation import VN_TZ, Rejection, Validator
 
@@ -69,6 +68,17 @@ class Intake:
         self.partitions = partitions
         self.clock = clock
         self._encode_event = codec.writer(SUBJECTS.EXAMINATION_EVENT)
+        # citizen ID -> (citizen key, partition): a citizen has ~3.4 exams a year
+        self._keys: dict[str, tuple[str, int]] = {}
+
+    def _key_of(self, citizen_id: str) -> tuple[str, int]:
+        found = self._keys.get(citizen_id)
+        if found is None:
+            if len(self._keys) >= 200_000:  # bounded: forget everything, refill as we go
+                self._keys.clear()
+            key = self.citizen_key(citizen_id)
+            found = self._keys[citizen_id] = (key, citizen_partition(key, self.partitions))
+        return found
 
     def process(self, messages: Iterable[SourceMessage]) -> IntakeResult:
         result = IntakeResult()
@@ -121,9 +131,9 @@ class Intake:
                                   rejection.message, now_ms, original=original or b"",
                                   schema_id=decoded.schema_id, index=index, event=event)
                 continue
-            key = self.citizen_key(event["so_cccd"])
+            key, partition = self._key_of(event["so_cccd"])
             item = enrich(event, self.registry, key, message.timestamp_ms)
-            result.by_partition[partition_for(key.encode(), self.partitions)].append(item)
+            result.by_partition[partition].append(item)
             result.accepted += 1
             if item["event_time"] > result.progress.get(message.partition, NEVER):
                 result.progress[message.partition] = item["event_time"]
