@@ -52,12 +52,14 @@ class PartitionLag:
 
 def pipeline_groups(settings: Settings) -> list[GroupTopics]:
     """The worker's and the sink's consumer groups with the topics each consumes."""
+    from sinks.reports import REPORTS_TOPIC
     from sinks.runner import SINK_TOPICS
 
     return [
         GroupTopics(settings.worker_group, (settings.topic("examinations"),
                                             settings.topic("examinations-by-citizen"))),
         GroupTopics(settings.sink_group, tuple(settings.topic(t) for t in SINK_TOPICS)),
+        GroupTopics(f"{settings.sink_group}-reports", (settings.topic(REPORTS_TOPIC),)),
     ]
 
 

@@ -20,7 +20,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ehb-campaign.json"
 
 #: Metrics another part of the project adds (daily facility reports); the dashboard and the
 #: alerts already use these names.
-PENDING = {"ehb_facilities_reporting", "ehb_facilities_silent", "ehb_facility_report_mismatches"}
+PENDING: set[str] = set()
 
 
 def _promtool(promtool: str, *args: str, cwd: Path = PROMETHEUS) -> str:
