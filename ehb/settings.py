@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How late (event time) data may arrive and still count: the "
         "watermark is the newest event time seen on a partition minus this.")
+    closed_retention_days: float = Field(
+        400.0, ge=0, description="How long (event time) the stateful stage remembers the ids "
+        "of closed referrals and appointments, so a replay or re-send does not reopen them.")
     partition_idle_s: float = Field(
         5.0, ge=0, description="An input partition with nothing left to process for this "
         "long stops holding back the event-time clock (see README, Time).")

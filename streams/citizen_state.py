@@ -41,7 +41,12 @@ State of one citizen (compact JSON, the table's value)::
      "r": {referral_id: [origin, destination, issued_ms, deadline_ms, status, event_id,
                          ma_lydo_ct, ma_benh_chinh]},
      "a": {appointment_id: [facility, at_ms, reminded, status, event_id, ma_benh_chinh,
-                            discharged_ms, kept_visit_ms]}}
+                            discharged_ms, kept_visit_ms]},
+     "d": {"r:" + referral_id | "a:" + appointment_id: forget_after_ms}}   # closed ones
+
+Closed referrals and appointments leave "r"/"a" once the watermark passes them, but their ids
+stay in "d" for ``closed_retention`` (event time), so that a replay or a facility's re-send of
+an old episode does not open them again (and re-send outdated records downstream).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class StateConfig:
     reminder_lead_ms: int = 24 * HOUR_MS
     grace_ms: int = 3 * DAY_MS
     lateness_ms: int = 48 * HOUR_MS
+    closed_retention_ms: int = 400 * DAY_MS
 
     @classmethod
     def from_settings(cls, settings: Any) -> StateConfig:
@@ -82,6 +88,7 @@ class StateConfig:
             reminder_lead_ms=int(settings.appointment_reminder_lead_hours * HOUR_MS),
             grace_ms=int(settings.appointment_grace_days * DAY_MS),
             lateness_ms=int(settings.allowed_lateness_hours * HOUR_MS),
+            closed_retention_ms=int(settings.closed_retention_days * DAY_MS),
         )
 
 
@@ -230,7 +237,7 @@ class CitizenStateMachine:
             state["i"] = 1
             out.health_book.append({**record, "record_type": "BOOK_INTEGRATED"})
 
-        _prune(state, watermark)
+        _prune(state, watermark, self.config.closed_retention_ms)
         # Only visits within the allowed lateness count: a later decision never depends on
         # how long an older visit happened to stay in memory.
         visits: list[list[Any]] = [v for v in state.get("v", ()) if v[1] >= watermark]
@@ -245,7 +252,7 @@ class CitizenStateMachine:
         if referral is not None:
             rid = f"{referral['ma_noi_di']}:{referral['so_chuyentuyen']}"
             refs = state.setdefault("r", {})
-            if rid not in refs:
+            if rid not in refs and f"r:{rid}" not in state.get("d", ()):
                 issued = event_time_ms(referral["ngay_ct"])
                 r = [referral["ma_noi_di"], referral["ma_noi_den"], issued,
                      issued + self.config.referral_window_ms, OPEN, event_id,
@@ -261,7 +268,7 @@ class CitizenStateMachine:
         if appointment is not None:
             aid = f"{facility}:{appointment['so_giayhen_kl']}"
             appts = state.setdefault("a", {})
-            if aid not in appts:
+            if aid not in appts and f"a:{aid}" not in state.get("d", ()):
                 at = event_time_ms(appointment["ngay_hen_kl"])
                 discharged = event_time_ms(event["ngay_ra"])
                 a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged, None]
@@ -340,7 +347,7 @@ class CitizenStateMachine:
                     end = a[A_AT] + cfg.grace_ms
                     out.appointments.append(
                         _appointment_record("MISSED", aid, key, a, end, published))
-            _prune(state, watermark)
+            _prune(state, watermark, cfg.closed_retention_ms)
             overlay[key] = state
             due = self._next_due(state)
             if due is not None:
@@ -375,27 +382,41 @@ def _copy(state: Mapping[str, Any] | None) -> dict[str, Any]:
             out[k] = [list(x) for x in v]
         elif k in ("r", "a"):
             out[k] = {i: list(x) for i, x in v.items()}
+        elif k == "d":
+            out[k] = dict(v)
         else:
             out[k] = v
     return out
 
 
-def _prune(state: dict[str, Any], watermark: int) -> None:
-    """Forget what no late event can change any more."""
+def _prune(state: dict[str, Any], watermark: int,
+           retention: int = StateConfig.closed_retention_ms) -> None:
+    """Forget what no late event can change any more (closed ids stay in "d" a while)."""
     if "v" in state:
         state["v"] = [v for v in state["v"] if v[1] >= watermark]
         if not state["v"]:
             del state["v"]
-    if "r" in state:
-        state["r"] = {i: r for i, r in state["r"].items()
-                      if r[R_STATUS] == OPEN or r[R_DEADLINE] >= watermark}
-        if not state["r"]:
-            del state["r"]
-    if "a" in state:
-        state["a"] = {i: a for i, a in state["a"].items()
-                      if a[A_STATUS] == OPEN or a[A_AT] >= watermark}
-        if not state["a"]:
-            del state["a"]
+    done: dict[str, int] = state.get("d", {})
+    for name, closed, since in (("r", lambda r: r[R_STATUS] != OPEN, R_DEADLINE),
+                                ("a", lambda a: a[A_STATUS] != OPEN, A_AT)):
+        if name not in state:
+            continue
+        kept = {}
+        for i, x in state[name].items():
+            if closed(x) and x[since] < watermark:
+                done[f"{name}:{i}"] = x[since] + retention
+            else:
+                kept[i] = x
+        if kept:
+            state[name] = kept
+        else:
+            del state[name]
+    if done:
+        done = {i: t for i, t in done.items() if t >= watermark}
+    if done:
+        state["d"] = done
+    else:
+        state.pop("d", None)
 
 
 def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int

@@ -266,3 +266,19 @@ def test_reminder_follows_event_time_not_the_arrival_order_of_the_visit() -> Non
     reminded = {i for k, i in run.kinds(run.appointments) if k == "REMINDER"}
     # kept 40 h before: no reminder was due; kept 10 h before: the reminder (24 h) was due
     assert reminded == {"79005:HK31"}
+
+
+def test_a_replay_of_old_episodes_does_not_reopen_closed_items() -> None:
+    issuing = f.with_referral(f.exam(40, facility="79005", admitted=T0), destination="79002",
+                              number="CT40")
+    arrival = f.exam(40, facility="79002", admitted=T0 + timedelta(days=2))
+    appointment = f.with_appointment(f.exam(41, facility="79005", admitted=T0),
+                                     when=T0 + timedelta(days=7), number="HK41")
+    run = Run().feed([item(issuing), item(arrival), item(appointment),
+                      clock_push(1, T0 + timedelta(days=60))])
+    run.feed([clock_push(2, T0 + timedelta(days=61))])   # closed items pruned by now
+    state = run.table[f"citizen-{issuing['so_cccd']}"]
+    assert "r" not in state and "r:79005:CT40" in state["d"]
+    before = (len(run.referrals), len(run.appointments))
+    run.feed([item(issuing), item(appointment)])          # a replay of old episodes
+    assert (len(run.referrals), len(run.appointments)) == before
