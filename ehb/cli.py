@@ -232,6 +232,9 @@ def simulate(
         help="Facilities that never send their daily report.", min=0)] = 0,
     inconsistent_facilities: Annotated[int, typer.Option(
         help="Facilities whose daily report misstates the episodes sent.", min=0)] = 0,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics (the producer's outbox backlog) on this port. "
+        "Default: none.")] = None,
 ) -> None:
     """Publish a simulated city's examination events (and the facilities' daily reports)."""
     from producers.simulate import run_simulation
@@ -246,6 +249,10 @@ def simulate(
 
         out.print_json(json.dumps(export_simulation(config, xml_out, progress=console)))
         return
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
     summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
                              progress=console)
     out.print_json(json.dumps(summary))

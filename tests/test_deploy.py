@@ -172,6 +172,8 @@ def test_prometheus_scrapes_every_metrics_endpoint(compose: dict[str, Any],
     endpoints = {(name, int(_env(s)["EHB_METRICS_PORT"])) for name, s in services.items()
                  if int(_env(s).get("EHB_METRICS_PORT", "0"))}
     assert {("worker", 9400), ("sink", 9400), ("simulator", 9400)} <= endpoints
+    simulate = services["simulator"]["command"]  # `ehb simulate` serves /metrics when asked
+    assert simulate[simulate.index("--metrics-port") + 1] == "9400"
     endpoints |= {("kafka-exporter", 9308), ("postgres-exporter", 9187), ("grafana", 3000)}
     missing = endpoints - targets
     assert not missing, f"not scraped: {missing}"
