@@ -150,7 +150,8 @@ class Settings(BaseSettings):
         "many days either side of the date; missed when the window has passed.")
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How late (event time) data may arrive and still count: the "
-        "watermark is the newest event time seen on a partition minus this.")
+        "watermark is the event-time clock (aligned on the slowest input partition) minus "
+        "this.")
     closed_retention_days: float = Field(
         400.0, ge=0, description="How long (event time) the stateful stage remembers the ids "
         "of closed referrals and appointments, so a replay or re-send does not reopen them.")
