@@ -1,0 +1,264 @@
+"""The bench's report: machine, versions, headline figures against the targets, the table,
+and the JSON files under ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.harness import BenchStack, sql_scalar
+
+__all__ = ["figures", "machine", "render", "versions", "write_results"]
+
+TARGETS = {
+    "pipeline_events_per_second": 10_000,
+    "ratio_to_ceiling": 0.5,
+    "latency_p99_ms": 500,
+    "worker_peak_rss_mb": 300,
+    "sink_peak_rss_mb": 300,
+    "year_seconds": 600,
+}
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_count": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+    }
+
+
+def versions(stack: BenchStack) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import confluent_kafka
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("faust-streaming", "aiokafka", "confluent-kafka", "fastavro",
+                    "psycopg2-binary"):
+        try:
+            out[package.removesuffix("-binary")] = version(package)
+        except PackageNotFoundError:
+            out[package.removesuffix("-binary")] = None
+    out["librdkafka"] = confluent_kafka.libversion()[0]
+    out["postgresql"] = None
+    out["tansu"] = None
+    with contextlib.suppress(Exception):
+        out["postgresql"] = str(sql_scalar(stack.admin_url, "SHOW server_version"))
+    if stack.stack is not None:
+        with contextlib.suppress(Exception):
+            text = subprocess.run([stack.stack.kafka.binary(), "--version"], check=True,
+                                  capture_output=True, text=True, timeout=10).stdout
+            out["tansu"] = text.strip().removeprefix("tansu ").strip()
+    else:
+        out["tansu"] = "external broker"
+    return out
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def _spread(runs: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in runs if r.get(key) is not None]
+
+
+def _max_rss(runs: list[dict[str, Any]], prefix: str) -> float | None:
+    values = [v for r in runs for name, v in r.get("peak_rss_mb", {}).items()
+              if name.startswith(prefix)]
+    return max(values) if values else None
+
+
+def figures(runs: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures: medians over the repeats, peaks over every run."""
+    one = runs.get("pipeline_1_worker", [])
+    two = runs.get("pipeline_2_workers", [])
+    raw = runs.get("raw_end_to_end", [])
+    drains = runs.get("publish_and_drain", [])
+    publish = [d["publish"] for d in drains]
+    raw_drain = [d["raw_drain"] for d in drains]
+    pipe_drain = [d["pipeline_drain"] for d in drains]
+    out: dict[str, Any] = {
+        "publish_only_events_per_second": _median(publish, "events_per_second"),
+        "pipeline_events_per_second": _median(one, "events_per_second"),
+        "pipeline_2_workers_events_per_second": _median(two, "events_per_second"),
+        "raw_end_to_end_events_per_second": _median(raw, "events_per_second"),
+        "raw_drain_events_per_second": _median(raw_drain, "events_per_second"),
+        "pipeline_drain_events_per_second": _median(pipe_drain, "events_per_second"),
+        "spread": {
+            "pipeline_events_per_second": _spread(one, "events_per_second"),
+            "pipeline_2_workers_events_per_second": _spread(two, "events_per_second"),
+            "raw_end_to_end_events_per_second": _spread(raw, "events_per_second"),
+            "raw_drain_events_per_second": _spread(raw_drain, "events_per_second"),
+            "pipeline_drain_events_per_second": _spread(pipe_drain, "events_per_second"),
+            "publish_only_events_per_second": _spread(publish, "events_per_second"),
+        },
+    }
+    if out["pipeline_drain_events_per_second"] and out["raw_drain_events_per_second"]:
+        out["ratio_to_ceiling"] = round(out["pipeline_drain_events_per_second"]
+                                        / out["raw_drain_events_per_second"], 2)
+    if out["pipeline_events_per_second"] and out["raw_end_to_end_events_per_second"]:
+        out["ratio_end_to_end"] = round(out["pipeline_events_per_second"]
+                                        / out["raw_end_to_end_events_per_second"], 2)
+    every = [*one, *two, *pipe_drain, *runs.get("latency", [])]
+    out["worker_peak_rss_mb"] = _max_rss(every, "worker")
+    out["sink_peak_rss_mb"] = _max_rss(every, "sink")
+    out["producer_peak_rss_mb"] = max(
+        [v for v in [_max_rss(one + two, "producer"),
+                     *(p.get("peak_rss_mb") for p in publish)] if v is not None],
+        default=None)
+    out["raw_pipeline_peak_rss_mb"] = max(
+        [r["peak_rss_mb"] for r in raw_drain if r.get("peak_rss_mb")], default=None)
+    out["broker_peak_rss_mb"] = runs.get("broker_peak_rss_mb")
+    latency = runs.get("latency") or []
+    if latency:
+        out.update({f"latency_{k}": latency[0][k] for k in ("p50_ms", "p95_ms", "p99_ms",
+                                                              "max_ms")})
+        out["latency_rate"] = latency[0]["rate"]
+    year = runs.get("year")
+    if year:
+        out["year_seconds"] = year["seconds"]
+        out["year_events_per_second"] = year["events_per_second"]
+    errors = [r["error"] for group in (one, two, pipe_drain, raw) for r in group
+              if r.get("error")]
+    if year and year.get("error"):
+        errors.append(year["error"])
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value >= 100:
+        return f"{value:,.0f}{unit}"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def _status(value: float | None, target: float, higher_is_better: bool) -> str:
+    if value is None:
+        return "—"
+    ok = value >= target if higher_is_better else value <= target
+    return "[green]met[/]" if ok else "[red]not met[/]"
+
+
+def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measurement, figure, target, status) rows; also the README's table."""
+    t = TARGETS
+    out: list[tuple[str, str, str, str]] = []
+    if fig.get("year_seconds") is not None:
+        out.append((f"Year replay ({params['events']:,} events), wall time",
+                    f"{fig['year_seconds'] / 60:.1f} min "
+                    f"({_fmt(fig['year_events_per_second'])} events/s)",
+                    "≤ 10 min", _status(fig["year_seconds"], t["year_seconds"], False)))
+        gen = params.get("generation") or {}
+        if gen:
+            out.append(("Year generation (simulator, separately)",
+                        f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])}"
+                        " events/s)", "", ""))
+    else:
+        out += [
+            ("Publish only (producer, outbox on)" if params.get("outbox", True)
+             else "Publish only (producer, outbox off)",
+             _fmt(fig["publish_only_events_per_second"], " events/s"), "", ""),
+            ("Pipeline end to end, 1 worker",
+             _fmt(fig["pipeline_events_per_second"], " events/s"), "≥ 10,000 events/s",
+             _status(fig["pipeline_events_per_second"], t["pipeline_events_per_second"],
+                     True)),
+            ("Pipeline end to end, 2 workers",
+             _fmt(fig["pipeline_2_workers_events_per_second"], " events/s"), "", ""),
+            ("Raw clients end to end (same producer)",
+             _fmt(fig["raw_end_to_end_events_per_second"], " events/s"), "", ""),
+            ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"),
+             "", ""),
+            ("Raw-client ceiling (drain of the published topic)",
+             _fmt(fig["raw_drain_events_per_second"], " events/s"), "", ""),
+            ("Pipeline drain, 1 worker (same topic)",
+             _fmt(fig["pipeline_drain_events_per_second"], " events/s"), "", ""),
+            ("Pipeline / ceiling (drains)", _fmt(fig.get("ratio_to_ceiling"), "×"),
+             "≥ 0.5×", _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True)),
+        ]
+        if fig.get("latency_p99_ms") is not None:
+            out.append((f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"
+                        " (p50 / p95 / p99)",
+                        f"{fig['latency_p50_ms']:.0f} / {fig['latency_p95_ms']:.0f} / "
+                        f"{fig['latency_p99_ms']:.0f} ms", "p99 ≤ 500 ms",
+                        _status(fig["latency_p99_ms"], t["latency_p99_ms"], False)))
+    out += [
+        ("Peak RSS, worker", _fmt(fig["worker_peak_rss_mb"], " MB"), "≤ 300 MB",
+         _status(fig["worker_peak_rss_mb"], t["worker_peak_rss_mb"], False)),
+        ("Peak RSS, sink", _fmt(fig["sink_peak_rss_mb"], " MB"), "≤ 300 MB",
+         _status(fig["sink_peak_rss_mb"], t["sink_peak_rss_mb"], False)),
+        ("Peak RSS, producer", _fmt(fig["producer_peak_rss_mb"], " MB"), "", ""),
+        ("Peak RSS, broker (Tansu, memory storage, whole bench)",
+         _fmt(fig["broker_peak_rss_mb"], " MB"), "", ""),
+    ]
+    return out
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    params = result["parameters"]
+    title = (f"ehb bench — {params['events']:,} events, {params['partitions']} partitions, "
+             f"median of {params['repeat']}" if not params.get("year")
+             else f"ehb bench-year — {params['events']:,} events")
+    table = Table(title=title)
+    table.add_column("Measurement")
+    table.add_column("Figure", justify="right")
+    table.add_column("Target")
+    table.add_column("")
+    for row in rows(result["figures"], {**params, "generation": result.get("generation")}):
+        table.add_row(*row)
+    console.print(table)
+    m, v = result["machine"], result["versions"]
+    console.print(
+        f"{m['cpu_count']} CPUs ({m['cpu_model']}), load {result['load']['start']} → "
+        f"{result['load']['end']}; Python {v['python']}, Faust {v['faust-streaming']}, "
+        f"confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), fastavro "
+        f"{v['fastavro']}, psycopg2 {v['psycopg2']}, PostgreSQL {v['postgresql']}, "
+        f"Tansu {v['tansu']}")
+    for error in result["figures"].get("errors", []):
+        console.print(f"[red]error:[/] {error}")
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The table in Markdown (for the README)."""
+    params = result["parameters"]
+    lines = ["| Measurement | Figure | Target | |", "|---|---:|---|---|"]
+    for name, figure, target, status in rows(result["figures"],
+                                             {**params, "generation": result.get("generation")}):
+        status = status.replace("[green]", "").replace("[red]", "").replace("[/]", "")
+        lines.append(f"| {name} | {figure} | {target} | {status} |")
+    return "\n".join(lines)
+
+
+def write_results(result: dict[str, Any], directory: Path, stamp: str, latest: str | None
+                  ) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2, default=str) + "\n"
+    path = directory / f"{stamp}.json"
+    path.write_text(text)
+    if latest:
+        (directory / latest).write_text(text)
+    return path

@@ -1,0 +1,220 @@
+"""``make bench`` / ``make bench-year``: the whole benchmark in one invocation.
+
+Starts its own embedded stack (Tansu + PostgreSQL under a temporary ``EHB_DATA_DIR``; or the
+services of ``EHB_KAFKA_BOOTSTRAP`` + ``EHB_DATABASE_URL`` when both are set), pre-generates
+the simulated events (cached under ``.ehb/bench-cache/``), then, ``--repeat`` times:
+
+1. publish-only into a fresh deployment, then a drain of that topic by the raw-client
+   pipeline (the ceiling) and by the real pipeline (one worker + one sink);
+2. the pipeline end to end with one worker: first publish -> last row committed;
+3. the raw-client pipeline end to end, the same way;
+4. the pipeline end to end with two workers;
+
+then the latency at a steady rate, and with ``--profile`` one more end-to-end run under
+py-spy. Prints a table and writes ``benchmarks/results/<timestamp>.json`` (+ ``latest.json``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from benchmarks.harness import ROOT, BenchStack, events_file, loadavg, peak_rss_mb
+from benchmarks.report import figures, machine, markdown_table, render, versions, write_results
+from benchmarks.runs import (
+    Context,
+    RunFailed,
+    latency,
+    pipeline_end_to_end,
+    publish_then_drain,
+    raw_end_to_end,
+)
+
+__all__ = ["app"]
+
+YEAR_EVENTS = 3_789_912
+RESULTS = ROOT / "benchmarks" / "results"
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Events per throughput run.")] = 200_000,
+    repeat: Annotated[int, typer.Option(
+        help="Runs of each throughput measurement (the figures are medians).")] = 3,
+    partitions: Annotated[int, typer.Option(help="Partitions of the pipeline's topics.")] = 8,
+    skip_latency: Annotated[bool, typer.Option(
+        "--skip-latency", help="Skip the latency run.")] = False,
+    latency_seconds: Annotated[float, typer.Option(help="Length of the latency run.")] = 60.0,
+    latency_rate: Annotated[float, typer.Option(
+        help="Steady events/s of the latency run.")] = 1000.0,
+    skip_scale: Annotated[bool, typer.Option(
+        "--skip-scale", help="Skip the two-worker runs.")] = False,
+    skip_raw: Annotated[bool, typer.Option(
+        "--skip-raw", help="Skip the raw-client end-to-end runs.")] = False,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="One more 1-worker run under py-spy (worker and sink); needs "
+        "py-spy installed.")] = False,
+    outbox: Annotated[bool, typer.Option(
+        help="The producer's durable outbox (as deployed).")] = True,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Tiny sizes: a smoke run of the harness.")] = False,
+    year: Annotated[bool, typer.Option(
+        "--year", help="Replay a synthetic year of Ho Chi Minh City instead "
+        "(make bench-year).")] = False,
+    year_events: Annotated[int, typer.Option(help="Events of the year replay.")] = YEAR_EVENTS,
+    workers: Annotated[int, typer.Option(help="Workers of the year replay.")] = 1,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 79,
+    regenerate: Annotated[bool, typer.Option(
+        "--regenerate", help="Regenerate the cached events.")] = False,
+    output: Annotated[Path, typer.Option(help="Directory of the JSON results.")] = RESULTS,
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Keep the temporary data directory (logs).")] = False,
+) -> None:
+    """Throughput, latency and memory of the pipeline, against a raw-client ceiling."""
+    console = Console()
+    if quick:
+        events, repeat, latency_seconds, latency_rate = min(events, 3000), 1, 5.0, 200.0
+        partitions = min(partitions, 4)
+    if year:
+        events = year_events
+    started = time.time()
+    load_start = loadavg()
+    params: dict[str, Any] = {
+        "events": events, "repeat": 1 if year else repeat, "partitions": partitions,
+        "latency_rate": None if skip_latency or year else latency_rate,
+        "latency_seconds": None if skip_latency or year else latency_seconds,
+        "outbox": outbox, "quick": quick, "year": year, "seed": seed,
+        "publisher_batch_size": 100, "workers": workers if year else None,
+    }
+
+    def say(text: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+
+    say(f"load average {load_start}; generating {events:,} events (cached when possible)")
+    last = [time.monotonic()]
+
+    def progress(done: int) -> None:
+        if time.monotonic() - last[0] > 15:
+            last[0] = time.monotonic()
+            say(f"  generated {done:,} events")
+
+    path, generation = events_file(events, seed, regenerate=regenerate, progress=progress)
+    say(f"events ready: {generation['events']:,} in {path.name} "
+        f"({'cached; generated' if generation['cached'] else 'generated'} in "
+        f"{generation['seconds']:.1f} s, {generation['events_per_second']:,.0f}/s)")
+    root = Path(tempfile.mkdtemp(prefix="ehb-bench-"))
+    runs: dict[str, Any] = {}
+    stack = None
+    failure: str | None = None
+    try:
+        stack = BenchStack(root, partitions)
+        say(f"stack up (broker {stack.settings.kafka_bootstrap}); data in {root}")
+        params["settings"] = {k: v for k, v in stack.settings.public_dict().items()
+                              if k.startswith(("worker_", "sink_", "kafka_session"))}
+        ctx = Context(stack, path, events, root / "logs", outbox=outbox,
+                      stall_s=60.0 if quick else 180.0, say=say)
+        if year:
+            run_year(ctx, workers, runs, say)
+        else:
+            run_suite(ctx, params, runs, say, skip_scale=skip_scale, skip_raw=skip_raw,
+                      skip_latency=skip_latency, profile=profile,
+                      profile_dir=root / "profiles")
+        if stack.broker_pid is not None:
+            runs["broker_peak_rss_mb"] = peak_rss_mb(stack.broker_pid)
+        result_versions = versions(stack)
+    except (RunFailed, TimeoutError, RuntimeError) as exc:
+        failure = str(exc)
+        result_versions = versions(stack) if stack is not None else {}
+    finally:
+        if stack is not None:
+            stack.close()
+        if keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    result: dict[str, Any] = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "load": {"start": load_start, "end": loadavg()},
+        "versions": result_versions,
+        "parameters": params,
+        "generation": generation,
+        "figures": figures(runs),
+        "runs": runs,
+    }
+    if failure:
+        result["figures"].setdefault("errors", []).append(failure)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    suffix = "-year" if year else "-quick" if quick else ""
+    latest = None if quick else "latest-year.json" if year else "latest.json"
+    written = write_results(result, output, stamp + suffix, latest)
+    render(result, console)
+    console.print(f"results: {written}" + (f" and {output / latest}" if latest else ""))
+    if not quick:
+        console.print("\n" + markdown_table(result), markup=False, highlight=False)
+    if result["figures"].get("errors"):
+        raise typer.Exit(1)
+
+
+def run_suite(ctx: Context, params: dict[str, Any], runs: dict[str, Any], say: Any, *,
+              skip_scale: bool, skip_raw: bool, skip_latency: bool, profile: bool,
+              profile_dir: Path) -> None:
+    repeat = params["repeat"]
+    for key in ("publish_and_drain", "pipeline_1_worker", "raw_end_to_end",
+                "pipeline_2_workers"):
+        runs[key] = []
+    for i in range(1, repeat + 1):
+        tag = f"run {i}/{repeat}"
+        drained = publish_then_drain(ctx)
+        runs["publish_and_drain"].append(drained)
+        say(f"{tag} publish only {drained['publish']['events_per_second']:,.0f}/s; drains: "
+            f"raw clients {drained['raw_drain']['events_per_second']:,.0f}/s, pipeline "
+            f"{drained['pipeline_drain']['events_per_second']:,.0f}/s")
+        one = pipeline_end_to_end(ctx, workers=1)
+        runs["pipeline_1_worker"].append(one)
+        say(f"{tag} pipeline end to end, 1 worker: {one['events_per_second']:,.0f}/s "
+            f"({one['seconds']:.1f} s; publishing {one['publish_events_per_second']:,.0f}/s)")
+        if not skip_raw:
+            raw = raw_end_to_end(ctx)
+            runs["raw_end_to_end"].append(raw)
+            say(f"{tag} raw clients end to end: {raw['events_per_second']:,.0f}/s "
+                f"({raw['seconds']:.1f} s)")
+        if not skip_scale:
+            two = pipeline_end_to_end(ctx, workers=2)
+            runs["pipeline_2_workers"].append(two)
+            say(f"{tag} pipeline end to end, 2 workers: {two['events_per_second']:,.0f}/s "
+                f"({two['seconds']:.1f} s)")
+    if not skip_latency:
+        say(f"latency: {params['latency_rate']:,.0f} events/s for "
+            f"{params['latency_seconds']:.0f} s")
+        measured = latency(ctx, params["latency_rate"], params["latency_seconds"])
+        runs["latency"] = [measured]
+        say(f"latency p50/p95/p99 {measured['p50_ms']:.0f}/{measured['p95_ms']:.0f}/"
+            f"{measured['p99_ms']:.0f} ms at {measured['achieved_rate']:,.0f}/s")
+    if profile:
+        say("profiling a 1-worker run with py-spy (not counted in the figures)")
+        profiled = pipeline_end_to_end(ctx, workers=1, profile_dir=profile_dir)
+        runs["profile"] = profiled
+        keep = ROOT / "benchmarks" / "results" / "profiles"
+        keep.mkdir(parents=True, exist_ok=True)
+        for collapsed in profile_dir.glob("*.collapsed.txt"):
+            shutil.copy(collapsed, keep / collapsed.name)
+        say(f"profiles: {keep}")
+
+
+def run_year(ctx: Context, workers: int, runs: dict[str, Any], say: Any) -> None:
+    say(f"replaying {ctx.events:,} events with {workers} worker(s)")
+    year = pipeline_end_to_end(ctx, workers=workers, census=True)
+    runs["year"] = year
+    say(f"year: {year['seconds'] / 60:.1f} min end to end "
+        f"({year['events_per_second']:,.0f}/s; publishing "
+        f"{year['publish_events_per_second']:,.0f}/s)")
