@@ -309,7 +309,8 @@ class BenchStack:
                 cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         with contextlib.suppress(Exception):
             admin = admin_client(settings)
-            topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
+            topics = [t for t in admin.list_topics(timeout=10).topics
+                      if t.startswith((f"{tag}.", f"{tag}-"))]  # Faust's: <group>-...
             if topics:
                 for future in admin.delete_topics(topics, request_timeout=30).values():
                     with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ py-spy. Prints a table and writes ``benchmarks/results/<timestamp>.json`` (+ ``l
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,10 +80,10 @@ def bench(
         "--keep", help="Keep the temporary data directory (logs).")] = False,
 ) -> None:
     """Throughput, latency and memory of the pipeline, against a raw-client ceiling."""
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no wrapping
     if quick:
-        events, repeat, latency_seconds, latency_rate = min(events, 3000), 1, 5.0, 200.0
-        partitions = min(partitions, 4)
+        events, repeat, latency_seconds, latency_rate = min(events, 3000), 1, 3.0, 200.0
+        partitions = min(partitions, 2)
     if year:
         events = year_events
     started = time.time()
