@@ -7,12 +7,12 @@ figures are the same however late or often the data is replayed), and the facili
 report counts the same way (``FacilityDailyReport.report_date``).
 
 **Received** for (facility, day): the distinct episodes (``MA_LK``) of that facility with
-``NGAY_RA`` on that day that reached PostgreSQL, accepted (``health_book_entries``, counted per
-facility and day by triggers in ``facility_day_counts``) or dead-lettered at validation
-(``dead_letters``: the episode is decoded once from the dead letter's original bytes into
-``dead_letter_episodes``; an episode dead-lettered and later accepted counts once). Messages
-that could not be decoded at all name no facility or day and are not counted; neither are
-events whose ``NGAY_RA`` is not a date.
+``NGAY_RA`` on that day that reached PostgreSQL, accepted (``health_book_entries``: triggers
+append per-statement counts to ``facility_day_count_deltas``, which each run folds into
+``facility_day_counts``) or dead-lettered at validation (``dead_letters``: the episode is
+decoded once from the dead letter's original bytes into ``dead_letter_episodes``; an episode
+dead-lettered and later accepted counts once). Messages that could not be decoded at all name
+no facility or day and are not counted; neither are events whose ``NGAY_RA`` is not a date.
 
 **When a day has passed**: ``EHB_REPORTS_GRACE_HOURS`` after the end of the day (Vietnam
 time), by the wall clock. Until then a day's rows are ``pending``; afterwards ``ok``,
@@ -30,6 +30,7 @@ figure is recomputed from the tables.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -62,6 +63,12 @@ SQL_NEW_DEAD_LETTERS = (
     "(SELECT 1 FROM dead_letter_episodes e WHERE e.dead_letter_id = d.dead_letter_id) "
     "LIMIT %s"
 )
+SQL_FOLD_DELTAS = """
+WITH moved AS (DELETE FROM facility_day_count_deltas RETURNING ma_cskcb, episode_day, delta)
+INSERT INTO facility_day_counts AS c (ma_cskcb, episode_day, accepted)
+SELECT ma_cskcb, episode_day, sum(delta) FROM moved GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (ma_cskcb, episode_day) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted
+"""
 SQL_BOUNDS = (
     "SELECT (SELECT min(report_day) FROM facility_reports WHERE reported IS NOT NULL),"
     " greatest((SELECT max(report_day) FROM facility_reports WHERE reported IS NOT NULL),"
@@ -158,6 +165,7 @@ class Reconciler:
                 if not cur.fetchone()[0]:
                     conn.rollback()
                     return ReconcileResult(skipped=True)
+                cur.execute(SQL_FOLD_DELTAS)
                 decoded = self._decode_dead_letters(cur)
                 passed = last_passed_day(datetime.fromtimestamp(self.clock(), VN_TZ),
                                          self.grace)
@@ -172,7 +180,8 @@ class Reconciler:
                                  for i in range((newest - first).days + 1))
             conn.commit()
         except BaseException:
-            conn.rollback()
+            with contextlib.suppress(psycopg2.Error):  # keep the original error
+                conn.rollback()
             raise
         return ReconcileResult(False, decoded, days, rows)
 

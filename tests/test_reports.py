@@ -207,6 +207,19 @@ def test_reconciliation_rules_on_postgresql(deploy: DeploymentFactory) -> None:
     assert D1 in later.run(d.db).days
     assert _rows(d, "79002")[("79002", D1)] == (1, 1, "ok")
 
+    # a resend that moves an episode's discharge to another day moves its count (the sink's
+    # upsert updates the row: the UPDATE trigger), and deleted rows stop counting
+    d.query("UPDATE health_book_entries SET ngay_ra = %s, event_id = 'resent' "
+            "WHERE ma_cskcb = '79002' AND ma_lk = 'B1' RETURNING 1", _at(D2))
+    d.query("DELETE FROM health_book_entries WHERE ma_cskcb = '79003' RETURNING 1")
+    later.run(d.db)
+    assert dict(d.query("SELECT ma_cskcb || ':' || episode_day, accepted FROM "
+                        "facility_day_counts WHERE ma_cskcb IN ('79002', '79003')")) == {
+        f"79002:{D1}": 0, f"79002:{D2}": 1, f"79003:{D1}": 0}
+    assert _rows(d, "79002", "79003")[("79002", D1)] == (1, 0, "mismatch")
+    assert _rows(d, "79002", "79003")[("79003", D1)] == (None, 0, "silent")
+    assert d.count("facility_day_count_deltas") == 0
+
     # a deactivated facility is not expected to report
     d.query("UPDATE facilities SET active = false WHERE code = '79005' RETURNING 1")
     d.query("DELETE FROM facility_reports WHERE ma_cskcb = '79005' RETURNING 1")

@@ -20,38 +20,41 @@ CREATE TABLE facility_reports (
 );
 CREATE INDEX facility_reports_day_status ON facility_reports (report_day, status);
 
--- Accepted episodes per facility and day, kept by statement triggers on health_book_entries in
--- the sink's own transactions (only rows really inserted count; a resend that moves NGAY_RA
--- moves its count), so reconciling a year stays cheap.
+-- Accepted episodes per facility and day. Statement triggers on health_book_entries append
+-- the net change of each sink statement to facility_day_count_deltas, in the sink's own
+-- transaction (only rows really inserted count; a resend that moves NGAY_RA moves its count).
+-- Appending never waits for or deadlocks with another sink; the reconciler folds the deltas
+-- into facility_day_counts, so reconciling a year stays cheap.
 CREATE TABLE facility_day_counts (
     ma_cskcb     text NOT NULL,
     episode_day  date NOT NULL,
     accepted     integer NOT NULL DEFAULT 0,
     PRIMARY KEY (ma_cskcb, episode_day)
 );
+CREATE TABLE facility_day_count_deltas (
+    ma_cskcb     text NOT NULL,
+    episode_day  date NOT NULL,
+    delta        integer NOT NULL
+);
 
 CREATE FUNCTION facility_day_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- rows in key order: concurrent sinks lock counters in the same order
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO facility_day_counts AS c (ma_cskcb, episode_day, accepted)
+        INSERT INTO facility_day_count_deltas (ma_cskcb, episode_day, delta)
         SELECT ma_cskcb, (ngay_ra AT TIME ZONE 'Asia/Ho_Chi_Minh')::date, count(*)
-          FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (ma_cskcb, episode_day) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted;
+          FROM new_rows GROUP BY 1, 2;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO facility_day_counts AS c (ma_cskcb, episode_day, accepted)
+        INSERT INTO facility_day_count_deltas (ma_cskcb, episode_day, delta)
         SELECT ma_cskcb, day, sum(delta) FROM (
             SELECT ma_cskcb, (ngay_ra AT TIME ZONE 'Asia/Ho_Chi_Minh')::date AS day, 1 AS delta
               FROM new_rows
             UNION ALL
             SELECT ma_cskcb, (ngay_ra AT TIME ZONE 'Asia/Ho_Chi_Minh')::date, -1 FROM old_rows
-        ) moved GROUP BY 1, 2 HAVING sum(delta) <> 0 ORDER BY 1, 2
-        ON CONFLICT (ma_cskcb, episode_day) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted;
+        ) moved GROUP BY 1, 2 HAVING sum(delta) <> 0;
     ELSE
-        UPDATE facility_day_counts c SET accepted = c.accepted - gone.n
-          FROM (SELECT ma_cskcb, (ngay_ra AT TIME ZONE 'Asia/Ho_Chi_Minh')::date AS day,
-                       count(*) AS n FROM old_rows GROUP BY 1, 2) gone
-         WHERE c.ma_cskcb = gone.ma_cskcb AND c.episode_day = gone.day;
+        INSERT INTO facility_day_count_deltas (ma_cskcb, episode_day, delta)
+        SELECT ma_cskcb, (ngay_ra AT TIME ZONE 'Asia/Ho_Chi_Minh')::date, -count(*)
+          FROM old_rows GROUP BY 1, 2;
     END IF;
     RETURN NULL;
 END
