@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/ehb
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY ehb ./ehb
 COPY producers ./producers
 COPY streams ./streams

@@ -343,6 +343,20 @@ def schemas_register(
 
 
 @app.command()
+def lag() -> None:
+    """Consumer lag of the worker, sink and reports groups, per partition (what the sink
+    exports as kafka_consumergroup_lag)."""
+    from sinks.lag import lag_table
+
+    settings = load_settings()
+    table = Table("group", "topic", "partition", "committed", "end", "lag")
+    for p in lag_table(settings):
+        table.add_row(p.group, p.topic, str(p.partition),
+                      "-" if p.committed < 0 else str(p.committed), str(p.end), str(p.lag))
+    out.print(table)
+
+
+@app.command()
 def gateway(
     directory: Annotated[Path, typer.Argument(help="Drop directory of the hospital systems' "
                                                    "GIAMDINHHS *.xml files.",

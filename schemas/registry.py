@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ehb.exceptions import EhbError
 from schemas.catalog import Catalog, SchemaEntry, load_catalog
 from schemas.codec import AvroCodec
 from schemas.exceptions import SchemaCatalogError
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 COMPATIBILITY = "BACKWARD_TRANSITIVE"
 
 
-class RegistryError(SchemaCatalogError):
-    """The registry is unreachable, refuses a schema, or lacks a schema of the catalog."""
+class RegistryError(SchemaCatalogError, EhbError):
+    """The registry is unreachable, refuses a schema, or lacks a schema of the catalog (the
+    CLI reports it in one line)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from prometheus_client.registry import Collector
 from ehb.kafka import admin_client
 from ehb.settings import Settings
 
-__all__ = ["GroupTopics", "LagCollector", "PartitionLag", "pipeline_groups", "read_lag"]
+__all__ = [
+    "GroupTopics", "LagCollector", "PartitionLag", "lag_table", "pipeline_groups", "read_lag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +175,8 @@ class LagCollector(Collector):
             "Unix time the consumer-lag metrics were last read from the broker (0: never).")
         updated.add_metric([], last_ok)
         yield updated
+
+
+def lag_table(settings: Settings) -> list[PartitionLag]:
+    """One reading for ``ehb lag`` (no background thread)."""
+    return read_lag(admin_client(settings), pipeline_groups(settings))

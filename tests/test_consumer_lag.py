@@ -7,7 +7,9 @@ from collections import defaultdict
 
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
+from ehb.cli import app
 from ehb.kafka import producer_config
 from schemas import SUBJECTS
 from sinks.lag import LagCollector, PartitionLag
@@ -40,6 +42,12 @@ def test_lag_with_stopped_consumers_then_zero(deploy: DeploymentFactory) -> None
     lag = _sums(collector.refresh())
     assert lag[(s.worker_group, examinations)] == 6
     assert lag[(s.sink_group, s.topic("health-book"))] == 0
+    # `ehb lag` prints the same reading
+    result = CliRunner().invoke(app, ["lag"], env={
+        "EHB_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "EHB_TOPIC_PREFIX": s.topic_prefix,
+        "EHB_WORKER_GROUP": s.worker_group, "EHB_SINK_GROUP": s.sink_group})
+    assert result.exit_code == 0, result.output
+    assert s.worker_group in result.output
 
     d.start_worker()
     lag = wait_until(
