@@ -63,12 +63,8 @@ SQL_NEW_DEAD_LETTERS = (
     "(SELECT 1 FROM dead_letter_episodes e WHERE e.dead_letter_id = d.dead_letter_id) "
     "LIMIT %s"
 )
-SQL_FOLD_DELTAS = """
-WITH moved AS (DELETE FROM facility_day_count_deltas RETURNING ma_cskcb, episode_day, delta)
-INSERT INTO facility_day_counts AS c (ma_cskcb, episode_day, accepted)
-SELECT ma_cskcb, episode_day, sum(delta) FROM moved GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (ma_cskcb, episode_day) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted
-"""
+#: deltas -> facility_day_counts (a SECURITY DEFINER function: the sinks' role cannot DELETE)
+SQL_FOLD_DELTAS = "SELECT facility_day_counts_fold()"
 SQL_BOUNDS = (
     "SELECT (SELECT min(report_day) FROM facility_reports WHERE reported IS NOT NULL),"
     " greatest((SELECT max(report_day) FROM facility_reports WHERE reported IS NOT NULL),"

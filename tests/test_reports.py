@@ -3,10 +3,12 @@ pipeline received (on PostgreSQL), and the whole path through the broker, worker
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg2
 import pytest
 
 from producers.reports import DailyReportBook, ReportPublisher, episode_day, pick_facilities
@@ -302,3 +304,45 @@ def test_the_simulated_city_reports_and_reconciles(deploy: DeploymentFactory) ->
     received = d.scalar("SELECT sum(received) FROM facility_reports")
     unknown = summary["invalid_expected"].get("facility_unknown", 0)
     assert received == summary["events_published"] - unknown   # 79999 is nobody's
+
+
+@pytest.mark.integration
+def test_reconciliation_runs_with_the_sinks_least_privileges(deploy: DeploymentFactory) -> None:
+    """The sink runs as ehb_writer (no DELETE, no DDL; migration 090): its triggers, report
+    upserts and reconciliation all work with those rights."""
+    d = deploy(workers=0, sink=False)
+    user = f"ehb_writer_{uuid.uuid4().hex[:8]}"
+    with d.db.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{user}" LOGIN IN ROLE ehb_writer')
+    url = d.settings.database_url.get_secret_value()
+    scheme, _, rest = url.partition("://")
+    conn = psycopg2.connect(f"{scheme}://{user}@{rest.partition('@')[2]}")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == user
+        conn.commit()
+        write_reports(conn, [_report("79001", D1, 1)])
+        _insert_episode_as(conn, "79001", "W1", _at(D1))
+        result = Reconciler(d.codec, clock=lambda: _at(D2 + timedelta(days=1)).timestamp()
+                            ).run(conn)
+        assert not result.skipped and result.days == (D1,)
+    finally:
+        conn.close()
+    assert _rows(d, "79001")[("79001", D1)] == (1, 1, "ok")
+    assert d.count("facility_day_count_deltas") == 0
+
+
+def _insert_episode_as(conn: Any, facility: str, ma_lk: str, discharged: datetime) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO health_book_entries (ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, "
+            "ho_ten, ngay_sinh, gioi_tinh, ma_the_bhyt, ma_dkbd, registration_province, "
+            "facility_province, scope, ma_loai_kcb, visit_type, ma_benh_chinh, ngay_vao, "
+            "ngay_ra, ket_qua_dtri, ma_loai_rv, t_tongchi_bv, t_tongchi_bh, t_bhtt, "
+            "has_referral, has_appointment, published_at, processed_at) VALUES (%s, %s, %s, "
+            "'k', '079085000001', 'An', '198506150000', 1, 'GD479000000001', '79005', '79', "
+            "'79', 'in_province', '01', 'outpatient exam', 'J06.9', %s, %s, 1, 1, 1, 1, 1, "
+            "false, false, now(), now())",
+            (facility, ma_lk, f"e-{ma_lk}", discharged - timedelta(hours=1), discharged))
+    conn.commit()

@@ -60,6 +60,21 @@ BEGIN
 END
 $$;
 
+-- The reconciler folds the deltas into the counts. SECURITY DEFINER: the sinks' role may not
+-- DELETE (migration 090); this one function, owned by the migrating owner, may.
+CREATE FUNCTION facility_day_counts_fold() RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    WITH moved AS (
+        DELETE FROM facility_day_count_deltas RETURNING ma_cskcb, episode_day, delta
+    ), folded AS (
+        INSERT INTO facility_day_counts AS c (ma_cskcb, episode_day, accepted)
+        SELECT ma_cskcb, episode_day, sum(delta) FROM moved GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (ma_cskcb, episode_day) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM folded
+$$;
+
 CREATE TRIGGER facility_day_counts_insert AFTER INSERT ON health_book_entries
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION facility_day_counts_apply();
