@@ -140,8 +140,12 @@ def read_counters(conn: Any) -> dict[str, Any]:
         cur.execute("SELECT greatest((SELECT max(persisted_at) FROM health_book_entries),"
                     " (SELECT max(persisted_at) FROM dead_letters))")
         last = cur.fetchone()[0]
+        # daily facility reports, reconciled by the sink (sinks/reconcile.py)
+        cur.execute("SELECT status, count(*) FROM facility_reports GROUP BY status")
+        reports = dict(cur.fetchall())
     conn.rollback()
-    counters: dict[str, Any] = {"dead_letters": {}, "last_commit": last}
+    counters: dict[str, Any] = {"dead_letters": {}, "last_commit": last,
+                                "facility_days": reports}
     for metric, label, value in rows:
         if metric == "dead_letters":
             counters["dead_letters"][label] = value
@@ -174,6 +178,9 @@ def render(counters: dict[str, Any], published: int, target: int | None, elapsed
         ("  kept", counters.get("appointments_kept", 0)),
         ("  missed", counters.get("appointments_missed", 0)),
         ("dead letters", counters.get("dead_letters_total", 0)),
+        ("facility-days reconciled ok", counters.get("facility_days", {}).get("ok", 0)),
+        ("  report mismatches", counters.get("facility_days", {}).get("mismatch", 0)),
+        ("  silent (no report)", counters.get("facility_days", {}).get("silent", 0)),
     ]
     for reason, value in sorted(counters.get("dead_letters", {}).items()):
         rows.append((f"  {reason}", value))
@@ -251,6 +258,7 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         started = time.monotonic()
         sim_thread.start()
         counters: dict[str, Any] = {}
+        done_at: float | None = None
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while not interrupted.is_set():
                 counters = read_counters(conn)
@@ -264,7 +272,10 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
                     raise EhbError(f"simulator failed: {summary['error']}")
                 accounted = counters["examinations"] + counters["dead_letters_total"]
                 if target and not sim_thread.is_alive() and accounted >= target:
-                    break
+                    # a few more frames: the sink reconciles the last daily reports
+                    done_at = done_at or time.monotonic()
+                    if time.monotonic() - done_at >= 3.0:
+                        break
                 time.sleep(0.25)
         if interrupted.is_set():
             return 0

@@ -58,6 +58,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         for topic, n in by_topic.items():
             metrics.SINK_RECORDS_IN.labels(topic).inc(n)
         writer.write(records)
+        reports.loop.poke()  # episodes committed: reconcile the daily reports soon
 
     log.info("sink consuming %s", ", ".join(consumer.topics))
     stop = stop or threading.Event()
