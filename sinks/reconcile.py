@@ -23,9 +23,9 @@ met from then on) to the newest day any report or episode names, at most
 today. Every run recomputes all of them, so late episodes and resent reports always count.
 
 **Where it runs**: in ``ehb sink`` (``sinks.reports``), every ``EHB_REPORTS_RECONCILE_S``
-seconds and after each batch of reports, in one transaction under an advisory lock (several
-sinks: one reconciles at a time, the others skip that round). Re-running it is harmless: every
-figure is recomputed from the tables.
+seconds and soon after each batch of reports or episodes (``ReconcileLoop``), in one
+transaction under an advisory lock (several sinks: one reconciles at a time, the others skip
+that round). Re-running it is harmless: every figure is recomputed from the tables.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ pipeline received.
 
 Runs inside ``ehb sink`` on two threads of its own: a consumer (group ``<EHB_SINK_GROUP>-reports``)
 that upserts each report (of two reports for one facility and day, the one sent last counts)
-and a loop that reconciles every ``EHB_REPORTS_RECONCILE_S`` seconds and right after each
-batch of reports. A report that cannot be right (a malformed facility code, a negative count)
-is dead-lettered ``report_invalid`` with its original bytes.
+and a loop that reconciles every ``EHB_REPORTS_RECONCILE_S`` seconds and soon after each
+batch of reports or episodes. A report that cannot be right (a malformed facility code, a
+negative count) is dead-lettered ``report_invalid`` with its original bytes.
 """
 
 from __future__ import annotations
