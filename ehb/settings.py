@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
     reports_reconcile_s: float = Field(
         10.0, gt=0, description="How often the sink reconciles the facilities' daily reports "
-        "with the episodes received (also right after each batch of reports).")
+        "with the episodes received (also soon after new reports or episodes).")
     reports_grace_hours: float = Field(
         12.0, ge=0, description="A day has passed (a missing daily report makes its facility "
         "silent) this many hours after its end, Vietnam time.")
