@@ -140,6 +140,7 @@ def run(settings: Settings, group: str, expected: int, output: str, batch: int,
     conn.close()
     return {
         "first_message": first, "last_commit": last, "events": done, "messages": messages_in,
+        "seconds_by_step": {step: round(seconds, 3) for step, seconds in spent.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

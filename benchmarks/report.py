@@ -115,15 +115,16 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
     }
     if out["pipeline_drain_events_per_second"] and out["raw_drain_events_per_second"]:
         out["ratio_to_ceiling"] = round(out["pipeline_drain_events_per_second"]
-                                        / out["raw_drain_events_per_second"], 2)
+                                        / out["raw_drain_events_per_second"], 3)
     if out["pipeline_events_per_second"] and out["raw_end_to_end_events_per_second"]:
         out["ratio_end_to_end"] = round(out["pipeline_events_per_second"]
-                                        / out["raw_end_to_end_events_per_second"], 2)
-    every = [*one, *two, *pipe_drain, *runs.get("latency", [])]
+                                        / out["raw_end_to_end_events_per_second"], 3)
+    year = runs.get("year")
+    every = [*one, *two, *pipe_drain, *runs.get("latency", []), *([year] if year else [])]
     out["worker_peak_rss_mb"] = _max_rss(every, "worker")
     out["sink_peak_rss_mb"] = _max_rss(every, "sink")
     out["producer_peak_rss_mb"] = max(
-        [v for v in [_max_rss(one + two, "producer"),
+        [v for v in [_max_rss([*one, *two, *([year] if year else [])], "producer"),
                      *(p.get("peak_rss_mb") for p in publish)] if v is not None],
         default=None)
     out["raw_pipeline_peak_rss_mb"] = max(
@@ -134,10 +135,11 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
         out.update({f"latency_{k}": latency[0][k] for k in ("p50_ms", "p95_ms", "p99_ms",
                                                               "max_ms")})
         out["latency_rate"] = latency[0]["rate"]
-    year = runs.get("year")
     if year:
         out["year_seconds"] = year["seconds"]
         out["year_events_per_second"] = year["events_per_second"]
+        out["year_publish_events_per_second"] = year["publish_events_per_second"]
+        out["year_rows"] = year.get("rows")
     errors = [r["error"] for group in (one, two, pipe_drain, raw) for r in group
               if r.get("error")]
     if year and year.get("error"):
@@ -173,6 +175,14 @@ def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, st
                     f"{fig['year_seconds'] / 60:.1f} min "
                     f"({_fmt(fig['year_events_per_second'])} events/s)",
                     "≤ 10 min", _status(fig["year_seconds"], t["year_seconds"], False)))
+        rows_ = fig.get("year_rows") or {}
+        if rows_:
+            out.append(("Year: rows (entries / dead letters / books / referrals / "
+                        "appointments)", " / ".join(f"{rows_.get(t, 0):,}" for t in (
+                            "health_book_entries", "dead_letters", "health_books",
+                            "referrals", "appointments")), "", ""))
+        out.append(("Year: the producer published at (concurrently)",
+                    _fmt(fig.get("year_publish_events_per_second"), " events/s"), "", ""))
         gen = params.get("generation") or {}
         if gen:
             out.append(("Year generation (simulator, separately)",

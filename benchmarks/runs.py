@@ -48,6 +48,18 @@ LATENCY = (
 CENSUS = ("health_book_entries", "dead_letters", "health_books", "referrals", "appointments")
 
 
+#: p50 / p99 of publish -> committed per 10 s of publishing: a backlog shows as growth
+LATENCY_WINDOWS = (
+    "SELECT floor(extract(epoch FROM published_at - min(published_at) OVER ()) / 10) AS w, "
+    "extract(epoch FROM persisted_at - published_at) AS s FROM health_book_entries"
+)
+LATENCY_BY_WINDOW = (
+    f"SELECT w * 10, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY s), "
+    f"percentile_cont(0.99) WITHIN GROUP (ORDER BY s) FROM ({LATENCY_WINDOWS}) t "
+    "GROUP BY w ORDER BY w"
+)
+
+
 class RunFailed(RuntimeError):
     pass
 
@@ -77,10 +89,15 @@ def wait_accounted(deployment: Deployment, expected: int, stall_s: float,
     """Poll the campaign counters until ``expected`` events are rows or dead letters; fail
     when nothing moves for ``stall_s`` seconds."""
     last, last_change = -1, time.monotonic()
+    started = last_said = time.monotonic()
     while True:
         done = int(deployment.scalar(ACCOUNTED))
         if done >= expected:
             return done
+        if time.monotonic() - last_said >= 30:
+            last_said = time.monotonic()
+            say(f"  {done:,}/{expected:,} events persisted after "
+                f"{last_said - started:.0f} s")
         if done != last:
             last, last_change = done, time.monotonic()
         elif time.monotonic() - last_change > stall_s:
@@ -283,6 +300,7 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
         wait_accounted(deployment, expected, ctx.stall_s, ctx.say)
         peaks = watch.stop()
         rows, (p50, p95, p99), worst, worker_leg, sink_leg = deployment.query(LATENCY)[0]
+        windows = deployment.query(LATENCY_BY_WINDOW)
     finally:
         ctx.stack.teardown(deployment)
     return {
@@ -293,6 +311,8 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
         "p99_ms": round(p99 * 1000, 1), "max_ms": round(float(worst) * 1000, 1),
         "worker_leg_p50_p99_ms": [round(x * 1000, 1) for x in worker_leg],
         "sink_leg_p50_p99_ms": [round(x * 1000, 1) for x in sink_leg],
+        "by_10s": [{"from_s": int(w), "events": n, "p50_ms": round(a * 1000, 1),
+                    "p99_ms": round(b * 1000, 1)} for w, n, a, b in windows],
         "peak_rss_mb": peaks, "load_before": load_before, "load_after": loadavg(),
     }
 
