@@ -64,10 +64,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {"retention.ms": str(30 * DAY_MS)},
         ),
         TopicSpec(
-            "examinations-by-citizen", n, "none (explicit partition = murmur2(citizen_key) % n)",
+            "examinations-by-citizen", n,
+            "none (explicit partition = first 32 bits of citizen_key % n)",
             "ValidatedBatch",
             "Internal: validated, enriched events re-partitioned by pseudonymous citizen key "
-            "for the stateful stage.",
+            "for the stateful stage, with the intake's progress per input partition. Encoded "
+            "as MessagePack behind a 0x01 marker byte (streams/internal.py); the Avro form "
+            "(Confluent wire format) is accepted too.",
             {"retention.ms": str(7 * DAY_MS)}, internal=True,
         ),
         TopicSpec(

@@ -43,6 +43,7 @@ from schemas.registry import codec_for
 from streams import metrics
 from streams.citizen_state import NEVER, CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
+from streams.internal import decode_validated, encode_validated
 from streams.output import OutputProducer
 
 __all__ = ["create_app"]
@@ -145,7 +146,6 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
     intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
-    encode_batch = codec.writer(SUBJECTS.VALIDATED_BATCH)
     encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
     encode_health_book = codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)
     encode_referral = codec.writer(SUBJECTS.REFERRAL_RECORD)
@@ -164,7 +164,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         """Progress to every partition that got no items in this batch (if it changed)."""
         for p in range(partitions):
             if p not in with_items and progress.changed_for(p, sources):
-                output.produce(t_by_citizen, encode_batch({"items": [], "sources": sources}),
+                output.produce(t_by_citizen, encode_validated([], sources),
                                partition=p)
 
     @app.agent(examinations, name="ehb.intake")
@@ -182,8 +182,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             for partition, items in result.by_partition.items():
                 for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
                     chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
-                    output.produce(t_by_citizen, encode_batch({"items": chunk,
-                                                               "sources": sources}),
+                    output.produce(t_by_citizen, encode_validated(chunk, sources),
                                    partition=partition)
                 progress.sent(partition, sources)
             send_progress(sources, set(result.by_partition))
@@ -218,14 +217,13 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             by_partition: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
             for e in events:
                 try:
-                    decoded = codec.decode(e.message.value, (SUBJECTS.VALIDATED_BATCH,))
+                    items, sources = decode_validated(e.message.value, codec)
                 except DecodeError as exc:  # only our own worker writes this topic
                     log.error("undecodable internal message %s[%d]@%d: %s", e.message.topic,
                               e.message.partition, e.message.offset, exc.reason)
                     metrics.FAILURES.labels("health-book", exc.reason).inc()
                     continue
-                record = decoded.record
-                by_partition[e.message.partition].append((record["items"], record["sources"]))
+                by_partition[e.message.partition].append((items, sources))
             now_ms = int(time.time() * 1000)
             state_writes: list[tuple[int, dict[str, Any]]] = []
             n_items = n_hb = n_ref = n_app = 0

