@@ -37,8 +37,9 @@ docs: $(STAMP)
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 
+## Fault injection + bad input + fuzzing, 200,000 events a scenario (EHB_FAULTS_EVENTS); writes reports/faults.{md,json}.
 faults: $(STAMP)
-	@$(BIN)/python -m pytest -m slow tests/faults $(ARGS)
+	@$(BIN)/python -m pytest -m faults tests/faults $(ARGS)
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench.py $(ARGS)

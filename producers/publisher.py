@@ -7,6 +7,13 @@ spans ``upload_interval`` of event time (facilities upload at least daily), so t
 never delays an event beyond the worker's allowed lateness. A single event can be published on its own
 as an ``ExaminationEvent`` message. The producer is idempotent (``enable.idempotence``) and
 never gives up on a message (``message.timeout.ms=0``): a broker outage is waited out.
+
+Durable: every event is stored in the producer's outbox (``producers.outbox``, SQLite under
+``EHB_DATA_DIR/outbox/``) before it is sent, and removed once the broker acknowledged its
+message; a publisher that starts with an outbox a crashed one left behind resends its events
+first (same event ids: the idempotent sinks keep one row). :meth:`ExaminationPublisher.add`
+stages events; they are on disk (accepted) once any batch is sent, on linger, or at
+:meth:`~ExaminationPublisher.commit` / :meth:`~ExaminationPublisher.flush`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from ehb.kafka import producer_config
 from ehb.settings import Settings
+from producers.outbox import EVENT, MESSAGE, Outbox
 from schemas import SUBJECTS, AvroCodec
 from schemas.registry import codec_for
 from streams.validation import parse_datetime
@@ -40,11 +48,23 @@ class BatchTooLarge(ValueError):
         self.limit = limit
 
 
+def _avro_long(n: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 class ExaminationPublisher:
     def __init__(self, settings: Settings, *, codec: AvroCodec | None = None,
                  batch_size: int = 100, linger_s: float = 0.2,
                  upload_interval: timedelta = timedelta(hours=24),
-                 producer: Producer | None = None) -> None:
+                 producer: Producer | None = None, outbox: Outbox | None = None,
+                 identity: str | None = None, durable: bool = True) -> None:
         self.codec = codec or codec_for(settings)
         self.topic = settings.topic("examinations")
         self.batch_size = batch_size
@@ -54,21 +74,98 @@ class ExaminationPublisher:
         self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 10}))
         self._encode_batch = self.codec.writer(SUBJECTS.EXAMINATION_BATCH)
         self._encode_event = self.codec.writer(SUBJECTS.EXAMINATION_EVENT)
-        self._buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        # per facility: (outbox seq, the event in the wire format) of the batch being filled
+        self._buffers: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         self._last_flush = time.monotonic()
         self.events_queued = 0
         self.events_delivered = 0
         self.messages_delivered = 0
         self.errors: list[str] = []
         self.first_publish: float | None = None
+        # full batches waiting for the next outbox commit
+        self._ready: list[tuple[str, list[tuple[int, bytes]]]] = []
+        self._ready_events = 0
+        self._ready_since = 0.0
+        self._dispatch_s = min(0.02, linger_s)
+        self._init_outbox(settings, outbox, identity, durable)
+
+    # -- the outbox ---------------------------------------------------------------------
+    def _init_outbox(self, settings: Settings, outbox: Outbox | None, identity: str | None,
+                     durable: bool) -> None:
+        if outbox is None and not durable:
+            outbox = Outbox.in_memory()
+        elif outbox is None:
+            directory = settings.state_dir / "outbox"
+            sync = settings.outbox_synchronous
+            explicit = identity or settings.producer_id
+            outbox = (Outbox.open(directory, explicit, synchronous=sync) if explicit
+                      else Outbox.open_first_free(directory, "publisher", synchronous=sync))
+        self.outbox = outbox
+        # A batch is composed from its events' stored bytes when the batch schema carries
+        # the event schema they were written with (always, unless a deployment mixes them).
+        event_entry = self.codec.catalog.latest(SUBJECTS.EXAMINATION_EVENT)
+        batch_entry = self.codec.catalog.latest(SUBJECTS.EXAMINATION_BATCH)
+        self._event_header = self._encode_event.header  # type: ignore[attr-defined]
+        self._batch_header = self._encode_batch.header  # type: ignore[attr-defined]
+        self._composable = any(r.subject == event_entry.subject
+                               and r.version == event_entry.version
+                               for r in batch_entry.references)
+        self.resent_events = self._resend()
+
+    def _resend(self) -> int:
+        """Produce what a previous producer with this outbox left unacknowledged."""
+        if not self.outbox.recovered_rows:
+            return 0
+        resent = 0
+        buffers: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        for row in self.outbox.iter_rows(upto=self.outbox.last_seq):
+            buffer = buffers[row.facility]
+            if row.kind == MESSAGE:
+                if buffer:
+                    self._produce_batch(row.facility, buffers.pop(row.facility))
+                self._produce(row.facility.encode(), row.body, row.events, row.headers,
+                              seqs=[row.seq])
+            else:
+                buffer.append((row.seq, row.body))
+                if len(buffer) >= self.batch_size:
+                    self._produce_batch(row.facility, buffers.pop(row.facility))
+            resent += row.events
+        for facility, buffer in buffers.items():
+            if buffer:
+                self._produce_batch(facility, buffer)
+        log.warning("outbox %s: resending %d events a previous producer left unacknowledged",
+                    self.outbox.identity, resent)
+        return resent
+
+    def commit(self, marks: dict[str, str] | None = None) -> None:
+        """Make every event added so far durable (accepted), with ``marks`` (source positions)
+        in the same transaction; nothing is sent."""
+        self.outbox.commit(marks)
+
+    def _compose_batch(self, facility: str, values: list[bytes]) -> bytes:
+        """An ExaminationBatch from events in the wire format, without encoding them again."""
+        header = self._event_header
+        if self._composable and all(v[:5] == header for v in values):
+            code = facility.encode()
+            return b"".join((self._batch_header, _avro_long(len(code)), code,
+                             _avro_long(len(values)), *(v[5:] for v in values), b"\x00"))
+        events = [self.codec.decode(v, (SUBJECTS.EXAMINATION_EVENT,)).record for v in values]
+        return self._encode_batch({"ma_cskcb": facility, "events": events})
+
+    def _produce_batch(self, facility: str, items: list[tuple[int, bytes]]) -> None:
+        value = self._compose_batch(facility, [value for _, value in items])
+        self._produce(facility.encode(), value, len(items), seqs=[seq for seq, _ in items])
 
     # -- delivery reports ---------------------------------------------------------------
-    def _delivered(self, count: int, then: DeliveryCallback | None = None) -> Any:
+    def _delivered(self, count: int, then: DeliveryCallback | None = None,
+                   seqs: list[int] | None = None) -> Any:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.events_delivered += count
                 self.messages_delivered += 1
-            else:
+                if seqs:
+                    self.outbox.acknowledge(seqs, count)
+            else:  # the rows stay in the outbox: resent by the next producer
                 self.errors.append(str(err))
             if then is not None:
                 then(err, msg)
@@ -76,23 +173,34 @@ class ExaminationPublisher:
 
     def _produce(self, key: bytes, value: bytes, count: int,
                  headers: list[tuple[str, bytes]] | None = None,
-                 on_delivery: DeliveryCallback | None = None) -> None:
+                 on_delivery: DeliveryCallback | None = None,
+                 seqs: list[int] | None = None) -> None:
+        """Send one message; ``seqs``: its rows in the outbox. Without them the message is
+        stored as it is first (durable before it is sent, like every event)."""
+        if seqs is None:
+            seqs = [self.outbox.stage(key.decode(), MESSAGE, count, value, headers)]
+        if self.outbox.staged:
+            self.outbox.commit()
         if self.first_publish is None:
             self.first_publish = time.time()
+        callback = self._delivered(count, on_delivery, seqs)
         while True:
             try:
                 self._producer.produce(self.topic, value, key, headers=headers,
-                                       on_delivery=self._delivered(count, on_delivery))
+                                       on_delivery=callback)
                 break
             except BufferError:
                 self._producer.poll(0.05)
         self._producer.poll(0)
         self.events_queued += count
+        self.outbox.commit_due()
 
     # -- publishing ---------------------------------------------------------------------
     def publish_event(self, event: dict[str, Any]) -> None:
         """One event in its own message (ExaminationEvent)."""
-        self._produce(event["ma_cskcb"].encode(), self._encode_event(event), 1)
+        value = self._encode_event(event)
+        seq = self.outbox.stage(event["ma_cskcb"], EVENT, 1, value)
+        self._produce(event["ma_cskcb"].encode(), value, 1, seqs=[seq])
 
     def publish_batch(self, facility: str, events: list[dict[str, Any]], *,
                       max_bytes: int | None = None,
@@ -108,8 +216,10 @@ class ExaminationPublisher:
         return len(value)
 
     def add(self, event: dict[str, Any]) -> None:
-        """Buffer an event in its facility's batch; full batches are sent at once."""
+        """Stage an event in the outbox and its facility's batch; full batches are sent at
+        once (after the outbox commit that makes their events durable)."""
         facility = event["ma_cskcb"]
+        value = self._encode_event(event)
         buffer = self._buffers[facility]
         try:
             admitted = parse_datetime(event["ngay_vao"])
@@ -122,10 +232,12 @@ class ExaminationPublisher:
             buffer = self._buffers[facility]
         if not buffer and admitted is not None:
             self._opened[facility] = admitted
-        buffer.append(event)
+        buffer.append((self.outbox.stage(facility, EVENT, 1, value), value))
         if len(buffer) >= self.batch_size:
             self._send_batch(facility)
-        elif time.monotonic() - self._last_flush >= self.linger_s:
+        if self._ready:
+            self._dispatch_due()
+        if time.monotonic() - self._last_flush >= self.linger_s:
             self.send_pending()
 
     def add_all(self, events: Iterable[dict[str, Any]]) -> None:
@@ -134,30 +246,56 @@ class ExaminationPublisher:
 
     def _send_batch(self, facility: str) -> None:
         self._opened.pop(facility, None)
-        events = self._buffers.pop(facility, None)
-        if events:
-            value = self._encode_batch({"ma_cskcb": facility, "events": events})
-            self._produce(facility.encode(), value, len(events))
+        items = self._buffers.pop(facility, None)
+        if items:
+            if not self._ready:
+                self._ready_since = time.monotonic()
+            self._ready.append((facility, items))
+            self._ready_events += len(items)
+            self._dispatch_due()
+
+    def _dispatch_due(self) -> None:
+        if self._ready and (self._ready_events >= 1000 or
+                            time.monotonic() - self._ready_since >= self._dispatch_s):
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Commit the outbox once for the batches that are ready, then send them: one SQLite
+        transaction per ~1,000 events (or 20 ms) rather than per batch."""
+        self.outbox.commit()
+        ready, self._ready, self._ready_events = self._ready, [], 0
+        for facility, items in ready:
+            self._produce_batch(facility, items)
 
     def send_pending(self) -> None:
         """Send every partly filled batch (called on linger and before flushing)."""
         for facility in list(self._buffers):
             self._send_batch(facility)
+        if self._ready:
+            self._dispatch()
         self._last_flush = time.monotonic()
 
     def flush(self, timeout: float | None = None) -> int:
         """Send pending batches and wait for the broker; returns messages still unacknowledged."""
         self.send_pending()
+        self.outbox.commit()
         if timeout is None:
             while self._producer.flush(1.0):
                 pass
-            return 0
-        return int(self._producer.flush(timeout))
+            remaining = 0
+        else:
+            remaining = int(self._producer.flush(timeout))
+        self.outbox.commit()  # the acknowledged rows are deleted
+        return remaining
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
+        self.outbox.commit_due()
 
     def close(self) -> None:
         """Flush and disconnect (before the broker goes away, so nothing is logged)."""
-        self.flush(10)
-        self._producer.close()
+        try:
+            self.flush(10)
+            self._producer.close()
+        finally:
+            self.outbox.close()

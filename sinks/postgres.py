@@ -24,6 +24,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
+from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
 from sinks import metrics
 from sinks.consumer import Record
@@ -116,8 +117,17 @@ SQL_COUNTERS = (
 )
 
 
-#: errors that mean "this data is refused", not "the database is unavailable"
-_REFUSED = (psycopg2.IntegrityError, psycopg2.DataError, ValueError)
+#: errors that mean "this data is refused", not "the database is unavailable" (ValueError and
+#: OverflowError: a record the sink cannot even turn into a row, e.g. an impossible date, or
+#: text with NUL, which psycopg2 refuses before PostgreSQL sees it)
+_REFUSED = (psycopg2.IntegrityError, psycopg2.DataError, ValueError, OverflowError)
+#: errors that mean "PostgreSQL is unavailable": retried with backoff, never acknowledged
+_UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable)
+
+
+def _text(value: Any) -> str | None:
+    """A text column's value PostgreSQL accepts (NUL replaced by U+FFFD)."""
+    return None if value is None else str(value).replace("\x00", "\ufffd")
 
 
 class _Batch:
@@ -230,7 +240,7 @@ class PostgresWriter:
             attempt += 1
             try:
                 return self._write_once(records)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            except _UNAVAILABLE as exc:  # the connection cannot be had: a 2 s timeout
                 metrics.SINK_RETRIES.inc()
                 self._discard_connection()
                 if attempt == 1 or attempt % 10 == 0:
@@ -250,11 +260,11 @@ class PostgresWriter:
         self._conn = None
 
     def _write_once(self, records: Sequence[Record]) -> Counter[str]:
-        batch = _Batch()
-        for record in records:
-            batch.add(record)
         conn = self.conn
         try:
+            batch = _Batch()
+            for record in records:  # a record that cannot become a row is refused too
+                batch.add(record)
             with conn.cursor() as cur:
                 deltas, latencies = self._apply(cur, batch)
                 self._bump_counters(cur, deltas)
@@ -275,10 +285,10 @@ class PostgresWriter:
         latencies: list[float] = []
         with conn.cursor() as cur:
             for record in records:
-                single = _Batch()
-                single.add(record)
                 cur.execute("SAVEPOINT one_record")
                 try:
+                    single = _Batch()
+                    single.add(record)
                     d, lat = self._apply(cur, single)
                 except _REFUSED as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT one_record")
@@ -306,8 +316,9 @@ class PostgresWriter:
             "source_partition": record.partition,
             "source_offset": record.offset,
             "event_index": None,
-            "event_id": value.get("event_id"),
-            "ma_cskcb": value.get("ma_cskcb") or value.get("origin"),
+            # the refused record's own text may be what PostgreSQL refused (NUL)
+            "event_id": _text(value.get("event_id")),
+            "ma_cskcb": _text(value.get("ma_cskcb") or value.get("origin")),
             "schema_id": None,
             "original": AvroCodec().encode(record.subject, value),
             "published_at": record.timestamp_ms,

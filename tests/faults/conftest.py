@@ -1,0 +1,136 @@
+"""The fault suite: ``make faults`` runs everything marked ``faults`` (200,000 events a
+scenario, 100,000+ fuzz cases); the default ``make test`` runs the reduced versions only.
+
+Every scenario adds its reconciliation to the session's report, written at the end to
+``reports/faults.{md,json}`` (full suite) or ``reports/faults-quick.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import ROOT, Reconciliation
+
+REPORTS = Path(os.environ.get("EHB_FAULTS_REPORT_DIR", ROOT / "reports"))
+
+
+def _selected(config: pytest.Config) -> bool:
+    return "faults" in (config.getoption("markexpr", "") or "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _selected(config):
+        return
+    skip = pytest.mark.skip(reason="full fault suite: run `make faults` (pytest -m faults)")
+    for item in items:
+        if item.get_closest_marker("faults") is not None:
+            item.add_marker(skip)
+
+
+class FaultReport:
+    def __init__(self) -> None:
+        self.rows: list[Reconciliation] = []
+        self.fuzz: dict[str, int] = {}
+        self.corpus: dict[str, Any] = {}
+        self.started = time.time()
+
+    def add(self, row: Reconciliation) -> None:
+        self.rows.append(row)
+
+    def write(self, full: bool) -> Path | None:
+        if not (self.rows or self.fuzz or self.corpus):
+            return None
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        stem = REPORTS / ("faults" if full else "faults-quick")
+        document = {
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": os.environ.get("EHB_FAULTS_COMMAND",
+                                      "make faults" if full else "make test"),
+            "events_per_scenario": os.environ.get("EHB_FAULTS_EVENTS", "200000" if full
+                                                  else "3000"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                       f"{platform.python_version()}",
+            "seconds": round(time.time() - self.started, 1),
+            "scenarios": [row.as_dict() for row in self.rows],
+            "fuzz_cases": self.fuzz,
+            "bad_input_corpus": self.corpus,
+        }
+        stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
+        stem.with_suffix(".md").write_text(markdown(document))
+        return stem
+
+
+def _seconds(values: list[float | None]) -> str:
+    if not values:
+        return "-"
+    if any(v is None for v in values):
+        return "never"
+    return f"{max(v for v in values if v is not None):.1f}"
+
+
+def markdown(document: dict[str, Any]) -> str:
+    lines = [
+        "# Fault suite: reconciliation report", "",
+        f"Generated {document['generated_at']} by `{document['command']}` on "
+        f"{document['machine']}, {document['events_per_scenario']} simulated events per "
+        f"scenario, {document['seconds']} s in all.", "",
+        "| scenario | accepted | persisted | dead-lettered | lost | duplicated | misrouted | "
+        "counters = tables | time to recover (s, worst) | drain (s) | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for row in document["scenarios"]:
+        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else (
+            "NO")
+        lines.append(
+            f"| {row['scenario']} | {row['accepted']:,} | {row['persisted']:,} | "
+            f"{row['dead_lettered']:,} | {row['lost']} | {row['duplicated']} | "
+            f"{row['misrouted']} | {counters} | {_seconds(row['recover_seconds'])} | "
+            f"{row['drain_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |")
+    lines += ["", "## Faults injected", ""]
+    for row in document["scenarios"]:
+        lines.append(f"### {row['scenario']}")
+        lines.append("")
+        for fault in row["faults"]:
+            detail = ", ".join(f"{k}={v}" for k, v in fault["detail"].items())
+            recover = "never" if fault["recover"] is None else f"{fault['recover']:.1f}s"
+            lines.append(f"- {fault['kind']} at +{fault['at']:.1f}s, lasted "
+                         f"{fault['lasted']:.1f}s, recovered in {recover}"
+                         + (f" ({detail})" if detail else ""))
+        for note in row["notes"]:
+            lines.append(f"- {note}")
+        if row["counter_mismatches"] or row["derived_mismatches"]:
+            lines.append(f"- MISMATCHES: {row['counter_mismatches'] + row['derived_mismatches']}")
+        reasons = ", ".join(f"{k} {v:,}" for k, v in row["dead_letter_reasons"].items())
+        lines += [f"- dead letters by reason: {reasons or 'none'}", ""]
+    if document["bad_input_corpus"]:
+        corpus = document["bad_input_corpus"]
+        lines += ["## Bad input", ""]
+        for name, section in corpus.items():
+            lines.append(f"- {name}: {section['kinds']} kinds, {section['cases']} cases, "
+                         f"{section['ok']} handled as expected")
+        lines.append("")
+    if document["fuzz_cases"]:
+        lines += ["## Property-based fuzzing (hypothesis)", "",
+                  "| target | generated cases |", "|---|---:|"]
+        for target, n in document["fuzz_cases"].items():
+            lines.append(f"| {target} | {n:,} |")
+        lines.append(f"| total | {sum(document['fuzz_cases'].values()):,} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
+    report = FaultReport()
+    yield report
+    path = report.write(_selected(request.config))
+    if path is not None:
+        print(f"\nfault report: {path}.md / .json")

@@ -1,0 +1,453 @@
+"""The fault suite's driver, monitor and verifier (in the manner of Kafka's own exactly-once
+system tests: a driver produces while processes are killed; a verifier checks every record).
+
+* :class:`Expectation`: every event id the simulated facilities will publish, and what must
+  become of it: a health-book row, or a dead letter with a given reason.
+* :class:`LoadProcess`: ``tests.faults.load`` in its own process (durable outbox, resumable),
+  so that it can be killed with SIGKILL and started again.
+* :class:`Monitor`: samples the committed counters in the background: when progress stopped
+  and resumed (time to recover).
+* :func:`settle` waits until the pipeline is quiet; :func:`reconcile` compares the database
+  (and the metrics) with the expectation: accepted, persisted, dead-lettered, lost,
+  duplicated, misrouted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from ehb.demo import scrape
+from producers.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
+from tests.fixtures import Deployment, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- what must happen -------------------------------------------------------------------------
+class _RecordingSimulator(CitySimulator):
+    """The simulator, remembering which events it broke and how."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        super().__init__(config)
+        self.broken: dict[str, str] = {}
+
+    def _break(self, event: dict[str, Any], kind: str) -> None:
+        super()._break(event, kind)
+        self.broken[event["event_id"]] = INVALID_KINDS[kind]
+
+
+@dataclass
+class Expectation:
+    #: event id -> None (a health-book row) or the reason of its dead letter
+    outcome: dict[str, str | None]
+    citizens: int = 0
+    referrals: int = 0
+    appointments: int = 0
+
+    @classmethod
+    def for_simulation(cls, events: int, seed: int = 79, invalid_share: float = 0.01
+                       ) -> Expectation:
+        sim = _RecordingSimulator(SimulationConfig(events=events, seed=seed,
+                                                   invalid_share=invalid_share))
+        outcome: dict[str, str | None] = {}
+        citizens: set[str] = set()
+        referrals = appointments = 0
+        for event in sim.events():
+            reason = sim.broken.get(event["event_id"])
+            outcome[event["event_id"]] = reason
+            if reason is None:
+                citizens.add(event["so_cccd"])
+                referrals += event["referral"] is not None
+                appointments += event["appointment"] is not None
+        return cls(outcome, len(citizens), referrals, appointments)
+
+    def add(self, event_id: str, reason: str | None) -> None:
+        self.outcome[event_id] = reason
+
+    @property
+    def valid(self) -> int:
+        return sum(1 for r in self.outcome.values() if r is None)
+
+
+# -- the load -----------------------------------------------------------------------------------
+class LoadProcess:
+    """``python -m tests.faults.load`` for one deployment; killable, resumable."""
+
+    def __init__(self, d: Deployment, *, events: int, identity: str = "load",
+                 bootstrap: str | None = None, rate: float = 0, shuffle: int = 0,
+                 resend: str = "", seed: int = 79) -> None:
+        self.d = d
+        self.identity = identity
+        self.status_file = d.tmp / f"{identity}.status.json"
+        self.log = d.tmp / "logs" / f"{identity}.log"
+        self.args = [
+            "--bootstrap", bootstrap or str(d.settings.kafka_bootstrap),
+            "--prefix", d.settings.topic_prefix, "--data-dir", str(d.tmp / "producer"),
+            "--identity", identity, "--events", str(events), "--seed", str(seed),
+            "--rate", str(rate), "--shuffle", str(shuffle), "--resend", resend,
+            "--partitions", str(d.settings.kafka_partitions),
+            "--status", str(self.status_file),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def outbox_file(self) -> Path:
+        return self.d.tmp / "producer" / "outbox" / f"{self.identity}.sqlite3"
+
+    def start(self) -> LoadProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.load", *self.args],
+                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        self.starts += 1
+        wait_until(lambda: self.status().get("pid") == self.proc.pid, 60,
+                   message="load process status")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.status_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"load still running after {timeout:.0f}s; log:\n"
+                                 f"{self.log.read_text()[-3000:]}") from None
+        if code != 0:
+            raise AssertionError(f"load exited {code}; log:\n{self.log.read_text()[-3000:]}")
+        return self.status()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def outbox_pending(path: Path) -> int:
+    """Events an outbox file holds (read-only, beside the live or killed producer)."""
+    from producers.outbox import read_status
+
+    return int(read_status(path)["events"]) if path.exists() else 0
+
+
+# -- watching -----------------------------------------------------------------------------------
+@dataclass
+class Fault:
+    kind: str
+    started: float
+    ended: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Monitor:
+    """Samples committed events (campaign counters: the rows' own transaction) twice a second."""
+
+    def __init__(self, d: Deployment, interval: float = 0.5) -> None:
+        assert d.settings.database_url is not None
+        self.url = d.settings.database_url.get_secret_value()
+        self.interval = interval
+        self.samples: list[tuple[float, int | None]] = []
+        self.faults: list[Fault] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault-monitor", daemon=True)
+        self._conn: Any = None
+
+    def start(self) -> Monitor:
+        self.started = time.time()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+
+    def _read(self) -> int | None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg2.connect(self.url, connect_timeout=2)
+                self._conn.autocommit = True
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT coalesce(sum(value), 0) FROM campaign_counters "
+                            "WHERE metric IN ('examinations', 'dead_letters')")
+                return int(cur.fetchone()[0])
+        except psycopg2.Error:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._read()))
+            self._stop.wait(self.interval)
+
+    @property
+    def committed(self) -> int:
+        for _, value in reversed(self.samples):
+            if value is not None:
+                return value
+        return 0
+
+    def fault(self, kind: str, **detail: Any) -> Fault:
+        fault = Fault(kind, time.time(), detail=detail)
+        self.faults.append(fault)
+        return fault
+
+    def recovery_seconds(self, fault: Fault, total: int) -> float | None:
+        """From the end of ``fault`` until new rows are committed again (0: nothing was left to
+        commit by then); None when it never happened."""
+        before = None
+        for at, value in self.samples:
+            if at <= fault.ended:
+                if value is not None:
+                    before = value
+                continue
+            if value is None:
+                continue
+            if before is None:
+                before = value
+                continue
+            if value > before or value >= total:
+                return round(max(0.0, at - fault.ended), 2)
+        if before is not None and before >= total:
+            return 0.0
+        return None
+
+
+def drop_connection(d: Deployment) -> None:
+    """Close the test's own connection to the deployment's database (before an outage)."""
+    conn, d._conn = d._conn, None
+    if conn is not None:
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+
+
+# -- the end ------------------------------------------------------------------------------------
+def _pipeline_lag(d: Deployment) -> int | None:
+    from ehb.kafka import admin_client
+    from sinks.lag import pipeline_groups, read_lag
+
+    try:
+        return sum(p.lag for p in read_lag(admin_client(d.settings),
+                                           pipeline_groups(d.settings), timeout=5))
+    except Exception:  # a broker hiccup: ask again
+        return None
+
+
+def check_alive(d: Deployment) -> None:
+    """Fail at once when a worker or sink died on its own (not by the test's SIGKILL)."""
+    for child in d.children.children:
+        code = child.proc.poll()
+        if code is not None and code not in (-signal.SIGKILL, -signal.SIGTERM):
+            raise AssertionError(f"{child.name} exited with code {code}; log:\n"
+                                 f"{child.log.read_text()[-4000:]}")
+
+
+def wait_committed(d: Deployment, monitor: Monitor, at_least: float, timeout: float) -> None:
+    def reached() -> bool:
+        check_alive(d)
+        return monitor.committed >= at_least
+    wait_until(reached, timeout, interval=0.05, message=f"{at_least:.0f} events committed")
+
+
+def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3.0) -> float:
+    """Wait until ``expected_rows`` are committed, no consumer group lags and the counters have
+    not moved for ``quiet_s``; returns the seconds it took."""
+    started = time.monotonic()
+    counters = "SELECT coalesce(sum(value), 0) FROM campaign_counters"
+    def accounted() -> bool:
+        check_alive(d)
+        return d.accounted_events() >= expected_rows
+
+    wait_until(accounted, timeout, interval=0.5,
+               message=f"{expected_rows} events persisted or dead-lettered")
+    last = (int(d.scalar(counters)), time.monotonic())
+
+    def quiet() -> bool:
+        nonlocal last
+        value = int(d.scalar(counters))
+        if value != last[0]:
+            last = (value, time.monotonic())
+            return False
+        return time.monotonic() - last[1] >= quiet_s and _pipeline_lag(d) == 0
+
+    wait_until(quiet, max(60.0, timeout - (time.monotonic() - started)), interval=0.5,
+               message="pipeline quiet (no lag, counters still)")
+    return time.monotonic() - started
+
+
+@dataclass
+class Reconciliation:
+    scenario: str
+    accepted: int
+    persisted: int
+    dead_lettered: int
+    lost: int
+    duplicated: int
+    misrouted: int
+    unexpected: int
+    counter_mismatches: list[str]
+    derived_mismatches: list[str]
+    dead_letter_reasons: dict[str, int]
+    recover_seconds: list[float | None] = field(default_factory=list)
+    drain_seconds: float = 0.0
+    total_seconds: float = 0.0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.misrouted or self.unexpected
+                    or self.counter_mismatches or self.derived_mismatches)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def failure(self) -> str:
+        return json.dumps({k: v for k, v in self.as_dict().items()
+                           if k in ("lost", "duplicated", "misrouted", "unexpected",
+                                    "counter_mismatches", "derived_mismatches", "examples")},
+                          indent=1)
+
+
+def reconcile(d: Deployment, scenario: str, expectation: Expectation,
+              *, check_derived: bool = True) -> Reconciliation:
+    """Every expected event exactly once, where it belongs; the counters equal the tables."""
+    entries = Counter(dict(d.query(
+        "SELECT event_id, count(*) FROM health_book_entries GROUP BY event_id")))
+    dead: dict[str, list[str]] = {}
+    anonymous_dead = 0
+    for event_id, reason, n in d.query(
+            "SELECT event_id, reason, count(*) FROM dead_letters GROUP BY 1, 2"):
+        if event_id is None:
+            anonymous_dead += n
+        else:
+            dead.setdefault(event_id, []).extend([reason] * n)
+    lost, duplicated, misrouted = [], [], []
+    for event_id, reason in expectation.outcome.items():
+        rows = entries.get(event_id, 0)
+        reasons = dead.get(event_id, [])
+        if rows + len(reasons) == 0:
+            lost.append(event_id)
+        elif rows + len(reasons) > 1:
+            duplicated.append(event_id)
+        elif (reason is None and rows != 1) or (reason is not None and reasons != [reason]):
+            misrouted.append(f"{event_id}: expected {reason or 'a row'}, got "
+                             f"{reasons or 'a row'}")
+    unexpected = [e for e in set(entries) | set(dead) if e not in expectation.outcome]
+    unexpected_total = sum(entries.get(e, 0) + len(dead.get(e, [])) for e in unexpected)
+    # a record counted twice shows as a counter above its table (same transaction otherwise)
+    unexpected_total += anonymous_dead
+
+    counters: dict[tuple[str, str], int] = {
+        (m, lbl): v for m, lbl, v in d.query("SELECT metric, label, value FROM campaign_counters")}
+    tables = {
+        ("examinations", "in_province"): d.count("health_book_entries", "scope = 'in_province'"),
+        ("examinations", "out_of_province"): d.count("health_book_entries",
+                                                     "scope = 'out_of_province'"),
+        ("health_books_integrated", ""): d.count("health_books"),
+        ("referrals", ""): d.count("referrals"),
+        ("appointments", ""): d.count("appointments"),
+    }
+    reasons = Counter(dict(d.query("SELECT reason, count(*) FROM dead_letters GROUP BY 1")))
+    for reason, n in reasons.items():
+        tables[("dead_letters", reason)] = n
+    mismatches = [f"{m}{{{lbl}}}: counter {counters.get((m, lbl), 0)} != table {n}"
+                  for (m, lbl), n in tables.items() if counters.get((m, lbl), 0) != n]
+    mismatches += [f"{m}{{{lbl}}}: counter {v} without rows" for (m, lbl), v in counters.items()
+                   if m == "dead_letters" and (m, lbl) not in tables and v]
+    # the sink's /metrics serve the same numbers
+    if d.sink is not None and d.sink.proc.poll() is None:
+        def scraped() -> dict[str, float] | None:
+            with contextlib.suppress(OSError):
+                m = scrape(d.sink.metrics_port)
+                exams = sum(v for k, v in m.items() if k.startswith("ehb_examinations_total{"))
+                if exams == sum(n for (k, _), n in tables.items() if k == "examinations"):
+                    return m
+            return None
+        with contextlib.suppress(AssertionError):
+            wait_until(scraped, 15, interval=0.5, message="sink metrics")
+        metrics = scraped() or {}
+        checks = {
+            "ehb_health_books_integrated_total": tables[("health_books_integrated", "")],
+            "ehb_referrals_total": tables[("referrals", "")],
+            "ehb_appointments_total": tables[("appointments", "")],
+            'ehb_examinations_total{scope="in_province"}':
+                tables[("examinations", "in_province")],
+            'ehb_examinations_total{scope="out_of_province"}':
+                tables[("examinations", "out_of_province")],
+            **{f'ehb_dead_letters_total{{reason="{r}"}}': n for r, n in reasons.items()},
+        }
+        mismatches += [f"/metrics {name} = {metrics.get(name)} != {n}"
+                       for name, n in checks.items() if metrics.get(name) != n]
+    overcount = sum(max(0, counters.get(key, 0) - n) for key, n in tables.items())
+    derived: list[str] = []
+    if check_derived:
+        for name, table, expected in (("health books", "health_books", expectation.citizens),
+                                      ("referrals", "referrals", expectation.referrals),
+                                      ("appointments", "appointments",
+                                       expectation.appointments)):
+            got = d.count(table)
+            if got != expected:
+                derived.append(f"{name}: {got} rows, expected {expected}")
+    return Reconciliation(
+        scenario=scenario,
+        accepted=len(expectation.outcome),
+        persisted=sum(1 for e, r in expectation.outcome.items() if r is None and entries.get(e)),
+        dead_lettered=sum(1 for e in expectation.outcome if e in dead),
+        lost=len(lost),
+        duplicated=len(duplicated) + overcount,
+        misrouted=len(misrouted),
+        unexpected=unexpected_total,
+        counter_mismatches=mismatches,
+        derived_mismatches=derived,
+        dead_letter_reasons=dict(sorted(reasons.items())),
+        examples={"lost": lost[:5], "duplicated": duplicated[:5], "misrouted": misrouted[:5],
+                  "unexpected": unexpected[:5]},
+    )
+
+
+def finish(result: Reconciliation, monitor: Monitor, total: int, *, drain_seconds: float,
+           notes: list[str] | None = None) -> Reconciliation:
+    """Attach the faults (relative times, time to recover) and timings to a reconciliation."""
+    for fault in monitor.faults:
+        recover = monitor.recovery_seconds(fault, total)
+        result.recover_seconds.append(recover)
+        result.faults.append({"kind": fault.kind, "at": round(fault.started - monitor.started, 1),
+                              "lasted": round(fault.ended - fault.started, 1),
+                              "recover": recover, "detail": fault.detail})
+    result.drain_seconds = round(drain_seconds, 1)
+    result.total_seconds = round(time.time() - monitor.started, 1)
+    result.notes.extend(notes or [])
+    return result

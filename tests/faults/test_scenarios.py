@@ -1,0 +1,382 @@
+"""Fault injection with reconciliation: nothing lost, nothing duplicated.
+
+Each scenario runs a simulated city's load through the durable outbox (a separate, killable
+process), injects a fault, lets the system recover, then reconciles every event id the
+facilities accepted with PostgreSQL (exactly one health-book row, or exactly one dead letter
+with the right reason) and the counters with the tables. ``make faults`` runs them with
+200,000 events (``EHB_FAULTS_EVENTS``); the reduced versions of scenarios 1, 3 and 4 run in
+the default suite.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from ehb.demo import scrape
+from ehb.embedded import EmbeddedPostgres
+from ehb.settings import Settings
+from schemas import SUBJECTS, AvroCodec
+from tests.faults.conftest import FaultReport
+from tests.faults.harness import (
+    Expectation,
+    LoadProcess,
+    Monitor,
+    drop_connection,
+    finish,
+    outbox_pending,
+    reconcile,
+    settle,
+    wait_committed,
+)
+from tests.faults.proxy import KafkaProxy
+from tests.fixtures import Deployment, DeploymentFactory, wait_until
+
+pytestmark = pytest.mark.integration
+
+SEED = int(os.environ.get("EHB_FAULTS_SEED", "6"))
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    events: int
+    worker_kills: int
+    sink_kills: int
+    db_outage_s: float
+    broker_outage_s: float
+    #: seconds over which the timed scenarios spread their load
+    span_s: float
+    timeout: float
+
+
+FULL = Size("full", int(os.environ.get("EHB_FAULTS_EVENTS", "200000")), worker_kills=5,
+            sink_kills=3, db_outage_s=30, broker_outage_s=60, span_s=80, timeout=900)
+QUICK = Size("quick", 3000, worker_kills=1, sink_kills=1, db_outage_s=5, broker_outage_s=5,
+             span_s=8, timeout=120)
+
+
+def sizes(quick: bool) -> list[Any]:
+    full = pytest.param(FULL, marks=[pytest.mark.faults, pytest.mark.timeout(1500)], id="full")
+    return [pytest.param(QUICK, id="quick"), full] if quick else [full]
+
+
+_EXPECTATIONS: dict[int, Expectation] = {}
+
+
+def expected_for(events: int) -> Expectation:
+    """Every event id of the simulation and its fate (computed once per size)."""
+    if events not in _EXPECTATIONS:
+        _EXPECTATIONS[events] = Expectation.for_simulation(events)
+    cached = _EXPECTATIONS[events]
+    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals,
+                       cached.appointments)
+
+
+def _run_end(d: Deployment, name: str, size: Size, expectation: Expectation,
+             monitor: Monitor, load: LoadProcess, report: FaultReport,
+             notes: list[str] | None = None) -> None:
+    status = load.wait(size.timeout)
+    drained_from = time.monotonic()
+    settle(d, len(expectation.outcome), size.timeout)
+    drain = time.monotonic() - drained_from
+    monitor.stop()
+    notes = [f"load: {status.get('accept_seconds')} s to accept, {load.starts} process(es), "
+             f"{status.get('resent', 0)} events resent from the outbox at the last start",
+             *(notes or [])]
+    result = finish(reconcile(d, f"{name} [{size.name}]", expectation), monitor,
+                    len(expectation.outcome), drain_seconds=drain, notes=notes)
+    report.add(result)
+    assert result.ok, result.failure()
+
+
+# -- 1. kill -9 of a stream worker at random moments --------------------------------------------
+@pytest.mark.parametrize("size", sizes(quick=True))
+def test_worker_killed_at_random_moments(deploy: DeploymentFactory, fault_report: FaultReport,
+                                         size: Size) -> None:
+    rng = random.Random(SEED)
+    d = deploy(workers=2, partitions=4)
+    expectation = expected_for(size.events)
+    total = len(expectation.outcome)
+    monitor = Monitor(d).start()
+    rate = 0 if size is FULL else size.events / size.span_s
+    load = LoadProcess(d, events=size.events, rate=rate).start()
+    moments = sorted(rng.uniform(0.1, 0.85) for _ in range(size.worker_kills))
+    try:
+        for n, moment in enumerate(moments, 1):
+            wait_committed(d, monitor, moment * total, size.timeout)
+            alive = [w for w in d.workers if w.proc.poll() is None]
+            victim = rng.choice(alive)
+            fault = monitor.fault(f"kill -9 worker #{n} ({victim.name})",
+                                  committed=monitor.committed)
+            d.kill(victim)
+            fresh = d.start_worker(wait=False)
+            fault.ended = time.time()
+
+            def owns_partitions(child: Any = fresh) -> bool:
+                if child.proc.poll() is not None:
+                    raise AssertionError(child.log.read_text()[-3000:])
+                try:
+                    return scrape(child.metrics_port).get(
+                        "ehb_worker_assigned_partitions", 0) > 0
+                except OSError:
+                    return False
+
+            wait_until(owns_partitions, 180, interval=0.25, message="restarted worker joined")
+            fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
+        _run_end(d, "1. kill -9 of a stream worker", size, expectation, monitor, load,
+                 fault_report, [f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)}"
+                                " of the committed events (seed "
+                                f"{SEED})"])
+    finally:
+        load.stop()
+        monitor.stop()
+
+
+# -- 2. kill -9 of the sink while it writes a batch ----------------------------------------------
+def _sink_writing(d: Deployment) -> bool:
+    """The sink's connection is inside a transaction that has written (an xid)."""
+    return bool(d.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'ehb-sink' AND backend_xid IS NOT NULL"))
+
+
+@pytest.mark.parametrize("size", sizes(quick=False))
+def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
+                                           fault_report: FaultReport, size: Size) -> None:
+    rng = random.Random(SEED + 2)
+    d = deploy(workers=1, partitions=4)
+    expectation = expected_for(size.events)
+    total = len(expectation.outcome)
+    monitor = Monitor(d).start()
+    load = LoadProcess(d, events=size.events).start()
+    caught = 0
+    try:
+        for n, moment in enumerate(sorted(rng.uniform(0.1, 0.8)
+                                          for _ in range(size.sink_kills)), 1):
+            wait_committed(d, monitor, moment * total, size.timeout)
+            try:
+                wait_until(lambda: _sink_writing(d), 30, interval=0.002,
+                           message="the sink inside a write transaction")
+                in_transaction = True
+            except AssertionError:
+                in_transaction = False
+            assert d.sink is not None
+            fault = monitor.fault(f"kill -9 sink #{n}", in_write_transaction=in_transaction,
+                                  committed=monitor.committed)
+            d.kill(d.sink)
+            caught += in_transaction
+            d.start_sink()
+            fault.ended = time.time()
+        _run_end(d, "2. kill -9 of the sink during a write", size, expectation, monitor,
+                 load, fault_report,
+                 [f"{caught} of {size.sink_kills} kills landed inside a write transaction "
+                  "(pg_stat_activity.backend_xid set)"])
+        assert caught == size.sink_kills
+    finally:
+        load.stop()
+        monitor.stop()
+
+
+# -- 3. PostgreSQL stopped mid-run, then restarted ----------------------------------------------
+@pytest.fixture
+def own_database(services: Settings, tmp_path: Path) -> Iterator[tuple[DeploymentFactory,
+                                                                       EmbeddedPostgres]]:
+    """A PostgreSQL server of its own (it is stopped mid-test) and deployments on it."""
+    server = EmbeddedPostgres(tmp_path / "pg").start()
+    factory = DeploymentFactory(services.model_copy(update={
+        "database_url": SecretStr(server.url)}), tmp_path / "deployments")
+    try:
+        yield factory, server
+    finally:
+        factory.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("size", sizes(quick=True))
+def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
+                                                             EmbeddedPostgres],
+                                         fault_report: FaultReport, size: Size) -> None:
+    factory, server = own_database
+    d = factory(workers=1, partitions=4)
+    expectation = expected_for(size.events)
+    total = len(expectation.outcome)
+    monitor = Monitor(d).start()
+    rate = 0 if size is FULL else size.events / size.span_s
+    load = LoadProcess(d, events=size.events, rate=rate).start()
+    try:
+        wait_committed(d, monitor, 0.3 * total, size.timeout)
+        drop_connection(d)  # the test's own; the pipeline's are the fault's business
+        fault = monitor.fault("PostgreSQL stopped", seconds=size.db_outage_s)
+        server.stop()
+        time.sleep(size.db_outage_s)  # the outage itself: nothing to wait for
+        fault.detail["committed_before"] = monitor.committed
+        server.start()
+        fault.ended = time.time()
+        _run_end(d, "3. PostgreSQL stopped, then restarted", size, expectation, monitor,
+                 load, fault_report)
+        sink_log = d.sink.log.read_text() if d.sink else ""
+        assert "PostgreSQL unavailable" in sink_log  # the sink did wait and retry
+    finally:
+        load.stop()
+        monitor.stop()
+
+
+# -- 4. the broker unreachable from the producers; a producer killed meanwhile ----------------
+@pytest.mark.parametrize("size", sizes(quick=True))
+def test_broker_unreachable_from_producers_and_producer_killed(
+        deploy: DeploymentFactory, fault_report: FaultReport, size: Size) -> None:
+    d = deploy(workers=1, partitions=4)
+    expectation = expected_for(size.events)
+    total = len(expectation.outcome)
+    proxy = KafkaProxy.for_bootstrap(str(d.settings.kafka_bootstrap)).start()
+    monitor = Monitor(d).start()
+    load = LoadProcess(d, events=size.events, bootstrap=proxy.bootstrap,
+                       rate=size.events / size.span_s).start()
+    try:
+        wait_until(lambda: load.status().get("accepted", 0) >= 0.25 * total, size.timeout,
+                   interval=0.05, message="25% accepted")
+        fault = monitor.fault("broker unreachable from the producers",
+                              seconds=size.broker_outage_s)
+        proxy.cut()
+        time.sleep(size.broker_outage_s / 2)
+        held = wait_until(lambda: outbox_pending(load.outbox_file), 30,
+                          message="events held in the outbox")
+        kill = monitor.fault("kill -9 of the producer", outbox_events=held,
+                             accepted=load.status().get("accepted"))
+        load.kill()
+        kill.detail["outbox_events_after_kill"] = outbox_pending(load.outbox_file)
+        load.start()
+        kill.ended = time.time()
+        time.sleep(max(0.0, fault.started + size.broker_outage_s - time.time()))
+        fault.detail["refused_connections"] = proxy.refused
+        fault.detail["outbox_events_at_restore"] = outbox_pending(load.outbox_file)
+        proxy.restore()
+        fault.ended = kill.ended = time.time()  # the resend can only be seen from here on
+        _run_end(d, "4. broker unreachable from producers + producer kill -9", size,
+                 expectation, monitor, load, fault_report,
+                 [f"the outbox held {held:,} events when the producer was killed"])
+        assert kill.detail["outbox_events_after_kill"] >= held
+        assert outbox_pending(load.outbox_file) == 0
+    finally:
+        load.stop()
+        monitor.stop()
+        proxy.close()
+
+
+# -- 5. poison records: valid Avro that the database refuses ------------------------------------
+def _health_book(event_id: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    record = {
+        "record_type": "EXAMINATION", "event_id": event_id,
+        "citizen_key": f"poison-{event_id[:8]}", "so_cccd": "079085000001", "ho_ten": "Poison",
+        "ngay_sinh": "198506150000", "gioi_tinh": 1, "ma_the_bhyt": "GD479000000001",
+        "ma_lk": f"POISON{event_id[:12]}", "ma_cskcb": "79001", "facility_name": "Poison",
+        "facility_level": "central", "facility_district": None, "facility_province": "79",
+        "ma_dkbd": "79005", "registration_province": "79", "scope": "IN_PROVINCE",
+        "ma_loai_kcb": "01", "visit_type": "outpatient_exam", "ma_benh_chinh": "J06.9",
+        "ma_benh_kt": None, "ngay_vao": "202403040800", "ngay_ra": "202403041000",
+        "ket_qua_dtri": 1, "ma_loai_rv": 1, "t_tongchi_bv": 1000, "t_tongchi_bh": 0,
+        "t_bhtt": 0, "has_referral": False, "has_appointment": False, "published_at": now,
+        "processed_at": now,
+    }
+    record.update(changes)
+    return record
+
+
+def poison_records(codec: AvroCodec) -> list[tuple[str, str, bytes, str]]:
+    """(what, topic, value, event id as the dead letter must record it)."""
+    now = int(time.time() * 1000)
+    out: list[tuple[str, str, bytes, str]] = []
+
+    def add(what: str, topic: str, subject: str, record: dict[str, Any], key: str) -> None:
+        out.append((what, topic, codec.encode(subject, record), key))
+
+    hb = SUBJECTS.HEALTH_BOOK_RECORD
+    for what, changes in (
+            ("negative T_TONGCHI_BV (CHECK constraint)", {"t_tongchi_bv": -1}),
+            ("GIOI_TINH beyond smallint", {"gioi_tinh": 70_000}),
+            ("NUL character in HO_TEN", {"ho_ten": "Nguyễn\x00Văn"}),
+            ("impossible NGAY_VAO (31 February)", {"ngay_vao": "202402310800"}),
+            ("NGAY_RA not a date at all", {"ngay_ra": "not-a-date"}),
+    ):
+        event_id = str(uuid.uuid4())
+        add(what, "health-book", hb, _health_book(event_id, **changes), event_id)
+    event_id = str(uuid.uuid4())
+    add("NUL in the event id and a negative amount", "health-book", hb,
+        _health_book(event_id[:8] + "\x00" + event_id[9:], t_tongchi_bv=-5),
+        event_id[:8] + "\ufffd" + event_id[9:])
+    event_id = str(uuid.uuid4())
+    add("referral reason beyond smallint", "referrals", SUBJECTS.REFERRAL_RECORD, {
+        "record_type": "ISSUED", "referral_id": f"poison:{event_id}", "event_id": event_id,
+        "citizen_key": "poison", "origin": "79001", "destination": "79002",
+        "ma_lydo_ct": 70_000, "ma_benh_chinh": "J06.9", "issued_at": now, "deadline": now,
+        "event_time": now, "arrival_event_id": None, "arrived_at": None,
+        "days_to_arrival": None, "published_at": now}, event_id)
+    event_id = str(uuid.uuid4())
+    add("NUL in an appointment's diagnosis", "appointments", SUBJECTS.APPOINTMENT_RECORD, {
+        "record_type": "SCHEDULED", "appointment_id": f"poison:{event_id}",
+        "event_id": event_id, "citizen_key": "poison", "ma_cskcb": "79001",
+        "ma_benh_chinh": "J0\x006.9", "appointment_at": now, "event_time": now,
+        "visit_event_id": None, "published_at": now}, event_id)
+    event_id = str(uuid.uuid4())
+    add("NUL in a dead letter's message", "dead-letter", SUBJECTS.DEAD_LETTER, {
+        "reason": "facility_unknown", "message": "bad\x00message", "stage": "validate",
+        "source_topic": "x", "source_partition": 0, "source_offset": 0, "event_index": None,
+        "event_id": event_id, "ma_cskcb": "79999", "schema_id": 1, "original": b"\x00",
+        "published_at": now, "failed_at": now}, event_id)
+    return out
+
+
+@pytest.mark.parametrize("size", sizes(quick=False))
+def test_poison_records_are_dead_lettered_and_the_rest_flows(
+        deploy: DeploymentFactory, fault_report: FaultReport, size: Size) -> None:
+    d = deploy(workers=1, partitions=4)
+    expectation = expected_for(size.events)
+    total = len(expectation.outcome)
+    poison = poison_records(d.codec)
+    for _, _, _, event_id in poison:
+        expectation.add(event_id, "db_rejected")
+    monitor = Monitor(d).start()
+    load = LoadProcess(d, events=size.events).start()
+    try:
+        wait_committed(d, monitor, 0.3 * total, size.timeout)
+        fault = monitor.fault("poison records published", records=len(poison))
+        for n, (_, topic, value, _) in enumerate(poison):
+            d.produce_raw(topic, [value], key=f"poison-{n}".encode())
+        fault.ended = time.time()
+        _run_end(d, "5. poison records (valid Avro, refused by the database)", size,
+                 expectation, monitor, load, fault_report,
+                 ["poison: " + "; ".join(what for what, *_ in poison)])
+    finally:
+        load.stop()
+        monitor.stop()
+
+
+# -- 6. the same events twice, and out of order -------------------------------------------------
+@pytest.mark.parametrize("size", sizes(quick=False))
+def test_events_published_twice_and_out_of_order(deploy: DeploymentFactory,
+                                                 fault_report: FaultReport, size: Size) -> None:
+    d = deploy(workers=1, partitions=4)
+    expectation = expected_for(size.events)
+    monitor = Monitor(d).start()
+    # shuffled within windows of ~half a simulated day; the 40-50 % slice (two days) re-sent
+    load = LoadProcess(d, events=size.events, shuffle=5000, resend="0.4:0.5").start()
+    fault = monitor.fault("out of order (windows of 5,000) + 10% of the events re-sent",
+                          resent=size.events // 10)
+    fault.ended = fault.started
+    try:
+        _run_end(d, "6. published twice and out of order", size, expectation, monitor, load,
+                 fault_report, [f"{size.events // 10:,} events published a second time"])
+    finally:
+        load.stop()
+        monitor.stop()
