@@ -197,6 +197,7 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
              days: float | None = None) -> int:
     from ehb.db import connect
     from ehb.kafka import create_topics
+    from producers.outbox import Outbox
     from producers.publisher import ExaminationPublisher
     from producers.simulate import run_simulation
     from producers.simulator import SimulationConfig
@@ -243,7 +244,10 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         config = SimulationConfig(events=events or 10**12, seed=seed,
                                   invalid_share=invalid_share,
                                   days=days)
-        publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0)
+        outbox = Outbox.open_first_free(settings.state_dir / "outbox", "demo")
+        if stack is not None:  # a new, empty embedded broker: older events belong to no one
+            outbox.discard()
+        publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0, outbox=outbox)
         stop = threading.Event()
         summary: dict[str, Any] = {}
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import inspect
 import logging
 import os
 import signal
@@ -345,21 +344,20 @@ class Gateway:
         self._given_up: set[tuple[str, int, float]] = set()
 
     def _publisher(self, settings: Settings) -> ExaminationPublisher:
-        options: dict[str, Any] = {}
-        if "durable" in inspect.signature(ExaminationPublisher).parameters:
-            # The dossier file is the gateway's outbox and the ledger its recovery: a publisher
-            # outbox resending on its own would race with the ledger's recovery scan.
-            options["durable"] = False
-        # one message, then wait for its acknowledgement: lingering would only add latency
+        # one message, then wait for its acknowledgement: lingering would only add latency.
+        # Through the producer outbox like every publisher (``gateway`` identity): a dossier
+        # the outbox resends after a crash is acknowledged before the ledger's recovery scan
+        # (see :meth:`recover`), so the scan finds it instead of publishing the file again.
         return ExaminationPublisher(
-            settings, codec=self.codec, linger_s=0,
-            producer=Producer(producer_config(settings, **{"linger.ms": 0})), **options)
+            settings, codec=self.codec, linger_s=0, identity="gateway",
+            producer=Producer(producer_config(settings, **{"linger.ms": 0})))
 
     # -- crash recovery -------------------------------------------------------------------
     def recover(self) -> int:
         """Settle ``pending`` ledger entries left by a gateway that died; returns how many
         turned out to be published."""
         confirmed = 0
+        self._await_ack()  # what the outbox resent at start is on the topic before the scan
         for entry in self.ledger.pending(self.topic):
             assert entry.partition is not None and entry.scan_from is not None
             offset = self._probe.find(entry.partition, entry.scan_from, entry.sha256)

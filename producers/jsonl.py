@@ -63,7 +63,8 @@ def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
 
 def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> JsonlReport:
     codec = codec_for(settings)
-    publisher = ExaminationPublisher(settings, codec=codec, batch_size=batch_size, linger_s=5)
+    publisher = ExaminationPublisher(settings, codec=codec, batch_size=batch_size, linger_s=5,
+                                     identity="publish")
     report = JsonlReport()
     with open(path, "rb") as src:
         for line_no, raw in enumerate(src, 1):

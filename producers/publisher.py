@@ -4,9 +4,10 @@ Events are grouped per facility into ``ExaminationBatch`` messages (up to ``batc
 the way a dossier upload carries many episodes), keyed by the facility code so that one
 facility's events stay in order on one partition. A facility's batch is also sent once it
 spans ``upload_interval`` of event time (facilities upload at least daily), so that batching
-never delays an event beyond the worker's allowed lateness. A single event can be published on its own
-as an ``ExaminationEvent`` message. The producer is idempotent (``enable.idempotence``) and
-never gives up on a message (``message.timeout.ms=0``): a broker outage is waited out.
+never delays an event beyond the worker's allowed lateness. A single event can be published on
+its own as an ``ExaminationEvent`` message. The producer is idempotent
+(``enable.idempotence``) and never gives up on a message (``message.timeout.ms=0``): a broker
+outage is waited out.
 
 Durable: every event is stored in the producer's outbox (``producers.outbox``, SQLite under
 ``EHB_DATA_DIR/outbox/``) before it is sent, and removed once the broker acknowledged its
@@ -27,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from producers.outbox import EVENT, MESSAGE, Outbox
@@ -37,6 +39,9 @@ from streams.validation import parse_datetime
 __all__ = ["BatchTooLarge", "ExaminationPublisher"]
 
 log = logging.getLogger(__name__)
+
+#: the outbox mark naming the topic its events were accepted for
+TOPIC_MARK = "topic"
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
@@ -95,12 +100,23 @@ class ExaminationPublisher:
         if outbox is None and not durable:
             outbox = Outbox.in_memory()
         elif outbox is None:
+            # EHB_PRODUCER_ID names one outbox (busy: an error); the command's own name is a
+            # family (busy: the next free one, ``simulate.2`` ...)
             directory = settings.state_dir / "outbox"
             sync = settings.outbox_synchronous
-            explicit = identity or settings.producer_id
-            outbox = (Outbox.open(directory, explicit, synchronous=sync) if explicit
-                      else Outbox.open_first_free(directory, "publisher", synchronous=sync))
+            outbox = (Outbox.open(directory, settings.producer_id, synchronous=sync)
+                      if settings.producer_id else
+                      Outbox.open_first_free(directory, identity or "publisher",
+                                             synchronous=sync))
         self.outbox = outbox
+        held_for = outbox.mark(TOPIC_MARK)
+        if held_for not in (None, self.topic) and outbox.recovered_rows:
+            outbox.close()
+            raise EhbError(f"outbox {outbox.path} holds {outbox.recovered_events} events for "
+                           f"topic {held_for}, not {self.topic}: publish them with that topic "
+                           "prefix first, or use another EHB_PRODUCER_ID / EHB_DATA_DIR")
+        if held_for != self.topic:
+            outbox.commit({TOPIC_MARK: self.topic})
         # A batch is composed from its events' stored bytes when the batch schema carries
         # the event schema they were written with (always, unless a deployment mixes them).
         event_entry = self.codec.catalog.latest(SUBJECTS.EXAMINATION_EVENT)

@@ -23,7 +23,7 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
     """Publish ``config.events`` events; returns a summary (counts, times)."""
     simulator = CitySimulator(config)
     publisher = publisher or ExaminationPublisher(
-        settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0)
+        settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0, identity="simulate")
     book: DailyReportBook | None = None
     reports: ReportPublisher | None = None
     if config.reports:
