@@ -19,6 +19,7 @@ stages events; they are on disk (accepted) once any batch is sent, on linger, or
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -76,6 +77,7 @@ class ExaminationPublisher:
         self.linger_s = linger_s
         self.upload_interval = upload_interval
         self._opened: dict[str, datetime] = {}
+        self._opened_heap: list[tuple[datetime, str]] = []
         self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 10}))
         self._encode_batch = self.codec.writer(SUBJECTS.EXAMINATION_BATCH)
         self._encode_event = self.codec.writer(SUBJECTS.EXAMINATION_EVENT)
@@ -248,9 +250,12 @@ class ExaminationPublisher:
             buffer = self._buffers[facility]
         if not buffer and admitted is not None:
             self._opened[facility] = admitted
+            heapq.heappush(self._opened_heap, (admitted, facility))
         buffer.append((self.outbox.stage(facility, EVENT, 1, value), value))
         if len(buffer) >= self.batch_size:
             self._send_batch(facility)
+        if admitted is not None:
+            self._send_stale(admitted)
         if self._ready:
             self._dispatch_due()
         if time.monotonic() - self._last_flush >= self.linger_s:
@@ -259,6 +264,16 @@ class ExaminationPublisher:
     def add_all(self, events: Iterable[dict[str, Any]]) -> None:
         for event in events:
             self.add(event)
+
+    def _send_stale(self, now: datetime) -> None:
+        """Send every facility's batch opened ``upload_interval`` (event time) before ``now``:
+        a quiet facility still uploads daily, so its events are never held back for long."""
+        heap = self._opened_heap
+        limit = now - self.upload_interval
+        while heap and heap[0][0] <= limit:
+            opened, facility = heapq.heappop(heap)
+            if self._opened.get(facility) == opened:
+                self._send_batch(facility)
 
     def _send_batch(self, facility: str) -> None:
         self._opened.pop(facility, None)
