@@ -16,9 +16,10 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.harness import BenchStack, sql_scalar
+from benchmarks.harness import ROOT, BenchStack, sql_scalar
 
-__all__ = ["figures", "machine", "render", "versions", "write_results"]
+__all__ = ["figures", "machine", "markdown_table", "render", "source", "versions",
+           "write_results"]
 
 TARGETS = {
     "pipeline_events_per_second": 10_000,
@@ -44,6 +45,21 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
     }
+
+
+def source() -> dict[str, Any]:
+    """The commit measured, and the pipeline's files that differ from it (work in progress)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+
+    out: dict[str, Any] = {"commit": None, "uncommitted": []}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["commit"] = git("rev-parse", "--short", "HEAD") or None
+        status = git("status", "--porcelain", "--", "streams", "sinks", "producers",
+                     "schemas", "ehb")
+        out["uncommitted"] = [line[3:] for line in status.splitlines()]
+    return out
 
 
 def versions(stack: BenchStack) -> dict[str, str | None]:

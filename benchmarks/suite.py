@@ -27,7 +27,15 @@ import typer
 from rich.console import Console
 
 from benchmarks.harness import ROOT, BenchStack, events_file, loadavg, peak_rss_mb
-from benchmarks.report import figures, machine, markdown_table, render, versions, write_results
+from benchmarks.report import (
+    figures,
+    machine,
+    markdown_table,
+    render,
+    source,
+    versions,
+    write_results,
+)
 from benchmarks.runs import (
     Context,
     RunFailed,
@@ -145,6 +153,7 @@ def bench(
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "machine": machine(),
+        "source": source(),
         "load": {"start": load_start, "end": loadavg()},
         "versions": result_versions,
         "parameters": params,
@@ -161,7 +170,7 @@ def bench(
     render(result, console)
     console.print(f"results: {written}" + (f" and {output / latest}" if latest else ""))
     if not quick:
-        console.print("\n" + markdown_table(result), markup=False, highlight=False)
+        print("\n" + markdown_table(result), flush=True)  # for the README, unwrapped
     if result["figures"].get("errors"):
         raise typer.Exit(1)
 
