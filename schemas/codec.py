@@ -31,7 +31,9 @@ from schemas.exceptions import DecodeError, EncodeError
 __all__ = ["AvroCodec", "Decoded", "MAGIC_BYTE", "wire_header"]
 
 MAGIC_BYTE = 0
-_HEADER = struct.Struct(">bI")
+# The schema id is a signed 32-bit int, as Confluent's Java clients read it (ByteBuffer.getInt):
+# an id of 0xFFFFFFFF is -1, unknown, and still fits the DeadLetter's ``schema_id`` (an int).
+_HEADER = struct.Struct(">bi")
 
 
 def wire_header(schema_id: int) -> bytes:
