@@ -279,6 +279,8 @@ def _table(kind: str, content: str | None, where: str, limits: Limits) -> Elemen
         raise DossierRejected("xml_forbidden", f"{where}: {type(exc).__name__}") from None
     except ParseError as exc:
         raise DossierRejected("table_malformed", f"{where}: {exc}") from None
+    except (LookupError, ValueError) as exc:  # an encoding Python does not know or cannot use
+        raise DossierRejected("table_malformed", f"{where}: encoding: {exc}") from None
     if _local(root.tag) != root_tag:
         raise DossierRejected("table_malformed",
                               f"{where}: root is {_local(root.tag)}, expected {root_tag}")
@@ -376,6 +378,8 @@ def parse_dossier(data: bytes, limits: Limits | None = None, catalog: Catalog | 
         raise DossierRejected("xml_forbidden", type(exc).__name__) from None
     except ParseError as exc:
         raise DossierRejected("xml_malformed", str(exc)) from None
+    except (LookupError, ValueError) as exc:  # encoding="ttf-8", "utf-32": expat cannot read it
+        raise DossierRejected("xml_malformed", f"encoding: {exc}") from None
     if not facility:
         raise DossierRejected("envelope_invalid", "THONGTINDONVI/MACSKCB is missing or empty")
     if declared is None or not declared.isdigit():

@@ -66,7 +66,8 @@ class _Writer:
         buf.write(self.header)
         try:
             schemaless_writer(buf, self.entry.parsed, record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # OverflowError: an int beyond int/long (a JSON line's 2**63), not a crash
             raise EncodeError(f"{self.entry.subject}: {exc}") from exc
         return buf.getvalue()
 

@@ -266,6 +266,14 @@ def gateway_corpus() -> list[BadFile]:
         BadFile("declared UTF-8, written in CP1258/latin-1",
                 good.replace("<NGAYLAP>", "<NGAYLAP>Ng\xe0y").encode("latin-1"),
                 "xml_malformed"),
+        BadFile("an encoding Python does not know ('ttf-8')",
+                good.replace("encoding='utf-8'", "encoding='ttf-8'").encode(), "xml_malformed"),
+        BadFile("a multi-byte encoding expat cannot read (Shift-JIS)",
+                good.replace("encoding='utf-8'", "encoding='shift_jis'").encode(),
+                "xml_malformed"),
+        BadFile("a table declared in an unknown encoding", _envelope([("XML1", _b64(
+            _xml1(f.exam()).replace(b"encoding='utf-8'", b"encoding='x-unknown'")))]).encode(),
+                "table_malformed"),
         BadFile("billion laughs", _envelope([("XML1", xml1)], prolog=BILLION_LAUGHS).replace(
             "<NGAYLAP>", "<NGAYLAP>&l9;").encode(), "xml_forbidden"),
         BadFile("quadratic blowup", _envelope([("XML1", xml1)], prolog=QUADRATIC).replace(

@@ -140,3 +140,14 @@ def test_gateway_corpus_through_the_gateway(deploy: DeploymentFactory,
     fault_report.corpus["XML gateway (dossier files)"] = {
         "kinds": len(GATEWAY), "cases": len(GATEWAY), "ok": len(GATEWAY) - len(wrong),
         "rejections": dict(Counter(o.reason for o in report.outcomes if o.reason))}
+
+
+def test_a_json_line_with_a_number_beyond_a_long_is_a_bad_line_not_a_crash() -> None:
+    """Found by fuzzing: fastavro's OverflowError escaped ``ehb publish FILE.jsonl``."""
+    import json
+
+    from producers.jsonl import event_from_json
+
+    line = json.dumps(dict(f.exam(), so_ngay_dtri=2**63))
+    with pytest.raises(ValueError, match="does not fit the schema"):
+        event_from_json(line, AvroCodec())
