@@ -369,6 +369,9 @@ def gateway(
     max_message_bytes: Annotated[int, typer.Option(
         help="Largest encoded dossier (one Kafka message); larger files are rejected.")]
     = 900_000,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics (the producer's outbox backlog) on this port. "
+        "Default: none.")] = None,
 ) -> None:
     """Publish XML dossier files (QĐ 130/4750 GIAMDINHHS envelopes), each whole or not at all.
 
@@ -379,6 +382,10 @@ def gateway(
     from producers.gateway import print_report, run_gateway
 
     settings = load_settings()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
     report = run_gateway(settings, directory, watch=watch, interval=interval, settle_s=settle,
                          max_message_bytes=max_message_bytes, console=console)
     print_report(report, out)
