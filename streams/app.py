@@ -109,6 +109,33 @@ class IntakeProgress:
         self._last_sent[partition] = sources
 
 
+def _shorten_fetch_wait() -> None:
+    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, hard-coded.
+
+    Apache Kafka answers a fetch as soon as data arrives, so the wait only bounds idle polls;
+    Tansu holds the fetch for most of the wait (measured: median 443 ms with 1500 ms, 26 ms with
+    100 ms), which adds that much latency to each hop of the worker. The app's
+    ``ehb_fetch_max_wait_ms`` (``EHB_WORKER_FETCH_MAX_WAIT_MS``) replaces it before the consumer
+    starts.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_class = driver.AIOKafkaConsumerThread
+    if getattr(thread_class, "_ehb_patched", False):
+        return
+    create = thread_class._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        wait = getattr(self.app, "ehb_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+    thread_class._create_worker_consumer = create_worker_consumer
+    thread_class._ehb_patched = True
+
+
 def _encode_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -277,6 +304,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         _schedule_registry_refresh(app, settings, registry)
 
     app.ehb_output = output  # type: ignore[attr-defined]
+    app.ehb_fetch_max_wait_ms = settings.worker_fetch_max_wait_ms  # type: ignore[attr-defined]
+    _shorten_fetch_wait()
     return app
 
 
