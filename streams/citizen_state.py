@@ -391,32 +391,44 @@ def _copy(state: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _prune(state: dict[str, Any], watermark: int,
            retention: int = StateConfig.closed_retention_ms) -> None:
-    """Forget what no late event can change any more (closed ids stay in "d" a while)."""
-    if "v" in state:
-        state["v"] = [v for v in state["v"] if v[1] >= watermark]
-        if not state["v"]:
-            del state["v"]
-    done: dict[str, int] = state.get("d", {})
-    for name, closed, since in (("r", lambda r: r[R_STATUS] != OPEN, R_DEADLINE),
-                                ("a", lambda a: a[A_STATUS] != OPEN, A_AT)):
-        if name not in state:
-            continue
-        kept = {}
-        for i, x in state[name].items():
-            if closed(x) and x[since] < watermark:
-                done[f"{name}:{i}"] = x[since] + retention
-            else:
-                kept[i] = x
-        if kept:
-            state[name] = kept
+    """Forget what no late event can change any more (closed ids stay in "d" a while).
+
+    Called for every event: it returns at once when there is nothing to forget."""
+    visits = state.get("v")
+    if visits is not None and any(v[1] < watermark for v in visits):
+        visits = [v for v in visits if v[1] >= watermark]
+        if visits:
+            state["v"] = visits
         else:
-            del state[name]
-    if done:
+            del state["v"]
+    refs = state.get("r")
+    if refs is not None:
+        _close_old(state, "r", refs, R_DEADLINE, watermark, retention,
+                   lambda r: r[R_STATUS] != OPEN)
+    appts = state.get("a")
+    if appts is not None:
+        _close_old(state, "a", appts, A_AT, watermark, retention,
+                   lambda a: a[A_STATUS] != OPEN)
+    done = state.get("d")
+    if done is not None and any(t < watermark for t in done.values()):
         done = {i: t for i, t in done.items() if t >= watermark}
-    if done:
-        state["d"] = done
-    else:
-        state.pop("d", None)
+        if done:
+            state["d"] = done
+        else:
+            del state["d"]
+
+
+def _close_old(state: dict[str, Any], name: str, items: dict[str, list[Any]], since: int,
+               watermark: int, retention: int, closed: Any) -> None:
+    """Move closed items the watermark has passed from ``items`` to their ids in "d"."""
+    old = [i for i, x in items.items() if x[since] < watermark and closed(x)]
+    if not old:
+        return
+    done = state.setdefault("d", {})
+    for i in old:
+        done[f"{name}:{i}"] = items.pop(i)[since] + retention
+    if not items:
+        del state[name]
 
 
 def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int

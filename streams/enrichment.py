@@ -6,6 +6,7 @@ provinces -> in/out-of-province scope; MA_LOAI_KCB -> visit-type label; NGAY_VAO
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ IN_PROVINCE = "IN_PROVINCE"
 OUT_OF_PROVINCE = "OUT_OF_PROVINCE"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def event_time_ms(value: str) -> int:
     """A yyyymmddHHMM (Vietnam time) value as epoch milliseconds."""
     return int(parse_datetime(value).timestamp() * 1000)

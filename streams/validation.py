@@ -11,6 +11,7 @@ character refused is NUL, which PostgreSQL ``text`` cannot store.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -179,8 +180,11 @@ def _has_nul(record: Mapping[str, Any]) -> bool:
     return any(isinstance(v, str) and "\x00" in v for v in record.values())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_datetime(value: str) -> datetime:
-    """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid."""
+    """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid.
+
+    Cached: card validity dates, admission minutes and birth dates repeat across events."""
     if not (value.isascii() and value.isdigit()) or len(value) not in (8, 12):
         raise ValueError(value)
     if len(value) == 8:
