@@ -51,14 +51,14 @@ def source() -> dict[str, Any]:
     """The commit measured, and the pipeline's files that differ from it (work in progress)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
+                              timeout=30).stdout
 
     out: dict[str, Any] = {"commit": None, "uncommitted": []}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["commit"] = git("rev-parse", "--short", "HEAD") or None
+        out["commit"] = git("rev-parse", "--short", "HEAD").strip() or None
         status = git("status", "--porcelain", "--", "streams", "sinks", "producers",
                      "schemas", "ehb")
-        out["uncommitted"] = [line[3:] for line in status.splitlines()]
+        out["uncommitted"] = [line[3:] for line in status.splitlines() if line.strip()]
     return out
 
 
