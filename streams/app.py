@@ -150,6 +150,11 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         settings.worker_group,
         **faust_broker_options(settings),
         store="memory://",
+        # The memory store leaves no local state that could outlive its changelog, and Tansu
+        # reports a partition's high watermark as the start of its newest batch + 1 (see
+        # sinks/lag.py): Faust's recovery consistency check then fails after a rebalance
+        # ("persisted offset higher than highwater") and crashes the surviving worker.
+        recovery_consistency_check=False,
         datadir=str(settings.state_dir / "faust"),
         topic_partitions=partitions,
         topic_replication_factor=settings.kafka_replication_factor,
@@ -157,9 +162,12 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         broker_session_timeout=session,
         broker_heartbeat_interval=max(0.5, session / 5),
         broker_commit_interval=1.0,
-        broker_max_poll_records=2000,
+        # Each input message carries up to ~100 events (tens of kB): keep the prefetch and the
+        # agents' buffers to a couple of batches, or they hold hundreds of MB of backlog.
+        broker_max_poll_records=500,
+        consumer_max_fetch_size=1024 * 1024,
         consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=4096,
+        stream_buffer_maxsize=2 * settings.worker_batch_size,
         producer_acks=-1,
         web_enabled=False,
         key_serializer="raw",
@@ -255,7 +263,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             state_writes: list[tuple[int, dict[str, Any]]] = []
             n_items = n_hb = n_ref = n_app = 0
             for partition, batch in by_partition.items():
-                emitted = machine.process(partition, batch, store, now_ms)
+                emitted = machine.process(partition, batch, store, now_ms).compact()
                 n_items += sum(len(items) for items, _ in batch)
                 for record in emitted.health_book:
                     output.produce(t_health_book, encode_health_book(record),
@@ -270,6 +278,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                 n_ref += len(emitted.referrals)
                 n_app += len(emitted.appointments)
                 state_writes.append((partition, emitted.state))
+                store.update(emitted.local)
             # Outputs first: state that says "done" must never land without its records.
             await output.flush()
             for partition, changes in state_writes:

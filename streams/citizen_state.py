@@ -69,6 +69,7 @@ R_ORIGIN, R_DEST, R_ISSUED, R_DEADLINE, R_STATUS, R_EVENT, R_REASON, R_ICD = ran
 # appointment tuple indexes
 A_FACILITY, A_AT, A_REMINDED, A_STATUS, A_EVENT, A_ICD, A_DISCHARGED, A_VISIT = range(8)
 OPEN = "open"
+INTEGRATED_ONLY = {"i": 1}
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,17 @@ class Emitted:
     appointments: list[dict[str, Any]] = field(default_factory=list)
     #: citizen key (or clock key) -> new state (None deletes)
     state: dict[str, Any] = field(default_factory=dict)
+    #: citizen key -> state with stale visits forgotten: memory only, no changelog write
+    #: (visits behind the watermark match nothing, so the changelog may keep them)
+    local: dict[str, Any] = field(default_factory=dict)
+
+    def compact(self) -> Emitted:
+        """Store a citizen known only as integrated as ``1`` rather than a dict (memory)."""
+        for states in (self.state, self.local):
+            for key, value in states.items():
+                if type(value) is dict and value == INTEGRATED_ONLY:
+                    states[key] = 1
+        return self
 
 
 class CitizenStateMachine:
@@ -125,6 +137,8 @@ class CitizenStateMachine:
         self._clock_keys = [clock_key(p) for p in range(config.partitions)]
         # per partition: heap of (clock time at which something is due, citizen key)
         self._due: dict[int, list[tuple[int, str]]] = {}
+        # per partition: heap of (visit time, citizen key): forget visits once they are stale
+        self._visits: dict[int, list[tuple[int, str]]] = {}
 
     # -- clocks and timers --------------------------------------------------------------
     def clock_key(self, partition: int) -> str:
@@ -133,6 +147,7 @@ class CitizenStateMachine:
     def forget_partitions(self) -> None:
         """After a rebalance: timer indexes are rebuilt from the table on next use."""
         self._due.clear()
+        self._visits.clear()
 
     def _index(self, partition: int, table: Mapping[str, Any]) -> list[tuple[int, str]]:
         heap = self._due.get(partition)
@@ -197,13 +212,18 @@ class CitizenStateMachine:
         lateness = self.config.lateness_ms
         published = 0
         changed = False
+        visits = self._visits.setdefault(partition, [])
+        local = out.local
         for items, sources in messages:
             for item in items:
                 published = item["published_at"]
                 key = item["citizen_key"]
-                state = _copy(overlay[key] if key in overlay else table.get(key))
+                state = _copy(overlay[key] if key in overlay else local.pop(key, None)
+                              or table.get(key))
                 self._apply_examination(item, state, out, now_ms, clock - lateness)
                 overlay[key] = state
+                if "v" in state:
+                    heapq.heappush(visits, (item["event_time"], key))
                 due = self._next_due(state)
                 if due is not None:
                     heapq.heappush(heap, (due, key))
@@ -219,6 +239,7 @@ class CitizenStateMachine:
                 clock = progress["c"] = new_clock
                 if heap and heap[0][0] <= clock:
                     self._fire_timers(heap, clock, table, out, published)
+                self._forget_stale_visits(visits, clock - lateness, table, out)
         if changed:
             overlay[clock_key] = progress
         return out
@@ -316,6 +337,22 @@ class CitizenStateMachine:
         record["visit_event_id"] = visit_event_id
         out.appointments.append(record)
 
+    def _forget_stale_visits(self, visits: list[tuple[int, str]], watermark: int,
+                             table: Mapping[str, Any], out: Emitted) -> None:
+        """Drop visits the watermark passed from citizens nobody touched since (memory)."""
+        while visits and visits[0][0] < watermark:
+            _, key = heapq.heappop(visits)
+            if key in out.state:
+                continue  # pruned when its new state is computed
+            current = out.local.get(key) or table.get(key)
+            if type(current) is not dict or "v" not in current:
+                continue
+            if any(v[1] >= watermark for v in current["v"]):
+                continue
+            state = _copy(current)
+            del state["v"]
+            out.local[key] = state
+
     def _fire_timers(self, heap: list[tuple[int, str]], clock: int, table: Mapping[str, Any],
                      out: Emitted, published: int) -> None:
         cfg = self.config
@@ -327,7 +364,8 @@ class CitizenStateMachine:
             if key in fired:
                 continue
             fired.add(key)
-            current = overlay[key] if key in overlay else table.get(key)
+            current = overlay[key] if key in overlay else (out.local.pop(key, None)
+                                                            or table.get(key))
             if not current:
                 continue
             state = _copy(current)
@@ -373,9 +411,11 @@ def _clock_of(progress: Mapping[str, Any] | None, partitions: int) -> int:
     return max(last, aligned)
 
 
-def _copy(state: Mapping[str, Any] | None) -> dict[str, Any]:
+def _copy(state: Mapping[str, Any] | int | None) -> dict[str, Any]:
     if not state:
         return {}
+    if type(state) is not dict:  # 1: integrated, nothing else to remember
+        return {"i": 1}
     out: dict[str, Any] = {}
     for k, v in state.items():
         if k == "v":
