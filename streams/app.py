@@ -50,8 +50,11 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-#: events per internal message; keeps messages well under the broker's 1 MB default
-MAX_ITEMS_PER_MESSAGE = 500
+#: events per internal message (~1 kB each): small enough that the buffers of the stateful
+#: agent (Faust's stream buffer, aiokafka's prefetch) stay small in memory
+MAX_ITEMS_PER_MESSAGE = 100
+#: internal messages per batch of the stateful agent (<= 5,000 events)
+STATE_BATCH_MESSAGES = 50
 
 
 class IntakeProgress:
@@ -164,8 +167,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         broker_commit_interval=1.0,
         # Each input message carries up to ~100 events (tens of kB): keep the prefetch and the
         # agents' buffers to a couple of batches, or they hold hundreds of MB of backlog.
-        broker_max_poll_records=500,
-        consumer_max_fetch_size=1024 * 1024,
+        broker_max_poll_records=2000,
+        consumer_max_fetch_size=4 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=2 * settings.worker_batch_size,
         producer_acks=-1,
@@ -247,7 +250,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     @app.agent(by_citizen, name="ehb.health-book")
     async def health_book_agent(stream: faust.StreamT[bytes]) -> None:
         store = citizens.data
-        async for events in stream.take_events(batch_size, within=within):
+        async for events in stream.take_events(STATE_BATCH_MESSAGES, within=within):
             started = time.perf_counter()
             by_partition: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
             for e in events:

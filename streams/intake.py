@@ -74,7 +74,7 @@ class Intake:
     def _key_of(self, citizen_id: str) -> tuple[str, int]:
         found = self._keys.get(citizen_id)
         if found is None:
-            if len(self._keys) >= 200_000:  # bounded: forget everything, refill as we go
+            if len(self._keys) >= 50_000:  # bounded: forget everything, refill as we go
                 self._keys.clear()
             key = self.citizen_key(citizen_id)
             found = self._keys[citizen_id] = (key, citizen_partition(key, self.partitions))

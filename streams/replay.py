@@ -61,7 +61,7 @@ __all__ = ["ReplaySummary", "replay"]
 log = logging.getLogger(__name__)
 
 #: events per internal message, as the workers' intake (keeps messages well under 1 MB)
-MAX_ITEMS_PER_MESSAGE = 500
+MAX_ITEMS_PER_MESSAGE = 100
 
 
 @dataclass
