@@ -232,7 +232,8 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         children = DemoChildren(settings, settings.state_dir / "demo-logs")
         base_port = settings.metrics_port or 9400
         sink_child = children.start("sink", "sink", base_port)
-        worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i)
+        worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i,
+                                          {"EHB_WORKER_INSTANCE_ID": f"demo-worker-{i + 1}"})
                            for i in range(workers)]
         with console.status(f"starting {workers} worker(s) and the sink..."):
             wait_for_workers(worker_children, settings.kafka_partitions)

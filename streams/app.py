@@ -173,6 +173,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         stream_buffer_maxsize=2 * settings.worker_batch_size,
         producer_acks=-1,
         web_enabled=False,
+        consumer_group_instance_id=settings.worker_instance_id,
         key_serializer="raw",
         value_serializer="raw",
     )

@@ -68,8 +68,12 @@ class Deployment:
     _conn: psycopg2.extensions.connection | None = None
 
     # -- processes ------------------------------------------------------------------------
-    def start_worker(self, wait: bool = True) -> Child:
-        child = self.children.start(f"worker-{len(self.workers) + 1}", "worker", free_port())
+    def start_worker(self, wait: bool = True, instance_id: str | None = None) -> Child:
+        """A worker process; ``instance_id``: its static group membership (a worker restarted
+        with the same id takes its partitions back without waiting for a rebalance)."""
+        extra = {"EHB_WORKER_INSTANCE_ID": instance_id} if instance_id else None
+        child = self.children.start(f"worker-{len(self.workers) + 1}", "worker", free_port(),
+                                    extra_env=extra)
         self.workers.append(child)
         if wait:
             self.wait_for_workers()

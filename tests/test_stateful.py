@@ -103,13 +103,14 @@ def test_two_workers_give_the_same_result_as_one(deploy: DeploymentFactory,
 
 def test_worker_killed_and_restarted_gives_the_same_result(deploy: DeploymentFactory,
                                                            reference: dict[str, Any]) -> None:
-    d = deploy()
+    d = deploy(workers=0)
+    d.start_worker(instance_id="worker-a")
     d.publish(_events())
     wait_until(lambda: d.count("health_book_entries") >= EVENTS // 3, 120,
                message="a third of the events persisted")
     d.kill(d.workers[0])
     killed_at = time.monotonic()
-    d.start_worker(wait=False)
+    d.start_worker(wait=False, instance_id="worker-a")  # the same static member comes back
     ready = d.wait_for_workers() + (time.monotonic() - killed_at)
     print(f"worker ready {ready:.1f}s after the SIGKILL")  # noqa: T201 - shown with -s
     assert_same_state(settle(d), reference)
