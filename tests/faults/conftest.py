@@ -1,5 +1,6 @@
-"""The fault suite: ``make faults`` runs everything marked ``faults`` (200,000 events a
-scenario, 100,000+ fuzz cases); the default ``make test`` runs the reduced versions only.
+"""The fault suite: ``make faults`` runs everything marked ``faults``: the full scenarios
+(200,000 events each) and fuzzing (100,000+ cases), also marked ``slow``, and the bad-input
+corpora. The default ``make test`` skips the ``slow`` ones and runs the reduced versions.
 
 Every scenario adds its reconciliation to the session's report, written at the end to
 ``reports/faults.{md,json}`` (full suite) or ``reports/faults-quick.{md,json}``.
@@ -31,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="full fault suite: run `make faults` (pytest -m faults)")
     for item in items:
-        if item.get_closest_marker("faults") is not None:
+        if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)
 
 

@@ -323,11 +323,13 @@ class Reconciliation:
     faults: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    #: the scenario did not run to its end (a process died, a wait timed out)
+    error: str = ""
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.misrouted or self.unexpected
-                    or self.counter_mismatches or self.derived_mismatches)
+                    or self.counter_mismatches or self.derived_mismatches or self.error)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -337,7 +339,8 @@ class Reconciliation:
     def failure(self) -> str:
         return json.dumps({k: v for k, v in self.as_dict().items()
                            if k in ("lost", "duplicated", "misrouted", "unexpected",
-                                    "counter_mismatches", "derived_mismatches", "examples")},
+                                    "counter_mismatches", "derived_mismatches", "examples",
+                                    "error")},
                           indent=1)
 
 
@@ -451,3 +454,9 @@ def finish(result: Reconciliation, monitor: Monitor, total: int, *, drain_second
     result.total_seconds = round(time.time() - monitor.started, 1)
     result.notes.extend(notes or [])
     return result
+
+
+def reconcile_nothing(scenario: str, expectation: Expectation) -> Reconciliation:
+    """The row of a scenario whose database could not even be read."""
+    return Reconciliation(scenario, len(expectation.outcome), 0, 0, len(expectation.outcome),
+                          0, 0, 0, [], [], {})

@@ -22,6 +22,8 @@ from tests.faults.conftest import FaultReport
 from tests.faults.corpus import BadFile, BadInput, broker_corpus, gateway_corpus
 from tests.fixtures import DeploymentFactory, wait_until
 
+pytestmark = pytest.mark.faults  # in make faults, and (not slow) in make test too
+
 BROKER = broker_corpus()
 GATEWAY = gateway_corpus()
 #: a case must be handled in well under this (no hang, no allocation bomb)

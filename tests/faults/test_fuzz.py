@@ -87,7 +87,8 @@ def fuzz(target: str, strategy: st.SearchStrategy[Any], check: Callable[[Any], N
 
 
 MODES = [pytest.param(False, id="quick"),
-         pytest.param(True, marks=[pytest.mark.faults, pytest.mark.timeout(1800)], id="full")]
+         pytest.param(True, marks=[pytest.mark.faults, pytest.mark.slow,
+                                   pytest.mark.timeout(1800)], id="full")]
 
 
 # -- strategies ---------------------------------------------------------------------------------
