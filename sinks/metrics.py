@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -79,19 +80,23 @@ CAMPAIGN_METRICS: dict[str, tuple[str, str, str | None]] = {
 _ALWAYS = {"examinations": ("in_province", "out_of_province")}
 
 
-class CampaignCollector(Collector):
-    """Reads ``campaign_counters`` at scrape time (cached for ``ttl`` seconds)."""
+class CachedQuery:
+    """A query for a scrape-time collector: run on its own autocommit connection, cached for
+    ``ttl`` seconds, and answered with the last result while PostgreSQL is away."""
 
-    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
+    def __init__(self, connect: Callable[[], psycopg2.extensions.connection], sql: str,
+                 convert: Callable[[list[tuple[Any, ...]]], Any], initial: Any,
                  ttl: float = 1.0) -> None:
         self._connect = connect
+        self._sql = sql
+        self._convert = convert
         self._conn: psycopg2.extensions.connection | None = None
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._cached: dict[tuple[str, str], int] = {}
+        self._cached = initial
         self._at = 0.0
 
-    def read(self) -> dict[tuple[str, str], int]:
+    def read(self) -> Any:
         with self._lock:
             if time.monotonic() - self._at < self._ttl:
                 return self._cached
@@ -100,15 +105,29 @@ class CampaignCollector(Collector):
                     self._conn = self._connect()
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
-                    cur.execute("SELECT metric, label, value FROM campaign_counters")
-                    self._cached = {(m, lbl): v for m, lbl, v in cur.fetchall()}
+                    cur.execute(self._sql)
+                    self._cached = self._convert(cur.fetchall())
                 self._at = time.monotonic()
             except psycopg2.Error as exc:  # keep serving the last values while PG is away
-                log.debug("campaign counters unavailable: %s", exc)
+                log.debug("scrape query failed: %s", exc)
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
             return self._cached
+
+
+class CampaignCollector(Collector):
+    """Reads ``campaign_counters`` at scrape time (cached for ``ttl`` seconds)."""
+
+    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
+                 ttl: float = 1.0) -> None:
+        self._query = CachedQuery(
+            connect, "SELECT metric, label, value FROM campaign_counters",
+            lambda rows: {(m, lbl): v for m, lbl, v in rows}, {}, ttl)
+
+    def read(self) -> dict[tuple[str, str], int]:
+        values: dict[tuple[str, str], int] = self._query.read()
+        return values
 
     def collect(self) -> Iterator[Metric]:
         values = self.read()

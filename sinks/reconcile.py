@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from psycopg2.extras import execute_values
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from sinks.metrics import CachedQuery
 from streams.validation import VN_TZ, parse_datetime
 
 __all__ = ["FacilityReportCollector", "ReconcileResult", "Reconciler", "STATUSES",
@@ -290,31 +291,12 @@ class FacilityReportCollector(Collector):
 
     def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
                  ttl: float = 1.0) -> None:
-        self._connect = connect
-        self._conn: psycopg2.extensions.connection | None = None
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._cached: tuple[Any, ...] | None = None
-        self._at = 0.0
+        self._query = CachedQuery(connect, SQL_GAUGES, lambda rows: rows[0] if rows else None,
+                                  None, ttl)
 
     def read(self) -> tuple[Any, ...] | None:
-        with self._lock:
-            if time.monotonic() - self._at < self._ttl:
-                return self._cached
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                    self._conn.autocommit = True
-                with self._conn.cursor() as cur:
-                    cur.execute(SQL_GAUGES)
-                    self._cached = cur.fetchone()
-                self._at = time.monotonic()
-            except psycopg2.Error as exc:  # keep serving the last values while PG is away
-                log.debug("facility reports unavailable: %s", exc)
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-            return self._cached
+        result: tuple[Any, ...] | None = self._query.read()
+        return result
 
     def collect(self) -> Iterator[Metric]:
         values = self.read()
