@@ -26,8 +26,8 @@ pytestmark = pytest.mark.faults  # in make faults, and (not slow) in make test t
 
 BROKER = broker_corpus()
 GATEWAY = gateway_corpus()
-#: a case must be handled in well under this (no hang, no allocation bomb)
-PER_CASE_S = 1.0
+#: a case takes milliseconds; no hang, no allocation bomb (room left for a shared machine)
+PER_CASE_S = 5.0
 
 
 def test_the_corpora_are_large_enough() -> None:
