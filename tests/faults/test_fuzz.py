@@ -290,7 +290,8 @@ def _check_dossier(data: bytes) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    lambda inner: st.lists(inner, min_size=1, max_size=3)
+    | st.dictionaries(TEXT, inner, min_size=1, max_size=3),
     max_leaves=8)
 
 
