@@ -153,7 +153,9 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat.interval.ms": max(500, int(settings.kafka_session_timeout_s * 1000) // 5),
         "fetch.min.bytes": 1,
-        "fetch.wait.max.ms": 100,
+        # Tansu holds a fetch for most of this wait even when data arrives (Apache Kafka
+        # answers at once): short, or every hop adds it to the latency.
+        "fetch.wait.max.ms": 25,
         "enable.partition.eof": False,
     }
     conf.update(overrides)

@@ -131,17 +131,17 @@ class Settings(BaseSettings):
     sink_group: str = Field("ehb-sink", description="Consumer group of the PostgreSQL sink.")
     sink_batch_size: int = Field(5000, ge=1, description="Max records per sink transaction.")
     sink_batch_timeout_s: float = Field(
-        0.1, gt=0, description="Max wait to fill a sink batch before writing it."
+        0.05, gt=0, description="Max wait to fill a sink batch before writing it."
     )
     worker_batch_size: int = Field(
-        200, ge=1, description="Max input messages the worker handles per batch."
+        100, ge=1, description="Max input messages the worker handles per batch."
     )
     worker_instance_id: str | None = Field(
         None, description="Static group membership (group.instance.id) of a worker: a worker "
         "restarted with the same id takes its partitions back without a rebalance. Unique per "
         "worker; unset: dynamic membership.")
     worker_fetch_max_wait_ms: int = Field(
-        100, ge=1, le=1500, description="Longest a worker's fetch waits for data (Faust "
+        25, ge=1, le=1500, description="Longest a worker's fetch waits for data (Faust "
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).")
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."

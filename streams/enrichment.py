@@ -32,7 +32,7 @@ IN_PROVINCE = "IN_PROVINCE"
 OUT_OF_PROVINCE = "OUT_OF_PROVINCE"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)
 def event_time_ms(value: str) -> int:
     """A yyyymmddHHMM (Vietnam time) value as epoch milliseconds."""
     return int(parse_datetime(value).timestamp() * 1000)

@@ -180,7 +180,7 @@ def _has_nul(record: Mapping[str, Any]) -> bool:
     return any(isinstance(v, str) and "\x00" in v for v in record.values())
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)
 def parse_datetime(value: str) -> datetime:
     """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 
 from ehb.settings import Settings
 from producers.simulator import CitySimulator, SimulationConfig
+from schemas.reference import FacilityRegistry
+from streams.validation import VN_TZ, Validator
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,13 @@ CONFIG = SimulationConfig(events=EVENTS, seed=11, days=90, invalid_share=0.01)
 
 def _events() -> list[dict[str, Any]]:
     return list(CitySimulator(CONFIG).events())
+
+
+def expected_citizens(events: list[dict[str, Any]]) -> set[str]:
+    """Citizen IDs of the events the validator accepts."""
+    validator = Validator(FacilityRegistry.from_reference())
+    now = datetime.now(VN_TZ)
+    return {e["so_cccd"] for e in events if validator.validate(e, now) is None}
 
 
 def snapshot(d: Deployment) -> dict[str, Any]:
@@ -88,9 +98,11 @@ def test_reference_run_exercises_every_decision(reference: dict[str, Any]) -> No
     appointment_statuses = Counter(s for _, s, _, _ in reference["appointments"])
     assert appointment_statuses["kept"] > 0 and appointment_statuses["missed"] > 0
     assert any(reminded for _, _, reminded, _ in reference["appointments"])
-    # integration counted once per citizen however many exams follow
+    # integration counted once per citizen however many exams follow: exactly the distinct
+    # citizens among the valid events of the input
     counters = dict(((m, lbl), v) for m, lbl, v in reference["counters"])
     assert counters[("health_books_integrated", "")] == len(reference["books"])
+    assert len(reference["books"]) == len(expected_citizens(_events()))
     assert reference["entries"] > len(reference["books"])
 
 
