@@ -167,10 +167,13 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         broker_commit_interval=1.0,
         # Each input message carries up to ~100 events (tens of kB): keep the prefetch and the
         # agents' buffers to a couple of batches, or they hold hundreds of MB of backlog.
-        # 1 MB a partition (~30 input messages) instead of 4 MB: worker peak 305 -> 267 MB
-        # draining a 200,000-event backlog, same throughput (make bench).
+        # Not below 4 MB a partition: with 1 MB (worker peak 305 -> 267 MB draining 200,000
+        # events) a two-worker demo of 200,000 events stalled for good at 183,053, twice,
+        # three input partitions assigned and never fetched; with 4 MB it completes. Tansu
+        # seems not to return a record batch larger than the partition's fetch size (Apache
+        # Kafka does, KIP-74); librdkafka producers write batches up to 1 MB.
         broker_max_poll_records=2000,
-        consumer_max_fetch_size=1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=2 * settings.worker_batch_size,
         producer_acks=-1,
