@@ -43,16 +43,13 @@ from schemas.registry import codec_for
 from streams import metrics
 from streams.citizen_state import NEVER, CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
-from streams.internal import decode_validated, encode_validated
+from streams.internal import decode_validated, encode_chunks, encode_validated
 from streams.output import OutputProducer
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-#: events per internal message (~1 kB each): small enough that the buffers of the stateful
-#: agent (Faust's stream buffer, aiokafka's prefetch) stay small in memory
-MAX_ITEMS_PER_MESSAGE = 100
 #: internal messages per batch of the stateful agent (<= 5,000 events)
 STATE_BATCH_MESSAGES = 50
 
@@ -224,10 +221,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             progress.update(result)
             sources = progress.sources(app.consumer)
             for partition, items in result.by_partition.items():
-                for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
-                    chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
-                    output.produce(t_by_citizen, encode_validated(chunk, sources),
-                                   partition=partition)
+                for value in encode_chunks(items, sources):
+                    output.produce(t_by_citizen, value, partition=partition)
                 progress.sent(partition, sources)
             send_progress(sources, set(result.by_partition))
             for facility, dead_letter in result.dead_letters:

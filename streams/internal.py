@@ -12,22 +12,33 @@ valid on the topic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
 
-__all__ = ["MSGPACK_MARKER", "decode_validated", "encode_validated"]
+__all__ = ["MAX_ITEMS_PER_MESSAGE", "MSGPACK_MARKER", "decode_validated", "encode_chunks",
+           "encode_validated"]
 
 MSGPACK_MARKER = b"\x01"
+#: events per internal message (~1 kB each): small enough that the buffers of the stateful
+#: agent (Faust's stream buffer, aiokafka's prefetch) stay small in memory
+MAX_ITEMS_PER_MESSAGE = 100
 
 
 def encode_validated(items: Sequence[dict[str, Any]],
                      sources: Sequence[dict[str, Any]] = ()) -> bytes:
     return MSGPACK_MARKER + msgpack.packb({"items": items, "sources": sources},
                                           use_bin_type=True)
+
+
+def encode_chunks(items: Sequence[dict[str, Any]],
+                  sources: Sequence[dict[str, Any]] = ()) -> Iterator[bytes]:
+    """``items`` as internal messages of at most MAX_ITEMS_PER_MESSAGE events each."""
+    for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
+        yield encode_validated(items[i:i + MAX_ITEMS_PER_MESSAGE], sources)
 
 
 def decode_validated(value: bytes | None, codec: AvroCodec

@@ -54,14 +54,11 @@ from schemas import SUBJECTS, AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from streams.intake import Intake, SourceMessage
-from streams.internal import encode_validated
+from streams.internal import encode_chunks
 
 __all__ = ["ReplaySummary", "replay"]
 
 log = logging.getLogger(__name__)
-
-#: events per internal message, as the workers' intake (keeps messages well under 1 MB)
-MAX_ITEMS_PER_MESSAGE = 100
 
 
 @dataclass
@@ -220,10 +217,9 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
             if producer is not None:
                 # Items only, no intake progress: a replay never moves the event-time clock.
                 for partition, items in result.by_partition.items():
-                    for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
-                        chunk = items[i:i + MAX_ITEMS_PER_MESSAGE]
-                        producer.produce(by_citizen, encode_validated(chunk),
-                                         partition=partition, on_delivery=on_delivery)
+                    for value in encode_chunks(items):
+                        producer.produce(by_citizen, value, partition=partition,
+                                         on_delivery=on_delivery)
                         producer.poll(0)
                 for facility, dead_letter in result.dead_letters:
                     producer.produce(t_dead_letter, encode_dead_letter(dead_letter),
