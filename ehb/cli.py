@@ -24,6 +24,7 @@ from rich.table import Table
 
 from ehb.exceptions import EhbError
 from ehb.logs import configure_logging
+from ehb.runtime import tune_gc
 from ehb.settings import Settings
 
 __all__ = ["app", "main"]
@@ -99,8 +100,9 @@ def up(
     try:
         stack_settings = settings.model_copy(update={"kafka_bootstrap": info.bootstrap})
         create_topics(stack_settings)
-        from ehb.db import connect
         from pydantic import SecretStr
+
+        from ehb.db import connect
 
         conn = connect(settings.model_copy(update={"database_url": SecretStr(info.database_url)}))
         migrate(conn)
@@ -195,6 +197,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
     faust_worker = faust.Worker(faust_app, loglevel=settings.log_level.lower()
                                 .replace("warning", "warn"), quiet=True,
                                 redirect_stdouts=False)
+    tune_gc(settings.gc_young_threshold)
     faust_worker.execute_from_commandline()
 
 

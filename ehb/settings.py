@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     worker_fetch_max_wait_ms: int = Field(
         25, ge=1, le=1500, description="Longest a worker's fetch waits for data (Faust "
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).")
+    gc_young_threshold: int = Field(
+        50_000, ge=0, description="Allocations between two young-generation passes of "
+        "Python's garbage collector in the worker and the sink (Python's default: 700). "
+        "Higher spends less time collecting (the worker: ~25% less CPU per event) and keeps "
+        "a few MB of cyclic garbage a little longer; 0 keeps Python's defaults.")
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."
     )

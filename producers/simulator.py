@@ -119,7 +119,7 @@ class CitySimulator:
     def __init__(self, config: SimulationConfig, registry: FacilityRegistry | None = None):
         self.config = config
         self.registry = registry or FacilityRegistry.from_reference()
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)  # noqa: S311 - simulation, not cryptography
         self.facilities: list[Facility] = [
             f for f in (self.registry.get(c) for c in self.registry.codes()) if f is not None
         ]
@@ -144,7 +144,7 @@ class CitySimulator:
         return patient
 
     def _make_patient(self, index: int) -> Patient:
-        rng = random.Random(self.config.seed * 1_000_003 + index)
+        rng = random.Random(self.config.seed * 1_000_003 + index)  # noqa: S311
         sex = rng.choice((1, 2))
         year = rng.randint(1935, 2023)
         born = datetime(year, rng.randint(1, 12), rng.randint(1, 28), tzinfo=VN_TZ)

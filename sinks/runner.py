@@ -9,6 +9,7 @@ from collections import Counter
 from prometheus_client import REGISTRY, start_http_server
 
 from ehb.db import connect
+from ehb.runtime import tune_gc
 from ehb.settings import Settings
 from schemas import SUBJECTS
 from sinks import metrics
@@ -64,6 +65,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     # facility-reports -> facility_reports, and the periodic reconciliation (sinks.reconcile)
     reports = ReportSink(settings, connect_quickly, consumer.codec, stop).start()
+    tune_gc(settings.gc_young_threshold)
     try:
         consumer.run(handle, batch_size=settings.sink_batch_size,
                      batch_timeout=settings.sink_batch_timeout_s, stop=stop)

@@ -136,8 +136,12 @@ def _shorten_fetch_wait() -> None:
     thread_class._ehb_patched = True
 
 
+#: one encoder for the changelog (json.dumps with arguments builds a new one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _JSON.encode(value).encode()
 
 
 def create_app(settings: Settings, codec: AvroCodec | None = None,

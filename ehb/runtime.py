@@ -1,0 +1,37 @@
+"""Process-level tuning of the long-running services (stream worker, sink).
+
+Python's cyclic garbage collector runs a young-generation pass every 700 container
+allocations by default and, every few of those, an older-generation pass that walks every
+object that survived. A worker allocates dozens of dicts and lists per event and keeps a
+large, slowly growing heap (Faust, the citizens table), so with the defaults it spends a
+fifth of its time in the collector: measured in-process on 100,000 simulated events
+(decode -> validate -> enrich -> internal hop -> state machine -> encode), 99 µs of CPU per
+event with the defaults, 75 µs with a young threshold of 50,000. Reference counting still
+frees nearly everything at once; the threshold only spaces out the passes that look for
+reference cycles, at the cost of a few MB of cyclic garbage living a little longer.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+__all__ = ["tune_gc"]
+
+log = logging.getLogger(__name__)
+
+
+def tune_gc(young_threshold: int) -> None:
+    """Freeze what start-up allocated and space out the collector's passes.
+
+    ``young_threshold`` 0 leaves Python's defaults. Call it once the service is built and
+    before it starts processing: ``gc.freeze()`` moves every object alive at that point
+    (modules, settings, registries, the app) out of the collector's sight for good.
+    """
+    if young_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(young_threshold, max(middle, 20), max(old, 100))
+    log.debug("gc thresholds %s, %d objects frozen", gc.get_threshold(), gc.get_freeze_count())

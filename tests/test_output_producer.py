@@ -1,0 +1,45 @@
+"""The worker's buffered sender (streams.output.OutputProducer) on the real broker: everything
+queued is on the broker once ``flush`` returns, and a message the broker cannot take fails the
+flush (the batch is then not acknowledged) even though only errors are reported back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ehb.kafka import producer_config
+from streams.output import OutputError, OutputProducer
+from tests.fixtures import DeploymentFactory
+
+
+@pytest.mark.integration
+def test_flush_returns_once_everything_is_on_the_broker(deploy: DeploymentFactory) -> None:
+    d = deploy(workers=0, sink=False, partitions=2)
+    output = OutputProducer(producer_config(d.settings))
+    topic = d.settings.topic("health-book")
+    for n in range(500):
+        output.produce(topic, f"v{n}".encode(), key=f"k{n}".encode())
+    output.produce(topic, b"on partition 1", partition=1)
+    asyncio.run(output.flush())
+    output.close()
+
+    messages = d.read_topic("health-book")
+    values = sorted(m.value() for m in messages)
+    assert values == sorted([f"v{n}".encode() for n in range(500)] + [b"on partition 1"])
+    assert [m.partition() for m in messages if m.value() == b"on partition 1"] == [1]
+    assert output.sent == 501
+
+
+@pytest.mark.integration
+def test_an_undeliverable_message_fails_the_flush(deploy: DeploymentFactory) -> None:
+    d = deploy(workers=0, sink=False, partitions=2)
+    output = OutputProducer(producer_config(d.settings))
+    topic = d.settings.topic("health-book")
+    output.produce(topic, b"fine", key=b"k")
+    output.produce(topic, b"nowhere to go", partition=7)  # the topic has 2 partitions
+    with pytest.raises(OutputError, match="1 messages not delivered"):
+        asyncio.run(output.flush())
+    asyncio.run(output.flush())  # the error is reported once; the good message was delivered
+    output.close()
+    assert [m.value() for m in d.read_topic("health-book")] == [b"fine"]
