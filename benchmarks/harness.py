@@ -64,29 +64,55 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 class MemoryWatch:
-    """Peak RSS per named process: psutil samples every ``interval`` plus VmHWM when read.
+    """Peak RSS and CPU time per named process: psutil samples every ``interval`` plus VmHWM
+    when read.
 
     VmHWM is exact (the kernel's high-water mark) but only readable while the process lives;
-    the samples keep a (lower-bound) figure for a process that exits between two reads.
+    the samples keep a (lower-bound) figure for a process that exits between two reads. CPU
+    time (user + system, all threads) is counted from a process's first sample to its last;
+    a ``tree`` process counts its live children too (PostgreSQL: the postmaster and its
+    backends).
     """
 
     def __init__(self, interval: float = 0.25) -> None:
         self.interval = interval
         self.pids: dict[str, int] = {}
+        self.trees: set[str] = set()
         self.peaks: dict[str, float] = {}
+        self._cpu_first: dict[str, float] = {}
+        self._cpu_last: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
 
-    def watch(self, name: str, pid: int | None) -> None:
+    def watch(self, name: str, pid: int | None, tree: bool = False) -> None:
         if pid is not None:
             self.pids[name] = pid
+            if tree:
+                self.trees.add(name)
+            self._sample_cpu(name, pid)
 
     def start(self) -> MemoryWatch:
         self._thread.start()
         return self
 
+    def _sample_cpu(self, name: str, pid: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            family = [process, *(process.children(recursive=True) if name in self.trees
+                                 else ())]
+            total = 0.0
+            for member in family:
+                with contextlib.suppress(psutil.Error):
+                    times = member.cpu_times()
+                    total += times.user + times.system
+            self._cpu_first.setdefault(name, total)
+            self._cpu_last[name] = total
+
     def sample(self) -> None:
         for name, pid in list(self.pids.items()):
+            self._sample_cpu(name, pid)
+            if name in self.trees:
+                continue
             rss: float | None = peak_rss_mb(pid)
             if rss is None:
                 with contextlib.suppress(psutil.Error):
@@ -97,6 +123,11 @@ class MemoryWatch:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each process used between its first and its last sample."""
+        return {name: round(self._cpu_last[name] - first, 2)
+                for name, first in self._cpu_first.items()}
 
     def stop(self) -> dict[str, float]:
         self.sample()

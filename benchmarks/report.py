@@ -104,6 +104,29 @@ def _max_rss(runs: list[dict[str, Any]], prefix: str) -> float | None:
     return max(values) if values else None
 
 
+#: processes whose CPU time is reported per event, in this order
+CPU_PROCESSES = ("worker-1", "sink", "broker", "postgresql", "producer")
+
+
+def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Median CPU time per event of each process (µs): where the machine's cores went."""
+    per: dict[str, list[float]] = {}
+    for run in runs:
+        for name, seconds in (run.get("cpu_seconds") or {}).items():
+            per.setdefault(name, []).append(seconds * 1e6 / run["events"])
+    if not per:
+        return None
+    return {name: round(statistics.median(per[name]), 1)
+            for name in CPU_PROCESSES if name in per}
+
+
+def _fmt_cpu(values: dict[str, float] | None) -> str:
+    if not values:
+        return "—"
+    return " / ".join(f"{values[name]:.0f}" if name in values else "—"
+                      for name in CPU_PROCESSES[:4]) + " µs"
+
+
 def figures(runs: dict[str, Any]) -> dict[str, Any]:
     """Headline figures: medians over the repeats, peaks over every run."""
     one = runs.get("pipeline_1_worker", [])
@@ -135,6 +158,8 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
     if out["pipeline_events_per_second"] and out["raw_end_to_end_events_per_second"]:
         out["ratio_end_to_end"] = round(out["pipeline_events_per_second"]
                                         / out["raw_end_to_end_events_per_second"], 3)
+    out["cpu_us_per_event_drain"] = _cpu_per_event(pipe_drain)
+    out["cpu_us_per_event_end_to_end"] = _cpu_per_event(one)
     year = runs.get("year")
     every = [*one, *two, *pipe_drain, *runs.get("latency", []), *([year] if year else [])]
     out["worker_peak_rss_mb"] = _max_rss(every, "worker")
@@ -225,6 +250,10 @@ def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, st
              _fmt(fig["pipeline_drain_events_per_second"], " events/s"), "", ""),
             ("Pipeline / ceiling (drains)", _fmt(fig.get("ratio_to_ceiling"), "×"),
              "≥ 0.5×", _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True)),
+            ("CPU per event, pipeline drain (worker / sink / broker / PostgreSQL)",
+             _fmt_cpu(fig.get("cpu_us_per_event_drain")), "", ""),
+            ("CPU per event, end to end, 1 worker (worker / sink / broker / PostgreSQL)",
+             _fmt_cpu(fig.get("cpu_us_per_event_end_to_end")), "", ""),
         ]
         if fig.get("latency_p99_ms") is not None:
             out.append((f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"

@@ -116,6 +116,7 @@ def _watch(ctx: Context, deployment: Deployment) -> MemoryWatch:
     if deployment.sink is not None:
         watch.watch("sink", deployment.sink.proc.pid)
     watch.watch("broker", ctx.stack.broker_pid)
+    watch.watch("postgresql", ctx.stack.postgres_pid, tree=True)
     return watch
 
 
@@ -150,6 +151,7 @@ def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None
             profiles[spy.name] = summarize(path, seconds=spied_for, rate=spy.rate,
                                            worker=spy.name.startswith("worker"))
         peaks = watch.stop()
+        cpu = watch.cpu_seconds()
         last_commit = float(deployment.scalar(LAST_COMMIT))
         exact = _accounted_exactly(deployment)
         tables = {t: deployment.count(t) for t in CENSUS} if census else None
@@ -165,7 +167,7 @@ def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None
         "publish_seconds": published["seconds"],
         "publish_events_per_second": _eps(published["events"], published["seconds"]),
         "messages": published["messages"], "peak_rss_mb": peaks,
-        "load_before": load_before, "load_after": loadavg(),
+        "cpu_seconds": cpu, "load_before": load_before, "load_after": loadavg(),
     }
     if exact != expected or accounted != expected:
         result["error"] = f"{exact} events accounted for, {expected} published"
@@ -228,6 +230,7 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
         out["pipeline_drain"] = {
             "events": n, "accounted": exact, "seconds": round(last - first, 3),
             "events_per_second": _eps(n, last - first), "peak_rss_mb": peaks,
+            "cpu_seconds": watch.cpu_seconds(),
         }
         if exact != n:
             out["pipeline_drain"]["error"] = f"{exact} events accounted for, {n} published"

@@ -40,6 +40,10 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     runs = result["runs"]
     assert runs["pipeline_1_worker"][0]["accounted"] == result["parameters"]["events"]
     assert set(runs["pipeline_2_workers"][0]["peak_rss_mb"]) >= {"worker-1", "worker-2", "sink"}
+    # where the cores went: every process of the pipeline used some CPU time during the drain
+    cpu = figures["cpu_us_per_event_drain"]
+    assert set(cpu) >= {"worker-1", "sink", "broker", "postgresql"}, cpu
+    assert all(v > 0 for v in cpu.values()), cpu
     assert all(result["versions"][name] for name in (
         "python", "faust-streaming", "confluent-kafka", "fastavro", "psycopg2", "postgresql",
         "tansu"))
