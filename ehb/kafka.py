@@ -155,7 +155,7 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "fetch.min.bytes": 1,
         # Tansu holds a fetch for most of this wait even when data arrives (Apache Kafka
         # answers at once): short, or every hop adds it to the latency.
-        "fetch.wait.max.ms": 25,
+        "fetch.wait.max.ms": settings.consumer_fetch_max_wait_ms,
         "enable.partition.eof": False,
     }
     conf.update(overrides)

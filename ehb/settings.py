@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         "Python's garbage collector in the worker and the sink (Python's default: 700). "
         "Higher spends less time collecting (the worker: ~25% less CPU per event) and keeps "
         "a few MB of cyclic garbage a little longer; 0 keeps Python's defaults.")
+    consumer_fetch_max_wait_ms: int = Field(
+        25, ge=1, le=5000, description="Longest a fetch of the sink (and of the other "
+        "confluent-kafka consumers: tail, replay, downstream clients) waits for data. Tansu "
+        "holds a fetch that long even when data arrives, adding it to the latency; Apache "
+        "Kafka answers at once, so a longer wait only spaces out idle polls.")
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."
     )

@@ -52,7 +52,8 @@ an old episode does not open them again (and re-send outdated records downstream
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,10 +262,12 @@ class CitizenStateMachine:
         _prune(state, watermark, self.config.closed_retention_ms)
         # Only visits within the allowed lateness count: a later decision never depends on
         # how long an older visit happened to stay in memory.
-        visits: list[list[Any]] = [v for v in state.get("v", ()) if v[1] >= watermark]
+        visits: list[Sequence[Any]] = [v for v in state.get("v", ()) if v[1] >= watermark]
         if admitted >= watermark:
             if all(v[2] != event_id for v in visits):
-                visits.append([facility, admitted, event_id])
+                # a tuple, never changed once made (copies of the state share it); the
+                # facility code interned: a year holds millions of visits of ~1,000 facilities
+                visits.append((sys.intern(facility), admitted, event_id))
                 state["v"] = visits
             # this visit may complete open referrals and keep open appointments
             self._match_visit(key, state, facility, admitted, event_id, published, out)
@@ -419,7 +422,7 @@ def _copy(state: Mapping[str, Any] | int | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in state.items():
         if k == "v":
-            out[k] = [list(x) for x in v]
+            out[k] = list(v)  # visits are never changed in place: share them
         elif k in ("r", "a"):
             out[k] = {i: list(x) for i, x in v.items()}
         elif k == "d":

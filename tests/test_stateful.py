@@ -4,6 +4,7 @@ restarted (its table recovered from the changelog)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -50,14 +51,21 @@ def snapshot(d: Deployment) -> dict[str, Any]:
 
 
 def settle(d: Deployment, timeout: float = 180) -> dict[str, Any]:
-    """Wait until every event is accounted for and the state stops changing."""
+    """Wait until every event is accounted for and the state stops changing.
+
+    "Stops changing" must outlast ``partition_idle_s``: the last timers (referrals expired,
+    appointments missed) fire only once the input partitions are idle that long and release
+    the event-time clock. A shorter window (it was 3 s, with 5 s of idle time) can return
+    the state from just before, and a run compared with it then differs (seen once).
+    """
     d.wait_for_events(EVENTS, timeout)
     previous: list[dict[str, Any]] = []
+    polls = math.ceil(d.settings.partition_idle_s + 3) + 1  # 1 s apart
 
     def stable() -> dict[str, Any] | None:
         current = snapshot(d)
         previous.append(current)
-        return current if len(previous) >= 4 and previous[-4] == current else None
+        return current if len(previous) >= polls and previous[-polls] == current else None
 
     return wait_until(stable, timeout, interval=1.0, message="a stable final state")
 

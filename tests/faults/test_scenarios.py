@@ -10,6 +10,7 @@ the default suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -106,6 +107,21 @@ def _record_failure(d: Deployment, name: str, size: Size, expectation: Expectati
     report.add(finish(result, monitor, len(expectation.outcome), drain_seconds=0))
 
 
+@contextlib.contextmanager
+def _scenario(d: Deployment, name: str, size: Size, expectation: Expectation, monitor: Monitor,
+              report: FaultReport, load: LoadProcess) -> Iterator[None]:
+    """One scenario's run: if it fails, the report still gets its row (what the database
+    holds); the load and the monitor stop either way."""
+    try:
+        yield
+    except BaseException as exc:
+        _record_failure(d, name, size, expectation, monitor, report, exc)
+        raise
+    finally:
+        load.stop()
+        monitor.stop()
+
+
 def _run_end(d: Deployment, name: str, size: Size, expectation: Expectation,
              monitor: Monitor, load: LoadProcess, report: FaultReport,
              notes: list[str] | None = None) -> None:
@@ -135,7 +151,7 @@ def test_worker_killed_at_random_moments(deploy: DeploymentFactory, fault_report
     rate = 0 if size is FULL else size.events / size.span_s
     load = LoadProcess(d, events=size.events, rate=rate).start()
     moments = sorted(rng.uniform(0.1, 0.85) for _ in range(size.worker_kills))
-    try:
+    with _scenario(d, S1, size, expectation, monitor, fault_report, load):
         for n, moment in enumerate(moments, 1):
             wait_committed(d, monitor, moment * total, size.timeout)
             alive = [w for w in d.workers if w.proc.poll() is None]
@@ -161,12 +177,6 @@ def test_worker_killed_at_random_moments(deploy: DeploymentFactory, fault_report
                  fault_report, [f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)}"
                                 " of the committed events (seed "
                                 f"{SEED})"])
-    except BaseException as exc:
-        _record_failure(d, S1, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
 
 
 # -- 2. kill -9 of the sink while it writes a batch ----------------------------------------------
@@ -187,7 +197,7 @@ def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
     monitor = Monitor(d).start()
     load = LoadProcess(d, events=size.events).start()
     caught = 0
-    try:
+    with _scenario(d, S2, size, expectation, monitor, fault_report, load):
         for n, moment in enumerate(sorted(rng.uniform(0.1, 0.8)
                                           for _ in range(size.sink_kills)), 1):
             wait_committed(d, monitor, moment * total, size.timeout)
@@ -209,12 +219,6 @@ def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
                  [f"{caught} of {size.sink_kills} kills landed inside a write transaction "
                   "(pg_stat_activity.backend_xid set)"])
         assert caught >= 1  # at least one kill landed mid-transaction (all, at full size)
-    except BaseException as exc:
-        _record_failure(d, S2, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
 
 
 # -- 3. PostgreSQL stopped mid-run, then restarted ----------------------------------------------
@@ -243,7 +247,7 @@ def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
     monitor = Monitor(d).start()
     rate = 0 if size is FULL else size.events / size.span_s
     load = LoadProcess(d, events=size.events, rate=rate).start()
-    try:
+    with _scenario(d, S3, size, expectation, monitor, fault_report, load):
         wait_committed(d, monitor, 0.3 * total, size.timeout)
         drop_connection(d)  # the test's own; the pipeline's are the fault's business
         fault = monitor.fault("PostgreSQL stopped", seconds=size.db_outage_s)
@@ -256,12 +260,6 @@ def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
                  load, fault_report)
         sink_log = d.sink.log.read_text() if d.sink else ""
         assert "PostgreSQL unavailable" in sink_log  # the sink did wait and retry
-    except BaseException as exc:
-        _record_failure(d, S3, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
 
 
 # -- 4. the broker unreachable from the producers; a producer killed meanwhile ----------------
@@ -275,7 +273,8 @@ def test_broker_unreachable_from_producers_and_producer_killed(
     monitor = Monitor(d).start()
     load = LoadProcess(d, events=size.events, bootstrap=proxy.bootstrap,
                        rate=size.events / size.span_s).start()
-    try:
+    with contextlib.closing(proxy), _scenario(d, S4, size, expectation, monitor,
+                                                 fault_report, load):
         wait_until(lambda: load.status().get("accepted", 0) >= 0.25 * total, size.timeout,
                    interval=0.05, message="25% accepted")
         fault = monitor.fault("broker unreachable from the producers",
@@ -300,13 +299,6 @@ def test_broker_unreachable_from_producers_and_producer_killed(
                  [f"the outbox held {held:,} events when the producer was killed"])
         assert kill.detail["outbox_events_after_kill"] >= held
         assert outbox_pending(load.outbox_file) == 0
-    except BaseException as exc:
-        _record_failure(d, S4, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
-        proxy.close()
 
 
 # -- 5. poison records: valid Avro that the database refuses ------------------------------------
@@ -384,7 +376,7 @@ def test_poison_records_are_dead_lettered_and_the_rest_flows(
         expectation.add(event_id, "db_rejected")
     monitor = Monitor(d).start()
     load = LoadProcess(d, events=size.events).start()
-    try:
+    with _scenario(d, S5, size, expectation, monitor, fault_report, load):
         wait_committed(d, monitor, 0.3 * total, size.timeout)
         fault = monitor.fault("poison records published", records=len(poison))
         for n, (_, topic, value, _) in enumerate(poison):
@@ -396,12 +388,6 @@ def test_poison_records_are_dead_lettered_and_the_rest_flows(
         _run_end(d, S5, size,
                  expectation, monitor, load, fault_report,
                  ["poison: " + "; ".join(what for what, *_ in poison)])
-    except BaseException as exc:
-        _record_failure(d, S5, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
 
 
 # -- 6. the same events twice, and out of order -------------------------------------------------
@@ -416,12 +402,6 @@ def test_events_published_twice_and_out_of_order(deploy: DeploymentFactory,
     fault = monitor.fault("out of order (windows of 5,000) + 10% of the events re-sent",
                           resent=size.events // 10)
     fault.ended = fault.started
-    try:
+    with _scenario(d, S6, size, expectation, monitor, fault_report, load):
         _run_end(d, S6, size, expectation, monitor, load,
                  fault_report, [f"{size.events // 10:,} events published a second time"])
-    except BaseException as exc:
-        _record_failure(d, S6, size, expectation, monitor, fault_report, exc)
-        raise
-    finally:
-        load.stop()
-        monitor.stop()
