@@ -50,6 +50,28 @@ def wait_until(condition: Callable[[], T], timeout: float = 60.0, interval: floa
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message} (last: {last!r})")
 
 
+def wait_stable(value: Callable[[], T | None], hold_s: float, timeout: float = 120.0,
+                interval: float = 0.5, message: str = "a stable value") -> T:
+    """Poll ``value`` until it is not None and has not changed for ``hold_s`` seconds.
+
+    For the pipeline's final state, ``hold_s`` must outlast ``partition_idle_s``: the last
+    timers (reminders, referrals expired, appointments missed) fire only once the input
+    partitions have been idle that long and release the event-time clock."""
+    since: float | None = None
+    last: Any = None
+
+    def held() -> T | None:
+        nonlocal since, last
+        current = value()
+        now = time.monotonic()
+        if current is None or current != last:
+            since, last = now, current
+            return None
+        return current if since is not None and now - since >= hold_s else None
+
+    return wait_until(held, timeout, interval, message)
+
+
 def _with_database(url: str, database: str) -> str:
     base, _, _ = url.rpartition("/")
     return f"{base}/{database}"

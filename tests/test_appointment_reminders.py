@@ -16,7 +16,7 @@ import pytest
 from producers.simulate import run_simulation
 from producers.simulator import SimulationConfig
 from sinks.tail import Start, TopicReader
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +55,16 @@ def test_example_service_receives_exactly_the_appointments(deploy: DeploymentFac
         publisher.close()
     d.wait_for_events(summary["events_published"])
 
-    # the topic is complete once the sink's tables say what the topic says
+    # the topic is complete once the sink's tables say what the topic says, and stays so
+    # past the partitions' idle time (the last reminders and missed appointments fire then)
     def settled() -> Counter[tuple[str, str]] | None:
         produced = topic_appointments(d)
         in_db = database_appointments(d)
         by_type = {kind: {aid for (k, aid) in produced if k == kind} for kind in in_db}
         return produced if by_type == in_db else None
 
-    produced = wait_until(settled, 90, interval=0.5, message="appointments topic = table")
+    produced = wait_stable(settled, d.settings.partition_idle_s + 2, 120,
+                           message="appointments topic = table, for good")
     kinds = Counter(kind for kind, _ in produced.elements())
     assert kinds["SCHEDULED"] >= 10 and kinds["REMINDER"] >= 3, kinds
     print("appointment records of the simulated run:", dict(kinds))

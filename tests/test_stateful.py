@@ -4,7 +4,6 @@ restarted (its table recovered from the changelog)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from ehb.settings import Settings
 from producers.simulator import CitySimulator, SimulationConfig
 from schemas.reference import FacilityRegistry
 from streams.validation import VN_TZ, Validator
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,23 +50,12 @@ def snapshot(d: Deployment) -> dict[str, Any]:
 
 
 def settle(d: Deployment, timeout: float = 180) -> dict[str, Any]:
-    """Wait until every event is accounted for and the state stops changing.
-
-    "Stops changing" must outlast ``partition_idle_s``: the last timers (referrals expired,
-    appointments missed) fire only once the input partitions are idle that long and release
-    the event-time clock. A shorter window (it was 3 s, with 5 s of idle time) can return
-    the state from just before, and a run compared with it then differs (seen once).
-    """
+    """Wait until every event is accounted for and the state has stopped changing for longer
+    than ``partition_idle_s`` (the last timers fire only then: a shorter wait of 3 s once
+    returned the state from just before, and the comparison with the reference failed)."""
     d.wait_for_events(EVENTS, timeout)
-    previous: list[dict[str, Any]] = []
-    polls = math.ceil(d.settings.partition_idle_s + 3) + 1  # 1 s apart
-
-    def stable() -> dict[str, Any] | None:
-        current = snapshot(d)
-        previous.append(current)
-        return current if len(previous) >= polls and previous[-polls] == current else None
-
-    return wait_until(stable, timeout, interval=1.0, message="a stable final state")
+    return wait_stable(lambda: snapshot(d), d.settings.partition_idle_s + 3, timeout,
+                       interval=1.0, message="a stable final state")
 
 
 def assert_same_state(actual: dict[str, Any], expected: dict[str, Any]) -> None:

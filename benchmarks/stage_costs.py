@@ -1,0 +1,134 @@
+"""CPU per event of each stage of the stream worker, in one process, without Kafka.
+
+The worker's code path on simulated events — decode + validate + enrich (``Intake``), the
+internal hop (MessagePack both ways), the state machine, Avro encoding of the output records,
+JSON of the changelog — timed with ``time.process_time`` a stage at a time, under the garbage
+collector settings the worker uses (``EHB_GC_YOUNG_THRESHOLD``) or Python's defaults::
+
+    .venv/bin/python benchmarks/stage_costs.py --events 100000
+    .venv/bin/python benchmarks/stage_costs.py --events 100000 --gc-young-threshold 0
+
+It isolates the Python work from the broker, the sink and the database that share the
+machine in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ehb.privacy import CitizenKeyer  # noqa: E402
+from ehb.runtime import tune_gc  # noqa: E402
+from ehb.settings import Settings  # noqa: E402
+from producers.simulator import CitySimulator, SimulationConfig  # noqa: E402
+from schemas import SUBJECTS, AvroCodec  # noqa: E402
+from schemas.reference import FacilityRegistry  # noqa: E402
+from streams.citizen_state import CitizenStateMachine, StateConfig  # noqa: E402
+from streams.intake import Intake, SourceMessage  # noqa: E402
+from streams.internal import decode_validated, encode_chunks  # noqa: E402
+
+T = TypeVar("T")
+
+#: events per input message and input messages per intake batch, as the worker sees them
+EVENTS_PER_MESSAGE = 100
+MESSAGES_PER_BATCH = 100
+#: internal messages per batch of the stateful stage (streams.app.STATE_BATCH_MESSAGES)
+STATE_BATCH = 50
+
+
+def main(events: int = typer.Option(100_000, help="Simulated events."),
+         seed: int = typer.Option(79, help="Simulator seed."),
+         partitions: int = typer.Option(8, help="Partitions of the internal topic."),
+         gc_young_threshold: int | None = typer.Option(
+             None, help="Young-generation threshold (default: the setting; 0: Python's).")
+         ) -> None:
+    settings = Settings(kafka_partitions=partitions)
+    codec = AvroCodec()
+    registry = FacilityRegistry.from_reference()
+    simulated = list(CitySimulator(SimulationConfig(events=events, seed=seed)).events())
+    encode_batch = codec.writer(SUBJECTS.EXAMINATION_BATCH)
+    by_facility: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in simulated:
+        by_facility[event["ma_cskcb"]].append(event)
+    now_ms = int(time.time() * 1000)
+    messages = [
+        SourceMessage(encode_batch({"ma_cskcb": facility, "events": chunk}), "examinations",
+                      0, offset, now_ms)
+        for offset, (facility, chunk) in enumerate(
+            (f, evs[i:i + EVENTS_PER_MESSAGE]) for f, evs in by_facility.items()
+            for i in range(0, len(evs), EVENTS_PER_MESSAGE))
+    ]
+    del simulated, by_facility
+    threshold = settings.gc_young_threshold if gc_young_threshold is None else gc_young_threshold
+    tune_gc(threshold)
+
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, work: Callable[[], T]) -> T:
+        started = time.process_time()
+        result = work()
+        seconds[stage] = time.process_time() - started
+        return result
+
+    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
+    results = timed("decode + validate + enrich", lambda: [
+        intake.process(messages[i:i + MESSAGES_PER_BATCH])
+        for i in range(0, len(messages), MESSAGES_PER_BATCH)])
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        for partition, items in result.by_partition.items():
+            by_partition[partition].extend(items)
+    internal = timed("internal hop: MessagePack encode", lambda: {
+        p: list(encode_chunks(items)) for p, items in by_partition.items()})
+    decoded = timed("internal hop: MessagePack decode", lambda: {
+        p: [decode_validated(v, codec) for v in values] for p, values in internal.items()})
+
+    machine = CitizenStateMachine(StateConfig.from_settings(settings))
+    store: dict[str, Any] = {}
+
+    def run_state_machine() -> list[Any]:
+        out = []
+        for p, batch in decoded.items():
+            for i in range(0, len(batch), STATE_BATCH):
+                emitted = machine.process(p, batch[i:i + STATE_BATCH], store, now_ms).compact()
+                store.update(emitted.local)
+                for key, value in emitted.state.items():
+                    if value is None:
+                        store.pop(key, None)
+                    else:
+                        store[key] = value
+                out.append(emitted)
+        return out
+
+    emitted = timed("state machine", run_state_machine)
+    writers = [(codec.writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
+               (codec.writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
+               (codec.writer(SUBJECTS.APPOINTMENT_RECORD), "appointments")]
+    outputs = timed("Avro encode of the output records", lambda: sum(
+        len(write(record)) > 0 for e in emitted for write, name in writers
+        for record in getattr(e, name)))
+    encoder = json.JSONEncoder(separators=(",", ":"))
+    timed("changelog JSON", lambda: sum(
+        len(encoder.encode(key)) + (0 if value is None else len(encoder.encode(value)))
+        for e in emitted for key, value in e.state.items()))
+
+    n = events
+    print(f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
+          f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}")
+    for stage, spent in seconds.items():
+        print(f"  {stage:36s} {spent * 1e6 / n:6.1f} µs/event")
+    print(f"  {'total':36s} {sum(seconds.values()) * 1e6 / n:6.1f} µs/event")
+
+
+if __name__ == "__main__":
+    typer.run(main)
