@@ -37,7 +37,7 @@ CHUNK = 10_000
 __all__ = [
     "BenchStack",
     "ChildScript",
-    "MemoryWatch",
+    "ProcessWatch",
     "events_file",
     "iter_events",
     "peak_rss_mb",
@@ -63,7 +63,7 @@ def peak_rss_mb(pid: int) -> float | None:
     return None if kb is None else round(kb / 1024, 1)
 
 
-class MemoryWatch:
+class ProcessWatch:
     """Peak RSS and CPU time per named process: psutil samples every ``interval`` plus VmHWM
     when read.
 
@@ -91,7 +91,7 @@ class MemoryWatch:
                 self.trees.add(name)
             self._sample_cpu(name, pid)
 
-    def start(self) -> MemoryWatch:
+    def start(self) -> ProcessWatch:
         self._thread.start()
         return self
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import BenchStack, ChildScript, MemoryWatch, loadavg, peak_rss_mb
+from benchmarks.harness import BenchStack, ChildScript, ProcessWatch, loadavg, peak_rss_mb
 from benchmarks.profiling import Spy, summarize
 from tests.fixtures import Deployment
 
@@ -109,8 +109,8 @@ def _accounted_exactly(deployment: Deployment) -> int:
     return deployment.count("health_book_entries") + deployment.count("dead_letters")
 
 
-def _watch(ctx: Context, deployment: Deployment) -> MemoryWatch:
-    watch = MemoryWatch()
+def _watch(ctx: Context, deployment: Deployment) -> ProcessWatch:
+    watch = ProcessWatch()
     for i, worker in enumerate(deployment.workers, 1):
         watch.watch(f"worker-{i}", worker.proc.pid)
     if deployment.sink is not None:

@@ -15,7 +15,6 @@ machine in ``make bench``.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 import time
 from collections import defaultdict
@@ -33,17 +32,15 @@ from ehb.settings import Settings  # noqa: E402
 from producers.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from schemas import SUBJECTS, AvroCodec  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
+from streams.app import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
 from streams.citizen_state import CitizenStateMachine, StateConfig  # noqa: E402
 from streams.intake import Intake, SourceMessage  # noqa: E402
 from streams.internal import decode_validated, encode_chunks  # noqa: E402
 
 T = TypeVar("T")
 
-#: events per input message and input messages per intake batch, as the worker sees them
+#: events per input message: ExaminationPublisher's default batch size
 EVENTS_PER_MESSAGE = 100
-MESSAGES_PER_BATCH = 100
-#: internal messages per batch of the stateful stage (streams.app.STATE_BATCH_MESSAGES)
-STATE_BATCH = 50
 
 
 def main(events: int = typer.Option(100_000, help="Simulated events."),
@@ -81,9 +78,9 @@ def main(events: int = typer.Option(100_000, help="Simulated events."),
         return result
 
     intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
+    per_batch = settings.worker_batch_size  # input messages per intake batch
     results = timed("decode + validate + enrich", lambda: [
-        intake.process(messages[i:i + MESSAGES_PER_BATCH])
-        for i in range(0, len(messages), MESSAGES_PER_BATCH)])
+        intake.process(messages[i:i + per_batch]) for i in range(0, len(messages), per_batch)])
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         for partition, items in result.by_partition.items():
@@ -99,8 +96,9 @@ def main(events: int = typer.Option(100_000, help="Simulated events."),
     def run_state_machine() -> list[Any]:
         out = []
         for p, batch in decoded.items():
-            for i in range(0, len(batch), STATE_BATCH):
-                emitted = machine.process(p, batch[i:i + STATE_BATCH], store, now_ms).compact()
+            for i in range(0, len(batch), STATE_BATCH_MESSAGES):
+                emitted = machine.process(p, batch[i:i + STATE_BATCH_MESSAGES], store,
+                                          now_ms).compact()
                 store.update(emitted.local)
                 for key, value in emitted.state.items():
                     if value is None:
@@ -117,17 +115,15 @@ def main(events: int = typer.Option(100_000, help="Simulated events."),
     outputs = timed("Avro encode of the output records", lambda: sum(
         len(write(record)) > 0 for e in emitted for write, name in writers
         for record in getattr(e, name)))
-    encoder = json.JSONEncoder(separators=(",", ":"))
     timed("changelog JSON", lambda: sum(
-        len(encoder.encode(key)) + (0 if value is None else len(encoder.encode(value)))
+        len(encode_json(key)) + (0 if value is None else len(encode_json(value)))
         for e in emitted for key, value in e.state.items()))
 
-    n = events
     print(f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
           f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}")
     for stage, spent in seconds.items():
-        print(f"  {stage:36s} {spent * 1e6 / n:6.1f} µs/event")
-    print(f"  {'total':36s} {sum(seconds.values()) * 1e6 / n:6.1f} µs/event")
+        print(f"  {stage:36s} {spent * 1e6 / events:6.1f} µs/event")
+    print(f"  {'total':36s} {sum(seconds.values()) * 1e6 / events:6.1f} µs/event")
 
 
 if __name__ == "__main__":

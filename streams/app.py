@@ -46,7 +46,7 @@ from streams.intake import Intake, SourceMessage
 from streams.internal import decode_validated, encode_chunks, encode_validated
 from streams.output import OutputProducer
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "encode_json"]
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def _shorten_fetch_wait() -> None:
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def _encode_json(value: Any) -> bytes:
+def encode_json(value: Any) -> bytes:
+    """A changelog key or value of the citizens table: compact JSON, as Faust reads it."""
     return _JSON.encode(value).encode()
 
 
@@ -292,8 +293,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             for partition, changes in state_writes:
                 for key, value in changes.items():
                     output.produce(changelog_topic,
-                                   None if value is None else _encode_json(value),
-                                   key=_encode_json(key), partition=partition)
+                                   None if value is None else encode_json(value),
+                                   key=encode_json(key), partition=partition)
                     if value is None:
                         store.pop(key, None)
                     else:
