@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."
     )
+    dead_letter_original_max_bytes: int = Field(
+        64 * 1024, ge=1024, le=512 * 1024, description="Most bytes of an input a dead letter "
+        "(topic and table) keeps. A larger original is cut to this prefix, with its full "
+        "length, its SHA-256 and original_truncated; the whole original stays readable at the "
+        "dead letter's source topic, partition and offset while the topic retains it. At most "
+        "512 KiB: a dead letter stays well below the producers' message.max.bytes (1,000,000).")
     referral_window_days: float = Field(
         30.0, gt=0, description="A referral is completed when the patient's exam at the "
         "destination arrives within this many days (event time) of the letter.")

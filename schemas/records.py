@@ -113,6 +113,9 @@ class DeadLetterRecord(TypedDict):
     original: bytes
     published_at: datetime
     failed_at: datetime
+    original_length: int | None
+    original_sha256: str | None
+    original_truncated: bool
 
 
 #: subject -> its typed view

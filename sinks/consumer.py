@@ -30,8 +30,9 @@ This is the public API for downstream services (the PostgreSQL sink uses it too)
   carries stable ids: ``event_id``, ``referral_id``/``appointment_id`` + ``record_type``).
 * **Undecodable values** (not our wire format, unknown schema id, a schema this topic does
   not carry, a corrupt body) are published to the ``dead-letter`` topic (stage ``sink``, with
-  the reason code, the position and the original bytes) and skipped: one bad record never
-  stalls a partition. ``dead_letter=False`` only logs and skips them.
+  the reason code, the position and the original bytes, at most
+  ``EHB_DEAD_LETTER_ORIGINAL_MAX_BYTES`` of them with the full length and SHA-256) and skipped:
+  one bad record never stalls a partition. ``dead_letter=False`` only logs and skips them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from ehb.kafka import consumer_config, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.dead_letters import bound_dead_letter
 from schemas.registry import codec_for
 
 __all__ = ["Handler", "Record", "RecordConsumer"]
@@ -166,13 +168,15 @@ class RecordConsumer:
         if self._dead_letters is None:
             return
         now = int(time.time() * 1000)
-        self._dead_letters.produce(self._dead_letter_topic, self._encode_dead_letter({
-            "reason": exc.reason, "message": exc.message, "stage": "sink",
-            "source_topic": message.topic(), "source_partition": message.partition(),
-            "source_offset": message.offset(), "event_index": None, "event_id": None,
-            "ma_cskcb": None, "schema_id": exc.schema_id, "original": message.value() or b"",
-            "published_at": message.timestamp()[1], "failed_at": now,
-        }))
+        self._dead_letters.produce(self._dead_letter_topic, self._encode_dead_letter(
+            bound_dead_letter({
+                "reason": exc.reason, "message": exc.message, "stage": "sink",
+                "source_topic": message.topic(), "source_partition": message.partition(),
+                "source_offset": message.offset(), "event_index": None, "event_id": None,
+                "ma_cskcb": None, "schema_id": exc.schema_id,
+                "original": message.value() or b"",
+                "published_at": message.timestamp()[1], "failed_at": now,
+            }, self.settings.dead_letter_original_max_bytes)))
 
     def commit(self, messages: Sequence[Message]) -> None:
         """Commit the offsets after ``messages`` (synchronously)."""

@@ -9,6 +9,9 @@
 * A record the database refuses (a constraint, or a value that cannot become a row) is
   isolated by halving the batch under savepoints; it is written to ``dead_letters`` (reason
   ``db_rejected``) and the rest of the batch flows.
+* A dead letter's row keeps at most ``original_max_bytes`` of its original (with the full
+  original's length and SHA-256) and bounded texts (``schemas.dead_letters``), whatever the
+  input: an over-long event id would otherwise break the primary key's index.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from psycopg2.extras import execute_values
 
 from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
+from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
 from sinks import metrics
 from sinks.consumer import Record
 from streams.enrichment import IN_PROVINCE
@@ -162,8 +166,8 @@ SQL_APPOINTMENTS_CLOSED = (
 SQL_DEAD_LETTERS = (
     "INSERT INTO dead_letters (dead_letter_id, reason, message, stage, source_topic, "
     "source_partition, source_offset, event_index, event_id, ma_cskcb, schema_id, original, "
-    "published_at, failed_at) VALUES %s ON CONFLICT (dead_letter_id) DO NOTHING "
-    "RETURNING reason"
+    "published_at, failed_at, original_length, original_sha256, original_truncated) "
+    "VALUES %s ON CONFLICT (dead_letter_id) DO NOTHING RETURNING reason"
 )
 SQL_COUNTERS = (
     "INSERT INTO campaign_counters (metric, label, value) VALUES %s "
@@ -187,7 +191,8 @@ def _text(value: Any) -> str | None:
 class _Batch:
     """Rows of one batch, split by statement."""
 
-    def __init__(self) -> None:
+    def __init__(self, original_max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES) -> None:
+        self.original_max_bytes = original_max_bytes
         self.entries: list[tuple[Any, ...]] = []
         self.books: list[tuple[Any, ...]] = []
         self.referrals_issued: list[tuple[Any, ...]] = []
@@ -256,11 +261,13 @@ class _Batch:
             ))
 
     def add_dead_letter(self, v: dict[str, Any]) -> None:
+        v = bound_dead_letter(v, self.original_max_bytes)
         self.dead_letters.append((
             dead_letter_id(v), v["reason"], v["message"], v["stage"], v["source_topic"],
             v["source_partition"], v["source_offset"], v["event_index"], v["event_id"],
             v["ma_cskcb"], v["schema_id"], psycopg2.Binary(v["original"]),
-            _ts(v["published_at"]), _ts(v["failed_at"]),
+            _ts(v["published_at"]), _ts(v["failed_at"]), v["original_length"],
+            v["original_sha256"], v["original_truncated"],
         ))
 
 
@@ -268,8 +275,10 @@ class PostgresWriter:
     """Writes batches of records; ``write`` returns only once they are committed."""
 
     def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
-                 *, max_backoff: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 *, max_backoff: float = 5.0, clock: Callable[[], float] = time.time,
+                 original_max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES) -> None:
         self._connect = connect
+        self.original_max_bytes = original_max_bytes
         self._conn: psycopg2.extensions.connection | None = None
         self.max_backoff = max_backoff
         self.clock = clock
@@ -319,7 +328,7 @@ class PostgresWriter:
     def _write_once(self, records: Sequence[Record]) -> Counter[str]:
         conn = self.conn
         try:
-            batch = _Batch()
+            batch = _Batch(self.original_max_bytes)
             for record in records:  # a record that cannot become a row is refused too
                 batch.add(record)
             with conn.cursor() as cur:
@@ -354,7 +363,7 @@ class PostgresWriter:
         stall behind it."""
         cur.execute("SAVEPOINT isolate")
         try:
-            batch = _Batch()
+            batch = _Batch(self.original_max_bytes)
             for record in records:
                 batch.add(record)
             d, lat = self._apply(cur, batch)
@@ -366,7 +375,7 @@ class PostgresWriter:
                 self._isolate(cur, records[:middle], deltas, latencies)
                 self._isolate(cur, records[middle:], deltas, latencies)
                 return
-            poison = _Batch()
+            poison = _Batch(self.original_max_bytes)
             poison.add_dead_letter(self._poison(records[0], exc))
             d, lat = self._apply(cur, poison)
             metrics.SINK_FAILURES.labels("db_rejected").inc()

@@ -26,6 +26,7 @@ from psycopg2.extras import execute_values
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
+from schemas.dead_letters import bound_dead_letter
 from sinks.consumer import Record, RecordConsumer
 from sinks.reconcile import ReconcileLoop, Reconciler
 
@@ -171,8 +172,9 @@ class ReportSink:
                     record.offset, problem)
         if self._dead_letters is None:
             self._dead_letters = Producer(producer_config(self.settings))
-        dead_letter = report_dead_letter(record, problem, self._encode_report,
-                                         int(time.time() * 1000))
+        dead_letter = bound_dead_letter(
+            report_dead_letter(record, problem, self._encode_report, int(time.time() * 1000)),
+            self.settings.dead_letter_original_max_bytes)
         code = dead_letter["ma_cskcb"]
         self._dead_letters.produce(self.settings.topic("dead-letter"),
                                    self._encode_dead_letter(dead_letter),

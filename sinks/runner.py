@@ -51,7 +51,8 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
         log.info("metrics on :%d/metrics", settings.metrics_port)
 
-    writer = PostgresWriter(connect_quickly)
+    writer = PostgresWriter(connect_quickly,
+                            original_max_bytes=settings.dead_letter_original_max_bytes)
     consumer = RecordConsumer(settings, settings.sink_group, SINK_TOPICS, subjects=SINK_SUBJECTS)
 
     def handle(records: list[Record]) -> None:

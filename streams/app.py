@@ -190,7 +190,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     # Keys and values are JSON in the changelog (Faust's default codec for these types).
     citizens = app.Table("citizens", default=None, partitions=partitions, key_type=str)
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
-    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
+    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions,
+                    original_max_bytes=settings.dead_letter_original_max_bytes)
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
     encode_health_book = codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)

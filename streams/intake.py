@@ -3,7 +3,9 @@
 Pure logic, no I/O: the Faust agent (``streams.app``) feeds it the messages of one
 ``take_events`` batch and produces what it returns. Every input event ends up either in a
 :class:`ValidatedBatch` for the stateful stage (partitioned by pseudonymous citizen key) or in
-a dead letter with a stable reason code; nothing is dropped.
+a dead letter with a stable reason code; nothing is dropped. A dead letter always fits in a
+Kafka message, whatever the input's size (``schemas.dead_letters``): an original larger than
+``original_max_bytes`` is kept as a prefix with its full length and SHA-256.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
 from schemas.reference import FacilityRegistry
 from streams.citizen_state import NEVER, citizen_partition
 from streams.enrichment import enrich
@@ -60,8 +63,10 @@ class Intake:
         citizen_key: Callable[[str], str],
         partitions: int,
         clock: Callable[[], float] = time.time,
+        original_max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES,
     ) -> None:
         self.codec = codec
+        self.original_max_bytes = original_max_bytes
         self.registry = registry
         self.validator = Validator(registry)
         self.citizen_key = citizen_key
@@ -146,7 +151,7 @@ class Intake:
         if facility is not None and not isinstance(facility, str):
             facility = None
         result.rejected[reason] += 1
-        result.dead_letters.append((facility, {
+        dead_letter = bound_dead_letter({
             "reason": reason,
             "message": text,
             "stage": stage,
@@ -160,4 +165,6 @@ class Intake:
             "original": original,
             "published_at": message.timestamp_ms,
             "failed_at": now_ms,
-        }))
+        }, self.original_max_bytes)
+        # the key is the bounded facility code too: a key is part of the message's size
+        result.dead_letters.append((dead_letter["ma_cskcb"], dead_letter))

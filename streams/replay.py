@@ -184,7 +184,8 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
     summary = ReplaySummary(from_time.isoformat(), to_time.isoformat(), dry_run=dry_run)
     codec = codec or codec_for(settings)
     intake = Intake(codec, registry or _registry(settings), CitizenKeyer.from_settings(settings),
-                    settings.kafka_partitions)
+                    settings.kafka_partitions,
+                    original_max_bytes=settings.dead_letter_original_max_bytes)
     encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
     t_dead_letter = settings.topic("dead-letter")
     errors: list[str] = []

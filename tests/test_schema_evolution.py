@@ -35,6 +35,7 @@ RELEASED = {
     9: "13eccfdba90e651e",
     10: "38baef94abf054eb",
     11: "9a66aa0e92a0b122",
+    12: "8f18e0b3d2b0dede",
 }
 
 
