@@ -198,7 +198,12 @@ def worker(metrics_port: MetricsPort = None) -> None:
                                 .replace("warning", "warn"), quiet=True,
                                 redirect_stdouts=False)
     tune_gc(settings.gc_young_threshold)
-    faust_worker.execute_from_commandline()
+    try:
+        faust_worker.execute_from_commandline()
+    except SystemExit:
+        if getattr(faust_app, "_ehb_failed", None) is not None:
+            raise SystemExit(70) from None  # an agent failed: non-zero, so it is restarted
+        raise
 
 
 @app.command()

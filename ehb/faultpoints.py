@@ -8,6 +8,8 @@ inert: the environment is read once, at import, and with no ``EHB_FAULT_*`` vari
 * ``EHB_FAULT_KILL="intake.outputs_flushed:3"``: the process sends itself ``SIGKILL`` the 3rd
   time it reaches that point (``name`` alone means the 1st time). Several points may be given,
   separated by commas; the first one reached enough times kills.
+* ``EHB_FAULT_RAISE="intake.outputs_queued:2"``: :func:`reach` raises :class:`FaultInjected`
+  instead (an exception inside a batch, as a failed send would raise).
 * ``EHB_FAULT_DELAY="worker.perform_seek:2.5,intake.batch:0.2"``: :func:`delay` /
   :func:`adelay` sleep that many seconds at the point, every time it is reached.
 
@@ -23,7 +25,7 @@ import signal
 import sys
 import time
 
-__all__ = ["DELAYS", "POINTS", "adelay", "active", "delay", "reach"]
+__all__ = ["DELAYS", "POINTS", "FaultInjected", "adelay", "active", "delay", "reach"]
 
 #: every crash point: name -> what is durable when it is reached
 POINTS: dict[str, str] = {
@@ -75,24 +77,34 @@ def _parse(text: str, what: dict[str, str], default: str) -> dict[str, float]:
 
 
 _KILL = _parse(os.environ.get("EHB_FAULT_KILL", ""), POINTS, "1")
+_RAISE = _parse(os.environ.get("EHB_FAULT_RAISE", ""), POINTS, "1")
 _DELAY = _parse(os.environ.get("EHB_FAULT_DELAY", ""), DELAYS, "0")
 _seen: dict[str, int] = {}
 
 
 def active() -> bool:
     """True when any fault variable was set at start (tests only)."""
-    return bool(_KILL or _DELAY)
+    return bool(_KILL or _RAISE or _DELAY)
+
+
+class FaultInjected(RuntimeError):
+    """Raised at a crash point named in ``EHB_FAULT_RAISE``."""
 
 
 def reach(name: str) -> None:
     """The process is at crash point ``name``: SIGKILL itself if told to, else nothing."""
-    if not _KILL:
+    if not (_KILL or _RAISE):
         return
     limit = _KILL.get(name)
-    if limit is None:
+    raise_at = _RAISE.get(name)
+    if limit is None and raise_at is None:
         return
     n = _seen[name] = _seen.get(name, 0) + 1
-    if n >= limit:
+    if raise_at is not None and n == raise_at:
+        sys.stderr.write(f"EHB_FAULT_RAISE: {name} reached ({n}), raising\n")
+        sys.stderr.flush()
+        raise FaultInjected(f"fault injected at {name} ({n})")
+    if limit is not None and n >= limit:
         sys.stderr.write(f"EHB_FAULT_KILL: {name} reached ({n}), SIGKILL\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)

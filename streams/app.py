@@ -25,6 +25,7 @@ Start it with ``ehb worker``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -34,13 +35,14 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from ehb.kafka import faust_broker_options, producer_config
+from ehb import faultpoints
+from ehb.kafka import consumer_config, faust_broker_options, producer_config
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
-from streams import metrics
+from streams import faust_patches, metrics
 from streams.citizen_state import NEVER, CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
 from streams.internal import decode_validated, encode_chunks, encode_validated
@@ -149,6 +151,8 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                registry: FacilityRegistry | None = None) -> faust.App:
     codec = codec or codec_for(settings)
     registry = registry or FacilityRegistry.from_reference()
+    faust_patches.install(real_end=functools.partial(
+        faust_patches.real_end_offsets, consumer_config(settings, "ehb-changelog-end")))
     partitions = settings.kafka_partitions
     session = settings.kafka_session_timeout_s
     app = faust.App(
@@ -214,9 +218,14 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                 output.produce(t_by_citizen, encode_validated([], sources),
                                partition=p)
 
+    faust_patches.commit_points[t_examinations] = "intake.offsets_committed"
+    faust_patches.commit_points[t_by_citizen] = "health_book.offsets_committed"
+
     @app.agent(examinations, name="ehb.intake")
     async def intake_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(batch_size, within=within):
+        async for events in faust_patches.take_batches(stream, batch_size, within,
+                                                       "intake.batch_acknowledged"):
+            await faultpoints.adelay("intake.batch")
             started = time.perf_counter()
             messages = [
                 SourceMessage(e.message.value, e.message.topic, e.message.partition,
@@ -234,7 +243,9 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             for facility, dead_letter in result.dead_letters:
                 output.produce(t_dead_letter, encode_dead_letter(dead_letter),
                                key=facility.encode() if facility else None)
+            faultpoints.reach("intake.outputs_queued")
             await output.flush()
+            faultpoints.reach("intake.outputs_flushed")
             metrics.MESSAGES_IN.labels("intake").inc(len(events))
             metrics.EVENTS_IN.labels("intake").inc(result.events_in)
             metrics.EVENTS_OUT.labels("intake", t_by_citizen).inc(result.accepted)
@@ -257,7 +268,9 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     @app.agent(by_citizen, name="ehb.health-book")
     async def health_book_agent(stream: faust.StreamT[bytes]) -> None:
         store = citizens.data
-        async for events in stream.take_events(STATE_BATCH_MESSAGES, within=within):
+        async for events in faust_patches.take_batches(stream, STATE_BATCH_MESSAGES, within,
+                                                       "health_book.batch_acknowledged"):
+            await faultpoints.adelay("health_book.batch")
             started = time.perf_counter()
             by_partition: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
             for e in events:
@@ -291,6 +304,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                 store.update(emitted.local)
             # Outputs first: state that says "done" must never land without its records.
             await output.flush()
+            faultpoints.reach("health_book.outputs_flushed")
             for partition, changes in state_writes:
                 for key, value in changes.items():
                     output.produce(changelog_topic,
@@ -301,6 +315,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
                     else:
                         store[key] = value
             await output.flush()
+            faultpoints.reach("health_book.changelog_written")
             metrics.MESSAGES_IN.labels("health-book").inc(len(events))
             metrics.EVENTS_IN.labels("health-book").inc(n_items)
             metrics.EVENTS_OUT.labels("health-book", t_health_book).inc(n_hb)
@@ -308,6 +323,11 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
             metrics.EVENTS_OUT.labels("health-book", t_appointments).inc(n_app)
             metrics.LAST_PROCESSED.labels("health-book").set(time.time())
             metrics.BATCH_SECONDS.labels("health-book").observe(time.perf_counter() - started)
+
+    # An agent that raises stops the worker without acknowledging its batch (Faust would
+    # commit and restart the agent).
+    intake_agent._on_error = faust_patches.fail_stop  # type: ignore[attr-defined]
+    health_book_agent._on_error = faust_patches.fail_stop  # type: ignore[attr-defined]
 
     @app.on_partitions_revoked.connect
     async def _forget_timer_indexes(app: faust.App, revoked: Any, **_: Any) -> None:
