@@ -50,6 +50,7 @@ from typing import IO
 
 from prometheus_client import Gauge
 
+from ehb import faultpoints
 from ehb.exceptions import EhbError
 
 __all__ = [
@@ -254,6 +255,10 @@ class Outbox:
         self.pending_events += sum(row[3] for row in staged)
         self.transactions += 1
         self._last_commit = time.monotonic()
+        if staged:
+            faultpoints.reach("producer.outbox_committed")
+        if acked:
+            faultpoints.reach("producer.outbox_deleted")
 
     def acknowledge(self, seqs: Iterable[int], events: int) -> None:
         """The broker acknowledged the message carrying these rows: delete them (lazily)."""

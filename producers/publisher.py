@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from ehb import faultpoints
 from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
@@ -187,6 +188,7 @@ class ExaminationPublisher:
                 self.messages_delivered += 1
                 if seqs:
                     self.outbox.acknowledge(seqs, count)
+                faultpoints.reach("producer.message_acknowledged")
             else:  # the rows stay in the outbox: resent by the next producer
                 self.errors.append(str(err))
             if then is not None:

@@ -47,6 +47,7 @@ from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from ehb import faultpoints
 from ehb.kafka import consumer_config, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
@@ -192,6 +193,8 @@ class RecordConsumer:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # a rebalance took the partitions: they are redelivered
             log.warning("offset commit failed (records will be redelivered): %s", exc)
+        else:
+            faultpoints.reach("sink.offsets_committed")
 
     def run(self, handler: Handler, *, batch_size: int = 1000, batch_timeout: float = 0.2,
             stop: threading.Event | None = None, max_batches: int | None = None) -> None:

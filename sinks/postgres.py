@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
+from ehb import faultpoints
 from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
@@ -334,7 +335,9 @@ class PostgresWriter:
             with conn.cursor() as cur:
                 deltas, latencies = self._apply(cur, batch)
                 self._bump_counters(cur, deltas)
+            faultpoints.reach("sink.copy_done")
             conn.commit()
+            faultpoints.reach("sink.db_committed")
         except _REFUSED as exc:
             conn.rollback()
             log.warning("batch refused by PostgreSQL (%s); isolating the bad records",
@@ -352,7 +355,9 @@ class PostgresWriter:
         with conn.cursor() as cur:
             self._isolate(cur, list(records), deltas, latencies)
             self._bump_counters(cur, deltas)
+        faultpoints.reach("sink.copy_done")
         conn.commit()
+        faultpoints.reach("sink.db_committed")
         return deltas, latencies
 
     def _isolate(self, cur: psycopg2.extensions.cursor, records: list[Record],
