@@ -184,6 +184,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
 
     from ehb.kafka import resolve_bootstrap
     from streams.app import create_app
+    from streams.faust_patches import EXIT_AGENT_FAILED
     from streams.registry import initial_registry
 
     settings = load_settings(metrics_port=metrics_port)
@@ -202,7 +203,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
         faust_worker.execute_from_commandline()
     except SystemExit:
         if getattr(faust_app, "_ehb_failed", None) is not None:
-            raise SystemExit(70) from None  # an agent failed: non-zero, so it is restarted
+            raise SystemExit(EXIT_AGENT_FAILED) from None  # non-zero: a supervisor restarts it
         raise
 
 

@@ -36,6 +36,8 @@ POINTS: dict[str, str] = {
                                      "still there",
     "producer.outbox_deleted": "acknowledged rows are deleted from the outbox",
     # stateless stage (streams.app intake agent)
+    "intake.batch_received": "the intake agent has a batch in hand; nothing of it is "
+                             "durable yet",
     "intake.outputs_queued": "a batch's routed events and dead letters are queued in "
                              "librdkafka, not flushed",
     "intake.outputs_flushed": "a batch's outputs are acknowledged by the broker; the input "
@@ -43,6 +45,8 @@ POINTS: dict[str, str] = {
     "intake.batch_acknowledged": "Faust acknowledged the input batch; offsets not committed",
     "intake.offsets_committed": "the worker group committed input offsets",
     # stateful stage (streams.app health-book agent)
+    "health_book.batch_received": "the health-book agent has a batch in hand; nothing of it "
+                                  "is durable yet",
     "health_book.outputs_flushed": "health-book, referral and appointment records are "
                                    "acknowledged; the changelog is not written",
     "health_book.changelog_written": "the batch's state changes are in the changelog; the "
@@ -63,6 +67,8 @@ DELAYS: dict[str, str] = {
                            "offsets after a rebalance (the window of the rebalance race)",
     "intake.batch": "each intake batch, before it is processed",
     "health_book.batch": "each health-book batch, before it is processed",
+    "intake.batch_during_seek": "each intake batch that starts while a seek of the stream "
+                                "partitions is pending",
 }
 
 

@@ -226,6 +226,9 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         async for events in faust_patches.take_batches(stream, batch_size, within,
                                                        "intake.batch_acknowledged"):
             await faultpoints.adelay("intake.batch")
+            if faust_patches.seek_pending():
+                await faultpoints.adelay("intake.batch_during_seek")
+            faultpoints.reach("intake.batch_received")
             started = time.perf_counter()
             messages = [
                 SourceMessage(e.message.value, e.message.topic, e.message.partition,
@@ -271,6 +274,7 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
         async for events in faust_patches.take_batches(stream, STATE_BATCH_MESSAGES, within,
                                                        "health_book.batch_acknowledged"):
             await faultpoints.adelay("health_book.batch")
+            faultpoints.reach("health_book.batch_received")
             started = time.perf_counter()
             by_partition: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
             for e in events:

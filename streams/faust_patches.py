@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -71,7 +72,7 @@ from prometheus_client import Counter
 from ehb import faultpoints
 
 __all__ = ["PATCHES", "commit_points", "fail_stop", "install", "real_end_offsets",
-           "take_batches"]
+           "seek_pending", "take_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ COMMIT_FAILURES = Counter(
 )
 
 _RESEEK_INTERVAL_S = 1.0
+_FAIL_STOP_GRACE_S = 5.0
+#: exit status of a worker stopped by fail_stop (EX_SOFTWARE)
+EXIT_AGENT_FAILED = 70
 _installed: set[str] = set()
 
 
@@ -111,12 +115,40 @@ def _enabled(name: str) -> bool:
     return name not in disabled
 
 
+_seeks_pending = 0
+
+
+def seek_pending() -> bool:
+    """A seek of the stream partitions to their committed offsets is under way."""
+    return _seeks_pending > 0
+
+
+def _instrument_seek() -> None:
+    """Not a change of behaviour: the ``worker.perform_seek`` delay point, and
+    :func:`seek_pending` (the fault suite slows batches while a seek is pending)."""
+    perform_seek = Consumer.perform_seek
+
+    async def perform_seek_(self: Consumer) -> None:
+        global _seeks_pending
+        _seeks_pending += 1
+        try:
+            await faultpoints.adelay("worker.perform_seek")
+            await perform_seek(self)
+        finally:
+            _seeks_pending -= 1
+
+    Consumer.perform_seek = perform_seek_  # type: ignore[method-assign]
+
+
 def install(real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None) -> list[str]:
     """Apply every enabled patch (once per process); returns the names applied.
 
     ``real_end``: reads the real end offsets of changelog partitions (``real_end_offsets``
     bound to the settings); without it ``changelog_real_end`` is not applied.
     """
+    if "instrument_seek" not in _installed:
+        _instrument_seek()
+        _installed.add("instrument_seek")
     for name, apply in (
         ("in_order_delivery", _patch_in_order_delivery),
         ("seek_before_resume", _patch_seek_before_resume),
@@ -277,7 +309,6 @@ def _patch_in_order_delivery() -> None:
         await assigned(self, assigned_tps, generation_id)
 
     async def perform_seek_(self: Consumer) -> None:
-        await faultpoints.adelay("worker.perform_seek")
         guard = _guard(self)
         streams = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
         guard.fence(streams)  # what is delivered while the seek is pending is dropped
@@ -461,7 +492,17 @@ async def fail_stop(agent: Any, exc: BaseException) -> None:
                  "%s: %s", getattr(agent, "name", agent), type(exc).__name__, exc)
     app = agent.app
     app._ehb_failed = exc  # read by `ehb worker` for its exit code
+    # Faust's shutdown can hang (seen: a stop waiting on a stream forever): exit regardless.
+    watchdog = threading.Timer(_FAIL_STOP_GRACE_S, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
     await app.crash(exc)
+
+
+def _exit_now() -> None:
+    log.critical("the worker did not stop within %.0f s; exiting", _FAIL_STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(EXIT_AGENT_FAILED)
 
 
 # -- commit_failure_not_recorded --------------------------------------------------------------
