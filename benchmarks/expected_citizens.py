@@ -16,6 +16,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ehb.demo import demo_timeline  # noqa: E402
 from producers.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
 from streams.validation import VN_TZ, Validator  # noqa: E402
@@ -23,13 +24,15 @@ from streams.validation import VN_TZ, Validator  # noqa: E402
 
 def main(events: int = typer.Argument(..., help="Events of the simulated run."),
          seed: int = typer.Option(79, help="Simulator seed (ehb demo's default)."),
-         days: float | None = typer.Option(None, help="Simulated days (ehb demo --days).")
+         days: float | None = typer.Option(
+             None, help="Simulated days (ehb demo --days; default: the demo's, 90 or more).")
          ) -> None:
     validator = Validator(FacilityRegistry.from_reference())
     now = datetime.now(VN_TZ)
     citizens: set[str] = set()
     valid = 0
-    config = SimulationConfig(events=events, seed=seed, days=days)
+    config = SimulationConfig(events=events, seed=seed,
+                              days=demo_timeline(events, 0, days).days)
     for event in CitySimulator(config).events():
         if validator.validate(event, now) is None:
             valid += 1

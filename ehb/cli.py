@@ -314,8 +314,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated city.")] = 79,
     invalid_share: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.01,
     days: Annotated[float | None, typer.Option(
-        help="Simulated days the events span (default: the city's real pace; more days "
-             "let referrals expire and appointments be kept or missed).")] = None,
+        help="Simulated days of event time the events span, compressed so that referrals "
+             "complete and expire and appointments are reminded, kept and missed. Default: "
+             "with --events, 90 (or the city's real pace of 10,400 exams a day when longer); "
+             "without, a simulated day a second (at --rate) until the simulated city "
+             "reaches today.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh/--keep",
                                         help="Start with an empty database.")] = True,
 ) -> None:

@@ -4,8 +4,13 @@ Starts the embedded broker and PostgreSQL (unless ``EHB_KAFKA_BOOTSTRAP`` and
 ``EHB_DATABASE_URL`` point elsewhere), creates the topics, migrates, starts ``ehb worker``
 (one or more) and ``ehb sink`` as separate processes, waits until the workers own their
 partitions, then runs the simulated city in this process and shows the campaign's counters
-live. With ``--events N`` it waits until every event is persisted or dead-lettered, prints a
-summary and exits 0; without, it runs until Ctrl-C. Either way every child is stopped.
+live. With ``--events N`` it waits until every event is persisted or dead-lettered and the
+last event-time timers have fired, prints a summary and exits 0; without, it runs until Ctrl-C
+and prints the summary then. Either way every child is stopped.
+
+Event time is compressed so that the whole lifecycle shows (``demo_timeline``): referrals
+completed and expired, appointments reminded, kept and missed need weeks of event time, which
+the city's real pace (10,400 exams a day) would not reach in a demo's events.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,55 @@ from ehb.embedded import EmbeddedStack
 from ehb.exceptions import EhbError, ServiceUnavailable
 from ehb.settings import Settings
 
-__all__ = ["run_demo", "DemoChildren"]
+__all__ = ["run_demo", "DemoChildren", "DemoTimeline", "demo_timeline", "lifecycle_notes"]
+
+#: simulated days a demo of ``--events N`` spans at least (more at the city's real pace): more
+#: than a referral's window plus the allowed lateness (30 + 2 days) and than an appointment's
+#: 7-30 days ahead plus grace and lateness, so that letters expire and appointments are missed
+DEMO_MIN_DAYS = 90.0
+#: simulated days per wall-clock second of a demo without ``--events`` at a ``--rate``
+DEMO_DAYS_PER_SECOND = 1.0
+#: the simulator books follow-up appointments this many days after the exam
+_APPOINTMENT_DAYS_AHEAD = (7, 30)
+
+
+@dataclass(frozen=True)
+class DemoTimeline:
+    """How many events a demo publishes and how many simulated days they span."""
+
+    events: int
+    days: float
+    start: datetime
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(days=self.days)
+
+    def reached(self, published: int) -> datetime:
+        """The event time the city has reached after ``published`` events (they are spread
+        evenly over the span)."""
+        return self.start + timedelta(days=self.days) * min(1.0, published / self.events)
+
+
+def demo_timeline(events: int | None, rate: float, days: float | None,
+                  now: datetime | None = None) -> DemoTimeline:
+    """The demo's event time: long enough for every lifecycle counter to move.
+
+    ``--events N``: ``days`` or at least ``DEMO_MIN_DAYS`` (the city's real pace when that is
+    longer). Without ``--events``: ``DEMO_DAYS_PER_SECOND`` simulated days a second at ``rate``
+    (the real pace when flat out), for ``days`` or until the simulated city reaches today (the
+    validator rejects dates in the future); the counters stay on screen after that.
+    """
+    from producers.simulator import CITY_EXAMS_PER_YEAR, SimulationConfig
+
+    start = SimulationConfig().start
+    if events:
+        real_pace = events * 365 / CITY_EXAMS_PER_YEAR
+        return DemoTimeline(events, days or max(DEMO_MIN_DAYS, real_pace), start)
+    now = now or datetime.now(start.tzinfo)
+    span = days or max(1.0, (now - start).days - 1.0)
+    per_day = rate / DEMO_DAYS_PER_SECOND if rate > 0 else CITY_EXAMS_PER_YEAR / 365
+    return DemoTimeline(max(1, round(span * per_day)), span, start)
 
 
 @dataclass
@@ -159,11 +213,14 @@ def read_counters(conn: Any) -> dict[str, Any]:
     return counters
 
 
-def render(counters: dict[str, Any], published: int, target: int | None, elapsed: float
-           ) -> Group:
+def render(counters: dict[str, Any], published: int, target: int | None, elapsed: float,
+           timeline: DemoTimeline | None = None) -> Group:
     table = Table(title="Ho Chi Minh City electronic health book (live)", min_width=60)
     table.add_column("counter")
     table.add_column("value", justify="right")
+    if timeline is not None:
+        table.add_row("event time reached (simulated)",
+                      f"{timeline.reached(published):%Y-%m-%d} of {timeline.end:%Y-%m-%d}")
     rows = [
         ("events published", published),
         ("examinations persisted", counters.get("examinations", 0)),
@@ -242,9 +299,12 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
                       + f"; logs in {children.log_dir}")
 
         target = events
-        config = SimulationConfig(events=events or 10**12, seed=seed,
-                                  invalid_share=invalid_share,
-                                  days=days)
+        timeline = demo_timeline(events, rate, days)
+        config = SimulationConfig(events=timeline.events, seed=seed,
+                                  invalid_share=invalid_share, days=timeline.days)
+        console.print(f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
+                      f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
+                      + ("" if target else ", then the counters stay until Ctrl-C"))
         outbox = Outbox.open_first_free(settings.state_dir / "outbox", "demo")
         if stack is not None:  # a new, empty embedded broker: older events belong to no one
             outbox.discard()
@@ -264,28 +324,41 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         sim_thread.start()
         counters: dict[str, Any] = {}
         done_at: float | None = None
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while not interrupted.is_set():
-                counters = read_counters(conn)
-                live.update(render(counters, publisher.events_delivered, target,
-                                   time.monotonic() - started))
-                if children.dead():
-                    child = children.dead()[0]
-                    raise EhbError(f"{child.name} exited with code {child.proc.returncode}; "
-                                   f"see {child.log}")
-                if "error" in summary:
-                    raise EhbError(f"simulator failed: {summary['error']}")
-                accounted = counters["examinations"] + counters["dead_letters_total"]
-                if target and not sim_thread.is_alive() and accounted >= target:
-                    # a few more frames: the sink reconciles the last daily reports
-                    done_at = done_at or time.monotonic()
-                    if time.monotonic() - done_at >= 3.0:
-                        break
-                time.sleep(0.25)
-        if interrupted.is_set():
-            return 0
+        lifecycle: tuple[int, ...] = ()
+        settled_at = 0.0
+        # The last timers (expiries, reminders, missed appointments) fire only once every
+        # input partition has been idle for partition_idle_s (the event-time clock then moves
+        # to the newest event time); the worker reports idleness every second.
+        timers_after = settings.partition_idle_s + 2.0
+        try:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                while not interrupted.is_set():
+                    counters = read_counters(conn)
+                    live.update(render(counters, publisher.events_delivered, target,
+                                       time.monotonic() - started, timeline))
+                    if children.dead():
+                        child = children.dead()[0]
+                        raise EhbError(f"{child.name} exited with code "
+                                       f"{child.proc.returncode}; see {child.log}")
+                    if "error" in summary:
+                        raise EhbError(f"simulator failed: {summary['error']}")
+                    accounted = counters["examinations"] + counters["dead_letters_total"]
+                    if target and not sim_thread.is_alive() and accounted >= target:
+                        now = time.monotonic()
+                        done_at = done_at or now
+                        current = tuple(counters.get(k, 0) for k, _ in LIFECYCLE)
+                        if current != lifecycle:
+                            lifecycle, settled_at = current, now
+                        # then a few more frames: the sink reconciles the last daily reports
+                        if ((now - done_at >= timers_after and now - settled_at >= 3.0)
+                                or now - done_at >= timers_after + 30.0):
+                            break
+                    time.sleep(0.25)
+        except KeyboardInterrupt:  # Ctrl-C: the summary of what was counted so far
+            interrupted.set()
         stop.set()
-        _print_summary(console, counters, summary, publisher)
+        _print_summary(console, counters, summary, publisher, timeline, settings,
+                       complete=not interrupted.is_set())
         return 0
     except KeyboardInterrupt:
         return 0
@@ -302,23 +375,96 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the lifecycle counters (campaign_counters metric, summary label) a demo should move
+LIFECYCLE: tuple[tuple[str, str], ...] = (
+    ("referrals", "referrals issued"),
+    ("referrals_completed", "  completed"),
+    ("referrals_expired", "  expired"),
+    ("appointments", "appointments scheduled"),
+    ("appointment_reminders", "  reminded"),
+    ("appointments_kept", "  kept"),
+    ("appointments_missed", "  missed"),
+)
+
+
+def lifecycle_notes(counters: dict[str, Any], timeline: DemoTimeline, settings: Settings,
+                    *, complete: bool = True, reached: datetime | None = None) -> list[str]:
+    """Why each lifecycle counter that stayed at 0 did (empty: every counter moved)."""
+    days = ((reached or timeline.end) - timeline.start).total_seconds() / 86400
+    span = f"the events span {days:.1f} days of event time"
+    if not complete:
+        span += " (the demo was stopped before the end)"
+    lateness = settings.allowed_lateness_hours / 24
+    window = settings.referral_window_days
+    grace = settings.appointment_grace_days
+    lead_days = settings.appointment_reminder_lead_hours / 24
+    soonest, latest = _APPOINTMENT_DAYS_AHEAD
+    more = "publish more events (--events)"
+    longer = "use a longer event time (--days)" if complete else "let the demo run longer"
+    has_referrals = counters.get("referrals", 0) > 0
+    has_appointments = counters.get("appointments", 0) > 0
+    reasons: dict[str, str] = {
+        "referrals": f"about 0.6% of exams carry a referral letter: {more}",
+        "appointments": f"about 7% of exams book a follow-up appointment: {more}",
+    }
+    if has_referrals:
+        reasons["referrals_completed"] = (
+            f"a letter is completed by the patient's exam at the destination within {window:g} "
+            f"days; the simulated patients arrive within 10 days: {more}")
+        needed = window + lateness
+        reasons["referrals_expired"] = (
+            f"a letter expires when the watermark (event-time clock - {lateness:g} days of "
+            f"allowed lateness) passes its {window:g}-day deadline, more than {needed:g} days "
+            f"after it was issued; {span}: {longer}" if days <= needed else
+            f"every letter was matched before its deadline (about 20% of referred patients "
+            f"never arrive): {more}")
+    if has_appointments:
+        reasons["appointment_reminders"] = (
+            f"a reminder goes out when the event-time clock reaches {lead_days:g} day(s) before "
+            f"the appointment, booked {soonest}-{latest} days after the exam; {span}: {longer}"
+            if days <= soonest - lead_days else
+            f"every appointment was kept before its reminder time: {more}")
+        reasons["appointments_kept"] = (
+            f"an appointment is kept by an exam at its facility within {grace:g} days of the "
+            f"date, {soonest}-{latest} days after the exam; {span}: {longer}"
+            if days <= soonest - grace else f"no patient came back in time: {more}")
+        needed = soonest + grace + lateness
+        reasons["appointments_missed"] = (
+            f"an appointment is missed when the watermark (clock - {lateness:g} days) passes "
+            f"its date + {grace:g} days of grace, at least {needed:g} days after the exam; "
+            f"{span}: {longer}" if days <= needed else
+            f"every appointment whose window has passed was kept (about 25% are not): {more}")
+    notes = []
+    for key, label in LIFECYCLE:
+        if counters.get(key, 0) == 0:
+            referral = key.startswith("referral")
+            why = reasons.get(key, "no referral letter was issued" if referral
+                              else "no appointment was booked")
+            name = label.strip() if not label.startswith(" ") else (
+                ("referrals " if referral else "appointments ") + label.strip())
+            notes.append(f"{name} stayed at 0: {why}.")
+    return notes
+
+
 def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str, Any],
-                   publisher: Any) -> None:
+                   publisher: Any, timeline: DemoTimeline, settings: Settings,
+                   *, complete: bool = True) -> None:
     first = publisher.first_publish
     last = counters.get("last_commit")
-    table = Table(title="Summary")
+    published = publisher.events_delivered
+    reached = timeline.reached(published)
+    table = Table(title="Summary" if complete else "Summary (stopped)")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    published = publisher.events_delivered
     table.add_row("events published", f"{published:,}")
+    table.add_row("event time (simulated)",
+                  f"{timeline.start:%Y-%m-%d} to {reached:%Y-%m-%d}, "
+                  f"{(reached - timeline.start).total_seconds() / 86400:.0f} days")
     table.add_row("examinations persisted", f"{counters.get('examinations', 0):,}")
     table.add_row("  in province", f"{counters.get('examinations_in_province', 0):,}")
     table.add_row("  out of province", f"{counters.get('examinations_out_of_province', 0):,}")
     table.add_row("health books integrated", f"{counters.get('health_books_integrated', 0):,}")
-    for label, key in (("referrals", "referrals"), ("  completed", "referrals_completed"),
-                       ("  expired", "referrals_expired"), ("appointments", "appointments"),
-                       ("  reminders", "appointment_reminders"), ("  kept", "appointments_kept"),
-                       ("  missed", "appointments_missed")):
+    for key, label in LIFECYCLE:
         table.add_row(label, f"{counters.get(key, 0):,}")
     table.add_row("dead letters", f"{counters.get('dead_letters_total', 0):,}")
     for reason, value in sorted(counters.get("dead_letters", {}).items()):
@@ -330,3 +476,9 @@ def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str
     if summary.get("events_per_second"):
         table.add_row("publish rate", f"{summary['events_per_second']:,.0f} events/s")
     console.print(table)
+    notes = lifecycle_notes(counters, timeline, settings, complete=complete, reached=reached)
+    if notes:
+        console.print("\n".join(["Lifecycle counters that did not move:"] + notes))
+    else:
+        console.print("Every lifecycle counter moved: referrals issued, completed and expired; "
+                      "appointments scheduled, reminded, kept and missed.")
