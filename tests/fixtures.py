@@ -90,10 +90,14 @@ class Deployment:
     _conn: psycopg2.extensions.connection | None = None
 
     # -- processes ------------------------------------------------------------------------
-    def start_worker(self, wait: bool = True, instance_id: str | None = None) -> Child:
+    def start_worker(self, wait: bool = True, instance_id: str | None = None,
+                     extra_env: dict[str, str] | None = None) -> Child:
         """A worker process; ``instance_id``: its static group membership (a worker restarted
-        with the same id takes its partitions back without waiting for a rebalance)."""
-        extra = {"EHB_WORKER_INSTANCE_ID": instance_id} if instance_id else None
+        with the same id takes its partitions back without waiting for a rebalance);
+        ``extra_env``: more variables for this process only (``EHB_FAULT_KILL``...)."""
+        extra = dict(extra_env or {})
+        if instance_id:
+            extra["EHB_WORKER_INSTANCE_ID"] = instance_id
         child = self.children.start(f"worker-{len(self.workers) + 1}", "worker", free_port(),
                                     extra_env=extra)
         self.workers.append(child)
@@ -105,9 +109,9 @@ class Deployment:
         alive = [w for w in self.workers if w.proc.poll() is None]
         return wait_for_workers(alive, self.settings.kafka_partitions, timeout)
 
-    def start_sink(self) -> Child:
+    def start_sink(self, extra_env: dict[str, str] | None = None) -> Child:
         self.sink = self.children.start(f"sink-{len(self.children.children)}", "sink",
-                                        free_port())
+                                        free_port(), extra_env=extra_env)
         wait_until(lambda: self._scrapes(self.sink), 60, message="sink metrics endpoint")
         return self.sink
 

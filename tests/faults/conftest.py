@@ -39,6 +39,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class FaultReport:
     def __init__(self) -> None:
         self.rows: list[Reconciliation] = []
+        #: one per crash point run (tests/faults/test_crash_points.py): the reconciliation
+        #: and where the process died
+        self.crash_points: list[dict[str, Any]] = []
+        #: one per loop of random kills: runs, failures, seconds per run
+        self.loops: list[dict[str, Any]] = []
         self.fuzz: dict[str, int] = {}
         self.corpus: dict[str, Any] = {}
         self.started = time.time()
@@ -46,8 +51,11 @@ class FaultReport:
     def add(self, row: Reconciliation) -> None:
         self.rows.append(row)
 
+    def add_crash_point(self, row: Reconciliation, **detail: Any) -> None:
+        self.crash_points.append({**detail, **row.as_dict()})
+
     def write(self, full: bool) -> Path | None:
-        if not (self.rows or self.fuzz or self.corpus):
+        if not (self.rows or self.crash_points or self.loops or self.fuzz or self.corpus):
             return None
         REPORTS.mkdir(parents=True, exist_ok=True)
         stem = REPORTS / ("faults" if full else "faults-quick")
@@ -61,6 +69,8 @@ class FaultReport:
                        f"{platform.python_version()}",
             "seconds": round(time.time() - self.started, 1),
             "scenarios": [row.as_dict() for row in self.rows],
+            "crash_points": self.crash_points,
+            "loops": self.loops,
             "fuzz_cases": self.fuzz,
             "bad_input_corpus": self.corpus,
         }
@@ -111,6 +121,8 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(f"- MISMATCHES: {row['counter_mismatches'] + row['derived_mismatches']}")
         reasons = ", ".join(f"{k} {v:,}" for k, v in row["dead_letter_reasons"].items())
         lines += [f"- dead letters by reason: {reasons or 'none'}", ""]
+    lines += _crash_points(document.get("crash_points", []))
+    lines += _loops(document.get("loops", []))
     if document["bad_input_corpus"]:
         corpus = document["bad_input_corpus"]
         lines += ["## Bad input", ""]
@@ -126,6 +138,58 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append(f"| total | {sum(document['fuzz_cases'].values()):,} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _crash_points(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "## Crash points", "",
+        "Each point: the process SIGKILLs itself the N-th time it reaches the point "
+        "(`EHB_FAULT_KILL=point:N`), is restarted without it, and the run is reconciled.", "",
+        "| point | process | killed at | committed when killed | time to recover (s) | "
+        "accepted | lost | duplicated | counters = tables | seconds | result |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for row in rows:
+        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else (
+            "NO")
+        died = row.get("committed_at_kill")
+        lines.append(
+            f"| `{row['point']}` | {row['process']} | #{row['kill_at']} | "
+            f"{'-' if died is None else f'{died:,}'} | {_seconds(row['recover_seconds'])} | "
+            f"{row['accepted']:,} | {row['lost']} | {row['duplicated']} | {counters} | "
+            f"{row['total_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |")
+    lines.append("")
+    for row in rows:
+        if row["error"] or row["counter_mismatches"] or row["derived_mismatches"]:
+            problems = [row["error"], *row["counter_mismatches"], *row["derived_mismatches"],
+                        *row["notes"]]
+            lines.append(f"- `{row['point']}`: {'; '.join(p for p in problems if p)}")
+    return [*lines, ""]
+
+
+def _loops(loops: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for loop in loops:
+        seconds = loop["seconds_per_run"]
+        lines += [
+            f"## {loop['scenario']}, {loop['runs']} runs in a row", "",
+            f"{loop['runs']} runs of {loop['asked']} asked ({loop['dynamic']} with dynamic "
+            f"group membership, {loop['static']} static; run n draws its kills with seed "
+            f"{loop['seed_base']} + n), {len(loop['failures'])} failed; seconds per run: "
+            + (f"median {sorted(seconds)[len(seconds) // 2]:.1f}, max {max(seconds):.1f}"
+               if seconds else "-") + ".", "",
+        ]
+        if loop["failures"]:
+            lines += ["| run | membership | seed | lost | duplicated | error |",
+                      "|---:|---|---:|---:|---:|---|"]
+            for f in loop["failures"]:
+                error = " ".join(str(f["error"] or "-").split()).replace("|", "/")[:300]
+                lines.append(f"| {f['run']} | {f['membership']} | {f['seed']} | {f['lost']} | "
+                             f"{f['duplicated']} | {error} |")
+            lines.append("")
+    return lines
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ from typing import Any
 
 import psycopg2
 
-from ehb.demo import scrape
+from ehb.demo import Child, scrape
 from producers.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
-from tests.fixtures import Deployment, wait_until
+from tests.fixtures import Deployment, DeploymentFactory, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +82,19 @@ class Expectation:
         return sum(1 for r in self.outcome.values() if r is None)
 
 
+_EXPECTATIONS: dict[int, Expectation] = {}
+
+
+def expected_for(events: int) -> Expectation:
+    """Every event id of the simulation and its fate (computed once per size, a copy each
+    time: a scenario may add its own events)."""
+    if events not in _EXPECTATIONS:
+        _EXPECTATIONS[events] = Expectation.for_simulation(events)
+    cached = _EXPECTATIONS[events]
+    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals,
+                       cached.appointments)
+
+
 # -- the load -----------------------------------------------------------------------------------
 class LoadProcess:
     """``python -m tests.faults.load`` for one deployment; killable, resumable."""
@@ -108,9 +121,11 @@ class LoadProcess:
     def outbox_file(self) -> Path:
         return self.d.tmp / "producer" / "outbox" / f"{self.identity}.sqlite3"
 
-    def start(self) -> LoadProcess:
+    def start(self, extra_env: dict[str, str] | None = None) -> LoadProcess:
+        """Start (or resume) the load; ``extra_env``: variables for this start only."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+               **(extra_env or {})}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.load", *self.args],
                                          cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -216,6 +231,16 @@ class Monitor:
                 return value
         return 0
 
+    def unchanged_for(self) -> float:
+        """Seconds since the committed events last changed (since the start if never)."""
+        values = [(at, v) for at, v in list(self.samples) if v is not None]
+        since = values[0][0] if values else self.started
+        for at, value in reversed(values):
+            if value != values[-1][1]:
+                break
+            since = at
+        return time.time() - since
+
     def fault(self, kind: str, **detail: Any) -> Fault:
         fault = Fault(kind, time.time(), detail=detail)
         self.faults.append(fault)
@@ -250,6 +275,39 @@ def drop_connection(d: Deployment) -> None:
             conn.close()
 
 
+def dispose(factory: DeploymentFactory) -> None:
+    """Tear a factory's deployments down at once, for a test that makes many in a row: their
+    processes SIGKILLed (their work is over: nothing to shut down gracefully), their topics
+    deleted (the embedded broker keeps every topic in memory) and their databases dropped."""
+    from ehb.kafka import admin_client
+
+    for d in factory.created:
+        for child in d.children.children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait(10)
+        d.children.children.clear()
+        if d._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                d._conn.close()
+        tag = d.settings.topic_prefix.rstrip(".")
+        with contextlib.suppress(Exception):  # best effort: the next run has its own topics
+            admin = admin_client(d.settings)
+            names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
+            if names:
+                for future in admin.delete_topics(names, operation_timeout=10).values():
+                    future.result(10)
+        assert d.settings.database_url is not None
+        database = d.settings.database_url.get_secret_value().rpartition("/")[2]
+        assert factory.base.database_url is not None
+        with contextlib.suppress(psycopg2.Error), contextlib.closing(
+                psycopg2.connect(factory.base.database_url.get_secret_value())) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    factory.created.clear()
+
+
 # -- the end ------------------------------------------------------------------------------------
 def _pipeline_lag(d: Deployment) -> int | None:
     from ehb.kafka import admin_client
@@ -271,21 +329,53 @@ def check_alive(d: Deployment) -> None:
                                  f"{child.log.read_text()[-4000:]}")
 
 
-def wait_committed(d: Deployment, monitor: Monitor, at_least: float, timeout: float) -> None:
+def worker_owns_partitions(child: Child) -> bool:
+    """The worker owns input partitions (its /metrics say so); fails if it died."""
+    if child.proc.poll() is not None:
+        raise AssertionError(f"{child.name} exited with {child.proc.returncode}; log:\n"
+                             f"{child.log.read_text()[-3000:]}")
+    try:
+        return scrape(child.metrics_port).get("ehb_worker_assigned_partitions", 0) > 0
+    except OSError:
+        return False
+
+
+def wait_committed(d: Deployment, monitor: Monitor, at_least: float, timeout: float,
+                   stall_s: float | None = None) -> None:
+    """Until ``at_least`` events are committed; ``stall_s``: fail as soon as nothing has been
+    committed for that long (a stalled pipeline, rather than waiting out ``timeout``)."""
     def reached() -> bool:
         check_alive(d)
-        return monitor.committed >= at_least
+        if monitor.committed >= at_least:
+            return True
+        if stall_s is not None and monitor.unchanged_for() > stall_s:
+            raise AssertionError(f"stalled: nothing committed for {stall_s:.0f}s "
+                                 f"({monitor.committed} events, waiting for {at_least:.0f})")
+        return False
     wait_until(reached, timeout, interval=0.05, message=f"{at_least:.0f} events committed")
 
 
-def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3.0) -> float:
+def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3.0,
+           stall_s: float | None = None) -> float:
     """Wait until ``expected_rows`` are committed, no consumer group lags and the counters have
-    not moved for ``quiet_s``; returns the seconds it took."""
+    not moved for ``quiet_s``; returns the seconds it took. ``stall_s``: fail as soon as no
+    event has been accounted for that long while some are missing."""
     started = time.monotonic()
     counters = "SELECT coalesce(sum(value), 0) FROM campaign_counters"
+    progress = (-1, time.monotonic())
+
     def accounted() -> bool:
+        nonlocal progress
         check_alive(d)
-        return d.accounted_events() >= expected_rows
+        value = d.accounted_events()
+        if value >= expected_rows:
+            return True
+        if value != progress[0]:
+            progress = (value, time.monotonic())
+        elif stall_s is not None and time.monotonic() - progress[1] > stall_s:
+            raise AssertionError(f"stalled: {value} of {expected_rows} events persisted or "
+                                 f"dead-lettered, none for {stall_s:.0f}s")
+        return False
 
     wait_until(accounted, timeout, interval=0.5,
                message=f"{expected_rows} events persisted or dead-lettered")

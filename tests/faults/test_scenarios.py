@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from ehb.demo import scrape
 from ehb.embedded import EmbeddedPostgres
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
@@ -32,14 +32,18 @@ from tests.faults.harness import (
     Expectation,
     LoadProcess,
     Monitor,
+    Reconciliation,
     check_alive,
+    dispose,
     drop_connection,
+    expected_for,
     finish,
     outbox_pending,
     reconcile,
     reconcile_nothing,
     settle,
     wait_committed,
+    worker_owns_partitions,
 )
 from tests.faults.proxy import KafkaProxy
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
@@ -80,18 +84,6 @@ def sizes(quick: bool) -> list[Any]:
     return [pytest.param(QUICK, id="quick"), full] if quick else [full]
 
 
-_EXPECTATIONS: dict[int, Expectation] = {}
-
-
-def expected_for(events: int) -> Expectation:
-    """Every event id of the simulation and its fate (computed once per size)."""
-    if events not in _EXPECTATIONS:
-        _EXPECTATIONS[events] = Expectation.for_simulation(events)
-    cached = _EXPECTATIONS[events]
-    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals,
-                       cached.appointments)
-
-
 def _record_failure(d: Deployment, name: str, size: Size, expectation: Expectation,
                     monitor: Monitor, report: FaultReport, exc: BaseException) -> None:
     """A scenario that did not reach its end still gets its row: what the database holds."""
@@ -125,58 +117,196 @@ def _scenario(d: Deployment, name: str, size: Size, expectation: Expectation, mo
 def _run_end(d: Deployment, name: str, size: Size, expectation: Expectation,
              monitor: Monitor, load: LoadProcess, report: FaultReport,
              notes: list[str] | None = None) -> None:
+    result = _reconciled_end(d, name, size, expectation, monitor, load, notes)
+    report.add(result)
+    assert result.ok, result.failure()
+
+
+def _reconciled_end(d: Deployment, name: str, size: Size, expectation: Expectation,
+                    monitor: Monitor, load: LoadProcess, notes: list[str] | None = None,
+                    stall_s: float | None = None) -> Reconciliation:
+    """The load's end, the pipeline settled, then every event reconciled."""
     status = load.wait(size.timeout)
     drained_from = time.monotonic()
-    settle(d, len(expectation.outcome), size.timeout)
+    settle(d, len(expectation.outcome), size.timeout, stall_s=stall_s)
     drain = time.monotonic() - drained_from
     monitor.stop()
     notes = [f"load: {status.get('accept_seconds')} s to accept, {load.starts} process(es), "
              f"{status.get('resent', 0)} events resent from the outbox at the last start",
              *(notes or [])]
-    result = finish(reconcile(d, f"{name} [{size.name}]", expectation), monitor,
-                    len(expectation.outcome), drain_seconds=drain, notes=notes)
-    report.add(result)
-    assert result.ok, result.failure()
+    return finish(reconcile(d, f"{name} [{size.name}]", expectation), monitor,
+                  len(expectation.outcome), drain_seconds=drain, notes=notes)
 
 
 # -- 1. kill -9 of a stream worker at random moments --------------------------------------------
+def _two_workers(deploy: DeploymentFactory, static: bool) -> tuple[Deployment, dict[str, str]]:
+    """A deployment with two workers; ``static``: with group instance ids (returned by the
+    workers' names), so that a restarted worker takes its partitions back without a
+    rebalance."""
+    if not static:
+        return deploy(workers=2, partitions=4), {}
+    d = deploy(workers=0, partitions=4)
+    ids = {}
+    for n in (1, 2):
+        ids[d.start_worker(wait=False, instance_id=f"worker-{n}").name] = f"worker-{n}"
+    d.wait_for_workers()
+    return d, ids
+
+
+def _kill_workers_at_random(d: Deployment, size: Size, seed: int, monitor: Monitor,
+                            total: int, instance_ids: dict[str, str],
+                            stall_s: float | None = None) -> list[str]:
+    """``size.worker_kills`` kills of a random worker at random shares of the committed
+    events, each followed by a restart (with the victim's instance id, if it had one);
+    returns the report's notes."""
+    rng = random.Random(seed)
+    moments = sorted(rng.uniform(0.1, 0.85) for _ in range(size.worker_kills))
+    for n, moment in enumerate(moments, 1):
+        wait_committed(d, monitor, moment * total, size.timeout, stall_s)
+        alive = [w for w in d.workers if w.proc.poll() is None]
+        victim = rng.choice(alive)
+        fault = monitor.fault(f"kill -9 worker #{n} ({victim.name})",
+                              committed=monitor.committed)
+        d.kill(victim)
+        instance_id = instance_ids.get(victim.name)
+        fresh = d.start_worker(wait=False, instance_id=instance_id)
+        if instance_id:
+            instance_ids[fresh.name] = instance_id
+        fault.ended = time.time()
+        wait_until(lambda child=fresh: worker_owns_partitions(child), 180, interval=0.25,
+                   message="restarted worker joined")
+        fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
+    membership = "static" if instance_ids else "dynamic"
+    return [f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)} of the "
+            f"committed events (seed {seed}, {membership} group membership)"]
+
+
 @pytest.mark.parametrize("size", sizes(quick=True))
 def test_worker_killed_at_random_moments(deploy: DeploymentFactory, fault_report: FaultReport,
                                          size: Size) -> None:
-    rng = random.Random(SEED)
-    d = deploy(workers=2, partitions=4)
+    d, instance_ids = _two_workers(deploy, static=False)
     expectation = expected_for(size.events)
     total = len(expectation.outcome)
     monitor = Monitor(d).start()
     rate = 0 if size is FULL else size.events / size.span_s
     load = LoadProcess(d, events=size.events, rate=rate).start()
-    moments = sorted(rng.uniform(0.1, 0.85) for _ in range(size.worker_kills))
     with _scenario(d, S1, size, expectation, monitor, fault_report, load):
-        for n, moment in enumerate(moments, 1):
-            wait_committed(d, monitor, moment * total, size.timeout)
-            alive = [w for w in d.workers if w.proc.poll() is None]
-            victim = rng.choice(alive)
-            fault = monitor.fault(f"kill -9 worker #{n} ({victim.name})",
-                                  committed=monitor.committed)
-            d.kill(victim)
-            fresh = d.start_worker(wait=False)
-            fault.ended = time.time()
+        notes = _kill_workers_at_random(d, size, SEED, monitor, total, instance_ids)
+        _run_end(d, S1, size, expectation, monitor, load, fault_report, notes)
 
-            def owns_partitions(child: Any = fresh) -> bool:
-                if child.proc.poll() is not None:
-                    raise AssertionError(child.log.read_text()[-3000:])
-                try:
-                    return scrape(child.metrics_port).get(
-                        "ehb_worker_assigned_partitions", 0) > 0
-                except OSError:
-                    return False
 
-            wait_until(owns_partitions, 180, interval=0.25, message="restarted worker joined")
-            fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
-        _run_end(d, S1, size, expectation, monitor, load,
-                 fault_report, [f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)}"
-                                " of the committed events (seed "
-                                f"{SEED})"])
+#: runs of the quick scenario 1 in a row (``make faults``)
+LOOP_RUNS = int(os.environ.get("EHB_FAULTS_LOOP_RUNS", "50"))
+#: no run starts after this many seconds of the loop (``make faults`` stays under 40 min);
+#: runs left out count as failures
+LOOP_BUDGET_S = float(os.environ.get("EHB_FAULTS_LOOP_BUDGET_S", "1200"))
+#: a run in which nothing is committed for this long has stalled: it fails at once (a healthy
+#: quick run recovers from a kill in ~6-12 s)
+LOOP_STALL_S = 30.0
+
+
+def _prepare_run(services: Settings, root: Path, run: int
+                 ) -> tuple[DeploymentFactory, Deployment, dict[str, str]]:
+    """Run ``run``'s deployment: static group membership on even runs."""
+    factory = DeploymentFactory(services, root / f"run{run}")
+    try:
+        d, instance_ids = _two_workers(factory, static=run % 2 == 0)
+    except BaseException:
+        dispose(factory)
+        raise
+    return factory, d, instance_ids
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+@pytest.mark.timeout(300 + 120 * LOOP_RUNS)
+def test_worker_killed_at_random_moments_in_a_loop(services: Settings, tmp_path: Path,
+                                                   fault_report: FaultReport) -> None:
+    """Scenario 1 [quick], ``EHB_FAULTS_LOOP_RUNS`` times (default 50): odd runs with dynamic
+    group membership, even runs static; run n draws its kill moments and victims with seed
+    ``EHB_FAULTS_SEED + n``. Each run has its own deployment, started while the previous run
+    drains (its processes only join their own groups meanwhile) and torn down at once after
+    its reconciliation (processes killed, topics deleted, database dropped). Every run must
+    lose and duplicate nothing; the report lists the failed runs."""
+    size = QUICK
+    failures: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    loop_started = time.monotonic()
+    with ThreadPoolExecutor(1, thread_name_prefix="next-run") as pool:
+        upcoming = pool.submit(_prepare_run, services, tmp_path, 1)
+        for run in range(1, LOOP_RUNS + 1):
+            if time.monotonic() - loop_started > LOOP_BUDGET_S:
+                dispose_prepared(upcoming)
+                break
+            static, seed = run % 2 == 0, SEED + run
+            started = time.monotonic()
+            expectation = expected_for(size.events)
+            result: Reconciliation | None = None
+            error = ""
+            factory: DeploymentFactory | None = None
+            d: Deployment | None = None
+            monitor: Monitor | None = None
+            load: LoadProcess | None = None
+            phases: dict[str, float] = {}
+            current, next_submitted = upcoming, False
+            try:
+                factory, d, instance_ids = current.result()
+                phases["deployed"] = round(time.monotonic() - started, 1)
+                monitor = Monitor(d).start()
+                load = LoadProcess(d, events=size.events, rate=size.events / size.span_s)
+                load.start()
+                notes = _kill_workers_at_random(d, size, seed, monitor,
+                                                len(expectation.outcome), instance_ids,
+                                                LOOP_STALL_S)
+                phases["killed"] = round(time.monotonic() - started, 1)
+                if run < LOOP_RUNS:  # the next deployment starts while this one drains
+                    upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
+                    next_submitted = True
+                result = _reconciled_end(d, S1, size, expectation, monitor, load, notes,
+                                         LOOP_STALL_S)
+                phases["reconciled"] = round(time.monotonic() - started, 1)
+            except Exception as exc:  # noqa: BLE001 - a failed run is counted, the loop goes on
+                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                if d is not None:
+                    with contextlib.suppress(Exception):
+                        result = reconcile(d, S1, expectation)
+            finally:
+                if load is not None:
+                    load.stop()
+                if monitor is not None:
+                    monitor.stop()
+                if factory is not None:
+                    dispose(factory)
+                if run < LOOP_RUNS and not next_submitted:
+                    upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
+            seconds.append(round(time.monotonic() - started, 1))
+            ok = not error and result is not None and result.ok
+            print(f"run {run} ({'static' if static else 'dynamic'}, seed {seed}): "
+                  f"{'ok' if ok else 'FAILED'}, {phases}, {seconds[-1]} s", flush=True)
+            if not ok:
+                failures.append({
+                    "run": run, "membership": "static" if static else "dynamic", "seed": seed,
+                    "lost": result.lost if result else None,
+                    "duplicated": result.duplicated if result else None,
+                    "error": error or (result.failure() if result else ""),
+                    "logs": str(d.tmp / "logs") if d is not None else None,
+                })
+    runs = len(seconds)
+    fault_report.loops.append({
+        "scenario": f"{S1} [quick]", "runs": runs, "asked": LOOP_RUNS,
+        "dynamic": (runs + 1) // 2, "static": runs // 2, "seed_base": SEED,
+        "failures": failures, "seconds_per_run": seconds,
+    })
+    assert not failures, failures
+    assert runs == LOOP_RUNS, (f"only {runs} of {LOOP_RUNS} runs within the loop's "
+                               f"{LOOP_BUDGET_S:.0f}s (EHB_FAULTS_LOOP_BUDGET_S)")
+
+
+def dispose_prepared(upcoming: Future[tuple[DeploymentFactory, Deployment, dict[str, str]]]
+                     ) -> None:
+    """Tear down a deployment prepared for a run that will not happen."""
+    with contextlib.suppress(Exception):
+        dispose(upcoming.result()[0])
 
 
 # -- 2. kill -9 of the sink while it writes a batch ----------------------------------------------
