@@ -37,7 +37,7 @@ docs: $(STAMP)
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 
-## Fault injection + bad input + fuzzing, 200,000 events a scenario (EHB_FAULTS_EVENTS); writes reports/faults.{md,json}.
+## Fault injection (200,000 events a scenario, EHB_FAULTS_EVENTS), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
 faults: $(STAMP)
 	@$(BIN)/python -m pytest -m faults tests/faults $(ARGS)
 
