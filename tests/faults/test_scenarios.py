@@ -173,7 +173,9 @@ def _kill_workers_at_random(d: Deployment, size: Size, seed: int, monitor: Monit
         if instance_id:
             instance_ids[fresh.name] = instance_id
         fault.ended = time.time()
-        wait_until(lambda child=fresh: worker_owns_partitions(child), 180, interval=0.25,
+        # a stalled group may never give the restarted worker partitions: bounded by stall_s
+        wait_until(lambda child=fresh: worker_owns_partitions(child),
+                   180 if stall_s is None else 2 * stall_s, interval=0.25,
                    message="restarted worker joined")
         fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
     membership = "static" if instance_ids else "dynamic"
