@@ -192,7 +192,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
     registry = initial_registry(settings)
     faust_app = create_app(settings, registry=registry)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     log.info("worker %s starting (group %s, %d facilities in registry)",
              faust_app.conf.id, settings.worker_group, len(registry))
     faust_worker = faust.Worker(faust_app, loglevel=settings.log_level.lower()
@@ -261,7 +261,7 @@ def simulate(
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
+        start_http_server(metrics_port, addr=settings.metrics_host)
     summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
                              progress=console)
     out.print_json(json.dumps(summary))
@@ -397,7 +397,7 @@ def gateway(
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
+        start_http_server(metrics_port, addr=settings.metrics_host)
     report = run_gateway(settings, directory, watch=watch, interval=interval, settle_s=settle,
                          max_message_bytes=max_message_bytes, console=console)
     print_report(report, out)

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9400, ge=0, description="Port of the /metrics endpoint (0 disables it)."
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics endpoint binds to: loopback by default; 0.0.0.0 "
+        "(as in docker-compose.yml) lets a Prometheus on another host scrape it.",
+    )
     data_dir: Path = Field(
         Path(".ehb"),
         description="Local state: embedded PostgreSQL data, broker logs, outboxes. Git-ignored.",

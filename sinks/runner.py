@@ -48,7 +48,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         REGISTRY.register(LagCollector(settings, settings.lag_refresh_s).start())
         REGISTRY.register(FacilityReportCollector(
             lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
-        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on :%d/metrics", settings.metrics_port)
 
     writer = PostgresWriter(connect_quickly,

@@ -54,8 +54,10 @@ process, before the app starts. Each has a name (``PATCHES``) and a test in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -247,6 +249,9 @@ class DeliveryGuard:
 
     def sought(self, committed: dict[TP, int | None]) -> None:
         """``tps`` are at their committed offsets: deliver from there."""
+        if committed:
+            log.info("input partitions sought, next offsets: %s", ", ".join(
+                f"{tp.topic}[{tp.partition}]={offset}" for tp, offset in sorted(committed.items())))
         for tp, offset in committed.items():
             known = offset if offset is not None and offset >= 0 else None
             self.expected[tp] = known
@@ -272,6 +277,36 @@ class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
         return expected  # type: ignore[return-value]
 
 
+def describe(consumer: Consumer) -> str:
+    """The consumer's view of its input partitions, for an operator (``kill -USR1``)."""
+    guard = guard_of(consumer)
+    assignment = consumer.assignment()
+    active = consumer._get_active_partitions()
+    lines = [f"flow active {consumer.flow_active}; assigned {len(assignment)}"]
+    for tp in sorted(assignment):
+        if consumer._is_changelog_tp(tp):
+            continue
+        expected = guard.expected.get(tp, "fenced") if guard is not None else "-"
+        state = ("active" if tp in active else "paused" if tp in consumer._paused_partitions
+                 else "buffered" if tp in consumer._buffered_partitions else "not fetched")
+        lines.append(f"  {tp.topic}[{tp.partition}] {state}, next to deliver {expected}, "
+                     f"committed {consumer._committed_offset.get(tp)}, "
+                     f"acked {len(consumer._acked.get(tp, ()))}, "
+                     f"highwater {consumer.highwater(tp)}")
+    return "\n".join(lines)
+
+
+def _dump_on_signal(consumer: Consumer) -> None:
+    def dump(*_: Any) -> None:
+        try:
+            log.warning("partition state (SIGUSR1):\n%s", describe(consumer))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must never stop the worker
+            log.warning("partition state unavailable: %r", exc)
+
+    with contextlib.suppress(ValueError):  # not the main thread: no handler
+        signal.signal(signal.SIGUSR1, dump)
+
+
 def guard_of(consumer: Consumer) -> DeliveryGuard | None:
     return getattr(consumer, "_ehb_guard", None)
 
@@ -281,6 +316,7 @@ def _guard(consumer: Consumer) -> DeliveryGuard:
     if guard is None:
         guard = DeliveryGuard(consumer, consumer.callback)
         consumer._ehb_guard = guard  # type: ignore[attr-defined]
+        _dump_on_signal(consumer)
     return guard
 
 
@@ -344,6 +380,9 @@ def _patch_seek_before_resume() -> None:
         consumer.resume_partitions(streams)
         consumer.resume_flow()
         await app._fetcher.maybe_start()
+        log.info("stream partitions resumed: %d; active %d, paused %d, buffered %d", len(streams),
+                 len(consumer._get_active_partitions()), len(consumer._paused_partitions),
+                 len(consumer._buffered_partitions))
         return True
 
     async def _resume_streams(self: Recovery, generation_id: int = 0) -> None:
