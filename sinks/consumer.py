@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import Counter
 
 from ehb import faultpoints
 from ehb.kafka import consumer_config, producer_config
@@ -53,10 +54,17 @@ from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import bound_dead_letter
 from schemas.registry import codec_for
+from sinks.continuity import ContiguousOffsets
 
 __all__ = ["Handler", "Record", "RecordConsumer"]
 
 log = logging.getLogger(__name__)
+
+OFFSET_SKIPS = Counter(
+    "ehb_consumer_offset_skips_total",
+    "Records a fetch returned past offsets it skipped; not handled, the partition is read "
+    "again from the first skipped offset.", ["topic"],
+)
 
 
 V = TypeVar("V")
@@ -120,24 +128,63 @@ class RecordConsumer:
         self._encode_dead_letter = self.codec.writer(SUBJECTS.DEAD_LETTER)
         self.assigned: set[tuple[str, int]] = set()
         self.undecodable = 0
+        self._earliest = consumer_config(settings, group, **(consumer_overrides or {})).get(
+            "auto.offset.reset") in ("earliest", "smallest", "beginning")
+        self.continuity = ContiguousOffsets()
 
     # -- rebalance bookkeeping ----------------------------------------------------------
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.continuity.start(self._starts(consumer, partitions))
+
+    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]
+                ) -> dict[tuple[str, int], int | None]:
+        """Where each assigned partition starts: its committed offset; for a new group that
+        reads from the beginning, the log's start; else unknown (the first record sets it)."""
+        starts: dict[tuple[str, int], int | None] = {}
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - unknown starts: the first record sets them
+            log.warning("committed offsets unavailable at assignment: %s", exc)
+            return {(p.topic, p.partition): None for p in partitions}
+        for p in committed:
+            start: int | None = p.offset if p.offset >= 0 else None
+            if start is None and self._earliest:
+                try:
+                    start = consumer.get_watermark_offsets(p, timeout=5, cached=False)[0]
+                except Exception:  # noqa: BLE001
+                    start = None
+            starts[(p.topic, p.partition)] = start
+        return starts
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self.continuity.forget((p.topic, p.partition) for p in partitions)
 
     # -- the loop -----------------------------------------------------------------------
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        """The next records of each partition, in offset order without a gap: a record past
+        a skipped offset is left out and the partition sought back to the skipped offset."""
         messages = self._consumer.consume(max_records, timeout)
         good = []
         for message in messages:
             error = message.error()
-            if error is None:
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            take, seek_to = self.continuity.admit((topic, partition), offset)
+            if take:
                 good.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
+            elif seek_to is not None:
+                OFFSET_SKIPS.labels(topic).inc()
+                log.warning("%s[%d]: offset %d fetched while %d is next; reading again from %d",
+                            topic, partition, offset, seek_to, seek_to)
+                try:
+                    self._consumer.seek(TopicPartition(topic, partition, seek_to))
+                except Exception as exc:  # noqa: BLE001 - the next skip seeks again
+                    log.warning("seek of %s[%d] failed: %s", topic, partition, exc)
         return good
 
     def decode(self, messages: Sequence[Message]) -> list[Record[Any]]:

@@ -147,8 +147,9 @@ def _two_workers(deploy: DeploymentFactory, static: bool) -> tuple[Deployment, d
         return deploy(workers=2, partitions=4), {}
     d = deploy(workers=0, partitions=4)
     ids = {}
-    for n in (1, 2):
-        ids[d.start_worker(wait=False, instance_id=f"worker-{n}").name] = f"worker-{n}"
+    for n in (1, 2):  # unique on the broker: deployments share it
+        instance = f"{d.settings.worker_group}-{n}"
+        ids[d.start_worker(wait=False, instance_id=instance).name] = instance
     d.wait_for_workers()
     return d, ids
 
