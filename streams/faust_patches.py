@@ -350,7 +350,17 @@ def _patch_in_order_delivery() -> None:
         guard.fence(streams)  # what is delivered while the seek is pending is dropped
         await perform_seek(self)
         read = dict.get
-        guard.sought({tp: read(self._read_offset, tp) for tp in streams})
+        starts = {tp: read(self._read_offset, tp) for tp in streams}
+        fresh = [tp for tp, offset in starts.items() if offset is None]
+        if fresh:
+            # No committed offset: start at the beginning, explicitly, so that the guard knows
+            # the first offset (a fresh worker was seen fetching nothing from such partitions).
+            earliest = await self.earliest_offsets(*fresh)
+            for tp in fresh:
+                start = earliest.get(tp) or 0
+                await self._seek(tp, start)
+                starts[tp] = start
+        guard.sought(starts)
 
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]

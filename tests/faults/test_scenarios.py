@@ -149,7 +149,9 @@ def _two_workers(deploy: DeploymentFactory, static: bool) -> tuple[Deployment, d
     ids = {}
     for n in (1, 2):  # unique on the broker: deployments share it
         instance = f"{d.settings.worker_group}-{n}"
-        ids[d.start_worker(wait=False, instance_id=instance).name] = instance
+        # one after the other: two static members joining Tansu's group at once can loop on
+        # UnknownMemberId for good (README, Reliability limits)
+        ids[d.start_worker(wait=True, instance_id=instance).name] = instance
     d.wait_for_workers()
     return d, ids
 
