@@ -149,6 +149,7 @@ def install(real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None) ->
     bound to the settings); without it ``changelog_real_end`` is not applied.
     """
     if "instrument_seek" not in _installed:
+        faust_version()
         _instrument_seek()
         _installed.add("instrument_seek")
     for name, apply in (
@@ -165,7 +166,6 @@ def install(real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None) ->
             and _enabled("changelog_real_end"):
         _patch_changelog_real_end(real_end)
         _installed.add("changelog_real_end")
-    faust_version()
     return sorted(_installed)
 
 

@@ -141,7 +141,7 @@ def _workers(d: Deployment) -> str:
             continue
         shown = {k.removeprefix("ehb_worker_"): v for k, v in metrics.items()
                  if k.startswith(("ehb_worker_assigned_partitions", "ehb_worker_offset_",
-                                  "ehb_worker_stopped_partitions", "ehb_worker_commit_"))}
+                                  "ehb_worker_commit_"))}
         out.append(f"{worker.name}: {shown}")
     return "; ".join(out) or "none alive"
 
