@@ -189,6 +189,9 @@ def worker(metrics_port: MetricsPort = None) -> None:
 
     settings = load_settings(metrics_port=metrics_port)
     resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
+    if settings.worker_instance_id and not settings.kafka_bootstrap:
+        log.warning("EHB_WORKER_INSTANCE_ID is set on the embedded broker: Tansu stalls static "
+                    "members that rejoin (README, Limits); leave it unset there")
     registry = initial_registry(settings)
     faust_app = create_app(settings, registry=registry)
     if settings.metrics_port:

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     worker_instance_id: str | None = Field(
         None, description="Static group membership (group.instance.id) of a worker: a worker "
         "restarted with the same id takes its partitions back without a rebalance. Unique per "
-        "worker; unset: dynamic membership.")
+        "worker; unset: dynamic membership. Apache Kafka only: Tansu stalls static members.")
     worker_fetch_max_wait_ms: int = Field(
         25, ge=1, le=1500, description="Longest a worker's fetch waits for data (Faust "
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).")

@@ -175,8 +175,9 @@ def _loops(loops: list[dict[str, Any]]) -> list[str]:
         seconds = loop["seconds_per_run"]
         lines += [
             f"## {loop['scenario']}, {loop['runs']} runs in a row", "",
-            f"{loop['runs']} runs of {loop['asked']} asked ({loop['dynamic']} with dynamic "
-            f"group membership, {loop['static']} static; run n draws its kills with seed "
+            f"{loop['runs']} runs of {loop['asked']} asked ({loop['runs'] - loop['static']} "
+            f"with dynamic group membership, {loop['static']} static; run n draws its kills "
+            f"with seed "
             f"{loop['seed_base']} + n), {len(loop['failures'])} failed; seconds per run: "
             + (f"median {sorted(seconds)[len(seconds) // 2]:.1f}, max {max(seconds):.1f}"
                if seconds else "-") + ".", "",
