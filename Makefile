@@ -32,7 +32,7 @@ test: $(STAMP)
 
 ## Regenerate the README's generated tables (settings, reason codes).
 docs: $(STAMP)
-	@$(BIN)/python -m ehb.docs
+	@$(BIN)/python -m ehb.commands.docs
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

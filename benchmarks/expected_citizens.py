@@ -16,9 +16,9 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ehb.demo import demo_timeline  # noqa: E402
-from producers.simulator import CitySimulator, SimulationConfig  # noqa: E402
+from ehb.commands.demo import demo_timeline  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
+from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from streams.validation import VN_TZ, Validator  # noqa: E402
 
 

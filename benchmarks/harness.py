@@ -152,7 +152,7 @@ def events_file(events: int, seed: int, *, regenerate: bool = False,
     """Simulated events on disk (pickled chunks of :data:`CHUNK`), cached by size/seed/source.
 
     Returns the file and its generation record (seconds, rate; ``cached`` when reused)."""
-    from producers.simulator import CitySimulator, SimulationConfig
+    from simulation.simulator import CitySimulator, SimulationConfig
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     name = f"events-{events}-seed{seed}-{_simulator_fingerprint()}"

@@ -7,7 +7,7 @@ Modes:
   disk so that the process's memory is the publisher's, not the data set's. The time spent
   unpickling is measured and reported (``load_s``); it is inside the publish window.
 * ``--rate R --seconds S``: the simulated city at a steady ``R`` events/s
-  (:func:`producers.simulate.run_simulation`, as ``ehb simulate --rate``).
+  (:func:`ehb.commands.simulate.run_simulation`, as ``ehb simulate --rate``).
 
 Prints ``READY`` once connected, starts on ``GO`` (stdin), prints one JSON line at the end:
 wall-clock start (``time.time()``, before the first event is handed to the publisher), the
@@ -77,8 +77,8 @@ def publish_file(settings: Settings, path: Path, batch_size: int, durable: bool)
 
 def publish_rate(settings: Settings, rate: float, seconds: float, batch_size: int,
                  seed: int, durable: bool) -> dict:
-    from producers.simulate import run_simulation
-    from producers.simulator import SimulationConfig
+    from ehb.commands.simulate import run_simulation
+    from simulation.simulator import SimulationConfig
 
     events = int(rate * seconds)
     config = SimulationConfig(events=events, seed=seed, reports=False)

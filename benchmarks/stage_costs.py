@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ehb.privacy import CitizenKeyer  # noqa: E402
 from ehb.runtime import tune_gc  # noqa: E402
 from ehb.settings import Settings  # noqa: E402
-from producers.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from schemas import SUBJECTS, AvroCodec  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
+from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from streams.app import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
 from streams.citizen_state import CitizenStateMachine, StateConfig  # noqa: E402
 from streams.intake import Intake, SourceMessage  # noqa: E402

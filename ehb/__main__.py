@@ -1,3 +1,3 @@
-from ehb.cli import main
+from ehb.commands.cli import main
 
 main()

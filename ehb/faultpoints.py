@@ -54,7 +54,7 @@ POINTS: dict[str, str] = {
     "health_book.batch_acknowledged": "Faust acknowledged the internal batch; offsets not "
                                       "committed",
     "health_book.offsets_committed": "the worker group committed internal-topic offsets",
-    # sink (sinks.postgres / sinks.consumer)
+    # sink (sinks.postgres / ehb.consumer)
     "sink.copy_done": "a batch is in the staging table, the transaction is open",
     "sink.db_committed": "a batch's rows and counters are committed in PostgreSQL; offsets "
                          "not committed",

@@ -29,11 +29,11 @@ import psycopg2.extensions
 from psycopg2.extras import execute_values
 
 from ehb import faultpoints
+from ehb.consumer import Record
 from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
 from sinks import metrics
-from sinks.consumer import Record
 from streams.enrichment import IN_PROVINCE
 from streams.validation import parse_datetime
 

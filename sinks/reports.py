@@ -23,11 +23,11 @@ import psycopg2.extensions
 from confluent_kafka import Producer
 from psycopg2.extras import execute_values
 
+from ehb.consumer import Record, RecordConsumer
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
 from schemas.dead_letters import bound_dead_letter
-from sinks.consumer import Record, RecordConsumer
 from sinks.reconcile import ReconcileLoop, Reconciler
 
 __all__ = ["REPORTS_TOPIC", "ReportSink", "report_dead_letter", "report_problem",

@@ -8,12 +8,12 @@ from collections import Counter
 
 from prometheus_client import REGISTRY, start_http_server
 
+from ehb.consumer import Record, RecordConsumer
 from ehb.db import connect
 from ehb.runtime import tune_gc
 from ehb.settings import Settings
 from schemas import SUBJECTS
 from sinks import metrics
-from sinks.consumer import Record, RecordConsumer
 from sinks.lag import LagCollector
 from sinks.metrics import CampaignCollector
 from sinks.migrate import migrate

@@ -24,7 +24,7 @@ import psycopg2.extensions
 from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
-from ehb.demo import Child, DemoChildren, scrape, wait_for_workers
+from ehb.commands.demo import Child, DemoChildren, scrape, wait_for_workers
 from ehb.embedded import free_port
 from ehb.kafka import consumer_config, create_topics, producer_config
 from ehb.settings import Settings

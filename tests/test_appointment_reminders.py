@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from producers.simulate import run_simulation
-from producers.simulator import SimulationConfig
-from sinks.tail import Start, TopicReader
+from ehb.commands.simulate import run_simulation
+from ehb.commands.tail import Start, TopicReader
+from simulation.simulator import SimulationConfig
 from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ import yaml
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
-from ehb.cli import app
+from ehb.commands import asyncapi
+from ehb.commands.cli import app
 from ehb.kafka import TopicSpec, topic_specs
 from ehb.privacy import PERSONAL_FIELDS
-from schemas import asyncapi
 from schemas.catalog import SUBJECTS, load_catalog
 
 DATA = Path(__file__).parent / "data"

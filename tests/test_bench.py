@@ -52,7 +52,7 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
 
 
 def test_profile_summary_attributes_samples_to_the_agents(tmp_path: Path) -> None:
-    loop = "main (ehb/cli.py);BaseEventLoop._run_once (asyncio/base_events.py)"
+    loop = "main (ehb/commands/cli.py);BaseEventLoop._run_once (asyncio/base_events.py)"
     collapsed = tmp_path / "worker.collapsed.txt"
     collapsed.write_text("\n".join([
         f"{loop};create_app.<locals>.intake_agent (streams/app.py);"

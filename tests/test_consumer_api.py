@@ -1,4 +1,4 @@
-"""The public consumer client (sinks.consumer.RecordConsumer) on the real broker: typed records,
+"""The public consumer client (ehb.consumer.RecordConsumer) on the real broker: typed records,
 commit only after the handler returns, undecodable values dead-lettered."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any, get_type_hints
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from ehb.commands.tail import Start, TopicReader
+from ehb.consumer import Record, RecordConsumer
 from ehb.kafka import consumer_config
 from schemas import SUBJECTS, load_catalog
 from schemas.records import TYPED_SUBJECTS, AppointmentRecord
-from sinks.consumer import Record, RecordConsumer
-from sinks.tail import Start, TopicReader
 from tests.fixtures import Deployment, DeploymentFactory
 
 

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
-from ehb.cli import app
+from ehb.commands.cli import app
 from ehb.kafka import producer_config
 from schemas import SUBJECTS
 from sinks.lag import LagCollector, PartitionLag

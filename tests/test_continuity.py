@@ -1,8 +1,8 @@
-"""sinks.continuity: a consumer never hands on a record past offsets its fetch skipped."""
+"""ehb.continuity: a consumer never hands on a record past offsets its fetch skipped."""
 
 from __future__ import annotations
 
-from sinks.continuity import ContiguousOffsets
+from ehb.continuity import ContiguousOffsets
 
 P = ("t.health-book", 0)
 

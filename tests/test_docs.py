@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ehb.cli import settings_markdown
+from ehb.commands.cli import settings_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -23,8 +23,8 @@ from producers.dossier import (
 )
 from producers.gateway import complete_files
 from producers.jsonl import EVENT_ID_NAMESPACE
-from producers.simulator import CitySimulator, SimulationConfig
 from schemas import SUBJECTS, AvroCodec
+from simulation.simulator import CitySimulator, SimulationConfig
 from tests import factories as f
 
 DEFAULTS = {spec["name"]: spec.get("default") for spec in AvroCodec().catalog.latest(

@@ -16,8 +16,8 @@ import pytest
 
 from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
-from producers.simulator import CitySimulator, SimulationConfig
-from producers.xml_export import export_simulation, write_dossier
+from simulation.simulator import CitySimulator, SimulationConfig
+from simulation.xml_export import export_simulation, write_dossier
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 from tests.test_dossier import BOMB

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ehb.cli import app
-from ehb.demo import scrape
+from ehb.commands.cli import app
+from ehb.commands.demo import scrape
+from ehb.commands.registry import RegistryFileError, read_registry_csv
 from schemas.reference import REFERENCE_DIR, load_facilities
-from sinks.registry import RegistryFileError, read_registry_csv
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 

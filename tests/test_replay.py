@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
-from ehb.cli import app
+from ehb.commands.cli import app
+from ehb.commands.tail import Start, TopicReader
 from ehb.kafka import consumer_config
 from sinks.runner import SINK_TOPICS
-from sinks.tail import Start, TopicReader
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 

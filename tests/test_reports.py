@@ -11,10 +11,10 @@ from typing import Any
 import psycopg2
 import pytest
 
+from ehb.commands.simulate import run_simulation
 from producers.reports import DailyReportBook, ReportPublisher, episode_day, pick_facilities
-from producers.simulate import run_simulation
-from producers.simulator import CitySimulator, SimulationConfig
 from schemas import SUBJECTS, AvroCodec
+from simulation.simulator import CitySimulator, SimulationConfig
 from sinks.reconcile import Reconciler, episode_of_dead_letter, last_passed_day
 from sinks.reports import report_problem, write_reports
 from streams.validation import VN_TZ, parse_datetime

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from ehb.cli import app
+from ehb.commands.cli import app
 from ehb.exceptions import EhbError
 from ehb.settings import Settings
 from schemas import SUBJECTS, DecodeError, load_catalog

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ehb.settings import Settings
-from producers.simulator import CitySimulator, SimulationConfig
 from schemas.reference import FacilityRegistry
+from simulation.simulator import CitySimulator, SimulationConfig
 from streams.validation import VN_TZ, Validator
 from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
 

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from ehb.commands.tail import Start, tail, to_json_line
 from ehb.privacy import PERSONAL_FIELDS
 from ehb.settings import Settings
 from schemas import SUBJECTS
-from sinks.tail import Start, tail, to_json_line
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 

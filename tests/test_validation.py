@@ -14,11 +14,11 @@ from typing import Any
 import psycopg2
 import pytest
 
+from ehb.consumer import Record
 from ehb.privacy import CitizenKeyer
 from schemas import SUBJECTS, AvroCodec
 from schemas.codec import wire_header
 from schemas.reference import FacilityRegistry
-from sinks.consumer import Record
 from sinks.reports import report_dead_letter, report_problem
 from streams.intake import Intake, SourceMessage
 from streams.validation import REASONS, VN_TZ, Validator, reason_stage, reasons_markdown

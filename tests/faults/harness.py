@@ -29,8 +29,8 @@ from typing import Any
 
 import psycopg2
 
-from ehb.demo import Child, scrape
-from producers.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
+from ehb.commands.demo import Child, scrape
+from simulation.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ from typing import Any
 from ehb.logs import configure_logging
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
-from producers.simulator import CitySimulator, SimulationConfig
+from simulation.simulator import CitySimulator, SimulationConfig
 
 MARK = "load:next"
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ehb import faultpoints
-from ehb.demo import scrape
+from ehb.commands.demo import scrape
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     LoadProcess,

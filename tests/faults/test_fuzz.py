@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ehb.consumer import Record
 from ehb.privacy import CitizenKeyer
 from producers.dossier import REJECTIONS, DossierRejected, encode_dossier, parse_dossier
 from producers.jsonl import event_from_json
-from producers.simulator import CitySimulator, SimulationConfig
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.reference import FacilityRegistry
-from sinks.consumer import Record
+from simulation.simulator import CitySimulator, SimulationConfig
 from sinks.postgres import _REFUSED, PostgresWriter, _Batch
 from streams.intake import INPUT_SUBJECTS, Intake, SourceMessage
 from streams.internal import encode_validated

@@ -423,7 +423,7 @@ schema id (big-endian), then the Avro binary body. Without a schema registry the
 of `schemas/catalog.json` (fixed, never reused); with one (EHB_SCHEMA_REGISTRY_URL) they are
 the registry's ids of the same subjects (RecordNameStrategy: the record's full name). Resolve
 the writer's schema to the newest version of its subject (compatibility
-BACKWARD_TRANSITIVE). The Python client `sinks.consumer.RecordConsumer` does all of this;
+BACKWARD_TRANSITIVE). The Python client `ehb.consumer.RecordConsumer` does all of this;
 `ehb tail TOPIC` prints any topic as JSON Lines.
 
 **Operations** are those of the pipeline (stream workers and sinks): `receive` what it reads,

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def generators() -> dict[str, Callable[[], str]]:
-    from ehb.cli import settings_markdown
+    from ehb.commands.cli import settings_markdown
     from producers.dossier import rejections_markdown
 
     found: dict[str, Callable[[], str]] = {"settings": settings_markdown,

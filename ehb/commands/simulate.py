@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
 from producers.reports import DailyReportBook, ReportPublisher, pick_facilities
-from producers.simulator import CitySimulator, SimulationConfig
+from simulation.simulator import CitySimulator, SimulationConfig
 
 __all__ = ["run_simulation"]
 

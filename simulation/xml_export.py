@@ -1,6 +1,6 @@
 """``ehb simulate --xml-out DIR``: the simulated city's hospital systems export XML dossiers.
 
-The :class:`~producers.simulator.CitySimulator`'s events are grouped per facility per day of
+The :class:`~simulation.simulator.CitySimulator`'s events are grouped per facility per day of
 admission (``NGAY_VAO``) into ``GIAMDINHHS`` envelope files (:func:`producers.dossier.
 encode_dossier`): XML1 for every episode, XML13 for a referral letter, XML14 for a follow-up
 appointment, base64 in ``NOIDUNGFILE``, UTF-8 with the patients' Vietnamese names. Facilities
@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from producers.dossier import encode_dossier
-from producers.simulator import CitySimulator, SimulationConfig
+from simulation.simulator import CitySimulator, SimulationConfig
 
 __all__ = ["export_simulation", "write_dossier"]
 

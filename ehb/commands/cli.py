@@ -249,15 +249,15 @@ def simulate(
         "Default: none.")] = None,
 ) -> None:
     """Publish a simulated city's examination events (and the facilities' daily reports)."""
-    from producers.simulate import run_simulation
-    from producers.simulator import SimulationConfig
+    from ehb.commands.simulate import run_simulation
+    from simulation.simulator import SimulationConfig
 
     settings = load_settings()
     config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days,
                               reports=reports, silent_facilities=silent_facilities,
                               inconsistent_facilities=inconsistent_facilities)
     if xml_out is not None:
-        from producers.xml_export import export_simulation
+        from simulation.xml_export import export_simulation
 
         out.print_json(json.dumps(export_simulation(config, xml_out, progress=console)))
         return
@@ -326,7 +326,7 @@ def demo(
                                         help="Start with an empty database.")] = True,
 ) -> None:
     """Run the whole system: broker, PostgreSQL, workers, sink, a simulated city, live counters."""
-    from ehb.demo import run_demo
+    from ehb.commands.demo import run_demo
 
     settings = load_settings()
     code = run_demo(settings, events=events, rate=rate, workers=workers, seed=seed,
@@ -443,8 +443,8 @@ def registry_load(
              "dead-lettered facility_unknown).")] = False,
 ) -> None:
     """Add or update facilities from a CSV file, in one transaction."""
+    from ehb.commands.registry import load_registry_file
     from ehb.db import connect
-    from sinks.registry import load_registry_file
 
     settings = load_settings()
     conn = connect(settings, application_name="ehb-registry")
@@ -464,8 +464,8 @@ def registry_list(
     = False,
 ) -> None:
     """List the registry's facilities (active ones unless --all)."""
+    from ehb.commands.registry import list_registry
     from ehb.db import connect
-    from sinks.registry import list_registry
 
     settings = load_settings()
     conn = connect(settings, application_name="ehb-registry")
@@ -492,8 +492,8 @@ def asyncapi(
 ) -> None:
     """Generate asyncapi.yaml, the AsyncAPI 3 contract of every topic, from the schemas and
     settings (keys, Avro payloads, partitioning, retention, personal data)."""
-    from schemas.asyncapi import DEFAULT_OUTPUT, write
-    from schemas.asyncapi import check as check_document
+    from ehb.commands.asyncapi import DEFAULT_OUTPUT, write
+    from ehb.commands.asyncapi import check as check_document
 
     path = output or DEFAULT_OUTPUT
     if check:
@@ -534,8 +534,8 @@ def tail(
 ) -> None:
     """Follow a topic and print its records decoded, as JSON Lines (for jq): from the end by
     default; bytes as base64, timestamps ISO 8601; personal data masked."""
-    from sinks.tail import Start, parse_time
-    from sinks.tail import tail as run_tail
+    from ehb.commands.tail import Start, parse_time
+    from ehb.commands.tail import tail as run_tail
 
     starts = [s for s in (from_beginning or None, from_offset, from_time) if s is not None]
     if len(starts) > 1:
@@ -577,7 +577,7 @@ def replay(
     Use it after fixing a validation rule (events dead-lettered by the old rule now reach the
     health book) or to re-emit outputs for a new consumer. See the README, "Replay".
     """
-    from sinks.tail import parse_time
+    from ehb.commands.tail import parse_time
     from streams.replay import replay as run_replay
 
     settings = load_settings()

@@ -4,7 +4,7 @@ This is the public API for downstream services (the PostgreSQL sink uses it too)
 
     from ehb.settings import Settings
     from schemas.records import AppointmentRecord
-    from sinks.consumer import Record, RecordConsumer
+    from ehb.consumer import Record, RecordConsumer
 
     def handle(records: list[Record[AppointmentRecord]]) -> None:   # one batch
         for r in records:
@@ -49,12 +49,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from prometheus_client import Counter
 
 from ehb import faultpoints
+from ehb.continuity import ContiguousOffsets
 from ehb.kafka import consumer_config, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import bound_dead_letter
 from schemas.registry import codec_for
-from sinks.continuity import ContiguousOffsets
 
 __all__ = ["Handler", "Record", "RecordConsumer"]
 

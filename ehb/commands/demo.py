@@ -77,7 +77,7 @@ def demo_timeline(events: int | None, rate: float, days: float | None,
     (the real pace when flat out), for ``days`` or until the simulated city reaches today (the
     validator rejects dates in the future); the counters stay on screen after that.
     """
-    from producers.simulator import CITY_EXAMS_PER_YEAR, SimulationConfig
+    from simulation.simulator import CITY_EXAMS_PER_YEAR, SimulationConfig
 
     start = SimulationConfig().start
     if events:
@@ -252,12 +252,12 @@ def render(counters: dict[str, Any], published: int, target: int | None, elapsed
 def run_demo(settings: Settings, *, events: int | None, rate: float, workers: int, seed: int,
              invalid_share: float, fresh: bool, console: Console,
              days: float | None = None) -> int:
+    from ehb.commands.simulate import run_simulation
     from ehb.db import connect
     from ehb.kafka import create_topics
     from producers.outbox import Outbox
     from producers.publisher import ExaminationPublisher
-    from producers.simulate import run_simulation
-    from producers.simulator import SimulationConfig
+    from simulation.simulator import SimulationConfig
     from sinks.migrate import migrate
 
     if rate < 0:
