@@ -33,13 +33,13 @@ from collections import Counter
 from datetime import timedelta, timezone
 from typing import TextIO
 
+from ehb.consumer import Record, RecordConsumer
 from ehb.exceptions import EhbError
 from ehb.logs import configure_logging
 from ehb.settings import Settings
 from schemas import SUBJECTS
 from schemas.records import AppointmentRecord
 from schemas.reference import FacilityRegistry
-from sinks.consumer import Record, RecordConsumer
 
 VN_TZ = timezone(timedelta(hours=7), "ICT")
 
