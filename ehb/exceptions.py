@@ -1,10 +1,8 @@
-"""Errors of the shared runtime. A user mistake is reported in one line, never a traceback."""
+"""Errors of the shared runtime (their base, ``EhbError``, lives in ``schemas.errors``)."""
 
-__all__ = ["EhbError", "ConfigurationError", "ServiceUnavailable"]
+from schemas.errors import EhbError
 
-
-class EhbError(Exception):
-    """Base of the project's own errors; the CLI prints its message and exits non-zero."""
+__all__ = ["ConfigurationError", "ServiceUnavailable"]
 
 
 class ConfigurationError(EhbError):

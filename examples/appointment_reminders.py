@@ -34,10 +34,10 @@ from datetime import timedelta, timezone
 from typing import TextIO
 
 from ehb.consumer import Record, RecordConsumer
-from ehb.exceptions import EhbError
 from ehb.logs import configure_logging
 from ehb.settings import Settings
 from schemas import SUBJECTS
+from schemas.errors import EhbError
 from schemas.records import AppointmentRecord
 from schemas.reference import FacilityRegistry
 

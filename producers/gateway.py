@@ -60,11 +60,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from rich.console import Console
 
-from ehb.exceptions import EhbError, ServiceUnavailable
+from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, partition_for, producer_config
 from ehb.settings import Settings
 from producers.dossier import REJECTIONS, DossierRejected, Limits, parse_dossier
 from producers.publisher import BatchTooLarge, ExaminationPublisher
+from schemas.errors import EhbError
 from schemas.registry import codec_for
 
 __all__ = ["Gateway", "GatewayError", "GatewayReport", "Ledger", "Outcome", "HASH_HEADER",

@@ -51,7 +51,7 @@ from typing import IO
 from prometheus_client import Gauge
 
 from ehb import faultpoints
-from ehb.exceptions import EhbError
+from schemas.errors import EhbError
 
 __all__ = [
     "EVENT",

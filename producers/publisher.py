@@ -30,11 +30,11 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from ehb import faultpoints
-from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from producers.outbox import EVENT, MESSAGE, Outbox
 from schemas import SUBJECTS, AvroCodec
+from schemas.errors import EhbError
 from schemas.registry import codec_for
 from streams.validation import parse_datetime
 

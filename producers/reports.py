@@ -19,10 +19,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
+from schemas.errors import EhbError
 from streams.validation import VN_TZ, parse_datetime
 
 __all__ = ["DailyReportBook", "ReportPublisher", "episode_day", "pick_facilities"]

@@ -4,7 +4,7 @@ the facility registry) under ``reference/``."""
 
 from schemas.catalog import SUBJECTS, Catalog, SchemaEntry, load_catalog
 from schemas.codec import AvroCodec, Decoded
-from schemas.exceptions import DecodeError, EncodeError, SchemaCatalogError
+from schemas.errors import DecodeError, EncodeError, SchemaCatalogError
 
 __all__ = [
     "SUBJECTS",

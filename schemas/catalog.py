@@ -16,7 +16,7 @@ from typing import Any
 
 import fastavro
 
-from schemas.exceptions import SchemaCatalogError
+from schemas.errors import SchemaCatalogError
 
 __all__ = ["Catalog", "SchemaEntry", "SUBJECTS", "SCHEMA_DIR", "load_catalog"]
 

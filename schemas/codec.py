@@ -26,7 +26,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas.catalog import Catalog, SchemaEntry, load_catalog
-from schemas.exceptions import DecodeError, EncodeError
+from schemas.errors import DecodeError, EncodeError
 
 __all__ = ["AvroCodec", "Decoded", "MAGIC_BYTE", "wire_header"]
 

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ehb.exceptions import EhbError
 from schemas.catalog import Catalog, SchemaEntry, load_catalog
 from schemas.codec import AvroCodec
-from schemas.exceptions import SchemaCatalogError
+from schemas.errors import EhbError, SchemaCatalogError
 
 __all__ = [
     "COMPATIBILITY",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from ehb.exceptions import EhbError
 from ehb.settings import Settings
+from schemas.errors import EhbError
 from schemas.reference import FacilityRegistry
 
 __all__ = ["initial_registry"]

@@ -46,11 +46,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from ehb.embedded import resolve_bootstrap
-from ehb.exceptions import EhbError, ServiceUnavailable
+from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, producer_config, wait_for_broker
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
+from schemas.errors import EhbError
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from streams.intake import Intake, SourceMessage

@@ -10,12 +10,12 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from ehb.exceptions import EhbError
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from producers.outbox import EVENT, MESSAGE, Outbox, OutboxBusy
 from producers.publisher import ExaminationPublisher, _avro_long
 from schemas import SUBJECTS, AvroCodec
+from schemas.errors import EhbError
 from tests import factories as f
 from tests.faults.proxy import KafkaProxy
 from tests.fixtures import DeploymentFactory, wait_until

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
-from ehb.exceptions import EhbError
 from ehb.settings import Settings
 from schemas import SUBJECTS, DecodeError, load_catalog
 from schemas.catalog import Catalog
 from schemas.codec import wire_header
+from schemas.errors import EhbError
 from schemas.registry import (
     RegistryError,
     RegistryIds,

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from ehb.exceptions import EhbError
 from ehb.logs import configure_logging
 from ehb.runtime import tune_gc
 from ehb.settings import Settings
+from schemas.errors import EhbError
 
 __all__ = ["app", "main"]
 

@@ -35,8 +35,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ehb.embedded import EmbeddedStack
-from ehb.exceptions import EhbError, ServiceUnavailable
+from ehb.exceptions import ServiceUnavailable
 from ehb.settings import Settings
+from schemas.errors import EhbError
 
 __all__ = ["run_demo", "DemoChildren", "DemoTimeline", "demo_timeline", "lifecycle_notes"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from ehb.exceptions import EhbError
+from schemas.errors import EhbError
 from schemas.reference import FACILITY_LEVELS, Facility, load_provinces
 from sinks.migrate import load_registry
 

@@ -43,11 +43,12 @@ from confluent_kafka import (
 )
 
 from ehb.embedded import resolve_bootstrap
-from ehb.exceptions import EhbError, ServiceUnavailable
+from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, topic_specs
 from ehb.privacy import EMBEDDED_PERSONAL_FIELDS, PERSONAL_FIELDS, mask
 from ehb.settings import Settings
 from schemas import AvroCodec, DecodeError
+from schemas.errors import EhbError
 from schemas.registry import codec_for
 
 __all__ = [

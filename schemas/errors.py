@@ -1,6 +1,12 @@
-"""Errors of the schema contract. Library errors are re-raised as these, with a reason code."""
+"""The project's errors that every package may import: the base ``EhbError`` and the errors of
+the schema contract. Library errors are re-raised as these, with a reason code; a user mistake
+is reported in one line, never a traceback."""
 
-__all__ = ["SchemaCatalogError", "EncodeError", "DecodeError"]
+__all__ = ["EhbError", "SchemaCatalogError", "EncodeError", "DecodeError"]
+
+
+class EhbError(Exception):
+    """Base of the project's own errors; the CLI prints its message and exits non-zero."""
 
 
 class SchemaCatalogError(Exception):
