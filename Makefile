@@ -36,6 +36,7 @@ docs: $(STAMP)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
+	@$(BIN)/lint-imports
 
 ## Fault injection (200,000 events a scenario, EHB_FAULTS_EVENTS), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
 faults: $(STAMP)
