@@ -48,6 +48,7 @@ from xml.etree.ElementTree import Element  # noqa: S405 - type only
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring, iterparse
 
+from producers.errors import DossierRejected
 from producers.jsonl import EVENT_ID_NAMESPACE
 from schemas import SUBJECTS, Catalog, load_catalog
 
@@ -117,16 +118,6 @@ def rejections_markdown() -> str:
     rows = ["| reason | meaning | what the facility should fix |", "|---|---|---|"]
     rows += [f"| `{code}` | {meaning} | {fix} |" for code, (meaning, fix) in REJECTIONS.items()]
     return "\n".join(rows) + "\n"
-
-
-class DossierRejected(Exception):
-    """The file cannot become events; ``reason`` is a code of :data:`REJECTIONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REJECTIONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

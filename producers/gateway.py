@@ -63,9 +63,9 @@ from rich.console import Console
 from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, partition_for, producer_config
 from ehb.settings import Settings
-from producers.dossier import REJECTIONS, DossierRejected, Limits, parse_dossier
-from producers.publisher import BatchTooLarge, ExaminationPublisher
-from schemas.errors import EhbError
+from producers.dossier import REJECTIONS, Limits, parse_dossier
+from producers.errors import BatchTooLarge, DossierRejected, GatewayError
+from producers.publisher import ExaminationPublisher
 from schemas.registry import codec_for
 
 __all__ = ["Gateway", "GatewayError", "GatewayReport", "Ledger", "Outcome", "HASH_HEADER",
@@ -77,10 +77,6 @@ log = logging.getLogger(__name__)
 HASH_HEADER = "ehb-dossier-sha256"
 MAX_MESSAGE_BYTES = 900_000
 LOCK_FILE = ".ehb-gateway.lock"
-
-
-class GatewayError(EhbError):
-    """The gateway cannot go on (directory in use, broker refused a message ...)."""
 
 
 @dataclass
@@ -395,7 +391,7 @@ class Gateway:
         try:
             dossier = parse_dossier(data, self.limits, self.codec.catalog)
         except DossierRejected as exc:
-            return self._reject(path, sha256, exc.reason, exc.detail, move)
+            return self._reject(path, sha256, exc.reason, exc.message, move)
         facility, events = dossier.facility, dossier.events
         if not events:  # a day without episodes: nothing to publish
             self.ledger.done(self.topic, sha256, name, facility=facility)

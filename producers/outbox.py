@@ -51,6 +51,7 @@ from typing import IO
 from prometheus_client import Gauge
 
 from ehb import faultpoints
+from producers.errors import OutboxBusy
 from schemas.errors import EhbError
 
 __all__ = [
@@ -108,10 +109,6 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest event in the outbox not yet acknowledged by the broker (0: empty).",
 )
 OUTBOX_OLDEST_AGE.set_function(_oldest_age)
-
-
-class OutboxBusy(EhbError):
-    """Another live process holds this outbox."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from ehb import faultpoints
 from ehb.kafka import producer_config
 from ehb.settings import Settings
+from producers.errors import BatchTooLarge
 from producers.outbox import EVENT, MESSAGE, Outbox
 from schemas import SUBJECTS, AvroCodec
 from schemas.errors import EhbError
@@ -46,13 +47,6 @@ log = logging.getLogger(__name__)
 TOPIC_MARK = "topic"
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
-
-
-class BatchTooLarge(ValueError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"encoded batch is {size} bytes, more than {limit}")
-        self.size = size
-        self.limit = limit
 
 
 def _avro_long(n: int) -> bytes:

@@ -4,7 +4,7 @@ the facility registry) under ``reference/``."""
 
 from schemas.catalog import SUBJECTS, Catalog, SchemaEntry, load_catalog
 from schemas.codec import AvroCodec, Decoded
-from schemas.errors import DecodeError, EncodeError, SchemaCatalogError
+from schemas.errors import DecodeError, EncodeError, Rejected, SchemaCatalogError
 
 __all__ = [
     "SUBJECTS",
@@ -13,6 +13,7 @@ __all__ = [
     "Decoded",
     "DecodeError",
     "EncodeError",
+    "Rejected",
     "SchemaCatalogError",
     "SchemaEntry",
     "load_catalog",

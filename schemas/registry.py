@@ -24,7 +24,7 @@ from typing import Any
 
 from schemas.catalog import Catalog, SchemaEntry, load_catalog
 from schemas.codec import AvroCodec
-from schemas.errors import EhbError, SchemaCatalogError
+from schemas.errors import SchemaCatalogError
 
 __all__ = [
     "COMPATIBILITY",
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 COMPATIBILITY = "BACKWARD_TRANSITIVE"
 
 
-class RegistryError(SchemaCatalogError, EhbError):
+class RegistryError(SchemaCatalogError):
     """The registry is unreachable, refuses a schema, or lacks a schema of the catalog (the
     CLI reports it in one line)."""
 

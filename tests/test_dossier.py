@@ -262,7 +262,7 @@ def test_number_invalid(field: str, value: str | None) -> None:
     event = copy.deepcopy(f.exam(22))
     event[field] = value
     error = rejected(envelope([[("XML1", xml1(event))]]), "number_invalid")
-    assert field.upper() in error.detail and "Nguyễn" not in error.detail
+    assert field.upper() in error.message and "Nguyễn" not in error.message
 
 
 def test_fields_added_by_schema_evolution_are_read_by_their_upper_case_name() -> None:
