@@ -11,17 +11,24 @@ that is not here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, TypedDict
+from typing import Final, Literal, TypedDict
 
 from schemas.catalog import SUBJECTS
 
 __all__ = [
+    "IN_PROVINCE",
+    "OUT_OF_PROVINCE",
     "AppointmentRecord",
     "DeadLetterRecord",
     "HealthBookRecord",
     "ReferralRecord",
     "TYPED_SUBJECTS",
 ]
+
+#: ``scope`` of a health-book record: the facility is in the province of the citizen's
+#: registered primary-care facility (MA_DKBD), or not
+IN_PROVINCE: Final = "IN_PROVINCE"
+OUT_OF_PROVINCE: Final = "OUT_OF_PROVINCE"
 
 
 class HealthBookRecord(TypedDict):
