@@ -25,11 +25,14 @@ __all__ = ["Spy", "py_spy_binary", "summarize"]
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*)\)$")
 
 #: a worker stack belongs to an agent when one of its frames is that agent's function
-#: (``create_app.<locals>.intake_agent (streams/app.py)``)
+#: (``IntakeAgent.run (streams/intake_agent.py)``); the second marker matches profiles
+#: recorded when the agents were closures in ``streams/app.py``
 WORKER_CATEGORIES = (
-    ("intake agent", ".intake_agent (streams/app.py)"),
-    ("health-book agent", ".health_book_agent (streams/app.py)"),
-    ("idle-partition timer", ".report_idle_partitions (streams/app.py)"),
+    ("intake agent", (".run (streams/intake_agent.py)", ".intake_agent (streams/app.py)")),
+    ("health-book agent", (".run (streams/health_book_agent.py)",
+                           ".health_book_agent (streams/app.py)")),
+    ("idle-partition timer", (".report_idle_partitions (streams/intake_agent.py)",
+                              ".report_idle_partitions (streams/app.py)")),
 )
 
 
@@ -106,8 +109,8 @@ def summarize(path: Path, *, seconds: float, rate: int, worker: bool, top: int =
         name = "all"
         if worker:
             name = "framework and other tasks"
-            for category, marker in WORKER_CATEGORIES:
-                if any(frame.endswith(marker) for frame in stack):
+            for category, markers in WORKER_CATEGORIES:
+                if any(frame.endswith(markers) for frame in stack):
                     name = category
                     break
         categories.setdefault(name, Counter())[stack] += n

@@ -32,8 +32,8 @@ from ehb.settings import Settings  # noqa: E402
 from schemas import SUBJECTS, AvroCodec  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
 from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
-from streams.app import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
 from streams.citizen_state import CitizenStateMachine, StateConfig  # noqa: E402
+from streams.health_book_agent import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
 from streams.intake import Intake, SourceMessage  # noqa: E402
 from streams.internal import decode_validated, encode_chunks  # noqa: E402
 

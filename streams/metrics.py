@@ -4,6 +4,9 @@ time of the last processed batch. Labels are bounded: stage names, topic names, 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -15,6 +18,7 @@ __all__ = [
     "LAST_PROCESSED",
     "MESSAGES_IN",
     "REGISTRY_FACILITIES",
+    "count_batch",
 ]
 
 MESSAGES_IN = Counter(
@@ -46,3 +50,17 @@ ASSIGNED_PARTITIONS = Gauge(
 REGISTRY_FACILITIES = Gauge(
     "ehb_worker_registry_facilities", "Facilities in the worker's registry (last refresh)."
 )
+
+
+def count_batch(stage: str, *, messages: int, events_in: int, records_out: Mapping[str, int],
+                started: float, failures: Mapping[str, int] | None = None) -> None:
+    """Count a batch a stage finished: ``records_out`` by output topic, ``failures`` by reason
+    code, ``started`` from ``time.perf_counter()``."""
+    MESSAGES_IN.labels(stage).inc(messages)
+    EVENTS_IN.labels(stage).inc(events_in)
+    for topic, count in records_out.items():
+        EVENTS_OUT.labels(stage, topic).inc(count)
+    for reason, count in (failures or {}).items():
+        FAILURES.labels(stage, reason).inc(count)
+    LAST_PROCESSED.labels(stage).set(time.time())
+    BATCH_SECONDS.labels(stage).observe(time.perf_counter() - started)

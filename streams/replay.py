@@ -50,12 +50,13 @@ from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, producer_config, wait_for_broker
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
-from schemas import SUBJECTS, AvroCodec
+from schemas import AvroCodec
 from schemas.errors import EhbError
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
-from streams.intake import Intake, SourceMessage
-from streams.internal import encode_chunks
+from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN
+from streams.intake import Intake, IntakeResult, SourceMessage
+from streams.routing import IntakeRoutes, route_intake_result
 
 __all__ = ["ReplaySummary", "replay"]
 
@@ -84,6 +85,19 @@ class ReplaySummary:
                         for p, (first, last) in sorted(self.partitions.items())},
             "seconds": round(self.seconds, 3),
         }
+
+    def add(self, batch: list[Message], result: IntakeResult) -> None:
+        """Count a replayed batch and widen the offset range of each partition."""
+        self.messages += len(batch)
+        self.events += result.events_in
+        self.accepted += result.accepted
+        self.dead_letters += len(result.dead_letters)
+        for reason, n in result.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+        for m in batch:
+            bounds = self.partitions.setdefault(m.partition(), [m.offset(), m.offset()])
+            bounds[0] = min(bounds[0], m.offset())
+            bounds[1] = max(bounds[1], m.offset())
 
 
 def _registry(settings: Settings) -> FacilityRegistry:
@@ -173,30 +187,15 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
     if to_time <= from_time:
         raise EhbError(f"--to-time {to_time.isoformat()} is not after --from-time "
                        f"{from_time.isoformat()}")
-    admin = wait_for_broker(settings, timeout=10)
-    by_citizen = settings.topic("examinations-by-citizen")
-    metadata = admin.list_topics(by_citizen, timeout=10).topics.get(by_citizen)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise EhbError(f"topic {by_citizen} does not exist (run `ehb topics`)")
-    if len(metadata.partitions) != settings.kafka_partitions:
-        raise EhbError(f"{by_citizen} has {len(metadata.partitions)} partitions but "
-                       f"EHB_KAFKA_PARTITIONS is {settings.kafka_partitions}: use the workers' "
-                       "settings")
+    _check_internal_topic(settings)
     summary = ReplaySummary(from_time.isoformat(), to_time.isoformat(), dry_run=dry_run)
     codec = codec or codec_for(settings)
     intake = Intake(codec, registry or _registry(settings), CitizenKeyer.from_settings(settings),
                     settings.kafka_partitions,
                     original_max_bytes=settings.dead_letter_original_max_bytes)
-    encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
-    t_dead_letter = settings.topic("dead-letter")
-    errors: list[str] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer = None if dry_run else Producer(producer_config(settings))
-    reader = _RangeReader(settings, settings.topic("examinations"),
+    routes = IntakeRoutes.from_settings(settings, codec)
+    sender = None if dry_run else _Sender(settings)
+    reader = _RangeReader(settings, settings.topic(EXAMINATIONS),
                           int(from_time.timestamp() * 1000), int(to_time.timestamp() * 1000),
                           idle_s)
     log.info("replaying %s from %s to %s (%s)", reader.topic, summary.from_time,
@@ -206,37 +205,56 @@ def replay(settings: Settings, from_time: datetime, to_time: datetime | None = N
             result = intake.process(
                 SourceMessage(m.value(), m.topic(), m.partition(), m.offset(),
                               m.timestamp()[1]) for m in batch)
-            summary.messages += len(batch)
-            summary.events += result.events_in
-            summary.accepted += result.accepted
-            summary.dead_letters += len(result.dead_letters)
-            for reason, n in result.rejected.items():
-                summary.rejected[reason] = summary.rejected.get(reason, 0) + n
-            for m in batch:
-                bounds = summary.partitions.setdefault(m.partition(), [m.offset(), m.offset()])
-                bounds[0] = min(bounds[0], m.offset())
-                bounds[1] = max(bounds[1], m.offset())
-            if producer is not None:
+            summary.add(batch, result)
+            if sender is not None:
                 # Items only, no intake progress: a replay never moves the event-time clock.
-                for partition, items in result.by_partition.items():
-                    for value in encode_chunks(items):
-                        producer.produce(by_citizen, value, partition=partition,
-                                         on_delivery=on_delivery)
-                        producer.poll(0)
-                for facility, dead_letter in result.dead_letters:
-                    producer.produce(t_dead_letter, encode_dead_letter(dead_letter),
-                                     key=facility.encode() if facility else None,
-                                     on_delivery=on_delivery)
-                    producer.poll(0)
+                route_intake_result(result, sender.send, routes)
             if on_batch is not None:
                 on_batch(summary)
-        if producer is not None:
-            while producer.flush(30) > 0:
-                log.warning("replay: waiting for the broker to acknowledge the outputs")
-            if errors:
-                raise ServiceUnavailable(f"{len(errors)} replayed messages not delivered: "
-                                         f"{errors[0]}")
+        if sender is not None:
+            sender.flush()
     finally:
         reader.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_internal_topic(settings: Settings) -> None:
+    """The workers' internal topic exists, with the partitions these settings say."""
+    admin = wait_for_broker(settings, timeout=10)
+    by_citizen = settings.topic(EXAMINATIONS_BY_CITIZEN)
+    metadata = admin.list_topics(by_citizen, timeout=10).topics.get(by_citizen)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise EhbError(f"topic {by_citizen} does not exist (run `ehb topics`)")
+    if len(metadata.partitions) != settings.kafka_partitions:
+        raise EhbError(f"{by_citizen} has {len(metadata.partitions)} partitions but "
+                       f"EHB_KAFKA_PARTITIONS is {settings.kafka_partitions}: use the workers' "
+                       "settings")
+
+
+class _Sender:
+    """A librdkafka producer that collects delivery errors; ``flush`` raises on any."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer(producer_config(settings))
+        self.errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             partition: int | None = None) -> None:
+        if partition is None:
+            self._producer.produce(topic, value, key=key, on_delivery=self._on_delivery)
+        else:
+            self._producer.produce(topic, value, key=key, partition=partition,
+                                   on_delivery=self._on_delivery)
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        while self._producer.flush(30) > 0:
+            log.warning("replay: waiting for the broker to acknowledge the outputs")
+        if self.errors:
+            raise ServiceUnavailable(f"{len(self.errors)} replayed messages not delivered: "
+                                     f"{self.errors[0]}")

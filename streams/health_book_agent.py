@@ -1,0 +1,164 @@
+"""The health-book agent: the stateful stage (``streams.citizen_state``) on
+``examinations-by-citizen``, with its state in the changelog-backed ``citizens`` table.
+
+A batch of internal messages at a time: run the state machine per partition, send the
+health-book, referral and appointment records, flush them, then write the state changes to the
+changelog and flush again, and only then let Faust acknowledge the batch. Outputs go first
+because state that says "done" must never land without its records; a crash in between
+re-emits records the idempotent sinks absorb.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from ehb import faultpoints
+from ehb.settings import Settings
+from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.topics import APPOINTMENTS, HEALTH_BOOK, REFERRALS
+from streams import faust_patches, metrics
+from streams.citizen_state import CitizenStateMachine, Emitted
+from streams.internal import decode_validated
+from streams.output import OutputProducer
+
+__all__ = ["STATE_BATCH_MESSAGES", "HealthBookAgent", "HealthBookOutputs", "encode_json"]
+
+log = logging.getLogger(__name__)
+
+STAGE = "health-book"
+
+#: internal messages per batch of the stateful agent (<= 5,000 events)
+STATE_BATCH_MESSAGES = 50
+
+#: one encoder for the changelog (json.dumps with arguments builds a new one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode_json(value: Any) -> bytes:
+    """A changelog key or value of the citizens table: compact JSON, as Faust reads it."""
+    return _JSON.encode(value).encode()
+
+
+@dataclass(frozen=True)
+class _Output:
+    topic: str
+    encode: Callable[[dict[str, Any]], bytes]
+
+
+@dataclass(frozen=True)
+class HealthBookOutputs:
+    """The three output topics of the stage and their Avro writers."""
+
+    health_book: _Output
+    referrals: _Output
+    appointments: _Output
+
+    @classmethod
+    def from_settings(cls, settings: Settings, codec: AvroCodec) -> HealthBookOutputs:
+        return cls(
+            _Output(settings.topic(HEALTH_BOOK), codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)),
+            _Output(settings.topic(REFERRALS), codec.writer(SUBJECTS.REFERRAL_RECORD)),
+            _Output(settings.topic(APPOINTMENTS), codec.writer(SUBJECTS.APPOINTMENT_RECORD)),
+        )
+
+    def topics(self) -> list[str]:
+        return [self.health_book.topic, self.referrals.topic, self.appointments.topic]
+
+    def of(self, emitted: Emitted) -> list[tuple[_Output, list[dict[str, Any]]]]:
+        """Each output with its records in ``emitted``."""
+        return [(self.health_book, emitted.health_book), (self.referrals, emitted.referrals),
+                (self.appointments, emitted.appointments)]
+
+
+Batch = list[tuple[Any, Any]]  # (items, sources) of the internal messages of one partition
+
+
+class HealthBookAgent:
+    """``run`` is the Faust agent's function.
+
+    ``store`` is the ``citizens`` table's data (read and updated in place), ``changelog`` its
+    changelog topic.
+    """
+
+    def __init__(self, machine: CitizenStateMachine, codec: AvroCodec,
+                 store: Callable[[], MutableMapping[Any, Any]], changelog: str,
+                 outputs: HealthBookOutputs, output: OutputProducer, within: float) -> None:
+        self.machine = machine
+        self.codec = codec
+        self.store = store
+        self.changelog = changelog
+        self.outputs = outputs
+        self.output = output
+        self.within = within
+
+    async def run(self, stream: AsyncIterator[Any]) -> None:
+        store = self.store()
+        async for events in faust_patches.take_batches(stream, STATE_BATCH_MESSAGES, self.within,
+                                                       "health_book.batch_acknowledged"):
+            await faultpoints.adelay("health_book.batch")
+            faultpoints.reach("health_book.batch_received")
+            await self.process_batch(events, store)
+
+    async def process_batch(self, events: list[Any], store: MutableMapping[Any, Any]) -> None:
+        started = time.perf_counter()
+        by_partition = self._decode(events)
+        now_ms = int(time.time() * 1000)
+        state_writes: list[tuple[int, dict[str, Any]]] = []
+        n_items = 0
+        records_out = dict.fromkeys(self.outputs.topics(), 0)
+        for partition, batch in by_partition.items():
+            emitted = self.machine.process(partition, batch, store, now_ms).compact()
+            n_items += sum(len(items) for items, _ in batch)
+            self._send_records(emitted, records_out)
+            state_writes.append((partition, emitted.state))
+            store.update(emitted.local)
+        await self.output.flush()
+        faultpoints.reach("health_book.outputs_flushed")
+        self._write_state(state_writes, store)
+        await self.output.flush()
+        faultpoints.reach("health_book.changelog_written")
+        metrics.count_batch(STAGE, messages=len(events), events_in=n_items,
+                            records_out=records_out, started=started)
+
+    def _decode(self, events: list[Any]) -> dict[int, Batch]:
+        """The batch's internal messages by partition; an undecodable one is logged and
+        skipped (only our own workers write this topic)."""
+        by_partition: dict[int, Batch] = defaultdict(list)
+        for e in events:
+            try:
+                items, sources = decode_validated(e.message.value, self.codec)
+            except DecodeError as exc:
+                log.error("undecodable internal message %s[%d]@%d: %s", e.message.topic,
+                          e.message.partition, e.message.offset, exc.reason)
+                metrics.FAILURES.labels(STAGE, exc.reason).inc()
+                continue
+            by_partition[e.message.partition].append((items, sources))
+        return by_partition
+
+    def _send_records(self, emitted: Emitted, records_out: dict[str, int]) -> None:
+        """Send the records ``emitted``, keyed by citizen, and count them by topic."""
+        for out, records in self.outputs.of(emitted):
+            for record in records:
+                self.output.produce(out.topic, out.encode(record),
+                                    key=record["citizen_key"].encode())
+            records_out[out.topic] += len(records)
+
+    def _write_state(self, state_writes: list[tuple[int, dict[str, Any]]],
+                     store: MutableMapping[Any, Any]) -> None:
+        """The state changes to the changelog (on the partition they belong to) and the
+        table's local data."""
+        for partition, changes in state_writes:
+            for key, value in changes.items():
+                self.output.produce(self.changelog,
+                                    None if value is None else encode_json(value),
+                                    key=encode_json(key), partition=partition)
+                if value is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = value
