@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehb.commands.demo import demo_timeline  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
+from schemas.time import VN_TZ  # noqa: E402
 from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
-from streams.validation import VN_TZ, Validator  # noqa: E402
+from streams.validation import Validator  # noqa: E402
 
 
 def main(events: int = typer.Argument(..., help="Events of the simulated run."),

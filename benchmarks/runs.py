@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.harness import BenchStack, ChildScript, ProcessWatch, loadavg, peak_rss_mb
 from benchmarks.profiling import Spy, summarize
+from schemas.errors import EhbError
 from tests.fixtures import Deployment
 
 __all__ = ["Context", "RunFailed"]
@@ -60,8 +61,8 @@ LATENCY_BY_WINDOW = (
 )
 
 
-class RunFailed(RuntimeError):
-    pass
+class RunFailed(EhbError):
+    """A measurement could not complete (a process died, the pipeline stalled ...)."""
 
 
 @dataclass

@@ -55,6 +55,7 @@ from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import bound_dead_letter
 from schemas.registry import codec_for
+from schemas.topics import DEAD_LETTER
 
 __all__ = ["Handler", "Record", "RecordConsumer"]
 
@@ -124,7 +125,7 @@ class RecordConsumer:
             consumer_config(settings, group, **(consumer_overrides or {}))
         )
         self._dead_letters = Producer(producer_config(settings)) if dead_letter else None
-        self._dead_letter_topic = settings.topic("dead-letter")
+        self._dead_letter_topic = settings.topic(DEAD_LETTER)
         self._encode_dead_letter = self.codec.writer(SUBJECTS.DEAD_LETTER)
         self.assigned: set[tuple[str, int]] = set()
         self.undecodable = 0

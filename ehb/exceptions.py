@@ -2,7 +2,7 @@
 
 from schemas.errors import EhbError
 
-__all__ = ["ConfigurationError", "ServiceUnavailable"]
+__all__ = ["ConfigurationError", "FaultInjected", "ServiceUnavailable"]
 
 
 class ConfigurationError(EhbError):
@@ -11,3 +11,7 @@ class ConfigurationError(EhbError):
 
 class ServiceUnavailable(EhbError):
     """A broker, database or registry cannot be reached or started."""
+
+
+class FaultInjected(EhbError):
+    """Raised at a crash point named in ``EHB_FAULT_RAISE`` (``ehb.faultpoints``; tests only)."""

@@ -25,6 +25,8 @@ import signal
 import sys
 import time
 
+from ehb.exceptions import ConfigurationError, FaultInjected
+
 __all__ = ["DELAYS", "POINTS", "FaultInjected", "adelay", "active", "delay", "reach"]
 
 #: every crash point: name -> what is durable when it is reached
@@ -77,7 +79,8 @@ def _parse(text: str, what: dict[str, str], default: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition(":")
         if name not in what:
-            raise ValueError(f"unknown fault point {name!r} (known: {', '.join(sorted(what))})")
+            raise ConfigurationError(f"unknown fault point {name!r} "
+                                     f"(known: {', '.join(sorted(what))})")
         out[name] = float(value or default)
     return out
 
@@ -91,10 +94,6 @@ _seen: dict[str, int] = {}
 def active() -> bool:
     """True when any fault variable was set at start (tests only)."""
     return bool(_KILL or _RAISE or _DELAY)
-
-
-class FaultInjected(RuntimeError):
-    """Raised at a crash point named in ``EHB_FAULT_RAISE``."""
 
 
 def reach(name: str) -> None:

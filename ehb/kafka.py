@@ -1,9 +1,9 @@
-"""Kafka client configuration and the topic layout.
+"""Kafka client configuration and topic creation.
 
 One place turns the settings into librdkafka (confluent-kafka) and aiokafka (Faust) client
 configuration, security included, so the producer, the worker, the sink and every tool talk to
-the broker the same way. Topics are created explicitly with documented partition counts
-(``ehb topics``); nothing relies on broker auto-creation.
+the broker the same way. Topics are created explicitly with the partition counts of
+``schemas.topics`` (``ehb topics``); nothing relies on broker auto-creation.
 """
 
 from __future__ import annotations
@@ -11,101 +11,26 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ehb.embedded import resolve_bootstrap
 from ehb.exceptions import ServiceUnavailable
 from ehb.settings import Settings
+from schemas.topics import topic_specs
 
 __all__ = [
-    "TopicSpec",
     "admin_client",
     "consumer_config",
     "create_topics",
     "faust_broker_options",
-    "partition_for",
     "producer_config",
-    "topic_specs",
     "wait_for_broker",
 ]
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic of the pipeline. ``name`` is logical; the settings add the prefix."""
-
-    name: str
-    partitions: int
-    key: str
-    value: str
-    description: str
-    config: dict[str, str] = field(default_factory=dict)
-    internal: bool = False
-
-
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic, with its partitioning and retention (also the README's topic table)."""
-    n = settings.kafka_partitions
-    return [
-        TopicSpec(
-            "examinations", n, "facility code (ma_cskcb)",
-            "ExaminationBatch or ExaminationEvent",
-            "Input: facilities publish examination events, one or several per message; a "
-            "facility's events stay in order on one partition.",
-            {"retention.ms": str(30 * DAY_MS)},
-        ),
-        TopicSpec(
-            "examinations-by-citizen", n,
-            "none (explicit partition = first 32 bits of citizen_key % n)",
-            "ValidatedBatch",
-            "Internal: validated, enriched events re-partitioned by pseudonymous citizen key "
-            "for the stateful stage, with the intake's progress per input partition. Encoded "
-            "as MessagePack behind a 0x01 marker byte (streams/internal.py); the Avro form "
-            "(Confluent wire format) is accepted too.",
-            {"retention.ms": str(7 * DAY_MS)}, internal=True,
-        ),
-        TopicSpec(
-            "health-book", n, "citizen_key", "HealthBookRecord",
-            "Every valid examination, and one BOOK_INTEGRATED record per citizen.",
-            {"retention.ms": str(30 * DAY_MS)},
-        ),
-        TopicSpec(
-            "referrals", max(1, n // 2), "citizen_key", "ReferralRecord",
-            "Referral letters: ISSUED, COMPLETED, EXPIRED. Pseudonymous.",
-            {"retention.ms": str(90 * DAY_MS)},
-        ),
-        TopicSpec(
-            "appointments", max(1, n // 2), "citizen_key", "AppointmentRecord",
-            "Follow-up appointments: SCHEDULED, REMINDER, KEPT, MISSED. Pseudonymous.",
-            {"retention.ms": str(90 * DAY_MS)},
-        ),
-        TopicSpec(
-            "dead-letter", max(1, n // 4), "facility code, when known", "DeadLetter",
-            "Inputs that could not be processed, with the original bytes and a reason code.",
-            {"retention.ms": str(90 * DAY_MS)},
-        ),
-        TopicSpec(
-            "facility-reports", max(1, n // 4), "facility code (ma_cskcb)",
-            "FacilityDailyReport",
-            "Input: each facility's daily report (episodes sent that day, zero included), "
-            "reconciled by the sink with what was received (table facility_reports).",
-            {"retention.ms": str(90 * DAY_MS)},
-        ),
-    ]
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The Java client's default partitioner (murmur2), as aiokafka and Faust use it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _security(settings: Settings) -> dict[str, Any]:

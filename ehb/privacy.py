@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from ehb.exceptions import ConfigurationError
 from ehb.settings import Environment, Settings
 
 __all__ = ["CitizenKeyer", "mask", "PERSONAL_FIELDS", "EMBEDDED_PERSONAL_FIELDS"]
@@ -55,7 +56,8 @@ class CitizenKeyer:
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
-            raise ValueError("the citizen-key secret must be at least 16 bytes")
+            raise ConfigurationError("the citizen-key secret (EHB_CITIZEN_KEY_SECRET) must be at "
+                                     "least 16 bytes")
         self._key = secret
 
     @classmethod
@@ -63,7 +65,7 @@ class CitizenKeyer:
         if settings.citizen_key_secret is not None:
             return cls(settings.citizen_key_secret.get_secret_value().encode())
         if settings.env is Environment.PRODUCTION:  # also refused by the settings model
-            raise ValueError("EHB_CITIZEN_KEY_SECRET is required in production")
+            raise ConfigurationError("EHB_CITIZEN_KEY_SECRET is required in production")
         return cls(_development_secret(settings.state_dir))
 
     def __call__(self, citizen_id: str) -> str:

@@ -30,7 +30,6 @@ import signal
 import sys
 import threading
 from collections import Counter
-from datetime import timedelta, timezone
 from typing import TextIO
 
 from ehb.consumer import Record, RecordConsumer
@@ -40,8 +39,7 @@ from schemas import SUBJECTS
 from schemas.errors import EhbError
 from schemas.records import AppointmentRecord
 from schemas.reference import FacilityRegistry
-
-VN_TZ = timezone(timedelta(hours=7), "ICT")
+from schemas.time import VN_TZ
 
 
 class ReminderService:

@@ -22,10 +22,11 @@ ExaminationEvent schema, so a field added through schema evolution is picked up 
 code. QĐ 3176's ``MA_CSKCB_DI``/``MA_CSKCB_DEN`` are accepted for XML13's
 ``MA_NOI_DI``/``MA_NOI_DEN`` (the older name wins when both are filled).
 
-The parser only refuses what cannot become events (:data:`REJECTIONS`): a file that is not
-well-formed, declares a DTD (XML bombs, external entities), has bad base64, an episode
-without XML1, tables that do not join, a facility that disagrees with the envelope, an
-episode count that disagrees with ``SOLUONGHOSO``, or a number that is not a number.
+The parser only refuses what cannot become events (``schemas.reasons.GATEWAY_REASONS``): a
+file that is not well-formed, declares a DTD (XML bombs, external entities), has bad base64,
+an episode without XML1, tables that do not join, a facility that disagrees with the
+envelope, an episode count that disagrees with ``SOLUONGHOSO``, or a number that is not a
+number.
 Field values are not judged: an empty name or a malformed citizen ID is published and the
 stream worker dead-letters it with its own reason code.
 """
@@ -53,14 +54,12 @@ from producers.jsonl import EVENT_ID_NAMESPACE
 from schemas import SUBJECTS, Catalog, load_catalog
 
 __all__ = [
-    "REJECTIONS",
     "Dossier",
     "DossierRejected",
     "Limits",
     "encode_dossier",
     "event_id_for",
     "parse_dossier",
-    "rejections_markdown",
 ]
 
 ROOT = "GIAMDINHHS"
@@ -69,56 +68,6 @@ TABLE_ROOTS = {"XML1": "TONG_HOP", "XML13": "CHI_TIEU_GIAYCHUYENTUYEN",
                "XML14": "CHI_TIEU_GIAYHEN_KHAMLAI"}
 #: XML13 element names of QĐ 3176 accepted for the field (after the standard's own name)
 XML13_ALIASES = {"ma_noi_di": ("MA_CSKCB_DI",), "ma_noi_den": ("MA_CSKCB_DEN",)}
-
-#: reason code -> (what it means, what the facility should fix). Codes are stable.
-REJECTIONS: dict[str, tuple[str, str]] = {
-    "file_unreadable": ("The file could not be read (permissions, I/O error, removed).",
-                        "Operator: check the drop directory's permissions and disk."),
-    "file_too_large": ("The file exceeds the gateway's size limit.",
-                       "Split the day's upload into several files."),
-    "xml_malformed": ("The envelope is not well-formed XML.",
-                      "Export the file again; check the HIS export for truncation/encoding."),
-    "xml_forbidden": ("The XML declares a DTD or entities (XML bombs, external entities "
-                      "are refused).", "Export plain XML without a DOCTYPE."),
-    "envelope_invalid": ("The GIAMDINHHS envelope is incomplete: wrong root, MACSKCB or "
-                         "SOLUONGHOSO missing, or a FILEHOSO without LOAIHOSO/NOIDUNGFILE.",
-                         "Export the envelope of QĐ 130/4750 in full."),
-    "count_mismatch": ("SOLUONGHOSO differs from the number of HOSO in the file.",
-                       "Export the file again; it may be truncated."),
-    "base64_invalid": ("A NOIDUNGFILE is not valid base64.",
-                       "Encode each table with standard base64."),
-    "base64_too_large": ("A NOIDUNGFILE exceeds the gateway's size limit for one table.",
-                         "Split the upload into several files."),
-    "table_malformed": ("A decoded table is not well-formed XML or has the wrong root element "
-                        "for its LOAIHOSO (TONG_HOP, CHI_TIEU_GIAYCHUYENTUYEN, "
-                        "CHI_TIEU_GIAYHEN_KHAMLAI).", "Export the tables of QĐ 130/4750."),
-    "xml1_missing": ("A HOSO has no XML1 (TONG_HOP) table.",
-                     "Every episode needs its XML1 summary."),
-    "table_duplicated": ("A HOSO has the same table (XML1, XML13 or XML14) twice.",
-                         "Send each table once per episode."),
-    "ma_lk_missing": ("A table has no MA_LK, so it cannot be joined to its episode.",
-                      "Fill MA_LK in every table."),
-    "tables_do_not_join": ("An XML13/XML14 table's MA_LK differs from its HOSO's XML1 MA_LK.",
-                           "Put the tables of one episode, with the same MA_LK, in one HOSO."),
-    "episode_duplicated": ("Two HOSO of the file have the same MA_LK.",
-                           "Send each episode once per file."),
-    "facility_mismatch": ("A table's MA_CSKCB differs from the envelope's MACSKCB.",
-                          "Send each facility's episodes in its own file."),
-    "number_invalid": ("A numeric field (code, count, VND amount, weight) is missing or not "
-                       "a number; codes, counts and amounts must be whole numbers.",
-                       "Send numbers, e.g. GIOI_TINH 1, T_TONGCHI_BV 250000, CAN_NANG 62.5."),
-    "dossier_too_large": ("The file's episodes do not fit in one Kafka message (the gateway "
-                          "publishes a file whole or not at all).",
-                          "Split the upload into several files of fewer episodes."),
-}
-
-
-def rejections_markdown() -> str:
-    """The README's table of the gateway's reason codes (``make docs``)."""
-    rows = ["| reason | meaning | what the facility should fix |", "|---|---|---|"]
-    rows += [f"| `{code}` | {meaning} | {fix} |" for code, (meaning, fix) in REJECTIONS.items()]
-    return "\n".join(rows) + "\n"
-
 
 @dataclass(frozen=True)
 class Limits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas.errors import EhbError, Rejected
+from schemas.reasons import GATEWAY_REASONS
 
 __all__ = ["BatchTooLarge", "DossierRejected", "GatewayError", "OutboxBusy"]
 
@@ -17,13 +18,11 @@ class BatchTooLarge(EhbError):
 
 
 class DossierRejected(Rejected):
-    """The file cannot become events; ``reason`` is a code of ``producers.dossier.REJECTIONS``,
-    ``message`` names the table and field."""
+    """The file cannot become events; ``reason`` is a code of
+    ``schemas.reasons.GATEWAY_REASONS``, ``message`` names the table and field."""
 
     def __init__(self, reason: str, message: str) -> None:
-        from producers.dossier import REJECTIONS  # the codes' table (it imports this module)
-
-        assert reason in REJECTIONS, reason
+        assert reason in GATEWAY_REASONS, reason
         super().__init__(reason, message)
 
 

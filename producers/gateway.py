@@ -59,14 +59,18 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 
 from ehb.exceptions import ServiceUnavailable
-from ehb.kafka import consumer_config, partition_for, producer_config
+from ehb.kafka import consumer_config, producer_config
 from ehb.settings import Settings
-from producers.dossier import REJECTIONS, Limits, parse_dossier
+from producers.dossier import Limits, parse_dossier
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError
 from producers.publisher import ExaminationPublisher
+from schemas.partitioning import partition_for
+from schemas.reasons import GATEWAY_REASONS
 from schemas.registry import codec_for
+from schemas.topics import EXAMINATIONS
 
 __all__ = ["Gateway", "GatewayError", "GatewayReport", "Ledger", "Outcome", "HASH_HEADER",
            "MAX_MESSAGE_BYTES", "complete_files", "print_report", "publish_dossier_file",
@@ -334,7 +338,7 @@ class Gateway:
         self.limits = limits or Limits()
         self.max_message_bytes = max_message_bytes
         self.codec = codec_for(settings)
-        self.topic = settings.topic("examinations")
+        self.topic = settings.topic(EXAMINATIONS)
         self._probe = _TopicProbe(settings, self.topic)
         self.ledger = ledger or Ledger.for_settings(settings)
         self.publisher = publisher or self._publisher(settings)
@@ -463,7 +467,7 @@ class Gateway:
         if move:
             try:
                 moved = _move(path, "rejected", sha256)
-                meaning, fix = REJECTIONS[reason]
+                meaning, fix = GATEWAY_REASONS[reason]
                 moved.with_name(moved.name + ".reason.txt").write_text(
                     f"file: {name}\nreason: {reason}\ndetail: {detail}\nmeaning: {meaning}\n"
                     f"fix: {fix}\nsha256: {sha256 or '-'}\n"
@@ -570,11 +574,13 @@ def run_gateway(settings: Settings, directory: Path, *, watch: bool = False,
         episodes += outcome.episodes if outcome.status == "published" else 0
         bar.update(task, advance=1, episodes=episodes)
         if outcome.status == "rejected":
-            console.print(f"[red]rejected[/] {outcome.file}: {outcome.reason} "
-                          f"({outcome.detail})")
+            # file names and details are the facilities' text: never read as markup
+            console.print(f"[red]rejected[/] {escape(outcome.file)}: {outcome.reason} "
+                          f"({escape(outcome.detail or '')})")
         elif watch:
             console.print(f"{outcome.status} {outcome.file}: {outcome.episodes} episodes"
-                          + (f" ({outcome.detail})" if outcome.detail else ""))
+                          + (f" ({outcome.detail})" if outcome.detail else ""),
+                          markup=False, highlight=False)
 
     with Gateway(settings, limits=limits, max_message_bytes=max_message_bytes) as gateway, bar:
         if watch:
@@ -600,7 +606,7 @@ def print_report(report: GatewayReport, console: Console) -> None:
         table.add_row(label, "-" if value is None else str(value))
     console.print(table)
     for reason, n in sorted(summary["rejected"].items()):
-        console.print(f"  rejected {reason}: {n} ({REJECTIONS[reason][1]})")
+        console.print(f"  rejected {reason}: {n} ({GATEWAY_REASONS[reason][1]})")
     if report.waiting:
         console.print(f"  still being written, left in place: {', '.join(report.waiting)}")
     if report.recovered:

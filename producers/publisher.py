@@ -37,7 +37,8 @@ from producers.outbox import EVENT, MESSAGE, Outbox
 from schemas import SUBJECTS, AvroCodec
 from schemas.errors import EhbError
 from schemas.registry import codec_for
-from streams.validation import parse_datetime
+from schemas.time import parse_datetime
+from schemas.topics import EXAMINATIONS
 
 __all__ = ["BatchTooLarge", "ExaminationPublisher"]
 
@@ -67,7 +68,7 @@ class ExaminationPublisher:
                  producer: Producer | None = None, outbox: Outbox | None = None,
                  identity: str | None = None, durable: bool = True) -> None:
         self.codec = codec or codec_for(settings)
-        self.topic = settings.topic("examinations")
+        self.topic = settings.topic(EXAMINATIONS)
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.upload_interval = upload_interval

@@ -23,7 +23,8 @@ from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
 from schemas.errors import EhbError
-from streams.validation import VN_TZ, parse_datetime
+from schemas.time import VN_TZ, parse_datetime
+from schemas.topics import FACILITY_REPORTS
 
 __all__ = ["DailyReportBook", "ReportPublisher", "episode_day", "pick_facilities"]
 
@@ -118,7 +119,7 @@ class ReportPublisher:
 
     def __init__(self, settings: Settings, *, codec: AvroCodec | None = None,
                  producer: Producer | None = None) -> None:
-        self.topic = settings.topic("facility-reports")
+        self.topic = settings.topic(FACILITY_REPORTS)
         self._encode = (codec or AvroCodec()).writer(SUBJECTS.FACILITY_DAILY_REPORT)
         self._producer = producer or Producer(producer_config(settings))
         self.delivered = 0

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.reference import Facility, FacilityRegistry, load_provinces
-from streams.validation import VN_TZ
+from schemas.time import VN_TZ
 
 __all__ = ["CitySimulator", "SimulationConfig", "INVALID_KINDS"]
 

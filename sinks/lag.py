@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from ehb.kafka import admin_client
 from ehb.settings import Settings
+from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN, FACILITY_REPORTS, SINK_TOPICS
 
 __all__ = [
     "GroupTopics", "LagCollector", "PartitionLag", "lag_table", "pipeline_groups", "read_lag",
@@ -54,14 +55,11 @@ class PartitionLag:
 
 def pipeline_groups(settings: Settings) -> list[GroupTopics]:
     """The worker's and the sink's consumer groups with the topics each consumes."""
-    from sinks.reports import REPORTS_TOPIC
-    from sinks.runner import SINK_TOPICS
-
     return [
-        GroupTopics(settings.worker_group, (settings.topic("examinations"),
-                                            settings.topic("examinations-by-citizen"))),
+        GroupTopics(settings.worker_group, (settings.topic(EXAMINATIONS),
+                                            settings.topic(EXAMINATIONS_BY_CITIZEN))),
         GroupTopics(settings.sink_group, tuple(settings.topic(t) for t in SINK_TOPICS)),
-        GroupTopics(f"{settings.sink_group}-reports", (settings.topic(REPORTS_TOPIC),)),
+        GroupTopics(f"{settings.sink_group}-reports", (settings.topic(FACILITY_REPORTS),)),
     ]
 
 

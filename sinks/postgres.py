@@ -33,9 +33,9 @@ from ehb.consumer import Record
 from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
+from schemas.records import IN_PROVINCE
+from schemas.time import parse_datetime
 from sinks import metrics
-from streams.enrichment import IN_PROVINCE
-from streams.validation import parse_datetime
 
 __all__ = ["PostgresWriter", "dead_letter_id"]
 

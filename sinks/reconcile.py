@@ -46,8 +46,8 @@ from prometheus_client.registry import Collector
 from psycopg2.extras import execute_values
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.time import VN_TZ, parse_datetime
 from sinks.metrics import CachedQuery
-from streams.validation import VN_TZ, parse_datetime
 
 __all__ = ["FacilityReportCollector", "ReconcileResult", "Reconciler", "STATUSES",
            "episode_of_dead_letter", "last_passed_day"]

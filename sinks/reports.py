@@ -28,14 +28,13 @@ from ehb.kafka import producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
 from schemas.dead_letters import bound_dead_letter
+from schemas.topics import DEAD_LETTER, FACILITY_REPORTS
 from sinks.reconcile import ReconcileLoop, Reconciler
 
-__all__ = ["REPORTS_TOPIC", "ReportSink", "report_dead_letter", "report_problem",
+__all__ = ["ReportSink", "report_dead_letter", "report_problem",
            "write_reports"]
 
 log = logging.getLogger(__name__)
-
-REPORTS_TOPIC = "facility-reports"
 
 SQL_REPORTS = (
     "INSERT INTO facility_reports AS fr (ma_cskcb, report_day, reported, status, "
@@ -123,7 +122,7 @@ class ReportSink:
     # -- the consumer ---------------------------------------------------------------------
     def _consume(self) -> None:
         consumer = RecordConsumer(self.settings, f"{self.settings.sink_group}-reports",
-                                  [REPORTS_TOPIC], codec=self.codec,
+                                  [FACILITY_REPORTS], codec=self.codec,
                                   subjects=(SUBJECTS.FACILITY_DAILY_REPORT,))
         try:
             consumer.run(self._handle, batch_size=self.settings.sink_batch_size,
@@ -176,7 +175,7 @@ class ReportSink:
             report_dead_letter(record, problem, self._encode_report, int(time.time() * 1000)),
             self.settings.dead_letter_original_max_bytes)
         code = dead_letter["ma_cskcb"]
-        self._dead_letters.produce(self.settings.topic("dead-letter"),
+        self._dead_letters.produce(self.settings.topic(DEAD_LETTER),
                                    self._encode_dead_letter(dead_letter),
                                    key=code.encode() if code else None)
 

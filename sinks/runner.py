@@ -13,6 +13,7 @@ from ehb.db import connect
 from ehb.runtime import tune_gc
 from ehb.settings import Settings
 from schemas import SUBJECTS
+from schemas.topics import SINK_TOPICS
 from sinks import metrics
 from sinks.lag import LagCollector
 from sinks.metrics import CampaignCollector
@@ -21,11 +22,10 @@ from sinks.postgres import PostgresWriter
 from sinks.reconcile import FacilityReportCollector
 from sinks.reports import ReportSink
 
-__all__ = ["SINK_TOPICS", "run_sink"]
+__all__ = ["run_sink"]
 
 log = logging.getLogger(__name__)
 
-SINK_TOPICS = ("health-book", "referrals", "appointments", "dead-letter")
 SINK_SUBJECTS = (SUBJECTS.HEALTH_BOOK_RECORD, SUBJECTS.REFERRAL_RECORD,
                  SUBJECTS.APPOINTMENT_RECORD, SUBJECTS.DEAD_LETTER)
 

@@ -57,13 +57,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.enrichment import event_time_ms
+from schemas.partitioning import citizen_partition
+from schemas.time import DAY_MS, HOUR_MS, NEVER, event_time_ms
 
-__all__ = ["StateConfig", "CitizenStateMachine", "Emitted", "citizen_partition", "clock_key"]
-
-HOUR_MS = 3600 * 1000
-DAY_MS = 24 * HOUR_MS
-NEVER = -(2**62)
+__all__ = ["StateConfig", "CitizenStateMachine", "Emitted", "clock_key"]
 
 # referral tuple indexes
 R_ORIGIN, R_DEST, R_ISSUED, R_DEADLINE, R_STATUS, R_EVENT, R_REASON, R_ICD = range(8)
@@ -92,17 +89,6 @@ class StateConfig:
             lateness_ms=int(settings.allowed_lateness_hours * HOUR_MS),
             closed_retention_ms=int(settings.closed_retention_days * DAY_MS),
         )
-
-
-def citizen_partition(citizen_key: str, partitions: int) -> int:
-    """Partition of the internal topic for a citizen key.
-
-    The key is already a uniformly distributed HMAC in hex, so its first 32 bits are a good
-    hash (and ~15x cheaper than murmur2 in Python). Only this worker reads the internal topic
-    and writes the table's changelog, both with explicit partitions, so no client's default
-    partitioner has to agree with it.
-    """
-    return int(citizen_key[:8], 16) % partitions
 
 
 def clock_key(partition: int) -> str:

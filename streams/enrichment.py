@@ -6,14 +6,14 @@ provinces -> in/out-of-province scope; MA_LOAI_KCB -> visit-type label; NGAY_VAO
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.records import IN_PROVINCE, OUT_OF_PROVINCE
 from schemas.reference import FacilityRegistry
-from streams.validation import parse_datetime
+from schemas.time import event_time_ms
 
-__all__ = ["VISIT_TYPES", "enrich", "event_time_ms"]
+__all__ = ["VISIT_TYPES", "enrich"]
 
 VISIT_TYPES = {
     "01": "outpatient exam",
@@ -27,15 +27,6 @@ VISIT_TYPES = {
     "09": "inpatient under 4 hours",
     "10": "other",
 }
-
-IN_PROVINCE = "IN_PROVINCE"
-OUT_OF_PROVINCE = "OUT_OF_PROVINCE"
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def event_time_ms(value: str) -> int:
-    """A yyyymmddHHMM (Vietnam time) value as epoch milliseconds."""
-    return int(parse_datetime(value).timestamp() * 1000)
 
 
 def enrich(event: Mapping[str, Any], registry: FacilityRegistry, citizen_key: str,

@@ -19,10 +19,11 @@ from typing import Any
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
+from schemas.partitioning import citizen_partition
 from schemas.reference import FacilityRegistry
-from streams.citizen_state import NEVER, citizen_partition
+from schemas.time import NEVER, VN_TZ
 from streams.enrichment import enrich
-from streams.validation import VN_TZ, Rejection, Validator
+from streams.validation import Rejection, Validator
 
 __all__ = ["Intake", "IntakeResult", "SourceMessage", "INPUT_SUBJECTS"]
 

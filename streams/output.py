@@ -20,13 +20,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from streams.errors import OutputError
+
 __all__ = ["OutputError", "OutputProducer"]
 
 log = logging.getLogger(__name__)
-
-
-class OutputError(RuntimeError):
-    """Messages could not be delivered; the batch must not be acknowledged."""
 
 
 class OutputProducer:

@@ -1,8 +1,8 @@
 """Validation of examination events against the QĐ 130/4750 rules the appraisal portal applies.
 
 ``validate(event, ...)`` returns ``None`` for a valid event, or the first :class:`Rejection`
-found: a stable reason code (``REASONS``, documented in the README) and a message a facility's
-IT staff can act on. Messages name fields and codes, never a name or citizen ID.
+found: a stable reason code (``schemas.reasons``, documented in the README) and a message a
+facility's IT staff can act on. Messages name fields and codes, never a name or citizen ID.
 
 Text is checked for length only: Vietnamese (any Unicode) passes untouched, and hostile text
 (quotes, SQL, control characters) is stored verbatim, safely, by parameterised SQL. The one
@@ -11,130 +11,22 @@ character refused is NUL, which PostgreSQL ``text`` cannot store.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.reference import FacilityRegistry, load_provinces
+from schemas.time import parse_datetime
 
-__all__ = ["REASONS", "Rejection", "Validator", "parse_datetime", "reason_stage",
-           "reasons_markdown", "VN_TZ"]
-
-VN_TZ = timezone(timedelta(hours=7), "ICT")
+__all__ = ["Rejection", "Validator"]
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
     reason: str
     message: str
-
-
-#: reason code -> (what it means, what the facility should fix). The README table is built
-#: from this mapping; codes are stable: never renamed, never reused.
-REASONS: dict[str, tuple[str, str]] = {
-    # decoding (the message itself)
-    "empty_message": ("The Kafka message has no value.", "Send the event body."),
-    "bad_magic_byte": ("The value is not in the Confluent wire format (first byte not 0).",
-                       "Encode with the Avro serializer (magic byte 0 + schema id)."),
-    "truncated_header": ("The value is shorter than the 5-byte wire-format header.",
-                         "Send the full serialized value."),
-    "unknown_schema_id": ("The schema id is neither in the catalog nor in the registry.",
-                          "Use a released schema id from schemas/catalog.json or the registry."),
-    "unexpected_schema": ("A known schema, but not one this topic carries.",
-                          "Publish ExaminationEvent or ExaminationBatch to this topic."),
-    "malformed_avro": ("The Avro body does not decode with the writer's schema.",
-                       "Serialize the record with the schema whose id is in the header."),
-    "trailing_bytes": ("Bytes are left after the Avro record (over-long body).",
-                       "Send exactly one serialized record per message."),
-    "empty_batch": ("A batch message contains no event.", "Send at least one event per batch."),
-    "batch_facility_mismatch": ("An event's MA_CSKCB differs from its batch's facility.",
-                                "Send each facility's events in its own batches."),
-    # identity
-    "citizen_id_format": ("SO_CCCD is not 12 digits.", "Send the 12-digit citizen ID."),
-    "citizen_id_province": ("SO_CCCD's first 3 digits are not a real province code.",
-                            "Check the citizen ID against the patient's card."),
-    "citizen_id_sex_century": (
-        "SO_CCCD's 4th digit (sex and century) or 5th-6th digits (year of birth) disagree "
-        "with GIOI_TINH or NGAY_SINH.",
-        "Check GIOI_TINH, NGAY_SINH and the citizen ID."),
-    "hi_card_format": (
-        "MA_THE_BHYT is not 15 characters: known beneficiary group letters, benefit level 1-5, "
-        "a real province code, 10 digits.",
-        "Send the HI card number as printed (several separated by ';')."),
-    # facilities
-    "facility_code_invalid": (
-        "MA_CSKCB, MA_DKBD, MA_NOI_DI or MA_NOI_DEN is not a 5-digit facility code of a real "
-        "province.", "Use the facility codes issued by Vietnam Social Security."),
-    "facility_unknown": ("MA_CSKCB is not in the facility registry of Ho Chi Minh City.",
-                         "Register the facility, or correct MA_CSKCB."),
-    # clinical codes
-    "icd10_main_invalid": ("MA_BENH_CHINH is not exactly one well-formed ICD-10 code.",
-                           "Send one ICD-10 code (e.g. J06.9) as the main diagnosis."),
-    "icd10_secondary_invalid": (
-        "MA_BENH_KT has a malformed ICD-10 code or more than 12 codes.",
-        "Send at most 12 ICD-10 codes separated by ';'."),
-    "code_not_in_list": (
-        "GIOI_TINH, MA_LOAI_KCB, KET_QUA_DTRI, MA_LOAI_RV, MA_DOITUONG_KCB or MA_LYDO_CT is "
-        "not in its code list.", "Use the code lists of QĐ 130/4750."),
-    # dates
-    "date_invalid": ("A date is not a valid yyyymmddHHMM (or yyyymmdd) value.",
-                     "Send dates as yyyymmddHHMM, e.g. 202401151030."),
-    "date_order": ("Dates are out of order: birth <= admission <= discharge is required.",
-                   "Check NGAY_SINH, NGAY_VAO and NGAY_RA."),
-    "date_in_future": ("A date lies in the future (beyond a 15-minute clock skew).",
-                       "Check the HIS clock and the dates."),
-    "appointment_before_discharge": ("NGAY_HEN_KL is not after NGAY_RA.",
-                                     "The follow-up date must follow the discharge."),
-    # referral / appointment
-    "referral_same_facility": ("The referral's destination is its origin.",
-                               "MA_NOI_DEN must differ from MA_NOI_DI."),
-    # money
-    "money_negative": ("A money field is negative.", "Money fields are VND amounts >= 0."),
-    "money_insurer_exceeds_total": (
-        "T_TONGCHI_BH or T_BHTT exceeds the facility's total T_TONGCHI_BV.",
-        "The insurer's amounts cannot exceed the episode's total cost."),
-    # text
-    "required_field_missing": ("A required field is empty.",
-                               "Fill MA_LK, MA_BN, HO_TEN and the required XML13/XML14 fields."),
-    "text_too_long": ("A text field exceeds the standard's maximum length.",
-                      "Shorten the field to the length of QĐ 130/4750."),
-    "text_nul_character": ("A text field contains the NUL character (0x00).",
-                           "Remove NUL characters; any other Unicode is accepted."),
-    # sink
-    "db_rejected": ("PostgreSQL refused the record (a table constraint).",
-                    "Operator: inspect the dead letter; the record breaks a database rule."),
-    "report_invalid": ("A daily facility report has a malformed MA_CSKCB, a negative episode "
-                       "count or an implausible date.",
-                       "Send one report per facility and day: the 5-digit MA_CSKCB, the day, "
-                       "the number of episodes sent (0 on a day without data)."),
-}
-
-#: reason codes given before an event could be read, and by the sink; the rest at validation
-_DECODE_REASONS = frozenset({"empty_message", "bad_magic_byte", "truncated_header",
-                             "unknown_schema_id", "unexpected_schema", "malformed_avro",
-                             "trailing_bytes", "empty_batch"})
-_SINK_REASONS = frozenset({"db_rejected", "report_invalid"})
-
-
-def reason_stage(code: str) -> str:
-    """The dead letter's ``stage`` for a reason code: decode, validate or sink."""
-    if code not in REASONS:
-        raise KeyError(code)
-    return "decode" if code in _DECODE_REASONS else "sink" if code in _SINK_REASONS \
-        else "validate"
-
-
-def reasons_markdown() -> str:
-    """The README's reason-code table (``ehb reasons --markdown``, ``make docs``)."""
-    lines = ["| code | stage | what it means | what the facility should fix |",
-             "|---|---|---|---|"]
-    for code, (meaning, fix) in REASONS.items():
-        cells = [f"`{code}`", reason_stage(code), meaning, fix]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # re.ASCII: \d must not match other scripts' digits ("０７９" is not a province code)
@@ -178,19 +70,6 @@ _CCCD_CENTURY.update({"8": (2300, 1), "9": (2300, 2)})
 
 def _has_nul(record: Mapping[str, Any]) -> bool:
     return any(isinstance(v, str) and "\x00" in v for v in record.values())
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def parse_datetime(value: str) -> datetime:
-    """yyyymmddHHMM (or yyyymmdd) in Vietnam time -> aware datetime; ValueError if invalid.
-
-    Cached: card validity dates, admission minutes and birth dates repeat across events."""
-    if not (value.isascii() and value.isdigit()) or len(value) not in (8, 12):
-        raise ValueError(value)
-    if len(value) == 8:
-        value += "0000"
-    return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]),
-                    int(value[10:12]), tzinfo=VN_TZ)
 
 
 class Validator:

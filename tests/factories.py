@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from streams.validation import VN_TZ
+from schemas.time import VN_TZ
 
 _seq = itertools.count(1)
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from ehb.commands import asyncapi
 from ehb.commands.cli import app
-from ehb.kafka import TopicSpec, topic_specs
 from ehb.privacy import PERSONAL_FIELDS
 from schemas.catalog import SUBJECTS, load_catalog
+from schemas.topics import TopicSpec, topic_specs
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent

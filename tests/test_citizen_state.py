@@ -8,15 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.reference import FacilityRegistry
-from streams.citizen_state import (
-    DAY_MS,
-    HOUR_MS,
-    NEVER,
-    CitizenStateMachine,
-    StateConfig,
-    _copy,
-    _prune,
-)
+from schemas.time import DAY_MS, HOUR_MS, NEVER
+from streams.citizen_state import CitizenStateMachine, StateConfig, _copy, _prune
 from streams.enrichment import enrich
 from tests import factories as f
 

@@ -13,24 +13,23 @@ from xml.sax.saxutils import escape
 import pytest
 
 from producers.dossier import (
-    REJECTIONS,
     DossierRejected,
     Limits,
     encode_dossier,
     event_id_for,
     parse_dossier,
-    rejections_markdown,
 )
 from producers.gateway import complete_files
 from producers.jsonl import EVENT_ID_NAMESPACE
 from schemas import SUBJECTS, AvroCodec
+from schemas.reasons import GATEWAY_REASONS, gateway_reasons_markdown
 from simulation.simulator import CitySimulator, SimulationConfig
 from tests import factories as f
 
 DEFAULTS = {spec["name"]: spec.get("default") for spec in AvroCodec().catalog.latest(
     SUBJECTS.EXAMINATION_EVENT).raw["fields"] if "default" in spec}
 #: reasons the parser gives; the gateway gives the others (file_unreadable, dossier_too_large)
-PARSER_REASONS = set(REJECTIONS) - {"file_unreadable", "dossier_too_large"}
+PARSER_REASONS = set(GATEWAY_REASONS) - {"file_unreadable", "dossier_too_large"}
 TESTED: set[str] = set()
 
 
@@ -281,7 +280,7 @@ def test_every_reason_is_documented_in_the_readme() -> None:
     match = re.search(r"<!-- gateway-reasons:begin -->\n(.*?)<!-- gateway-reasons:end -->",
                       readme, re.S)
     assert match, "README.md lacks the gateway-reasons markers"
-    assert match.group(1) == rejections_markdown(), "stale: run `make docs`"
+    assert match.group(1) == gateway_reasons_markdown(), "stale: run `make docs`"
 
 
 def test_every_parser_reason_has_a_test() -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ehb.commands.cli import app
 from ehb.commands.tail import Start, TopicReader
 from ehb.kafka import consumer_config
-from sinks.runner import SINK_TOPICS
+from schemas.topics import SINK_TOPICS
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 

@@ -14,10 +14,10 @@ import pytest
 from ehb.commands.simulate import run_simulation
 from producers.reports import DailyReportBook, ReportPublisher, episode_day, pick_facilities
 from schemas import SUBJECTS, AvroCodec
+from schemas.time import VN_TZ, parse_datetime
 from simulation.simulator import CitySimulator, SimulationConfig
 from sinks.reconcile import Reconciler, episode_of_dead_letter, last_passed_day
 from sinks.reports import report_problem, write_reports
-from streams.validation import VN_TZ, parse_datetime
 from tests import factories as f
 from tests.fixtures import Deployment, DeploymentFactory, wait_until
 

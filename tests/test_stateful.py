@@ -15,8 +15,9 @@ import pytest
 
 from ehb.settings import Settings
 from schemas.reference import FacilityRegistry
+from schemas.time import VN_TZ
 from simulation.simulator import CitySimulator, SimulationConfig
-from streams.validation import VN_TZ, Validator
+from streams.validation import Validator
 from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
 
 pytestmark = pytest.mark.integration

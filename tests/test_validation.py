@@ -18,10 +18,12 @@ from ehb.consumer import Record
 from ehb.privacy import CitizenKeyer
 from schemas import SUBJECTS, AvroCodec
 from schemas.codec import wire_header
+from schemas.reasons import REASONS, reason_stage, reasons_markdown
 from schemas.reference import FacilityRegistry
+from schemas.time import VN_TZ
 from sinks.reports import report_dead_letter, report_problem
 from streams.intake import Intake, SourceMessage
-from streams.validation import REASONS, VN_TZ, Validator, reason_stage, reasons_markdown
+from streams.validation import Validator
 from tests import factories as f
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -21,6 +21,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ehb.logs import configure_logging
 from ehb.runtime import tune_gc
@@ -129,7 +130,8 @@ def topics(
     create: Annotated[bool, typer.Option("--create/--list", help="Create missing topics.")] = True,
 ) -> None:
     """Create (default) or list the pipeline's topics with their partition counts."""
-    from ehb.kafka import admin_client, create_topics, topic_specs
+    from ehb.kafka import admin_client, create_topics
+    from schemas.topics import topic_specs
 
     settings = load_settings()
     status = create_topics(settings) if create else {}
@@ -291,14 +293,17 @@ def publish(
 
         outcome = publish_dossier_file(settings, file)
         if outcome.status == "rejected":
-            console.print(f"{file}: rejected: {outcome.reason} ({outcome.detail})")
+            console.print(f"{file}: rejected: {outcome.reason} ({outcome.detail})",
+                          markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         out.print(f"{outcome.status} {outcome.episodes} episodes from {file}"
-                  + (f" ({outcome.detail})" if outcome.detail else ""))
+                  + (f" ({outcome.detail})" if outcome.detail else ""), markup=False,
+                  highlight=False)
         return
     report = publish_jsonl(settings, file, batch_size=batch_size)
     for line_no, reason in report.bad_lines:
-        console.print(f"{file}:{line_no}: {reason}")
+        console.print(f"{file}:{line_no}: {reason}", markup=False, highlight=False,
+                      soft_wrap=True)
     out.print(f"published {report.published} events from {file}"
               f" ({len(report.bad_lines)} bad lines)")
     if report.bad_lines:
@@ -414,7 +419,7 @@ def reasons(
                                                               "table.")] = False,
 ) -> None:
     """Every dead-letter reason code: what it means and what the facility should fix."""
-    from streams.validation import REASONS, reason_stage, reasons_markdown
+    from schemas.reasons import REASONS, reason_stage, reasons_markdown
 
     if markdown:
         out.print(reasons_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
@@ -588,15 +593,42 @@ def replay(
     out.print_json(json.dumps(summary.as_dict()))
 
 
-def main() -> None:
+#: click's base exception as typer ships it (typer >= 0.20 vendors its own copy of click)
+_CLICK_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (a message may quote a multi-line log or library error)."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def report_error(message: str) -> None:
+    """A user mistake: ``error: ...`` in one line on stderr, the message never read as markup."""
+    console.print(Text.assemble(("error:", "red"), " ", one_line(message)), soft_wrap=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``ehb`` entry point. A user mistake (an :class:`EhbError`, a bad option or argument)
+    is one line on stderr and exit code 2, never a traceback."""
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
+    except _CLICK_ERROR as exc:  # unknown option, missing file ...: click's own message
+        error: Any = exc
+        if type(error).__name__ == "NoArgsIsHelpError":  # `ehb`, `ehb schemas`: the help
+            error.show()
+        else:
+            ctx = getattr(error, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            report_error(error.format_message() + hint)
+        sys.exit(error.exit_code)
     except EhbError as exc:
-        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        report_error(str(exc))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         console.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _elapsed(start: float) -> str:

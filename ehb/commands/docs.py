@@ -14,17 +14,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def generators() -> dict[str, Callable[[], str]]:
     from ehb.commands.cli import settings_markdown
-    from producers.dossier import rejections_markdown
+    from schemas.reasons import gateway_reasons_markdown, reasons_markdown
 
-    found: dict[str, Callable[[], str]] = {"settings": settings_markdown,
-                                           "gateway-reasons": rejections_markdown}
-    try:  # the reason-code table, when its generator exists
-        from streams.validation import reasons_markdown  # type: ignore[attr-defined]
-
-        found["reasons"] = reasons_markdown
-    except ImportError:
-        pass
-    return found
+    return {"settings": settings_markdown, "gateway-reasons": gateway_reasons_markdown,
+            "reasons": reasons_markdown}
 
 
 def render(text: str) -> str:

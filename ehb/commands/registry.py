@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from schemas.errors import EhbError
+from ehb.commands.errors import RegistryFileError
 from schemas.reference import FACILITY_LEVELS, Facility, load_provinces
 from sinks.migrate import load_registry
 
@@ -25,10 +25,6 @@ __all__ = ["RegistryFileError", "RegistryRow", "list_registry", "load_registry_f
            "read_registry_csv"]
 
 COLUMNS = ("code", "name", "level", "district")
-
-
-class RegistryFileError(EhbError):
-    """The registry file is not usable; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TextIO
@@ -42,21 +42,22 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from ehb.commands.errors import UnknownTopic
 from ehb.embedded import resolve_bootstrap
 from ehb.exceptions import ServiceUnavailable
-from ehb.kafka import consumer_config, topic_specs
+from ehb.kafka import consumer_config
 from ehb.privacy import EMBEDDED_PERSONAL_FIELDS, PERSONAL_FIELDS, mask
 from ehb.settings import Settings
 from schemas import AvroCodec, DecodeError
 from schemas.errors import EhbError
 from schemas.registry import codec_for
+from schemas.time import VN_TZ
+from schemas.topics import CITIZENS_CHANGELOG, changelog_topic, topic_specs
 
 __all__ = [
-    "CHANGELOG",
     "Start",
     "TopicReader",
     "UnknownTopic",
-    "changelog_topic",
     "parse_time",
     "resolve_topic",
     "tail",
@@ -65,28 +66,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: logical name of the stateful stage's changelog (full name: ``<worker group>-citizens-changelog``)
-CHANGELOG = "citizens-changelog"
-VN_TZ = timezone(timedelta(hours=7), "ICT")
 MASKED_FIELDS = PERSONAL_FIELDS | EMBEDDED_PERSONAL_FIELDS
 
 
-class UnknownTopic(EhbError):
-    """The topic is neither a logical topic of the pipeline nor a topic on the broker."""
-
-
-def changelog_topic(settings: Settings) -> str:
-    return f"{settings.worker_group}-{CHANGELOG}"
-
-
 def logical_names(settings: Settings) -> list[str]:
-    return [spec.name for spec in topic_specs(settings)] + [CHANGELOG]
+    return [spec.name for spec in topic_specs(settings)] + [CITIZENS_CHANGELOG]
 
 
 def resolve_topic(settings: Settings, name: str, existing: set[str]) -> str:
     """``health-book`` -> ``ehb.health-book``; a full name that exists is taken as is."""
     logical = {n: settings.topic(n) for n in logical_names(settings)}
-    logical[CHANGELOG] = changelog_topic(settings)
+    logical[CITIZENS_CHANGELOG] = changelog_topic(settings.worker_group)
     full = logical.get(name)
     if full is not None:
         if full not in existing:

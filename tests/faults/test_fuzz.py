@@ -23,15 +23,17 @@ from hypothesis import strategies as st
 
 from ehb.consumer import Record
 from ehb.privacy import CitizenKeyer
-from producers.dossier import REJECTIONS, DossierRejected, encode_dossier, parse_dossier
+from producers.dossier import DossierRejected, encode_dossier, parse_dossier
 from producers.jsonl import event_from_json
 from schemas import SUBJECTS, AvroCodec, DecodeError
+from schemas.reasons import GATEWAY_REASONS, REASONS
 from schemas.reference import FacilityRegistry
+from schemas.time import VN_TZ
 from simulation.simulator import CitySimulator, SimulationConfig
 from sinks.postgres import _REFUSED, PostgresWriter, _Batch
 from streams.intake import INPUT_SUBJECTS, Intake, SourceMessage
 from streams.internal import encode_validated
-from streams.validation import REASONS, VN_TZ, Validator
+from streams.validation import Validator
 from tests import factories as f
 from tests.faults.conftest import FaultReport
 
@@ -282,7 +284,7 @@ def _check_dossier(data: bytes) -> None:
     try:
         dossier = parse_dossier(data)
     except DossierRejected as exc:
-        assert exc.reason in REJECTIONS
+        assert exc.reason in GATEWAY_REASONS
         return
     for event in dossier.events:
         CODEC.encode(SUBJECTS.EXAMINATION_EVENT, event)

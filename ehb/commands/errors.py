@@ -1,0 +1,15 @@
+"""Errors of the commands; all derive from ``EhbError`` (the CLI prints them in one line)."""
+
+from __future__ import annotations
+
+from schemas.errors import EhbError
+
+__all__ = ["RegistryFileError", "UnknownTopic"]
+
+
+class RegistryFileError(EhbError):
+    """The registry file is not usable; the message names the file and line."""
+
+
+class UnknownTopic(EhbError):
+    """The topic is neither a logical topic of the pipeline nor a topic on the broker."""
