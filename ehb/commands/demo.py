@@ -253,41 +253,76 @@ def render(counters: dict[str, Any], published: int, target: int | None, elapsed
 def run_demo(settings: Settings, *, events: int | None, rate: float, workers: int, seed: int,
              invalid_share: float, fresh: bool, console: Console,
              days: float | None = None) -> int:
-    from ehb.commands.simulate import run_simulation
-    from ehb.db import connect
-    from ehb.kafka import create_topics
-    from producers.outbox import Outbox
-    from producers.publisher import ExaminationPublisher
     from simulation.simulator import SimulationConfig
-    from sinks.migrate import migrate
 
     if rate < 0:
         rate = 0 if events else 200
-    stack: EmbeddedStack | None = None
-    children: DemoChildren | None = None
-    publisher = None
-    conn = None
+    demo = _DemoResources()
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     try:
+        settings = demo.start_services(settings, fresh, console)
+        demo.start_children(settings, workers, console)
+        timeline = demo_timeline(events, rate, days)
+        config = SimulationConfig(events=timeline.events, seed=seed,
+                                  invalid_share=invalid_share, days=timeline.days)
+        console.print(f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
+                      f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
+                      + ("" if events else ", then the counters stay until Ctrl-C"))
+        publisher = demo.open_publisher(settings, rate)
+        simulation = _Simulation.start(settings, config, rate, publisher)
+        counters = _watch(console, demo, simulation, events, timeline, interrupted,
+                          timers_after=settings.partition_idle_s + 2.0)
+        simulation.stop.set()
+        _print_summary(console, counters, simulation.summary, publisher, timeline, settings,
+                       complete=not interrupted.is_set())
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        console.print("stopping...")
+        demo.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class _DemoResources:
+    """What a demo starts and opens, closed in reverse order whatever happens."""
+
+    stack: EmbeddedStack | None = None
+    children: DemoChildren | None = None
+    publisher: Any = None
+    conn: Any = None
+
+    def start_services(self, settings: Settings, fresh: bool, console: Console) -> Settings:
+        """The embedded broker and PostgreSQL unless the settings point elsewhere, the topics
+        and the migrated database; the settings that reach them."""
+        from ehb.db import connect
+        from ehb.kafka import create_topics
+        from sinks.migrate import migrate
+
         if not settings.kafka_bootstrap or settings.database_url is None:
-            stack = EmbeddedStack(settings, fresh_database=fresh)
+            self.stack = EmbeddedStack(settings, fresh_database=fresh)
             with console.status("starting the embedded broker (Tansu) and PostgreSQL..."):
-                info = stack.start()
+                info = self.stack.start()
             updates: dict[str, Any] = {}
             if not settings.kafka_bootstrap:
                 updates["kafka_bootstrap"] = info.bootstrap
             if settings.database_url is None:
                 updates["database_url"] = SecretStr(info.database_url)
             settings = settings.model_copy(update=updates)
-        if settings.kafka_session_timeout_s > 6 and stack is not None:
+        if settings.kafka_session_timeout_s > 6 and self.stack is not None:
             # Tansu makes group joins wait a full session timeout: keep it short here.
             settings = settings.model_copy(update={"kafka_session_timeout_s": 6.0})
         with console.status("creating topics and migrating the database..."):
             create_topics(settings)
-            conn = connect(settings)
-            migrate(conn)
-        children = DemoChildren(settings, settings.state_dir / "demo-logs")
+            self.conn = connect(settings)
+            migrate(self.conn)
+        return settings
+
+    def start_children(self, settings: Settings, workers: int, console: Console) -> None:
+        """The sink and ``workers`` workers, once the workers own every input partition."""
+        self.children = children = DemoChildren(settings, settings.state_dir / "demo-logs")
         base_port = settings.metrics_port or 9400
         sink_child = children.start("sink", "sink", base_port)
         worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i,
@@ -299,17 +334,51 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
                       + ", ".join(f":{c.metrics_port}" for c in worker_children)
                       + f"; logs in {children.log_dir}")
 
-        target = events
-        timeline = demo_timeline(events, rate, days)
-        config = SimulationConfig(events=timeline.events, seed=seed,
-                                  invalid_share=invalid_share, days=timeline.days)
-        console.print(f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
-                      f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
-                      + ("" if target else ", then the counters stay until Ctrl-C"))
+    def open_publisher(self, settings: Settings, rate: float) -> Any:
+        from producers.outbox import Outbox
+        from producers.publisher import ExaminationPublisher
+
         outbox = Outbox.open_first_free(settings.state_dir / "outbox", "demo")
-        if stack is not None:  # a new, empty embedded broker: older events belong to no one
+        if self.stack is not None:  # a new, empty embedded broker: older events belong to no one
             outbox.discard()
-        publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0, outbox=outbox)
+        self.publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0,
+                                              outbox=outbox)
+        return self.publisher
+
+    def check_alive(self, summary: dict[str, Any]) -> None:
+        """Raise when a child process or the simulator died."""
+        dead = self.children.dead() if self.children is not None else []
+        if dead:
+            child = dead[0]
+            raise EhbError(f"{child.name} exited with code {child.proc.returncode}; "
+                           f"see {child.log}")
+        if "error" in summary:
+            raise EhbError(f"simulator failed: {summary['error']}")
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.conn is not None:
+            self.conn.close()
+        if self.children is not None:
+            self.children.stop()
+        if self.stack is not None:
+            self.stack.stop()
+
+
+@dataclass
+class _Simulation:
+    """The simulated city, publishing from a thread of this process."""
+
+    thread: threading.Thread
+    stop: threading.Event
+    summary: dict[str, Any]
+    started: float
+
+    @classmethod
+    def start(cls, settings: Settings, config: Any, rate: float, publisher: Any) -> _Simulation:
+        from ehb.commands.simulate import run_simulation
+
         stop = threading.Event()
         summary: dict[str, Any] = {}
 
@@ -320,60 +389,60 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
             except Exception as exc:  # reported by the main loop
                 summary["error"] = f"{type(exc).__name__}: {exc}"
 
-        sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        thread = threading.Thread(target=simulate, name="simulator", daemon=True)
         started = time.monotonic()
-        sim_thread.start()
-        counters: dict[str, Any] = {}
-        done_at: float | None = None
-        lifecycle: tuple[int, ...] = ()
-        settled_at = 0.0
-        # The last timers (expiries, reminders, missed appointments) fire only once every
-        # input partition has been idle for partition_idle_s (the event-time clock then moves
-        # to the newest event time); the worker reports idleness every second.
-        timers_after = settings.partition_idle_s + 2.0
-        try:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                while not interrupted.is_set():
-                    counters = read_counters(conn)
-                    live.update(render(counters, publisher.events_delivered, target,
-                                       time.monotonic() - started, timeline))
-                    if children.dead():
-                        child = children.dead()[0]
-                        raise EhbError(f"{child.name} exited with code "
-                                       f"{child.proc.returncode}; see {child.log}")
-                    if "error" in summary:
-                        raise EhbError(f"simulator failed: {summary['error']}")
-                    accounted = counters["examinations"] + counters["dead_letters_total"]
-                    if target and not sim_thread.is_alive() and accounted >= target:
-                        now = time.monotonic()
-                        done_at = done_at or now
-                        current = tuple(counters.get(k, 0) for k, _ in LIFECYCLE)
-                        if current != lifecycle:
-                            lifecycle, settled_at = current, now
-                        # then a few more frames: the sink reconciles the last daily reports
-                        if ((now - done_at >= timers_after and now - settled_at >= 3.0)
-                                or now - done_at >= timers_after + 30.0):
-                            break
-                    time.sleep(0.25)
-        except KeyboardInterrupt:  # Ctrl-C: the summary of what was counted so far
-            interrupted.set()
-        stop.set()
-        _print_summary(console, counters, summary, publisher, timeline, settings,
-                       complete=not interrupted.is_set())
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        console.print("stopping...")
-        if publisher is not None:
-            publisher.close()
-        if conn is not None:
-            conn.close()
-        if children is not None:
-            children.stop()
-        if stack is not None:
-            stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+        thread.start()
+        return cls(thread, stop, summary, started)
+
+
+class _Settling:
+    """When a demo of ``--events N`` is over: every event is accounted for, the last event-time
+    timers had time to fire and the lifecycle counters stopped moving.
+
+    The last timers (expiries, reminders, missed appointments) fire only once every input
+    partition has been idle for ``partition_idle_s`` (the event-time clock then moves to the
+    newest event time); the worker reports idleness every second. ``timers_after`` allows for
+    that.
+    """
+
+    def __init__(self, timers_after: float) -> None:
+        self.timers_after = timers_after
+        self.done_at: float | None = None
+        self.lifecycle: tuple[int, ...] = ()
+        self.settled_at = 0.0
+
+    def over(self, counters: dict[str, Any]) -> bool:
+        now = time.monotonic()
+        self.done_at = self.done_at or now
+        current = tuple(counters.get(k, 0) for k, _ in LIFECYCLE)
+        if current != self.lifecycle:
+            self.lifecycle, self.settled_at = current, now
+        # then a few more frames: the sink reconciles the last daily reports
+        return ((now - self.done_at >= self.timers_after and now - self.settled_at >= 3.0)
+                or now - self.done_at >= self.timers_after + 30.0)
+
+
+def _watch(console: Console, demo: _DemoResources, simulation: _Simulation,
+           target: int | None, timeline: DemoTimeline, interrupted: threading.Event, *,
+           timers_after: float) -> dict[str, Any]:
+    """Show the counters live until the demo is over or interrupted; the last counters."""
+    counters: dict[str, Any] = {}
+    settling = _Settling(timers_after)
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not interrupted.is_set():
+                counters = read_counters(demo.conn)
+                live.update(render(counters, demo.publisher.events_delivered, target,
+                                   time.monotonic() - simulation.started, timeline))
+                demo.check_alive(simulation.summary)
+                accounted = counters["examinations"] + counters["dead_letters_total"]
+                if (target and not simulation.thread.is_alive() and accounted >= target
+                        and settling.over(counters)):
+                    break
+                time.sleep(0.25)
+    except KeyboardInterrupt:  # Ctrl-C: the summary of what was counted so far
+        interrupted.set()
+    return counters
 
 
 #: the lifecycle counters (campaign_counters metric, summary label) a demo should move
