@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-all faults bench bench-year lint clean up docs
+.PHONY: install demo test test-quick faults bench bench-year lint clean up docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -29,6 +29,10 @@ up: $(STAMP)
 ## The default test suite (starts its own broker and database).
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(ARGS)
+
+## The tests that need no services (no broker, no PostgreSQL): about a minute.
+test-quick: $(STAMP)
+	@$(BIN)/python -m pytest -m "not integration" $(ARGS)
 
 ## Regenerate the README's generated tables (settings, reason codes).
 docs: $(STAMP)
