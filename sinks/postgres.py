@@ -176,6 +176,48 @@ SQL_COUNTERS = (
 )
 
 
+Rows = list[tuple[Any, ...]]
+
+
+def _count_rows(key: str) -> Callable[[Rows, Counter[str]], None]:
+    """Counter rule: ``key`` ("metric|label") counts every row returned."""
+    def count(rows: Rows, deltas: Counter[str]) -> None:
+        deltas[key] += len(rows)
+    return count
+
+
+def _count_by_first_column(key: str) -> Callable[[Rows, Counter[str]], None]:
+    """Counter rule: each row returned counts for ``key`` formatted with its first column."""
+    def count(rows: Rows, deltas: Counter[str]) -> None:
+        for row in rows:
+            deltas[key.format(row[0])] += 1
+    return count
+
+
+def _count_referrals_closed(rows: Rows, deltas: Counter[str]) -> None:
+    """Counter rule of closed referrals: by status, with the days to arrival of completed
+    ones observed."""
+    for status, days in rows:
+        deltas[f"referrals_{status}|"] += 1
+        if status == "completed" and days is not None:
+            metrics.REFERRAL_DAYS.observe(days)
+
+
+#: (rows of a _Batch, statement, counter rule), applied in this order after the health-book
+#: entries: rows are deduplicated on their first column (the natural key) and a statement
+#: returns only the rows it really inserted or changed, which is what the counters count
+_STATEMENTS: tuple[tuple[str, str, Callable[[Rows, Counter[str]], None]], ...] = (
+    ("books", SQL_BOOKS, _count_rows("health_books_integrated|")),
+    ("referrals_issued", SQL_REFERRALS_ISSUED, _count_rows("referrals|")),
+    ("referrals_closed", SQL_REFERRALS_CLOSED, _count_referrals_closed),
+    ("appointments_scheduled", SQL_APPOINTMENTS_SCHEDULED, _count_rows("appointments|")),
+    ("appointments_reminded", SQL_APPOINTMENTS_REMINDED,
+     _count_rows("appointment_reminders|")),
+    ("appointments_closed", SQL_APPOINTMENTS_CLOSED, _count_by_first_column("appointments_{}|")),
+    ("dead_letters", SQL_DEAD_LETTERS, _count_by_first_column("dead_letters|{}")),
+)
+
+
 #: errors that mean "this data is refused", not "the database is unavailable" (ValueError and
 #: OverflowError: a record the sink cannot even turn into a row, e.g. an impossible date, or
 #: text with NUL, which psycopg2 refuses before PostgreSQL sees it)
@@ -415,59 +457,28 @@ class PostgresWriter:
                ) -> tuple[Counter[str], list[float]]:
         deltas: Counter[str] = Counter()
         latencies: list[float] = []
-        now = self.clock()
         if batch.entries:
-            cur.copy_expert(
-                "COPY ehb_stage_entries FROM STDIN",
-                _copy_text(_dedupe(batch.entries, lambda r: r[:2])),
-            )
-            cur.execute(SQL_ENTRIES)
-            rows = cur.fetchall()
-            cur.execute("TRUNCATE ehb_stage_entries")
-            for inserted, scope, published_at in rows:
-                if inserted:
-                    deltas[f"examinations|{scope}"] += 1
-                    latencies.append(now - published_at.timestamp())
-        if batch.books:
-            rows = execute_values(cur, SQL_BOOKS, _dedupe(batch.books, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            deltas["health_books_integrated|"] += len(rows)
-        if batch.referrals_issued:
-            rows = execute_values(cur, SQL_REFERRALS_ISSUED,
-                                  _dedupe(batch.referrals_issued, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            deltas["referrals|"] += len(rows)
-        if batch.referrals_closed:
-            rows = execute_values(cur, SQL_REFERRALS_CLOSED,
-                                  _dedupe(batch.referrals_closed, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            for status, days in rows:
-                deltas[f"referrals_{status}|"] += 1
-                if status == "completed" and days is not None:
-                    metrics.REFERRAL_DAYS.observe(days)
-        if batch.appointments_scheduled:
-            rows = execute_values(cur, SQL_APPOINTMENTS_SCHEDULED,
-                                  _dedupe(batch.appointments_scheduled, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            deltas["appointments|"] += len(rows)
-        if batch.appointments_reminded:
-            rows = execute_values(cur, SQL_APPOINTMENTS_REMINDED,
-                                  _dedupe(batch.appointments_reminded, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            deltas["appointment_reminders|"] += len(rows)
-        if batch.appointments_closed:
-            rows = execute_values(cur, SQL_APPOINTMENTS_CLOSED,
-                                  _dedupe(batch.appointments_closed, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            for (status,) in rows:
-                deltas[f"appointments_{status}|"] += 1
-        if batch.dead_letters:
-            rows = execute_values(cur, SQL_DEAD_LETTERS,
-                                  _dedupe(batch.dead_letters, lambda r: r[0]),
-                                  page_size=1000, fetch=True)
-            for (reason,) in rows:
-                deltas[f"dead_letters|{reason}"] += 1
+            self._apply_entries(cur, batch.entries, deltas, latencies)
+        for attribute, statement, count in _STATEMENTS:
+            rows = getattr(batch, attribute)
+            if rows:
+                count(execute_values(cur, statement, _dedupe(rows, lambda r: r[0]),
+                                     page_size=1000, fetch=True), deltas)
         return deltas, latencies
+
+    def _apply_entries(self, cur: psycopg2.extensions.cursor, entries: list[tuple[Any, ...]],
+                       deltas: Counter[str], latencies: list[float]) -> None:
+        """Health-book entries: COPY to the staging table, then one upsert from it."""
+        now = self.clock()
+        cur.copy_expert("COPY ehb_stage_entries FROM STDIN",
+                        _copy_text(_dedupe(entries, lambda r: r[:2])))
+        cur.execute(SQL_ENTRIES)
+        rows = cur.fetchall()
+        cur.execute("TRUNCATE ehb_stage_entries")
+        for inserted, scope, published_at in rows:
+            if inserted:
+                deltas[f"examinations|{scope}"] += 1
+                latencies.append(now - published_at.timestamp())
 
     @staticmethod
     def _bump_counters(cur: psycopg2.extensions.cursor, deltas: Counter[str]) -> None:
