@@ -56,7 +56,7 @@ def test_released_schemas_are_never_edited() -> None:
     actual = {i: _fingerprint(catalog, i) for i in catalog.by_id}
     assert actual == RELEASED, (
         "a released schema changed, or a new one is not listed in RELEASED: publish a change "
-        "as a new version (see docs/schemas.md)")
+        "as a new version (see docs/schema-evolution.md)")
 
 
 def test_version_1_records_decode_with_the_newest_schemas() -> None:

@@ -1,6 +1,7 @@
 """One test per reason code, each with a minimal failing record: a valid exam with one thing
 broken (validation), crafted bytes through the intake (decoding), or a record the sink must
-refuse. Plus: Vietnamese and hostile text pass untouched, and the README documents every code.
+refuse. Plus: Vietnamese and hostile text pass untouched, and docs/reference.md documents every
+code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streams.intake import Intake, SourceMessage
 from streams.validation import Validator
 from tests import factories as f
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=VN_TZ)
 AT = f.BASE_TIME
 
@@ -207,13 +208,13 @@ def test_other_scripts_digits_are_not_digits() -> None:
         assert rejection is not None and rejection.reason == reason, (reason, rejection)
 
 
-# -- the README --------------------------------------------------------------------------------
-def test_readme_documents_every_reason_code() -> None:
-    text = README.read_text(encoding="utf-8")
+# -- the documentation -------------------------------------------------------------------------
+def test_docs_document_every_reason_code() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
     match = re.search(r"<!-- reasons:begin -->\n(.*?)<!-- reasons:end -->", text, re.S)
-    assert match, "README.md lacks the reasons markers"
+    assert match, "docs/reference.md lacks the reasons markers"
     assert match.group(1).strip() == reasons_markdown().strip(), (
-        "README reason-code table is stale: run `make docs` (or `ehb reasons --markdown`)")
+        "docs/reference.md: the reason-code table is stale: run `make docs`")
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", match.group(1), re.M))
     assert documented == set(REASONS)
 

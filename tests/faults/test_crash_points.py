@@ -68,7 +68,7 @@ KILL_AT_DEFAULT = {"producer": 250, "worker": 10, "sink": 8}
 
 #: run by ``make test`` too: a point of the sink and of the producer. The worker's points run
 #: in ``make faults`` only: a kill at an intake point stalls or loses events in about 1 run
-#: in 10 (an open bug, see the README's Reliability limits); the worker's kill in ``make
+#: in 10 (an open bug, see docs/reliability.md, Limits); the worker's kill in ``make
 #: test`` is scenario 1's.
 QUICK = ("sink.db_committed", "producer.message_acknowledged")
 

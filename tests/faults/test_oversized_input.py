@@ -136,7 +136,7 @@ def test_oversized_inputs_each_get_one_bounded_dead_letter(deploy: DeploymentFac
             assert message_key is not None and len(message_key) <= 4 * IDENTIFIER_MAX_CHARS
             assert len(record["event_id"]) == IDENTIFIER_MAX_CHARS
 
-    # the full original, read back from the source position (README, Reason codes)
+    # the full original, read back from the source position (docs/reference.md)
     for i, (_, _, index, _, _) in enumerate(cases):
         source = by_offset[offsets[2 * i]]
         if index is not None:

@@ -150,7 +150,7 @@ def _two_workers(deploy: DeploymentFactory, static: bool) -> tuple[Deployment, d
     for n in (1, 2):  # unique on the broker: deployments share it
         instance = f"{d.settings.worker_group}-{n}"
         # one after the other: two static members joining Tansu's group at once can loop on
-        # UnknownMemberId for good (README, Reliability limits)
+        # UnknownMemberId for good (docs/reliability.md, Limits)
         ids[d.start_worker(wait=True, instance_id=instance).name] = instance
     d.wait_for_workers()
     return d, ids
@@ -210,7 +210,7 @@ LOOP_BUDGET_S = float(os.environ.get("EHB_FAULTS_LOOP_BUDGET_S", "1200"))
 LOOP_STALL_S = 30.0
 #: ``dynamic`` (default): every run with dynamic group membership; ``alternate``: even runs
 #: with static membership (``group.instance.id``). Tansu 0.6.0 stalls static members that
-#: rejoin (README, "Where Tansu differs"), so ``alternate`` is for Apache Kafka.
+#: rejoin (docs/embedded.md), so ``alternate`` is for Apache Kafka.
 LOOP_MEMBERSHIP = os.environ.get("EHB_FAULTS_LOOP_MEMBERSHIP", "dynamic")
 if LOOP_MEMBERSHIP not in ("dynamic", "alternate"):
     raise ValueError(f"EHB_FAULTS_LOOP_MEMBERSHIP={LOOP_MEMBERSHIP!r}: dynamic or alternate")
