@@ -3,7 +3,7 @@ registry of Ho Chi Minh City (synthetic but plausible), as CSV files under ``ref
 
 The sinks load both into PostgreSQL (tables ``provinces`` and ``facilities``); the stream
 worker reads the facility registry from there and refreshes it periodically, so the registry
-can be updated without restarting workers (see README, "Facility registry").
+can be updated without restarting workers (see docs/facilities.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ character refused is NUL, which PostgreSQL ``text`` cannot store.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +68,31 @@ _CCCD_CENTURY = {str(d): (1900 + 100 * (d // 2), 1 + d % 2) for d in range(8)}
 _CCCD_CENTURY.update({"8": (2300, 1), "9": (2300, 2)})
 
 
+#: (field, test, message) of the coded fields, in the order they are checked
+_CODE_LISTS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("ma_loai_kcb", MA_LOAI_KCB.__contains__, "MA_LOAI_KCB={!r} not in 01..10"),
+    ("ket_qua_dtri", KET_QUA_DTRI.__contains__, "KET_QUA_DTRI={} not in 1..7"),
+    ("ma_loai_rv", MA_LOAI_RV.__contains__, "MA_LOAI_RV={} not in 1..5"),
+    ("ma_doituong_kcb", lambda code: _DOITUONG.match(code) is not None,
+     "MA_DOITUONG_KCB={!r} is not a category"),
+)
+
+
+@dataclass(slots=True)
+class _Event:
+    """An event under validation, with what the rules parsed of it so far."""
+
+    fields: Mapping[str, Any]
+    now: datetime
+    born: datetime | None = None
+    discharged: datetime | None = None
+
+    @property
+    def latest(self) -> datetime:
+        """The latest date an event may carry: now, give or take a clock skew."""
+        return self.now + _CLOCK_SKEW
+
+
 def _has_nul(record: Mapping[str, Any]) -> bool:
     return any(isinstance(v, str) and "\x00" in v for v in record.values())
 
@@ -93,8 +118,17 @@ class Validator:
         return True
 
     # -- the rules ----------------------------------------------------------------------
-    def validate(self, event: Mapping[str, Any], now: datetime) -> Rejection | None:  # noqa: C901
-        # text: NUL, lengths, required fields
+    def validate(self, event: Mapping[str, Any], now: datetime) -> Rejection | None:
+        checked = _Event(event, now)
+        for rule in _RULES:
+            rejection = rule(self, checked)
+            if rejection is not None:
+                return rejection
+        return None
+
+    def _text(self, e: _Event) -> Rejection | None:
+        """NUL characters, lengths, required fields."""
+        event = e.fields
         for name, value in event.items():
             if isinstance(value, str) and "\x00" in value:
                 return Rejection("text_nul_character", f"{name.upper()} contains NUL")
@@ -106,20 +140,27 @@ class Validator:
         for name in ("event_id", "ma_lk", "ma_bn", "ho_ten"):
             if not (event.get(name) or "").strip():
                 return Rejection("required_field_missing", f"{name.upper()} is empty")
+        return None
 
-        # identity
-        cccd = event["so_cccd"]
+    def _citizen_id(self, e: _Event) -> Rejection | None:
+        cccd = e.fields["so_cccd"]
         if len(cccd) != 12 or _DIGITS.match(cccd) is None:
             return Rejection("citizen_id_format", f"SO_CCCD has {len(cccd)} characters, "
                              "expected 12 digits")
         if cccd[0] != "0" or cccd[1:3] not in self.provinces:
             return Rejection("citizen_id_province",
                              f"SO_CCCD province part {cccd[:3]} is not a province code")
+        return None
+
+    def _sex_and_birth(self, e: _Event) -> Rejection | None:
+        """GIOI_TINH and NGAY_SINH, and the citizen ID's sex/century and year digits."""
+        event = e.fields
+        cccd = event["so_cccd"]
         gioi_tinh = event["gioi_tinh"]
         if gioi_tinh not in GIOI_TINH:
             return Rejection("code_not_in_list", f"GIOI_TINH={gioi_tinh} not in 1, 2, 3")
         try:
-            born = parse_datetime(event["ngay_sinh"])
+            e.born = born = parse_datetime(event["ngay_sinh"])
         except ValueError:
             return Rejection("date_invalid", "NGAY_SINH is not a valid yyyymmddHHMM date")
         century, sex = _CCCD_CENTURY[cccd[3]]
@@ -129,11 +170,16 @@ class Validator:
         if century + int(cccd[4:6]) != born.year:
             return Rejection("citizen_id_sex_century",
                              "SO_CCCD century/year digits disagree with NGAY_SINH's year")
-        if not self._card_ok(event["ma_the_bhyt"]):
+        return None
+
+    def _hi_card(self, e: _Event) -> Rejection | None:
+        if not self._card_ok(e.fields["ma_the_bhyt"]):
             return Rejection("hi_card_format", "MA_THE_BHYT does not have the 15-character "
                              "structure (group letters, level 1-5, province, 10 digits)")
+        return None
 
-        # facilities
+    def _facilities(self, e: _Event) -> Rejection | None:
+        event = e.fields
         for name in ("ma_cskcb", "ma_dkbd", "ma_noi_di", "ma_noi_den"):
             code = event.get(name)
             if (code is not None or name in ("ma_cskcb", "ma_dkbd")) and not (
@@ -145,8 +191,10 @@ class Validator:
         if event["ma_cskcb"] not in self.registry:
             return Rejection("facility_unknown",
                              f"MA_CSKCB={event['ma_cskcb']} is not in the facility registry")
+        return None
 
-        # clinical codes
+    def _diagnoses(self, e: _Event) -> Rejection | None:
+        event = e.fields
         if _ICD10.match(event["ma_benh_chinh"]) is None:
             return Rejection("icd10_main_invalid",
                              f"MA_BENH_CHINH={event['ma_benh_chinh']!r} is not one ICD-10 code")
@@ -160,34 +208,35 @@ class Validator:
                 if _ICD10.match(code) is None:
                     return Rejection("icd10_secondary_invalid",
                                      f"MA_BENH_KT code {code!r} is not an ICD-10 code")
-        if event["ma_loai_kcb"] not in MA_LOAI_KCB:
-            return Rejection("code_not_in_list",
-                             f"MA_LOAI_KCB={event['ma_loai_kcb']!r} not in 01..10")
-        if event["ket_qua_dtri"] not in KET_QUA_DTRI:
-            return Rejection("code_not_in_list",
-                             f"KET_QUA_DTRI={event['ket_qua_dtri']} not in 1..7")
-        if event["ma_loai_rv"] not in MA_LOAI_RV:
-            return Rejection("code_not_in_list", f"MA_LOAI_RV={event['ma_loai_rv']} not in 1..5")
-        if _DOITUONG.match(event["ma_doituong_kcb"]) is None:
-            return Rejection("code_not_in_list",
-                             f"MA_DOITUONG_KCB={event['ma_doituong_kcb']!r} is not a category")
+        return None
 
-        # dates
+    def _code_lists(self, e: _Event) -> Rejection | None:
+        for name, allowed, message in _CODE_LISTS:
+            value = e.fields[name]
+            if not allowed(value):
+                return Rejection("code_not_in_list", message.format(value))
+        return None
+
+    def _dates(self, e: _Event) -> Rejection | None:
+        """NGAY_VAO, NGAY_RA and the card's validity dates: valid, in order, not ahead of now
+        (give or take a clock skew)."""
+        event = e.fields
         try:
             admitted = parse_datetime(event["ngay_vao"])
-            discharged = parse_datetime(event["ngay_ra"])
+            e.discharged = discharged = parse_datetime(event["ngay_ra"])
             for name in ("gt_the_tu", "gt_the_den"):
                 if event.get(name):
                     parse_datetime(event[name])
         except ValueError:
             return Rejection("date_invalid", "NGAY_VAO, NGAY_RA or GT_THE_* is not a valid date")
-        if not born <= admitted <= discharged:
+        if not e.born <= admitted <= discharged:  # type: ignore[operator]
             return Rejection("date_order", "expected NGAY_SINH <= NGAY_VAO <= NGAY_RA")
-        latest = now + _CLOCK_SKEW
-        if discharged > latest:
+        if discharged > e.latest:
             return Rejection("date_in_future", "NGAY_RA lies in the future")
+        return None
 
-        # money
+    def _money(self, e: _Event) -> Rejection | None:
+        event = e.fields
         for name in _MONEY:
             if event.get(name, 0) < 0:
                 return Rejection("money_negative", f"{name.upper()} is negative")
@@ -195,18 +244,17 @@ class Validator:
         if event["t_tongchi_bh"] > total or event.get("t_bhtt", 0) > total:
             return Rejection("money_insurer_exceeds_total",
                              "T_TONGCHI_BH or T_BHTT exceeds T_TONGCHI_BV")
-
-        referral = event.get("referral")
-        if referral is not None:
-            rejection = self._validate_referral(referral, latest)
-            if rejection is not None:
-                return rejection
-        appointment = event.get("appointment")
-        if appointment is not None:
-            rejection = self._validate_appointment(appointment, discharged)
-            if rejection is not None:
-                return rejection
         return None
+
+    def _referral(self, e: _Event) -> Rejection | None:
+        referral = e.fields.get("referral")
+        return None if referral is None else self._validate_referral(referral, e.latest)
+
+    def _appointment(self, e: _Event) -> Rejection | None:
+        appointment = e.fields.get("appointment")
+        if appointment is None:
+            return None
+        return self._validate_appointment(appointment, e.discharged)  # type: ignore[arg-type]
 
     def _validate_referral(self, referral: Mapping[str, Any], latest: datetime
                            ) -> Rejection | None:
@@ -260,3 +308,20 @@ class Validator:
             return Rejection("appointment_before_discharge",
                              "XML14 NGAY_HEN_KL is not after NGAY_RA")
         return None
+
+
+#: the rules of an event, in order: the first one that fails gives the rejection (a later rule
+#: may use what an earlier one parsed: NGAY_SINH, NGAY_RA)
+_RULES: tuple[Callable[[Validator, _Event], Rejection | None], ...] = (
+    Validator._text,
+    Validator._citizen_id,
+    Validator._sex_and_birth,
+    Validator._hi_card,
+    Validator._facilities,
+    Validator._diagnoses,
+    Validator._code_lists,
+    Validator._dates,
+    Validator._money,
+    Validator._referral,
+    Validator._appointment,
+)

@@ -36,7 +36,7 @@ log = logging.getLogger("ehb")
 
 
 def settings_markdown() -> str:
-    """The README's settings table, generated from the model so the two cannot drift."""
+    """docs/settings.md's table, generated from the model so the two cannot drift."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
@@ -163,7 +163,7 @@ def migrate() -> None:
 @app.command("settings")
 def show_settings(
     markdown: Annotated[bool, typer.Option(
-        "--markdown", help="Print the defaults as the README's Markdown table.")] = False,
+        "--markdown", help="Print the defaults as docs/settings.md's Markdown table.")] = False,
 ) -> None:
     """Show every setting, its environment variable and its current value (secrets masked)."""
     if markdown:
@@ -193,7 +193,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
     resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
     if settings.worker_instance_id and not settings.kafka_bootstrap:
         log.warning("EHB_WORKER_INSTANCE_ID is set on the embedded broker: Tansu stalls static "
-                    "members that rejoin (README, Limits); leave it unset there")
+                    "members that rejoin (docs/reliability.md, Limits); leave it unset there")
     registry = initial_registry(settings)
     faust_app = create_app(settings, registry=registry)
     if settings.metrics_port:
@@ -415,8 +415,8 @@ def gateway(
 
 @app.command()
 def reasons(
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown "
-                                                              "table.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/reference.md's "
+                                                              "Markdown table.")] = False,
 ) -> None:
     """Every dead-letter reason code: what it means and what the facility should fix."""
     from schemas.reasons import REASONS, reason_stage, reasons_markdown
@@ -580,7 +580,7 @@ def replay(
     workers; idempotent: an already-processed range leaves the persisted state unchanged.
 
     Use it after fixing a validation rule (events dead-lettered by the old rule now reach the
-    health book) or to re-emit outputs for a new consumer. See the README, "Replay".
+    health book) or to re-emit outputs for a new consumer. See docs/consuming.md, "Replay".
     """
     from ehb.commands.tail import parse_time
     from streams.replay import replay as run_replay
