@@ -34,7 +34,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	@$(BIN)/python -m pytest -m "not integration" $(ARGS)
 
-## Regenerate the README's generated tables (settings, reason codes).
+## Regenerate the generated tables in docs/ (settings, reason codes).
 docs: $(STAMP)
 	@$(BIN)/python -m ehb.commands.docs
 

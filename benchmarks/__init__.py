@@ -1,5 +1,5 @@
 """``make bench``: throughput, latency and memory of the pipeline against a raw-client ceiling.
 
-``benchmarks/bench.py`` is the entry point (``make bench``, ``make bench-year``); see the
-README's "Performance" section.
+``benchmarks/bench.py`` is the entry point (``make bench``, ``make bench-year``); the results
+and what limits them are in benchmarks/README.md.
 """

@@ -208,7 +208,7 @@ def _status(value: float | None, target: float, higher_is_better: bool) -> str:
 
 
 def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measurement, figure, target, status) rows; also the README's table."""
+    """(measurement, figure, target, status) rows; also the table of benchmarks/README.md."""
     t = TARGETS
     out: list[tuple[str, str, str, str]] = []
     if fig.get("year_seconds") is not None:
@@ -298,7 +298,7 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """The table in Markdown (for the README)."""
+    """The table in Markdown (for benchmarks/README.md)."""
     params = result["parameters"]
     lines = ["| Measurement | Figure | Target | |", "|---|---:|---|---|"]
     for name, figure, target, status in rows(result["figures"],

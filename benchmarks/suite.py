@@ -170,7 +170,7 @@ def bench(
     render(result, console)
     console.print(f"results: {written}" + (f" and {output / latest}" if latest else ""))
     if not quick:
-        print("\n" + markdown_table(result), flush=True)  # for the README, unwrapped
+        print("\n" + markdown_table(result), flush=True)  # for benchmarks/README.md, unwrapped
     if result["figures"].get("errors"):
         raise typer.Exit(1)
 

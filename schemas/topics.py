@@ -74,7 +74,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: _Partitions) -> list[TopicSpec]:
-    """Every topic, with its partitioning and retention (also the README's topic table)."""
+    """Every topic, with its partitioning and retention (also docs/reference.md's topic table)."""
     n = settings.kafka_partitions
     return [
         TopicSpec(

@@ -30,7 +30,7 @@ Time. Every decision uses the events' own times (NGAY_VAO), never the wall clock
 
 Replaying the same events gives the same decisions: every update is idempotent (visits by
 event id, referrals and appointments by id, integration once), and the clock is persisted.
-One caveat, documented in the README: a REMINDER is emitted when the clock reaches its time
+One caveat (docs/architecture.md, Time): a REMINDER is emitted when the clock reaches its time
 if the appointment is still open then; a visit *before* the reminder time that is uploaded
 late (within the lateness) keeps the appointment after the reminder was sent.
 
