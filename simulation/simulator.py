@@ -271,35 +271,47 @@ class CitySimulator:
         }
         roll = rng.random()
         if roll < cfg.referral_share and not referred_from:
-            destination = rng.choice([c for c in self._upper if c != facility])
-            event["ma_loai_rv"] = 2
-            event["ma_noi_den"] = destination
-            event["referral"] = {
-                "so_hoso": ma_lk,
-                "so_chuyentuyen": f"CT{self._seq[facility]:07d}",
-                "giay_chuyen_tuyen": f"GCT{self._seq[facility]:07d}",
-                "ma_noi_di": facility,
-                "ma_noi_den": destination,
-                "dau_hieu_ls": rng.choice(TEXT_SIGNS),
-                "chan_doan_rv": icd,
-                "qt_benhly": rng.choice(TEXT_COURSE),
-                "huong_dieu_tri": rng.choice(TEXT_PLAN),
-                "phuongtien_vc": "Xe cứu thương",
-                "ma_lydo_ct": rng.choice((1, 2, 2, 3)),
-                "ma_bac_si": f"BS{rng.randint(1, 9999):04d}",
-                "ngay_ct": _fmt(discharged),
-            }
+            self._add_referral(event, facility, icd, discharged)
         elif roll < cfg.referral_share + cfg.appointment_share:
-            when = (discharged + timedelta(days=rng.randint(7, 30))).replace(hour=8, minute=0)
-            event["ngay_tai_kham"] = when.strftime("%Y%m%d")
-            event["appointment"] = {
-                "so_giayhen_kl": f"HK{self._seq[facility]:07d}",
-                "ngay_hen_kl": _fmt(when),
-                "chan_doan_rv": icd,
-                "ma_bac_si": f"BS{rng.randint(1, 9999):04d}",
-                "ngay_ct": _fmt(discharged),
-            }
+            self._add_appointment(event, facility, icd, discharged)
         return event
+
+    def _add_referral(self, event: dict[str, Any], facility: str, icd: str,
+                      discharged: datetime) -> None:
+        """A referral letter (XML13) to an upper-level facility."""
+        rng = self.rng
+        destination = rng.choice([c for c in self._upper if c != facility])
+        event["ma_loai_rv"] = 2
+        event["ma_noi_den"] = destination
+        event["referral"] = {
+            "so_hoso": event["ma_lk"],
+            "so_chuyentuyen": f"CT{self._seq[facility]:07d}",
+            "giay_chuyen_tuyen": f"GCT{self._seq[facility]:07d}",
+            "ma_noi_di": facility,
+            "ma_noi_den": destination,
+            "dau_hieu_ls": rng.choice(TEXT_SIGNS),
+            "chan_doan_rv": icd,
+            "qt_benhly": rng.choice(TEXT_COURSE),
+            "huong_dieu_tri": rng.choice(TEXT_PLAN),
+            "phuongtien_vc": "Xe cứu thương",
+            "ma_lydo_ct": rng.choice((1, 2, 2, 3)),
+            "ma_bac_si": f"BS{rng.randint(1, 9999):04d}",
+            "ngay_ct": _fmt(discharged),
+        }
+
+    def _add_appointment(self, event: dict[str, Any], facility: str, icd: str,
+                         discharged: datetime) -> None:
+        """A follow-up appointment (XML14) 7 to 30 days after discharge."""
+        rng = self.rng
+        when = (discharged + timedelta(days=rng.randint(7, 30))).replace(hour=8, minute=0)
+        event["ngay_tai_kham"] = when.strftime("%Y%m%d")
+        event["appointment"] = {
+            "so_giayhen_kl": f"HK{self._seq[facility]:07d}",
+            "ngay_hen_kl": _fmt(when),
+            "chan_doan_rv": icd,
+            "ma_bac_si": f"BS{rng.randint(1, 9999):04d}",
+            "ngay_ct": _fmt(discharged),
+        }
 
     def _break(self, event: dict[str, Any], kind: str) -> None:
         """Make ``event`` invalid in exactly one way (see INVALID_KINDS)."""
