@@ -32,7 +32,7 @@ from ehb.settings import Settings  # noqa: E402
 from schemas import SUBJECTS, AvroCodec  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
 from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
-from streams.citizen_state import CitizenStateMachine, StateConfig  # noqa: E402
+from streams.citizen_state import CitizenStateMachine, Emitted, StateConfig  # noqa: E402
 from streams.health_book_agent import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
 from streams.intake import Intake, SourceMessage  # noqa: E402
 from streams.internal import decode_validated, encode_chunks  # noqa: E402
@@ -51,79 +51,108 @@ def main(events: int = typer.Option(100_000, help="Simulated events."),
          ) -> None:
     settings = Settings(kafka_partitions=partitions)
     codec = AvroCodec()
-    registry = FacilityRegistry.from_reference()
+    now_ms = int(time.time() * 1000)
+    messages = _input_messages(codec, events, seed, now_ms)
+    threshold = settings.gc_young_threshold if gc_young_threshold is None else gc_young_threshold
+    tune_gc(threshold)
+
+    timer = _Timer()
+    decoded = _intake_and_internal_hop(timer, settings, codec, messages)
+    store: dict[str, Any] = {}
+    emitted = timer.timed("state machine",
+                          lambda: _run_state_machine(settings, decoded, store, now_ms))
+    outputs = _encode_outputs(timer, codec, emitted)
+
+    print(f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
+          f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}")
+    for stage, spent in timer.seconds.items():
+        print(f"  {stage:36s} {spent * 1e6 / events:6.1f} µs/event")
+    print(f"  {'total':36s} {sum(timer.seconds.values()) * 1e6 / events:6.1f} µs/event")
+
+
+class _Timer:
+    """CPU seconds (``time.process_time``) per stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, stage: str, work: Callable[[], T]) -> T:
+        started = time.process_time()
+        result = work()
+        self.seconds[stage] = time.process_time() - started
+        return result
+
+
+def _input_messages(codec: AvroCodec, events: int, seed: int, now_ms: int
+                    ) -> list[SourceMessage]:
+    """The simulated events as ExaminationBatch messages of one facility each."""
     simulated = list(CitySimulator(SimulationConfig(events=events, seed=seed)).events())
     encode_batch = codec.writer(SUBJECTS.EXAMINATION_BATCH)
     by_facility: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in simulated:
         by_facility[event["ma_cskcb"]].append(event)
-    now_ms = int(time.time() * 1000)
-    messages = [
+    return [
         SourceMessage(encode_batch({"ma_cskcb": facility, "events": chunk}), "examinations",
                       0, offset, now_ms)
         for offset, (facility, chunk) in enumerate(
             (f, evs[i:i + EVENTS_PER_MESSAGE]) for f, evs in by_facility.items()
             for i in range(0, len(evs), EVENTS_PER_MESSAGE))
     ]
-    del simulated, by_facility
-    threshold = settings.gc_young_threshold if gc_young_threshold is None else gc_young_threshold
-    tune_gc(threshold)
 
-    seconds: dict[str, float] = {}
 
-    def timed(stage: str, work: Callable[[], T]) -> T:
-        started = time.process_time()
-        result = work()
-        seconds[stage] = time.process_time() - started
-        return result
-
-    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions)
+def _intake_and_internal_hop(timer: _Timer, settings: Settings, codec: AvroCodec,
+                             messages: list[SourceMessage]
+                             ) -> dict[int, list[tuple[Any, Any]]]:
+    """The stateless stage, then the internal topic's encoding both ways: what the stateful
+    stage reads, by partition."""
+    registry = FacilityRegistry.from_reference()
+    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings),
+                    settings.kafka_partitions)
     per_batch = settings.worker_batch_size  # input messages per intake batch
-    results = timed("decode + validate + enrich", lambda: [
+    results = timer.timed("decode + validate + enrich", lambda: [
         intake.process(messages[i:i + per_batch]) for i in range(0, len(messages), per_batch)])
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         for partition, items in result.by_partition.items():
             by_partition[partition].extend(items)
-    internal = timed("internal hop: MessagePack encode", lambda: {
+    internal = timer.timed("internal hop: MessagePack encode", lambda: {
         p: list(encode_chunks(items)) for p, items in by_partition.items()})
-    decoded = timed("internal hop: MessagePack decode", lambda: {
+    return timer.timed("internal hop: MessagePack decode", lambda: {
         p: [decode_validated(v, codec) for v in values] for p, values in internal.items()})
 
+
+def _run_state_machine(settings: Settings, decoded: dict[int, list[tuple[Any, Any]]],
+                       store: dict[str, Any], now_ms: int) -> list[Emitted]:
+    """The stateful stage over ``decoded``, in the worker's batches, with ``store`` as its
+    table."""
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
-    store: dict[str, Any] = {}
+    out = []
+    for p, batch in decoded.items():
+        for i in range(0, len(batch), STATE_BATCH_MESSAGES):
+            emitted = machine.process(p, batch[i:i + STATE_BATCH_MESSAGES], store,
+                                      now_ms).compact()
+            store.update(emitted.local)
+            for key, value in emitted.state.items():
+                if value is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = value
+            out.append(emitted)
+    return out
 
-    def run_state_machine() -> list[Any]:
-        out = []
-        for p, batch in decoded.items():
-            for i in range(0, len(batch), STATE_BATCH_MESSAGES):
-                emitted = machine.process(p, batch[i:i + STATE_BATCH_MESSAGES], store,
-                                          now_ms).compact()
-                store.update(emitted.local)
-                for key, value in emitted.state.items():
-                    if value is None:
-                        store.pop(key, None)
-                    else:
-                        store[key] = value
-                out.append(emitted)
-        return out
 
-    emitted = timed("state machine", run_state_machine)
+def _encode_outputs(timer: _Timer, codec: AvroCodec, emitted: list[Emitted]) -> int:
+    """Avro of the output records and JSON of the changelog; the number of output records."""
     writers = [(codec.writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
                (codec.writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
                (codec.writer(SUBJECTS.APPOINTMENT_RECORD), "appointments")]
-    outputs = timed("Avro encode of the output records", lambda: sum(
+    outputs = timer.timed("Avro encode of the output records", lambda: sum(
         len(write(record)) > 0 for e in emitted for write, name in writers
         for record in getattr(e, name)))
-    timed("changelog JSON", lambda: sum(
+    timer.timed("changelog JSON", lambda: sum(
         len(encode_json(key)) + (0 if value is None else len(encode_json(value)))
         for e in emitted for key, value in e.state.items()))
-
-    print(f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
-          f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}")
-    for stage, spent in seconds.items():
-        print(f"  {stage:36s} {spent * 1e6 / events:6.1f} µs/event")
-    print(f"  {'total':36s} {sum(seconds.values()) * 1e6 / events:6.1f} µs/event")
+    return outputs
 
 
 if __name__ == "__main__":
