@@ -68,81 +68,106 @@ def _row(e: dict[str, Any], published_s: float) -> tuple[Any, ...]:
 
 def run(settings: Settings, group: str, expected: int, output: str, batch: int,
         prefilled: bool) -> dict:
-    catalog = load_catalog()
-    schemas = {entry.id: entry.parsed for entry in catalog.entries}
-    event_entry = catalog.latest(SUBJECTS.EXAMINATION_EVENT)
-    event_schema, event_header = event_entry.parsed, wire_header(event_entry.id)
-
-    consumer = Consumer(consumer_config(settings, group))
-    producer = Producer(producer_config(settings))
-    producer.list_topics(output, timeout=10)  # metadata before the clock starts (producer.py)
-    conn = psycopg2.connect(settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    assigned: list[TopicPartition] = []
-    consumer.subscribe([settings.topic("examinations")],
-                       on_assign=lambda _c, parts: assigned.extend(parts))
-    while not assigned and not prefilled:  # end to end: joined before the first publish
-        for message in consumer.consume(1, 0.2):
-            raise SystemExit(f"unexpected message before GO at offset {message.offset()}")
+    pipeline = _RawPipeline(settings, group, output, prefilled)
     child_main_handshake()
-
     done = messages_in = 0
     first: float | None = None
-    # seconds per step, to see what bounds the ceiling
-    spent = dict.fromkeys(("consume", "decode", "encode_produce", "insert", "flush",
-                           "commit"), 0.0)
     clock = time.perf_counter
     while done < expected:
         t0 = clock()
-        messages = consumer.consume(batch, 0.1)
-        spent["consume"] += clock() - t0
+        messages = pipeline.consumer.consume(batch, 0.1)
+        pipeline.spent["consume"] += clock() - t0
         if not messages:
             continue
         if first is None:
             first = time.time()
+        rows, highest, decoded = pipeline.decode_and_produce(messages)
+        pipeline.write(rows, highest)
+        messages_in += decoded
+        done += len(rows)
+    last = time.time()
+    pipeline.close()
+    return {
+        "first_message": first, "last_commit": last, "events": done, "messages": messages_in,
+        "seconds_by_step": {step: round(seconds, 3) for step, seconds in pipeline.spent.items()},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+class _RawPipeline:
+    """The bare clients, and the seconds spent per step (to see what bounds the ceiling)."""
+
+    def __init__(self, settings: Settings, group: str, output: str, prefilled: bool) -> None:
+        catalog = load_catalog()
+        self.schemas = {entry.id: entry.parsed for entry in catalog.entries}
+        event_entry = catalog.latest(SUBJECTS.EXAMINATION_EVENT)
+        self.event_schema, self.event_header = event_entry.parsed, wire_header(event_entry.id)
+        self.output = output
+        self.consumer = Consumer(consumer_config(settings, group))
+        self.producer = Producer(producer_config(settings))
+        # metadata before the clock starts (producer.py)
+        self.producer.list_topics(output, timeout=10)
+        self.conn = psycopg2.connect(
+            settings.database_url.get_secret_value())  # type: ignore[union-attr]
+        self.spent = dict.fromkeys(("consume", "decode", "encode_produce", "insert", "flush",
+                                    "commit"), 0.0)
+        assigned: list[TopicPartition] = []
+        self.consumer.subscribe([settings.topic("examinations")],
+                                on_assign=lambda _c, parts: assigned.extend(parts))
+        while not assigned and not prefilled:  # end to end: joined before the first publish
+            for message in self.consumer.consume(1, 0.2):
+                raise SystemExit(f"unexpected message before GO at offset {message.offset()}")
+
+    def decode_and_produce(self, messages: list[Any]
+                           ) -> tuple[list[tuple[Any, ...]], dict[int, TopicPartition], int]:
+        """Each event of each batch message produced as one record; the rows to insert, the
+        offsets to commit and the number of messages decoded."""
+        clock = time.perf_counter
         rows = []
         highest: dict[int, TopicPartition] = {}
+        decoded = 0
         for message in messages:
             if message.error():
                 continue
             t0 = clock()
             value = message.value()
             schema_id = int.from_bytes(value[1:5], "big")
-            record = schemaless_reader(io.BytesIO(value[5:]), schemas[schema_id], None)
+            record = schemaless_reader(io.BytesIO(value[5:]), self.schemas[schema_id], None)
             published_s = message.timestamp()[1] / 1000
             t1 = clock()
             for event in record["events"]:
                 out = io.BytesIO()
-                out.write(event_header)
-                schemaless_writer(out, event_schema, event)
-                producer.produce(output, out.getvalue(), key=event["ma_lk"].encode())
+                out.write(self.event_header)
+                schemaless_writer(out, self.event_schema, event)
+                self.producer.produce(self.output, out.getvalue(), key=event["ma_lk"].encode())
                 rows.append(_row(event, published_s))
-            producer.poll(0)
-            spent["decode"] += t1 - t0
-            spent["encode_produce"] += clock() - t1
+            self.producer.poll(0)
+            self.spent["decode"] += t1 - t0
+            self.spent["encode_produce"] += clock() - t1
             highest[message.partition()] = TopicPartition(
                 message.topic(), message.partition(), message.offset() + 1)
-            messages_in += 1
+            decoded += 1
+        return rows, highest, decoded
+
+    def write(self, rows: list[tuple[Any, ...]], highest: dict[int, TopicPartition]) -> None:
+        """Insert, flush the producer, commit the transaction, then the offsets."""
+        clock = time.perf_counter
         t0 = clock()
-        with conn.cursor() as cur:
+        with self.conn.cursor() as cur:
             execute_values(cur, INSERT, rows, template=TEMPLATE, page_size=1000)
         t1 = clock()
-        while producer.flush(10):
+        while self.producer.flush(10):
             pass
         t2 = clock()
-        conn.commit()
-        consumer.commit(offsets=list(highest.values()), asynchronous=False)
-        spent["insert"] += t1 - t0
-        spent["flush"] += t2 - t1
-        spent["commit"] += clock() - t2
-        done += len(rows)
-    last = time.time()
-    consumer.close()
-    conn.close()
-    return {
-        "first_message": first, "last_commit": last, "events": done, "messages": messages_in,
-        "seconds_by_step": {step: round(seconds, 3) for step, seconds in spent.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
+        self.conn.commit()
+        self.consumer.commit(offsets=list(highest.values()), asynchronous=False)
+        self.spent["insert"] += t1 - t0
+        self.spent["flush"] += t2 - t1
+        self.spent["commit"] += clock() - t2
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.conn.close()
 
 
 def main() -> None:
