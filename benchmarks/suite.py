@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,47 +109,12 @@ def bench(
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
     say(f"load average {load_start}; generating {events:,} events (cached when possible)")
-    last = [time.monotonic()]
-
-    def progress(done: int) -> None:
-        if time.monotonic() - last[0] > 15:
-            last[0] = time.monotonic()
-            say(f"  generated {done:,} events")
-
-    path, generation = events_file(events, seed, regenerate=regenerate, progress=progress)
-    say(f"events ready: {generation['events']:,} in {path.name} "
-        f"({'cached; generated' if generation['cached'] else 'generated'} in "
-        f"{generation['seconds']:.1f} s, {generation['events_per_second']:,.0f}/s)")
-    root = Path(tempfile.mkdtemp(prefix="ehb-bench-"))
+    path, generation = _generate_events(events, seed, regenerate, say)
     runs: dict[str, Any] = {}
-    stack = None
-    failure: str | None = None
-    try:
-        stack = BenchStack(root, partitions)
-        say(f"stack up (broker {stack.settings.kafka_bootstrap}); data in {root}")
-        params["settings"] = {k: v for k, v in stack.settings.public_dict().items()
-                              if k.startswith(("worker_", "sink_", "kafka_session"))}
-        ctx = Context(stack, path, events, root / "logs", outbox=outbox,
-                      stall_s=60.0 if quick else 180.0, say=say)
-        if year:
-            run_year(ctx, workers, runs, say)
-        else:
-            run_suite(ctx, params, runs, say, skip_scale=skip_scale, skip_raw=skip_raw,
-                      skip_latency=skip_latency, profile=profile,
-                      profile_dir=root / "profiles")
-        if stack.broker_pid is not None:
-            runs["broker_peak_rss_mb"] = peak_rss_mb(stack.broker_pid)
-        result_versions = versions(stack)
-    except (RunFailed, TimeoutError, RuntimeError) as exc:
-        failure = str(exc)
-        result_versions = versions(stack) if stack is not None else {}
-    finally:
-        if stack is not None:
-            stack.close()
-        if keep:
-            say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    result_versions, failure = _run_in_a_stack(
+        path, params, runs, say, keep=keep, workers=workers,
+        suite={"skip_scale": skip_scale, "skip_raw": skip_raw, "skip_latency": skip_latency,
+               "profile": profile})
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
@@ -163,6 +129,68 @@ def bench(
     }
     if failure:
         result["figures"].setdefault("errors", []).append(failure)
+    _write_and_show(result, console, output, started, quick=quick, year=year)
+    if result["figures"].get("errors"):
+        raise typer.Exit(1)
+
+
+def _generate_events(events: int, seed: int, regenerate: bool, say: Callable[[str], None]
+                     ) -> tuple[Path, dict[str, Any]]:
+    """The simulated events' file (cached when possible) and how it was generated."""
+    last = [time.monotonic()]
+
+    def progress(done: int) -> None:
+        if time.monotonic() - last[0] > 15:
+            last[0] = time.monotonic()
+            say(f"  generated {done:,} events")
+
+    path, generation = events_file(events, seed, regenerate=regenerate, progress=progress)
+    say(f"events ready: {generation['events']:,} in {path.name} "
+        f"({'cached; generated' if generation['cached'] else 'generated'} in "
+        f"{generation['seconds']:.1f} s, {generation['events_per_second']:,.0f}/s)")
+    return path, generation
+
+
+def _run_in_a_stack(path: Path, params: dict[str, Any], runs: dict[str, Any],
+                    say: Callable[[str], None], *, keep: bool, workers: int,
+                    suite: dict[str, bool]) -> tuple[dict[str, Any], str | None]:
+    """The runs, in ``runs``, on a stack of their own under a temporary directory; the
+    versions of the stack's parts and the failure, if any."""
+    quick, partitions = params["quick"], params["partitions"]
+    root = Path(tempfile.mkdtemp(prefix="ehb-bench-"))
+    stack = None
+    failure: str | None = None
+    try:
+        stack = BenchStack(root, partitions)
+        say(f"stack up (broker {stack.settings.kafka_bootstrap}); data in {root}")
+        params["settings"] = {k: v for k, v in stack.settings.public_dict().items()
+                              if k.startswith(("worker_", "sink_", "kafka_session"))}
+        ctx = Context(stack, path, params["events"], root / "logs", outbox=params["outbox"],
+                      stall_s=60.0 if quick else 180.0, say=say)
+        if params["year"]:
+            run_year(ctx, workers, runs, say)
+        else:
+            run_suite(ctx, params, runs, say, **suite, profile_dir=root / "profiles")
+        if stack.broker_pid is not None:
+            runs["broker_peak_rss_mb"] = peak_rss_mb(stack.broker_pid)
+        result_versions = versions(stack)
+    except (RunFailed, TimeoutError, RuntimeError) as exc:
+        failure = str(exc)
+        result_versions = versions(stack) if stack is not None else {}
+    finally:
+        if stack is not None:
+            stack.close()
+        if keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return result_versions, failure
+
+
+def _write_and_show(result: dict[str, Any], console: Console, output: Path, started: float,
+                    *, quick: bool, year: bool) -> None:
+    """The results as JSON under ``output`` (and ``latest*.json``), a table on the console and,
+    unless quick, the markdown table of benchmarks/README.md."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     suffix = "-year" if year else "-quick" if quick else ""
     latest = None if quick else "latest-year.json" if year else "latest.json"
@@ -171,8 +199,6 @@ def bench(
     console.print(f"results: {written}" + (f" and {output / latest}" if latest else ""))
     if not quick:
         print("\n" + markdown_table(result), flush=True)  # for benchmarks/README.md, unwrapped
-    if result["figures"].get("errors"):
-        raise typer.Exit(1)
 
 
 def run_suite(ctx: Context, params: dict[str, Any], runs: dict[str, Any], say: Any, *,
