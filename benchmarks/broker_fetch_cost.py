@@ -5,12 +5,10 @@
 Starts a fresh embedded broker (Tansu, memory storage), produces ``--rate`` small messages a
 second to one 8-partition topic with the bare confluent-kafka producer and, with
 ``--consumers 1``, tails it with one bare confluent-kafka consumer; prints the broker's CPU
-every 5 s. Measured on the 2-core VM (README, Performance): with no consumer the broker stays
-at ~15% of a core; with one consumer its CPU grows with the data already stored (26% at 5 s,
-a whole core by 20 s at 1,000 messages/s and a 25 ms fetch wait; 14% -> 100% in 55 s with a
-500 ms wait). That growth, not the pipeline, is what makes the latency of ``make bench``
-rise over its 60 s run. Apache Kafka locates a fetch offset through its index: its cost does
-not depend on how much the partition holds.
+every 5 s. With a consumer the broker's CPU grows with the data already stored (the figures
+are in benchmarks/README.md): that growth, not the pipeline, is what makes the latency of
+``make bench`` rise over its 60 s run. Apache Kafka locates a fetch offset through its index:
+its cost does not depend on how much the partition holds.
 """
 
 from __future__ import annotations

@@ -3,11 +3,8 @@
 Python's cyclic garbage collector runs a young-generation pass every 700 container
 allocations by default and, every few of those, an older-generation pass that walks every
 object that survived. A worker allocates dozens of dicts and lists per event and keeps a
-large, slowly growing heap (Faust, the citizens table), so with the defaults it spends a
-third of its time in the collector: measured in-process on 100,000 simulated events
-(decode -> validate -> enrich -> internal hop -> state machine -> encode;
-``benchmarks/stage_costs.py``), 110 µs of CPU per event with the defaults, 72 µs with a
-young threshold of 50,000. Reference counting still
+large, slowly growing heap (Faust, the citizens table), so with the defaults it spends about
+a third of its time in the collector (figures: benchmarks/README.md). Reference counting still
 frees nearly everything at once; the threshold only spaces out the passes that look for
 reference cycles, at the cost of a few MB of cyclic garbage living a little longer.
 """

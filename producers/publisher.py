@@ -76,8 +76,7 @@ class ExaminationPublisher:
         self._opened_heap: list[tuple[datetime, str]] = []
         # linger 50 ms: a facility's events are not urgent to the millisecond, and fewer,
         # larger record batches are cheaper for every broker (on the embedded broker each
-        # stored batch adds to the cost of every later fetch: p99 at 1,000 events/s fell
-        # from 750 to 362 ms when this went from 10 to 50 ms; benchmarks/broker_fetch_cost.py)
+        # stored batch adds to the cost of every later fetch; figures: benchmarks/README.md)
         self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 50}))
         self._encode_batch = self.codec.writer(SUBJECTS.EXAMINATION_BATCH)
         self._encode_event = self.codec.writer(SUBJECTS.EXAMINATION_EVENT)

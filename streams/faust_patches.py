@@ -354,7 +354,8 @@ def _patch_in_order_delivery() -> None:
         fresh = [tp for tp, offset in starts.items() if offset is None]
         if fresh:
             # No committed offset: start at the beginning, explicitly, so that the guard knows
-            # the first offset (a fresh worker was seen fetching nothing from such partitions).
+            # the first offset (otherwise a restarted worker may fetch nothing from such
+            # partitions: docs/reliability.md, Limits).
             earliest = await self.earliest_offsets(*fresh)
             for tp in fresh:
                 start = earliest.get(tp) or 0
@@ -541,7 +542,7 @@ async def fail_stop(agent: Any, exc: BaseException) -> None:
                  "%s: %s", getattr(agent, "name", agent), type(exc).__name__, exc)
     app = agent.app
     app._ehb_failed = exc  # read by `ehb worker` for its exit code
-    # Faust's shutdown can hang (seen: a stop waiting on a stream forever): exit regardless.
+    # Faust's shutdown can hang (a stop waiting on a stream forever): exit regardless.
     watchdog = threading.Timer(_FAIL_STOP_GRACE_S, _exit_now)
     watchdog.daemon = True
     watchdog.start()

@@ -1,12 +1,12 @@
 """The internal topic's format (``examinations-by-citizen``): written and read only by workers.
 
-A value is the structure of ``vn.ehb.internal.ValidatedBatch`` (schemas/avro/validated_batch.*.avsc:
-``items`` = validated, enriched examinations; ``sources`` = the intake's progress per input
-partition), serialised as MessagePack behind a one-byte marker ``0x01``. MessagePack costs
-~10 µs per event less than Avro in each direction (measured: pack 2.8 µs vs 16 µs, unpack
-7.5 µs vs 18 µs per event), and this hop is paid twice for every event; the topic's consumers
-are our own workers, so a schema-less encoding of a documented structure is enough. A value in
-the Confluent wire format (first byte ``0x00``, Avro) is still decoded, so the Avro form stays
+A value is the structure of ``vn.ehb.internal.ValidatedBatch``
+(schemas/avro/validated_batch.*.avsc: ``items`` = validated, enriched examinations; ``sources``
+= the intake's progress per input partition), serialised as MessagePack behind a one-byte
+marker ``0x01``. MessagePack is several times cheaper than Avro in each direction (figures:
+benchmarks/README.md), and this hop is paid twice for every event; the topic's consumers are
+our own workers, so a schema-less encoding of a documented structure is enough. A value in the
+Confluent wire format (first byte ``0x00``, Avro) is still decoded, so the Avro form stays
 valid on the topic.
 """
 

@@ -1,9 +1,10 @@
 """Buffered sends for the stream worker, with the confluent-kafka (librdkafka) producer.
 
-Faust's own producer costs ~170 µs of Python per send; librdkafka queues a message in a few
-microseconds and batches in C. The worker queues a whole batch's outputs here and awaits
-:meth:`OutputProducer.flush` before Faust may acknowledge (and later commit) the source
-offsets: at-least-once, with the idempotent sinks absorbing the duplicates a crash can cause.
+Faust's own producer costs far more Python per send than librdkafka, which queues a message and
+batches in C (figures: benchmarks/README.md). The worker queues a whole batch's outputs here
+and awaits :meth:`OutputProducer.flush` before Faust may acknowledge (and later commit) the
+source offsets: at-least-once, with the idempotent sinks absorbing the duplicates a crash can
+cause.
 
 A delivery error is fatal: the worker stops without acknowledging, so the batch is processed
 again after a restart rather than lost. Only failed deliveries are reported back
