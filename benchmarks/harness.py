@@ -1,9 +1,10 @@
 """The benchmark's building blocks: its own embedded stack, fresh deployments, child processes
 with a start handshake, peak memory, and pre-generated events.
 
-Deployments come from the test harness (``tests.fixtures.DeploymentFactory``): a unique topic
-prefix, consumer groups and database per measurement, with ``ehb worker`` / ``ehb sink``
-processes. After a measurement its database is dropped and its topics deleted, so that one
+Deployments are the local deployments the tests use too
+(``ehb.commands.local.DeploymentFactory``): a unique topic prefix, consumer groups and
+database per measurement, with ``ehb worker`` / ``ehb sink`` processes.
+After a measurement its database is dropped and its topics deleted, so that one
 bench invocation does not accumulate gigabytes in the (memory-only) broker.
 """
 
@@ -26,9 +27,9 @@ from typing import Any
 import psutil
 import psycopg2
 
+from ehb.commands.local import Deployment, DeploymentFactory, session_services
 from ehb.kafka import admin_client
 from ehb.settings import Settings
-from tests.fixtures import Deployment, DeploymentFactory, base_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".ehb" / "bench-cache"
@@ -296,7 +297,7 @@ class BenchStack:
         self.root = root
         self.partitions = partitions
         root.mkdir(parents=True, exist_ok=True)
-        self.settings, self.stack = base_settings(root)
+        self.settings, self.stack = session_services(root)
         self.factory = DeploymentFactory(self.settings, root / "deployments")
         (root / "deployments").mkdir(exist_ok=True)
 

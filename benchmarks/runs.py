@@ -17,8 +17,8 @@ from typing import Any
 
 from benchmarks.harness import BenchStack, ChildScript, ProcessWatch, loadavg, peak_rss_mb
 from benchmarks.profiling import Spy, summarize
+from ehb.commands.local import Deployment
 from schemas.errors import EhbError
-from tests.fixtures import Deployment
 
 __all__ = ["Context", "RunFailed"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from ehb.commands.local import DeploymentFactory, session_services
 from ehb.settings import Settings
-from tests.fixtures import DeploymentFactory, base_settings
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     root = tmp_path_factory.mktemp("ehb")
-    settings, stack = base_settings(root)
+    settings, stack = session_services(root)
     try:
         yield settings
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.prometheus_tools import promtool_bin  # noqa: F401 - fixture
+from tests.support.prometheus_tools import promtool_bin  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"

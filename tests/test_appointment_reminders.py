@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.simulate import run_simulation
 from ehb.commands.tail import Start, TopicReader
 from simulation.simulator import SimulationConfig
-from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
+from tests.support.fixtures import wait_stable
 
 pytestmark = pytest.mark.integration
 

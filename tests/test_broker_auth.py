@@ -36,10 +36,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import SecretStr
 
+from ehb.commands.local import wait_until
 from ehb.embedded import EmbeddedKafka, _child_setup, free_port
 from ehb.kafka import consumer_config, faust_broker_options, producer_config
 from ehb.settings import Settings
-from tests.fixtures import wait_until
 
 pytestmark = pytest.mark.integration
 

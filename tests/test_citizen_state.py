@@ -11,7 +11,7 @@ from schemas.reference import FacilityRegistry
 from schemas.time import DAY_MS, HOUR_MS, NEVER
 from streams.citizen_state import CitizenStateMachine, StateConfig, _copy, _prune
 from streams.enrichment import enrich
-from tests import factories as f
+from tests.support import factories as f
 
 REGISTRY = FacilityRegistry.from_reference()
 CONFIG = StateConfig(partitions=1, referral_window_ms=30 * DAY_MS, reminder_lead_ms=24 * HOUR_MS,

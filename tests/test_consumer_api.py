@@ -10,12 +10,12 @@ from typing import Any, get_type_hints
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from ehb.commands.local import Deployment, DeploymentFactory
 from ehb.commands.tail import Start, TopicReader
 from ehb.consumer import Record, RecordConsumer
 from ehb.kafka import consumer_config
 from schemas import SUBJECTS, load_catalog
 from schemas.records import TYPED_SUBJECTS, AppointmentRecord
-from tests.fixtures import Deployment, DeploymentFactory
 
 
 def test_typed_records_have_the_fields_of_the_newest_schemas() -> None:

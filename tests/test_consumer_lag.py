@@ -10,11 +10,11 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
+from ehb.commands.local import DeploymentFactory, wait_until
 from ehb.kafka import producer_config
 from schemas import SUBJECTS
 from sinks.lag import LagCollector, PartitionLag
-from tests import factories as f
-from tests.fixtures import DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

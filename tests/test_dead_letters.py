@@ -26,7 +26,7 @@ from schemas.dead_letters import (
 from schemas.reference import FacilityRegistry
 from sinks.postgres import _Batch, dead_letter_id
 from streams.intake import Intake, SourceMessage
-from tests import factories as f
+from tests.support import factories as f
 
 #: librdkafka's default message.max.bytes, which every producer of ours keeps
 PRODUCER_MESSAGE_MAX_BYTES = 1_000_000

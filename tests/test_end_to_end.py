@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

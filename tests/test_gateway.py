@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
 from simulation.simulator import CitySimulator, SimulationConfig
 from simulation.xml_export import export_simulation, write_dossier
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
-from tests.test_dossier import BOMB
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +94,7 @@ def test_corrupt_dossiers_are_moved_aside_with_a_reason_and_the_good_ones_publis
         "20240111_79001_900.xml": (sample[:start] + b"%%%" + sample[start + 3:],
                                    "base64_invalid"),
         "20240111_79001_901.xml": (sample[: len(sample) // 2], "xml_malformed"),
-        "20240111_79001_902.xml": (sample.replace(b"?>", b"?>" + BOMB.encode(), 1).replace(
+        "20240111_79001_902.xml": (sample.replace(b"?>", b"?>" + f.BOMB.encode(), 1).replace(
             b"<NGAYLAP>", b"<NGAYLAP>&d;"), "xml_forbidden"),
         "20240111_79001_903.xml": (sample.replace(b"<SOLUONGHOSO>", b"<SOLUONGHOSO>9"),
                                    "count_mismatch"),

@@ -12,9 +12,9 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.embedded import free_port
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

@@ -10,15 +10,15 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
+from ehb.commands.local import DeploymentFactory, wait_until
 from ehb.kafka import producer_config
 from ehb.settings import Settings
 from producers.outbox import EVENT, MESSAGE, Outbox, OutboxBusy
 from producers.publisher import ExaminationPublisher, _avro_long
 from schemas import SUBJECTS, AvroCodec
 from schemas.errors import EhbError
-from tests import factories as f
-from tests.faults.proxy import KafkaProxy
-from tests.fixtures import DeploymentFactory, wait_until
+from tests.support import factories as f
+from tests.support.proxy import KafkaProxy
 
 
 def test_staged_rows_are_durable_only_after_commit(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
+from ehb.commands.local import DeploymentFactory
 from ehb.kafka import producer_config
 from streams.output import OutputError, OutputProducer
-from tests.fixtures import DeploymentFactory
 
 
 @pytest.mark.integration

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from ehb.commands.local import DeploymentFactory, wait_until
 from ehb.embedded import _child_setup, free_port
-from tests import factories as f
-from tests.fixtures import DeploymentFactory, wait_until
-from tests.prometheus_tools import prometheus_bin  # noqa: F401 - fixture
+from tests.support import factories as f
+from tests.support.prometheus_tools import prometheus_bin  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
-from ehb.commands.demo import scrape
+from ehb.commands.local import Deployment, DeploymentFactory, scrape, wait_until
 from ehb.commands.registry import RegistryFileError, read_registry_csv
 from schemas.reference import REFERENCE_DIR, load_facilities
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 NEW_CODE = "79901"
 NEW_ROW = {"code": NEW_CODE, "name": "Phòng khám Đa khoa Sài Gòn Mới", "level": "private",

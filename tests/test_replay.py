@@ -11,11 +11,11 @@ from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.tail import Start, TopicReader
 from ehb.kafka import consumer_config
 from schemas.topics import SINK_TOPICS
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.simulate import run_simulation
 from producers.reports import DailyReportBook, ReportPublisher, episode_day, pick_facilities
 from schemas import SUBJECTS, AvroCodec
@@ -18,8 +19,7 @@ from schemas.time import VN_TZ, parse_datetime
 from simulation.simulator import CitySimulator, SimulationConfig
 from sinks.reconcile import Reconciler, episode_of_dead_letter, last_passed_day
 from sinks.reports import report_problem, write_reports
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 D1 = date(2024, 3, 4)
 D2 = date(2024, 3, 5)

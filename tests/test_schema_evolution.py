@@ -13,12 +13,12 @@ from typing import Any
 import fastavro
 import pytest
 
+from ehb.commands.local import DeploymentFactory, wait_until
 from schemas import SUBJECTS, AvroCodec, load_catalog
 from schemas.catalog import Catalog, _read_entries
 from schemas.codec import wire_header
 from schemas.compatibility import check_catalog
-from tests import factories as f
-from tests.fixtures import DeploymentFactory, wait_until
+from tests.support import factories as f
 
 #: id -> Rabin fingerprint of the parsing canonical form of every released schema. A released
 #: schema is never edited (docs may change: they are not part of the canonical form); a change

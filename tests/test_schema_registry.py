@@ -1,5 +1,5 @@
 """`ehb schemas register` and the registry-backed codec, through confluent_kafka's registry
-client against a Confluent-REST-compatible stand-in (tests/registry_server.py)."""
+client against a Confluent-REST-compatible stand-in (tests/support/registry_server.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from schemas.registry import (
     register_catalog,
     registry_client,
 )
-from tests import factories as f
-from tests.registry_server import FakeRegistry, _Version
+from tests.support import factories as f
+from tests.support.registry_server import FakeRegistry, _Version
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ import urllib.request
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from ehb.commands.local import DeploymentFactory
 from ehb.kafka import base_config
-from tests import factories as f
-from tests.fixtures import DeploymentFactory
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.settings import Settings
 from schemas.reference import FacilityRegistry
 from schemas.time import VN_TZ
 from simulation.simulator import CitySimulator, SimulationConfig
 from streams.validation import Validator
-from tests.fixtures import Deployment, DeploymentFactory, wait_stable, wait_until
+from tests.support.fixtures import wait_stable
 
 pytestmark = pytest.mark.integration
 

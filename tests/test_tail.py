@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.tail import Start, tail, to_json_line
 from ehb.privacy import PERSONAL_FIELDS
 from ehb.settings import Settings
 from schemas import SUBJECTS
-from tests import factories as f
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
-from tests import factories as f
-from tests.fixtures import DeploymentFactory, wait_until
+from ehb.commands.local import DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 

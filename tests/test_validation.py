@@ -25,7 +25,7 @@ from schemas.time import VN_TZ
 from sinks.reports import report_dead_letter, report_problem
 from streams.intake import Intake, SourceMessage
 from streams.validation import Validator
-from tests import factories as f
+from tests.support import factories as f
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=VN_TZ)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.errors import EhbError
 
-__all__ = ["RegistryFileError", "UnknownTopic"]
+__all__ = ["RegistryFileError", "UnknownTopic", "WaitTimeout"]
 
 
 class RegistryFileError(EhbError):
@@ -13,3 +13,7 @@ class RegistryFileError(EhbError):
 
 class UnknownTopic(EhbError):
     """The topic is neither a logical topic of the pipeline nor a topic on the broker."""
+
+
+class WaitTimeout(EhbError, TimeoutError):
+    """A local deployment did not reach the awaited state in time."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas import SUBJECTS, AvroCodec
 from schemas.codec import wire_header
-from tests import factories as f
+from tests.support import factories as f
 
 #: a decode failure whose exact reason depends on where the bytes go wrong
 UNDECODABLE = frozenset({"malformed_avro", "trailing_bytes"})

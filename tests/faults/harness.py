@@ -29,9 +29,8 @@ from typing import Any
 
 import psycopg2
 
-from ehb.commands.demo import Child, scrape
+from ehb.commands.local import Child, Deployment, DeploymentFactory, scrape, wait_until
 from simulation.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from ehb.commands.local import DeploymentFactory, wait_until
 from ehb.privacy import CitizenKeyer
 from producers.dossier import DossierRejected, encode_dossier, parse_dossier
 from producers.gateway import Gateway
 from schemas import SUBJECTS, AvroCodec
 from schemas.reference import FacilityRegistry
 from streams.intake import Intake, SourceMessage
-from tests import factories as f
 from tests.faults.conftest import FaultReport
 from tests.faults.corpus import BadFile, BadInput, broker_corpus, gateway_corpus
-from tests.fixtures import DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = pytest.mark.faults  # in make faults, and (not slow) in make test too
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ehb import faultpoints
-from ehb.commands.demo import scrape
+from ehb.commands.local import Deployment, DeploymentFactory, scrape, wait_until
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     LoadProcess,
@@ -39,7 +39,6 @@ from tests.faults.harness import (
     settle,
     worker_owns_partitions,
 )
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from ehb.commands.errors import WaitTimeout
+from ehb.commands.local import DeploymentFactory, wait_until
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     LoadProcess,
@@ -28,7 +30,6 @@ from tests.faults.harness import (
     wait_committed,
     worker_owns_partitions,
 )
-from tests.fixtures import DeploymentFactory, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,8 @@ def test_rebalance_while_the_seek_is_slow(deploy: DeploymentFactory, fault_repor
         notes = ["EHB_FAULT_DELAY=" + RACE_ENV["EHB_FAULT_DELAY"]]
         try:
             settle(d, total, 120)
-        except AssertionError as exc:  # reconcile anyway: the report says what is missing
+        except (AssertionError, WaitTimeout) as exc:  # reconcile anyway: the report
+            # says what is missing
             notes.append(str(exc).splitlines()[0][:200])
         drain = time.monotonic() - drained_from
     finally:

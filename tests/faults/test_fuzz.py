@@ -34,8 +34,8 @@ from sinks.postgres import _REFUSED, PostgresWriter, _Batch
 from streams.intake import INPUT_SUBJECTS, Intake, SourceMessage
 from streams.internal import encode_validated
 from streams.validation import Validator
-from tests import factories as f
 from tests.faults.conftest import FaultReport
+from tests.support import factories as f
 
 CODEC = AvroCodec()
 REGISTRY = FacilityRegistry.from_reference()

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.kafka import producer_config
 from schemas import SUBJECTS
 from schemas.codec import wire_header
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, IDENTIFIER_MAX_CHARS
-from tests import factories as f
 from tests.faults.corpus import UNDECODABLE
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support import factories as f
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

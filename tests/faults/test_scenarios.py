@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from ehb.commands.errors import WaitTimeout
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.embedded import EmbeddedPostgres
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec
@@ -45,8 +47,7 @@ from tests.faults.harness import (
     wait_committed,
     worker_owns_partitions,
 )
-from tests.faults.proxy import KafkaProxy
-from tests.fixtures import Deployment, DeploymentFactory, wait_until
+from tests.support.proxy import KafkaProxy
 
 pytestmark = pytest.mark.integration
 
@@ -351,7 +352,7 @@ def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
                 wait_until(lambda: _sink_writing(d), 30, interval=0.002,
                            message="the sink inside a write transaction")
                 in_transaction = True
-            except AssertionError:
+            except WaitTimeout:
                 in_transaction = False
             assert d.sink is not None
             fault = monitor.fault(f"kill -9 sink #{n}", in_write_transaction=in_transaction,

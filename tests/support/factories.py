@@ -112,3 +112,8 @@ def with_appointment(event: dict[str, Any], when: datetime, number: str | None =
         "ngay_ct": event["ngay_ra"],
     }
     return event
+
+
+#: an XML entity expansion bomb (a dossier's prolog)
+BOMB = ('<!DOCTYPE GIAMDINHHS [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
+        '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>')
