@@ -2,9 +2,9 @@
 follow-through, per citizen, in event time. Pure: no Kafka, no Faust.
 
 State lives in one changelog-backed Faust table keyed by pseudonymous citizen key (see
-``streams.app``); this module reads it through a ``Mapping`` and returns what changed, so
-that the agent can write the outputs *before* the state (a crash in between re-emits a record
-the idempotent sink absorbs, never loses one).
+``streams.health_book_agent``); this module reads it through a ``Mapping`` and returns what
+changed, so that the agent can write the outputs *before* the state (a crash in between
+re-emits a record the idempotent sink absorbs, never loses one).
 
 Time. Every decision uses the events' own times (NGAY_VAO), never the wall clock:
 

@@ -1,11 +1,12 @@
 """The stateless stage: decode -> validate -> enrich -> route, a batch of Kafka messages at a time.
 
-Pure logic, no I/O: the Faust agent (``streams.app``) feeds it the messages of one
-``take_events`` batch and produces what it returns. Every input event ends up either in a
-:class:`ValidatedBatch` for the stateful stage (partitioned by pseudonymous citizen key) or in
-a dead letter with a stable reason code; nothing is dropped. A dead letter always fits in a
-Kafka message, whatever the input's size (``schemas.dead_letters``): an original larger than
-``original_max_bytes`` is kept as a prefix with its full length and SHA-256.
+Pure logic, no I/O: the intake agent (``streams.intake_agent``) feeds it the messages of one
+``take_events`` batch and sends what it returns (``streams.routing``). Every input event ends
+up either in a :class:`ValidatedBatch` for the stateful stage (partitioned by pseudonymous
+citizen key) or in a dead letter with a stable reason code; nothing is dropped. A dead letter
+always fits in a Kafka message, whatever the input's size (``schemas.dead_letters``): an
+original larger than ``original_max_bytes`` is kept as a prefix with its full length and
+SHA-256.
 """
 
 from __future__ import annotations
