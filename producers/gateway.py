@@ -1,42 +1,11 @@
 """``ehb gateway DIR``: the XML dossier gateway between hospital systems and the pipeline.
 
-A facility's HIS drops QĐ 130/4750 envelope files (``GIAMDINHHS``, see
-:mod:`producers.dossier`) into a directory; the gateway turns each file into examination
-events and publishes them, whole or not at all, as ONE ``ExaminationBatch`` message keyed by
-the facility, and marks the file done only once the broker has acknowledged it::
-
-    ehb simulate --events 5000 --xml-out /tmp/drop      # a simulated city's HIS exports
-    ehb gateway /tmp/drop                                # publish them, print a summary
-    ehb gateway /tmp/drop --watch --interval 2           # and keep picking up new files
-
-Files
-    Only ``*.xml`` files directly in DIR are read, in name order; hidden files and anything
-    else (``*.tmp``, ``*.part`` ...) are ignored, so a HIS that writes ``x.xml.tmp`` and
-    renames it is never read half-written. A file is also left alone until it has not been
-    modified for ``settle_s`` seconds (a file still growing). Published files move to
-    ``DIR/done/``; a file that cannot become events moves to ``DIR/rejected/`` with
-    ``NAME.reason.txt`` beside it (reason code, detail, what to fix); nothing is deleted and
-    the gateway goes on with the next file. One gateway per directory (a lock file,
-    ``DIR/.ehb-gateway.lock``).
-
-Never twice
-    A ledger (SQLite in WAL mode, ``EHB_DATA_DIR/gateway/ledger.sqlite3``) records each file
-    by (topic, SHA-256 of its content): a file whose content was published before, under any
-    name, is not published again, across restarts. The entry is written ``pending`` (with the
-    partition and an offset below the message's) before the message is produced and ``done``
-    after the acknowledgement; the message carries the hash in the header
-    ``ehb-dossier-sha256``. A gateway that died between the two finds a ``pending`` entry at
-    the next start and reads that partition from the recorded offset: if the message is
-    there, the file is done; if not, it is published. Downstream, events keep a stable
-    ``event_id`` (uuid5 of facility and MA_LK), so even a re-export under new content is
-    recognised by the sink.
-
-Too large for one message
-    A dossier whose encoded batch exceeds ``max_message_bytes`` (900 kB by default, under
-    librdkafka's 1 MB ``message.max.bytes``; about 3,400 episodes) is rejected with
-    ``dossier_too_large`` instead of being split: a split would need a Kafka transaction *and*
-    stream workers reading with ``isolation.level=read_committed`` to stay all-or-nothing,
-    which the Faust workers do not do. The facility splits the upload into several files.
+A facility's HIS drops QĐ 130/4750 envelope files (parsed by :mod:`producers.dossier`) into a
+directory; the gateway publishes each file's episodes whole or not at all, as ONE
+``ExaminationBatch`` message keyed by the facility, marks the file done only once the broker
+has acknowledged it, and never publishes the same content twice (a SQLite ledger keyed by the
+content's SHA-256, checked again after a crash). The full description (the drop directory,
+the ledger and its recovery, the size limits, the rejection reasons) is docs/gateway.md.
 """
 
 from __future__ import annotations
