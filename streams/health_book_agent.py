@@ -14,9 +14,11 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import faust
 
 from ehb import faultpoints
 from ehb.settings import Settings
@@ -97,7 +99,7 @@ class HealthBookAgent:
         self.output = output
         self.within = within
 
-    async def run(self, stream: AsyncIterator[Any]) -> None:
+    async def run(self, stream: faust.StreamT[bytes]) -> None:
         store = self.store()
         async for events in faust_patches.take_batches(stream, STATE_BATCH_MESSAGES, self.within,
                                                        "health_book.batch_acknowledged"):
@@ -105,7 +107,8 @@ class HealthBookAgent:
             faultpoints.reach("health_book.batch_received")
             await self.process_batch(events, store)
 
-    async def process_batch(self, events: list[Any], store: MutableMapping[Any, Any]) -> None:
+    async def process_batch(self, events: Sequence[Any], store: MutableMapping[Any, Any]
+                            ) -> None:
         started = time.perf_counter()
         by_partition = self._decode(events)
         now_ms = int(time.time() * 1000)
@@ -126,7 +129,7 @@ class HealthBookAgent:
         metrics.count_batch(STAGE, messages=len(events), events_in=n_items,
                             records_out=records_out, started=started)
 
-    def _decode(self, events: list[Any]) -> dict[int, Batch]:
+    def _decode(self, events: Sequence[Any]) -> dict[int, Batch]:
         """The batch's internal messages by partition; an undecodable one is logged and
         skipped (only our own workers write this topic)."""
         by_partition: dict[int, Batch] = defaultdict(list)

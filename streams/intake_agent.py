@@ -8,8 +8,10 @@ only then let Faust acknowledge the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import faust
 
 from ehb import faultpoints
 from streams import faust_patches, metrics
@@ -40,7 +42,7 @@ class IntakeAgent:
         self.batch_size = batch_size
         self.within = within
 
-    async def run(self, stream: AsyncIterator[Any]) -> None:
+    async def run(self, stream: faust.StreamT[bytes]) -> None:
         async for events in faust_patches.take_batches(stream, self.batch_size, self.within,
                                                        "intake.batch_acknowledged"):
             await faultpoints.adelay("intake.batch")
@@ -49,7 +51,7 @@ class IntakeAgent:
             faultpoints.reach("intake.batch_received")
             await self.process_batch(events)
 
-    async def process_batch(self, events: list[Any]) -> None:
+    async def process_batch(self, events: Sequence[Any]) -> None:
         started = time.perf_counter()
         result = self.intake.process(
             SourceMessage(e.message.value, e.message.topic, e.message.partition,
