@@ -10,9 +10,8 @@ import psycopg2.extensions
 from ehb.embedded import resolve_database_url
 from ehb.exceptions import ServiceUnavailable
 from ehb.settings import Settings
-from schemas.reference import Facility
 
-__all__ = ["connect", "fetch_facilities"]
+__all__ = ["connect"]
 
 
 def connect(settings: Settings, *, timeout: float = 30.0, application_name: str = "ehb"
@@ -30,11 +29,3 @@ def connect(settings: Settings, *, timeout: float = 30.0, application_name: str 
                 raise ServiceUnavailable(f"PostgreSQL unreachable: {first_line}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-def fetch_facilities(conn: psycopg2.extensions.connection) -> list[Facility]:
-    with conn.cursor() as cur:
-        cur.execute("SELECT code, name, level, district FROM facilities WHERE active")
-        rows = cur.fetchall()
-    conn.rollback()
-    return [Facility(*row) for row in rows]

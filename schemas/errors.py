@@ -6,7 +6,8 @@ traceback.
 Every error the project raises derives from :class:`EhbError`; each package keeps its own
 in ``<package>/errors.py`` (the runtime core's in ``ehb/exceptions.py``)."""
 
-__all__ = ["EhbError", "Rejected", "SchemaCatalogError", "EncodeError", "DecodeError"]
+__all__ = ["EhbError", "Rejected", "SchemaCatalogError", "EncodeError", "DecodeError",
+           "RegistryFileError"]
 
 
 class EhbError(Exception):
@@ -42,3 +43,7 @@ class DecodeError(Rejected, ValueError):
     def __init__(self, reason: str, message: str, schema_id: int | None = None) -> None:
         super().__init__(reason, message)
         self.schema_id = schema_id
+
+
+class RegistryFileError(EhbError):
+    """A facility registry CSV is not usable; the message names the file and line."""

@@ -3,7 +3,7 @@
 Plain SQL files in ``sinks/migrations`` applied in name order, each once, in one transaction
 each, under an advisory lock so that several sinks starting together do not race. Reference
 data (provinces, the facility registry) is seeded on first run; afterwards the registry is
-PostgreSQL's to change (``ehb registry load FILE``).
+PostgreSQL's to change (``ehb registry load FILE``, ``ehb.facilities``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from schemas.reference import Facility, load_facilities, load_provinces
+from ehb.facilities import upsert_facilities
+from schemas.reference import load_facilities, load_provinces
 
-__all__ = ["MIGRATIONS_DIR", "migrate", "load_registry"]
+__all__ = ["MIGRATIONS_DIR", "migrate"]
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +68,4 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
 def _seed_reference_data(cur: psycopg2.extensions.cursor) -> None:
     execute_values(cur, "INSERT INTO provinces (code, name) VALUES %s ON CONFLICT DO NOTHING",
                    list(load_provinces().items()))
-    _upsert_facilities(cur, load_facilities())
-
-
-def _upsert_facilities(cur: psycopg2.extensions.cursor, facilities: list[Facility]) -> None:
-    execute_values(
-        cur,
-        "INSERT INTO facilities (code, name, level, district) VALUES %s "
-        "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, level = EXCLUDED.level, "
-        "district = EXCLUDED.district, active = true, updated_at = now()",
-        [(f.code, f.name, f.level, f.district) for f in facilities],
-    )
-
-
-def load_registry(conn: psycopg2.extensions.connection, facilities: list[Facility],
-                  deactivate_missing: bool = False) -> tuple[int, int]:
-    """Upsert facilities into the registry; workers pick it up at their next refresh.
-
-    Returns (facilities upserted, facilities deactivated).
-    """
-    with conn.cursor() as cur:
-        _upsert_facilities(cur, facilities)
-        deactivated = 0
-        if deactivate_missing:
-            cur.execute(
-                "UPDATE facilities SET active = false, updated_at = now() "
-                "WHERE active AND NOT (code = ANY(%s))",
-                ([f.code for f in facilities],),
-            )
-            deactivated = cur.rowcount
-    conn.commit()
-    return len(facilities), deactivated
+    upsert_facilities(cur, load_facilities())

@@ -181,7 +181,8 @@ def _connect_rebalance_signals(app: faust.App, machine: CitizenStateMachine,
 def _schedule_registry_refresh(app: faust.App, settings: Settings,
                                registry: FacilityRegistry) -> None:
     """Reload the facility registry from PostgreSQL: updates apply without a restart."""
-    from ehb.db import connect, fetch_facilities
+    from ehb.db import connect
+    from ehb.facilities import fetch_facilities
 
     def reload() -> int:
         conn = connect(settings, timeout=5, application_name="ehb-worker-registry")

@@ -101,7 +101,7 @@ class ReplaySummary:
 
 
 def _registry(settings: Settings) -> FacilityRegistry:
-    from streams.registry import initial_registry
+    from ehb.facilities import initial_registry
 
     return initial_registry(settings)
 

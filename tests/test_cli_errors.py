@@ -12,10 +12,17 @@ import pytest
 
 import producers.jsonl
 from ehb.commands.cli import main, one_line
-from ehb.commands.errors import RegistryFileError, UnknownTopic
+from ehb.commands.errors import UnknownTopic
 from ehb.exceptions import ConfigurationError, FaultInjected, ServiceUnavailable
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError, OutboxBusy
-from schemas.errors import DecodeError, EhbError, EncodeError, Rejected, SchemaCatalogError
+from schemas.errors import (
+    DecodeError,
+    EhbError,
+    EncodeError,
+    RegistryFileError,
+    Rejected,
+    SchemaCatalogError,
+)
 from schemas.registry import RegistryError
 from streams.errors import OutputError
 

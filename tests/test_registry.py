@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from ehb.commands.cli import app
 from ehb.commands.local import Deployment, DeploymentFactory, scrape, wait_until
-from ehb.commands.registry import RegistryFileError, read_registry_csv
-from schemas.reference import REFERENCE_DIR, load_facilities
+from schemas.errors import RegistryFileError
+from schemas.reference import REFERENCE_DIR, load_facilities, read_registry_csv
 from tests.support import factories as f
 
 NEW_CODE = "79901"

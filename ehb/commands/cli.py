@@ -184,10 +184,10 @@ def worker(metrics_port: MetricsPort = None) -> None:
     import faust
     from prometheus_client import start_http_server
 
+    from ehb.facilities import initial_registry
     from ehb.kafka import resolve_bootstrap
     from streams.app import create_app
     from streams.faust_patches import EXIT_AGENT_FAILED
-    from streams.registry import initial_registry
 
     settings = load_settings(metrics_port=metrics_port)
     resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
@@ -469,8 +469,8 @@ def registry_list(
     = False,
 ) -> None:
     """List the registry's facilities (active ones unless --all)."""
-    from ehb.commands.registry import list_registry
     from ehb.db import connect
+    from ehb.facilities import list_registry
 
     settings = load_settings()
     conn = connect(settings, application_name="ehb-registry")

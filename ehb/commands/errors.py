@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from schemas.errors import EhbError
 
-__all__ = ["RegistryFileError", "UnknownTopic", "WaitTimeout"]
-
-
-class RegistryFileError(EhbError):
-    """The registry file is not usable; the message names the file and line."""
+__all__ = ["UnknownTopic", "WaitTimeout"]
 
 
 class UnknownTopic(EhbError):
