@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from ehb.commands.xml_export import export_simulation, write_dossier
 from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
 from simulation.simulator import CitySimulator, SimulationConfig
-from simulation.xml_export import export_simulation, write_dossier
 from tests.support import factories as f
 
 pytestmark = pytest.mark.integration

@@ -259,7 +259,7 @@ def simulate(
                               reports=reports, silent_facilities=silent_facilities,
                               inconsistent_facilities=inconsistent_facilities)
     if xml_out is not None:
-        from simulation.xml_export import export_simulation
+        from ehb.commands.xml_export import export_simulation
 
         out.print_json(json.dumps(export_simulation(config, xml_out, progress=console)))
         return

@@ -1,5 +1,8 @@
 """``ehb simulate --xml-out DIR``: the simulated city's hospital systems export XML dossiers.
 
+A command: it joins the simulated city (``simulation``) and the gateway's file format
+(``producers.dossier``), which do not know each other.
+
 The :class:`~simulation.simulator.CitySimulator`'s events are grouped per facility per day of
 admission (``NGAY_VAO``) into ``GIAMDINHHS`` envelope files (:func:`producers.dossier.
 encode_dossier`): XML1 for every episode, XML13 for a referral letter, XML14 for a follow-up
