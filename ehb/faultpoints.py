@@ -37,7 +37,7 @@ POINTS: dict[str, str] = {
     "producer.message_acknowledged": "the broker acknowledged a message; its outbox row is "
                                      "still there",
     "producer.outbox_deleted": "acknowledged rows are deleted from the outbox",
-    # stateless stage (streams.app intake agent)
+    # stateless stage (streams.intake_agent)
     "intake.batch_received": "the intake agent has a batch in hand; nothing of it is "
                              "durable yet",
     "intake.outputs_queued": "a batch's routed events and dead letters are queued in "
@@ -46,7 +46,7 @@ POINTS: dict[str, str] = {
                               "batch is not acknowledged",
     "intake.batch_acknowledged": "Faust acknowledged the input batch; offsets not committed",
     "intake.offsets_committed": "the worker group committed input offsets",
-    # stateful stage (streams.app health-book agent)
+    # stateful stage (streams.health_book_agent)
     "health_book.batch_received": "the health-book agent has a batch in hand; nothing of it "
                                   "is durable yet",
     "health_book.outputs_flushed": "health-book, referral and appointment records are "
