@@ -37,6 +37,7 @@ from ehb.settings import Settings
 from schemas import SUBJECTS
 from schemas.catalog import load_catalog
 from schemas.codec import wire_header
+from schemas.topics import EXAMINATIONS
 
 COLUMNS = (
     "ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, ho_ten, ngay_sinh, gioi_tinh, "
@@ -112,7 +113,7 @@ class _RawPipeline:
         self.spent = dict.fromkeys(("consume", "decode", "encode_produce", "insert", "flush",
                                     "commit"), 0.0)
         assigned: list[TopicPartition] = []
-        self.consumer.subscribe([settings.topic("examinations")],
+        self.consumer.subscribe([settings.topic(EXAMINATIONS)],
                                 on_assign=lambda _c, parts: assigned.extend(parts))
         while not assigned and not prefilled:  # end to end: joined before the first publish
             for message in self.consumer.consume(1, 0.2):

@@ -40,6 +40,7 @@ from schemas.errors import EhbError
 from schemas.records import AppointmentRecord
 from schemas.reference import FacilityRegistry
 from schemas.time import VN_TZ
+from schemas.topics import APPOINTMENTS
 
 
 class ReminderService:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        consumer = RecordConsumer(settings, args.group, ["appointments"],
+        consumer = RecordConsumer(settings, args.group, [APPOINTMENTS],
                                   subjects=[SUBJECTS.APPOINTMENT_RECORD])
     except EhbError as exc:  # e.g. no broker configured and no `ehb up` running
         print(f"error: {exc}", file=sys.stderr)

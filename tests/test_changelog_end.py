@@ -14,6 +14,7 @@ from faust.types import TP
 
 from ehb.kafka import consumer_config, create_topics, producer_config
 from ehb.settings import Settings
+from schemas.topics import EXAMINATIONS
 from streams.faust_patches import real_end_offsets
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def test_real_end_offsets_reads_past_the_reported_high_watermark(services: Setti
     settings = services.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:7]}.",
                                            "kafka_partitions": 2})
     create_topics(settings)
-    topic = settings.topic("examinations")
+    topic = settings.topic(EXAMINATIONS)
     _write_in_one_batch(settings, topic, records)
     config = consumer_config(settings, "test-real-end")
     probe = Consumer(config)

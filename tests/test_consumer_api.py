@@ -16,6 +16,7 @@ from ehb.consumer import Record, RecordConsumer
 from ehb.kafka import consumer_config
 from schemas import SUBJECTS, load_catalog
 from schemas.records import TYPED_SUBJECTS, AppointmentRecord
+from schemas.topics import APPOINTMENTS
 
 
 def test_typed_records_have_the_fields_of_the_newest_schemas() -> None:
@@ -53,7 +54,7 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
         raise RuntimeError("SMS gateway down")
 
     with pytest.raises(RuntimeError, match="SMS gateway down"):
-        RecordConsumer(d.settings, group, ["appointments"]).run(failing)
+        RecordConsumer(d.settings, group, [APPOINTMENTS]).run(failing)
     assert committed(d, group, "appointments") < 0  # no offset stored for the group
 
     # 2. the next consumer of the group gets the same records again, typed, then commits
@@ -65,7 +66,7 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
         if len(received) >= 3:
             stop.set()
 
-    consumer = RecordConsumer(d.settings, group, ["appointments"],
+    consumer = RecordConsumer(d.settings, group, [APPOINTMENTS],
                               subjects=[SUBJECTS.APPOINTMENT_RECORD])
     with consumer:
         timer = threading.Timer(60, stop.set)  # a safety net only; the handler sets stop
@@ -77,7 +78,7 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
     first = received[0]
     assert first.subject == SUBJECTS.APPOINTMENT_RECORD and first.key_text == "k"
     assert first.value["appointment_at"] == datetime(2024, 3, 18, 1, 0, tzinfo=UTC)
-    assert first.topic == d.settings.topic("appointments") and first.partition == 0
+    assert first.topic == d.settings.topic(APPOINTMENTS) and first.partition == 0
     assert isinstance(first.timestamp, datetime)
     assert consumer.undecodable == 1
     assert committed(d, group, "appointments") == 4  # after the last record
@@ -90,5 +91,5 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
     for letter in dead:
         assert (letter["reason"], letter["stage"]) == ("bad_magic_byte", "sink")
         assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) \
-            == (d.settings.topic("appointments"), 0, 2)
+            == (d.settings.topic(APPOINTMENTS), 0, 2)
         assert letter["original"] == b"\x07garbage"

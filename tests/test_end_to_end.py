@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from schemas.topics import EXAMINATIONS, HEALTH_BOOK
 from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
@@ -99,7 +100,7 @@ def test_dead_letter_keeps_original_bytes_and_position(deploy: DeploymentFactory
                   "FROM dead_letters")[0]
     reason, stage, topic, event_id, facility, original, message = row
     assert (reason, stage, topic) == ("facility_unknown", "validate", d.settings.topic(
-        "examinations"))
+        EXAMINATIONS))
     assert event_id == bad["event_id"] and facility == "79999"
     decoded = d.codec.decode(bytes(original)).record
     assert decoded["so_cccd"] == bad["so_cccd"]
@@ -115,7 +116,7 @@ def test_redelivery_leaves_exactly_one_row(deploy: DeploymentFactory) -> None:
     wait_until(lambda: d.count("health_book_entries") == 20, 60, message="20 rows")
     # the three publications are all processed once the worker's intake has seen 60 events
     wait_until(lambda: d.sink_metrics().get("ehb_sink_records_in_total{topic=\"" +
-                                            d.settings.topic("health-book") + "\"}", 0) >= 60 + 20,
+                                            d.settings.topic(HEALTH_BOOK) + "\"}", 0) >= 60 + 20,
                60, message="all health-book records consumed")
     assert d.count("health_book_entries") == 20
     assert d.count("health_books") == 20

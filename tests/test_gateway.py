@@ -18,6 +18,7 @@ from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.xml_export import export_simulation, write_dossier
 from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
+from schemas.topics import EXAMINATIONS
 from simulation.simulator import CitySimulator, SimulationConfig
 from tests.support import factories as f
 
@@ -42,7 +43,7 @@ def _run(d: Deployment, drop: Path, **options: object) -> GatewayReport:
 
 
 def _hashes_on_topic(d: Deployment) -> list[str]:
-    return [dict(m.headers() or [])[HASH_HEADER].decode() for m in d.read_topic("examinations")]
+    return [dict(m.headers() or [])[HASH_HEADER].decode() for m in d.read_topic(EXAMINATIONS)]
 
 
 def _sha(path: Path) -> str:
@@ -157,7 +158,7 @@ def test_a_crash_between_acknowledgement_and_ledger_publishes_nothing_twice(
                              episodes=1, partition=partition,
                              scan_from=gateway._probe.next_offset_bound(partition))
     assert victim.exists() and unsent.exists()
-    assert len(d.read_topic("examinations")) == 3
+    assert len(d.read_topic(EXAMINATIONS)) == 3
 
     report = _run(d, drop)
     assert report.recovered == 1
@@ -165,7 +166,7 @@ def test_a_crash_between_acknowledgement_and_ledger_publishes_nothing_twice(
     assert statuses[victim.name] == "skipped" and statuses[unsent.name] == "published"
     hashes = _hashes_on_topic(d)
     assert len(hashes) == len(set(hashes)) == len(files)
-    assert not Ledger.for_settings(d.settings).pending(d.settings.topic("examinations"))
+    assert not Ledger.for_settings(d.settings).pending(d.settings.topic(EXAMINATIONS))
 
 
 def test_watch_picks_up_dropped_files_but_not_partial_ones(deploy: DeploymentFactory) -> None:
@@ -193,7 +194,7 @@ def test_watch_picks_up_dropped_files_but_not_partial_ones(deploy: DeploymentFac
         thread.join(30)
     assert (drop / "partial.xml.part").exists()
     assert [o.status for o in reports[0].outcomes] == ["published", "published"]
-    assert len(d.read_topic("examinations")) == 2
+    assert len(d.read_topic(EXAMINATIONS)) == 2
 
 
 def test_cli_simulate_xml_out_gateway_and_publish_xml(deploy: DeploymentFactory) -> None:
@@ -224,4 +225,4 @@ def test_cli_simulate_xml_out_gateway_and_publish_xml(deploy: DeploymentFactory)
     bad = ehb("publish", str(broken))
     assert bad.returncode == 1 and "xml_malformed" in bad.stderr
     assert single.exists() and broken.exists()  # `ehb publish` leaves the file in place
-    assert len(d.read_topic("examinations")) == len(files) + 1
+    assert len(d.read_topic(EXAMINATIONS)) == len(files) + 1

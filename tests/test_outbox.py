@@ -17,6 +17,7 @@ from producers.outbox import EVENT, MESSAGE, Outbox, OutboxBusy
 from producers.publisher import ExaminationPublisher, _avro_long
 from schemas import SUBJECTS, AvroCodec
 from schemas.errors import EhbError
+from schemas.topics import EXAMINATIONS
 from tests.support import factories as f
 from tests.support.proxy import KafkaProxy
 
@@ -137,7 +138,7 @@ def test_an_outage_and_a_crashed_producer_lose_nothing(deploy: DeploymentFactory
         restarted.close()
     finally:
         proxy.close()
-    ids = wait_until(lambda: {e["event_id"] for m in d.read_topic("examinations")
+    ids = wait_until(lambda: {e["event_id"] for m in d.read_topic(EXAMINATIONS)
                               for e in d.codec.decode(m.value()).record["events"]}
                      >= {e["event_id"] for e in events} or None, 30,
                      message="every event on the topic")

@@ -10,6 +10,7 @@ import pytest
 
 from ehb.commands.local import DeploymentFactory
 from ehb.kafka import producer_config
+from schemas.topics import HEALTH_BOOK
 from streams.output import OutputError, OutputProducer
 
 
@@ -17,14 +18,14 @@ from streams.output import OutputError, OutputProducer
 def test_flush_returns_once_everything_is_on_the_broker(deploy: DeploymentFactory) -> None:
     d = deploy(workers=0, sink=False, partitions=2)
     output = OutputProducer(producer_config(d.settings))
-    topic = d.settings.topic("health-book")
+    topic = d.settings.topic(HEALTH_BOOK)
     for n in range(500):
         output.produce(topic, f"v{n}".encode(), key=f"k{n}".encode())
     output.produce(topic, b"on partition 1", partition=1)
     asyncio.run(output.flush())
     output.close()
 
-    messages = d.read_topic("health-book")
+    messages = d.read_topic(HEALTH_BOOK)
     values = sorted(m.value() for m in messages)
     assert values == sorted([f"v{n}".encode() for n in range(500)] + [b"on partition 1"])
     assert [m.partition() for m in messages if m.value() == b"on partition 1"] == [1]
@@ -35,11 +36,11 @@ def test_flush_returns_once_everything_is_on_the_broker(deploy: DeploymentFactor
 def test_an_undeliverable_message_fails_the_flush(deploy: DeploymentFactory) -> None:
     d = deploy(workers=0, sink=False, partitions=2)
     output = OutputProducer(producer_config(d.settings))
-    topic = d.settings.topic("health-book")
+    topic = d.settings.topic(HEALTH_BOOK)
     output.produce(topic, b"fine", key=b"k")
     output.produce(topic, b"nowhere to go", partition=7)  # the topic has 2 partitions
     with pytest.raises(OutputError, match="1 messages not delivered"):
         asyncio.run(output.flush())
     asyncio.run(output.flush())  # the error is reported once; the good message was delivered
     output.close()
-    assert [m.value() for m in d.read_topic("health-book")] == [b"fine"]
+    assert [m.value() for m in d.read_topic(HEALTH_BOOK)] == [b"fine"]

@@ -23,6 +23,7 @@ from schemas.registry import (
     register_catalog,
     registry_client,
 )
+from schemas.topics import HEALTH_BOOK
 from tests.support import factories as f
 from tests.support.registry_server import FakeRegistry, _Version
 
@@ -124,5 +125,5 @@ def test_pipeline_with_registry_ids(deploy, registry: FakeRegistry) -> None:
     d.wait_for_events(6)
     assert d.count("health_book_entries") == 5
     assert d.query("SELECT reason FROM dead_letters") == [("facility_unknown",)]
-    header_ids = {int.from_bytes(m.value()[1:5], "big") for m in d.read_topic("health-book")}
+    header_ids = {int.from_bytes(m.value()[1:5], "big") for m in d.read_topic(HEALTH_BOOK)}
     assert header_ids and min(header_ids) >= 100

@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from ehb.commands.local import DeploymentFactory
 from ehb.kafka import base_config
+from schemas.topics import APPOINTMENTS, HEALTH_BOOK, REFERRALS
 from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
@@ -91,8 +92,8 @@ def test_no_names_or_citizen_ids_outside_their_topics(deploy: DeploymentFactory)
              if t.startswith(d.settings.topic_prefix) or t.startswith(d.settings.worker_group)]
     exempt = {d.settings.topic(t) for t in BY_DESIGN}
     scanned = sorted(set(names) - exempt)
-    assert d.settings.topic("referrals") in scanned
-    assert d.settings.topic("appointments") in scanned
+    assert d.settings.topic(REFERRALS) in scanned
+    assert d.settings.topic(APPOINTMENTS) in scanned
     assert any(t.endswith("-changelog") for t in scanned), names
     prefix = d.settings.topic_prefix
     for topic in scanned:
@@ -102,7 +103,7 @@ def test_no_names_or_citizen_ids_outside_their_topics(deploy: DeploymentFactory)
             for part in (m.key() or b"", m.value() or b""):
                 assert not leaks(part), f"{topic}@{m.offset()}: {leaks(part)}"
     # the exempt ones really hold them (the scan would have found them)
-    health_book = b"".join(m.value() or b"" for m in d.read_topic("health-book"))
+    health_book = b"".join(m.value() or b"" for m in d.read_topic(HEALTH_BOOK))
     assert needles[0] in health_book
 
 

@@ -16,6 +16,7 @@ from ehb.commands.tail import Start, tail, to_json_line
 from ehb.privacy import PERSONAL_FIELDS
 from ehb.settings import Settings
 from schemas import SUBJECTS
+from schemas.topics import EXAMINATIONS, HEALTH_BOOK
 from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def test_tail_health_book_prints_masked_json_lines(deploy: DeploymentFactory) ->
     assert len(lines) == 5
     for line in lines:
         entry = json.loads(line)
-        assert entry["topic"] == d.settings.topic("health-book")
+        assert entry["topic"] == d.settings.topic(HEALTH_BOOK)
         assert entry["format"] == "avro" and entry["subject"] == "vn.ehb.HealthBookRecord"
         value = entry["value"]
         for name in PERSONAL_FIELDS & value.keys():
@@ -109,7 +110,7 @@ def test_tail_start_positions(deploy: DeploymentFactory) -> None:
     one = _lines(d, "examinations", Start("beginning"), partition=1)
     assert {e["partition"] for e in one} <= {1} and len(one) == per_partition[1]
     # the full topic name works as well, and "end" prints nothing old
-    assert len(_lines(d, d.settings.topic("examinations"), Start("beginning"))) == 9
+    assert len(_lines(d, d.settings.topic(EXAMINATIONS), Start("beginning"))) == 9
     assert _lines(d, "examinations", Start("end")) == []
     # something undecodable is reported, not fatal
     d.produce_raw("examinations", [b"not avro"], key=b"79001")

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from ehb.commands.local import DeploymentFactory, wait_until
+from schemas.topics import EXAMINATIONS
 from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ def test_plain_client_record_is_accepted_and_garbage_dead_lettered(
     good = f.exam(501, facility="79003", name="Trần Thị Bích Ngọc", sex=2, year=2001)
     encoded = third_party_encode(good)
     producer = Producer({"bootstrap.servers": d.settings.kafka_bootstrap})
-    topic = d.settings.topic("examinations")
+    topic = d.settings.topic(EXAMINATIONS)
     unknown_id = struct.pack(">bI", 0, 987654) + encoded[5:]
     payloads = {
         "good": encoded,

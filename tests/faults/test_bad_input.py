@@ -17,6 +17,7 @@ from producers.dossier import DossierRejected, encode_dossier, parse_dossier
 from producers.gateway import Gateway
 from schemas import SUBJECTS, AvroCodec
 from schemas.reference import FacilityRegistry
+from schemas.topics import EXAMINATIONS
 from streams.intake import Intake, SourceMessage
 from tests.faults.conftest import FaultReport
 from tests.faults.corpus import BadFile, BadInput, broker_corpus, gateway_corpus
@@ -89,7 +90,7 @@ def test_broker_corpus_through_the_pipeline(deploy: DeploymentFactory,
     wait_until(lambda: d.count("dead_letters") >= dead_expected
                and d.count("health_book_entries") >= rows_expected, 120,
                message="every case dead-lettered and every good event persisted")
-    offsets = [m.offset() for m in sorted(d.read_topic("examinations"), key=lambda m: m.offset())]
+    offsets = [m.offset() for m in sorted(d.read_topic(EXAMINATIONS), key=lambda m: m.offset())]
     case_at = {offsets[2 * i]: case for i, case in enumerate(BROKER)}
     got: dict[str, list[str]] = defaultdict(list)
     for offset, reason in d.query("SELECT source_offset, reason FROM dead_letters"):

@@ -27,6 +27,7 @@ from ehb.kafka import producer_config
 from schemas import SUBJECTS
 from schemas.codec import wire_header
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, IDENTIFIER_MAX_CHARS
+from schemas.topics import DEAD_LETTER, EXAMINATIONS
 from tests.faults.corpus import UNDECODABLE
 from tests.support import factories as f
 
@@ -53,7 +54,7 @@ def _produce(d: Deployment, values: list[bytes], key: bytes) -> None:
     producer = Producer(producer_config(d.settings, **{"message.max.bytes": 2 * LARGEST}))
     errors: list[str] = []
     for value in values:
-        producer.produce(d.settings.topic("examinations"), value, key,
+        producer.produce(d.settings.topic(EXAMINATIONS), value, key,
                          on_delivery=lambda err, _msg: err and errors.append(str(err)))
     assert producer.flush(60) == 0
     assert not errors, errors
@@ -110,7 +111,7 @@ def test_oversized_inputs_each_get_one_bounded_dead_letter(deploy: DeploymentFac
         "SELECT source_offset, reason, event_index, length(original), original,"
         " original_length, original_sha256, original_truncated FROM dead_letters")}
     topic = {}
-    for message in d.read_topic("dead-letter"):
+    for message in d.read_topic(DEAD_LETTER):
         assert len(message.value()) < DEFAULT_ORIGINAL_MAX_BYTES + 10_000
         record = codec.decode(message.value()).record
         assert record["source_offset"] not in topic, "two dead letters for one input"
