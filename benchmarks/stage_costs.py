@@ -31,6 +31,7 @@ from ehb.runtime import tune_gc  # noqa: E402
 from ehb.settings import Settings  # noqa: E402
 from schemas import SUBJECTS, AvroCodec  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
+from schemas.topics import EXAMINATIONS  # noqa: E402
 from simulation.simulator import CitySimulator, SimulationConfig  # noqa: E402
 from streams.citizen_state import CitizenStateMachine, Emitted, StateConfig  # noqa: E402
 from streams.health_book_agent import STATE_BATCH_MESSAGES, encode_json  # noqa: E402
@@ -92,7 +93,7 @@ def _input_messages(codec: AvroCodec, events: int, seed: int, now_ms: int
     for event in simulated:
         by_facility[event["ma_cskcb"]].append(event)
     return [
-        SourceMessage(encode_batch({"ma_cskcb": facility, "events": chunk}), "examinations",
+        SourceMessage(encode_batch({"ma_cskcb": facility, "events": chunk}), EXAMINATIONS,
                       0, offset, now_ms)
         for offset, (facility, chunk) in enumerate(
             (f, evs[i:i + EVENTS_PER_MESSAGE]) for f, evs in by_facility.items()
