@@ -50,7 +50,7 @@ from prometheus_client import Counter
 
 from ehb import faultpoints
 from ehb.continuity import ContiguousOffsets
-from ehb.kafka import consumer_config, producer_config
+from ehb.kafka import consumer_config, position, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import bound_dead_letter
@@ -174,7 +174,7 @@ class RecordConsumer:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", error)
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            topic, partition, offset = position(message)
             take, seek_to = self.continuity.admit((topic, partition), offset)
             if take:
                 good.append(message)
@@ -201,8 +201,8 @@ class RecordConsumer:
                 self._dead_letter(message, exc)
                 continue
             records.append(Record(
-                message.topic(), message.partition(), message.offset(), message.key(),
-                message.timestamp()[1], decoded.subject, decoded.record,
+                *position(message), message.key(), message.timestamp()[1], decoded.subject,
+                decoded.record,
             ))
         self.undecodable += failed
         if self._dead_letters is not None and failed:
@@ -233,9 +233,9 @@ class RecordConsumer:
             return
         highest: dict[tuple[str, int], int] = {}
         for m in messages:
-            tp = (m.topic(), m.partition())
-            if m.offset() >= highest.get(tp, -1):
-                highest[tp] = m.offset()
+            topic, partition, offset = position(m)
+            if offset >= highest.get((topic, partition), -1):
+                highest[(topic, partition)] = offset
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)

@@ -13,7 +13,7 @@ import ssl
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ehb.embedded import resolve_bootstrap
@@ -26,6 +26,7 @@ __all__ = [
     "consumer_config",
     "create_topics",
     "faust_broker_options",
+    "position",
     "producer_config",
     "wait_for_broker",
 ]
@@ -44,6 +45,15 @@ def _security(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_cafile:
         conf["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
     return conf
+
+
+def position(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a message from the broker (a record, a partition-end
+    event, a delivery report): librdkafka sets all three; its types allow None only for a
+    message that never reached a broker."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None, message
+    return topic, partition, offset
 
 
 def base_config(settings: Settings) -> dict[str, Any]:

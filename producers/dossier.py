@@ -256,7 +256,7 @@ def _episode(index: int, tables: list[tuple[str, Element | None]], shape: _Shape
             raise DossierRejected("facility_mismatch",
                                   f"{where} ({ma_lk}): {kind} MA_CSKCB {own!r} in a file of "
                                   f"MACSKCB {facility!r}")
-    event = {"event_id": event_id_for(facility, ma_lk)}
+    event: dict[str, Any] = {"event_id": event_id_for(facility, ma_lk)}
     event.update(_convert(shape.episode, summary, f"{where} ({ma_lk}) XML1"))
     if not _filled(summary.get("MA_CSKCB")):
         event["ma_cskcb"] = facility

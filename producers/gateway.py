@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ehb.exceptions import ServiceUnavailable
-from ehb.kafka import consumer_config, producer_config
+from ehb.kafka import consumer_config, position, producer_config
 from ehb.settings import Settings
 from producers.dossier import Limits, parse_dossier
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError
@@ -237,9 +237,10 @@ class _TopicProbe:
                 for message in self._consumer.consume(500, 0.5):
                     if message.error():
                         continue
+                    _, _, offset = position(message)
                     if (HASH_HEADER, wanted) in (message.headers() or []):
-                        return int(message.offset())
-                    if message.offset() + 1 >= end:
+                        return offset
+                    if offset + 1 >= end:
                         return None
         finally:
             self._consumer.unassign()
@@ -255,7 +256,8 @@ def complete_files(directory: Path, settle_s: float, now: float | None = None
                    ) -> tuple[list[Path], list[Path]]:
     """(complete, still being written) ``*.xml`` files directly in ``directory``, by name."""
     now = time.time() if now is None else now
-    complete, growing = [], []
+    complete: list[Path] = []
+    growing: list[Path] = []
     for path in sorted(directory.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() != ".xml":
             continue
@@ -416,10 +418,11 @@ class Gateway:
         assert len(report) == 1
         err, msg = report[0]
         if err is None:
-            if msg.partition() != partition:  # the recovery scan would look in the wrong place
-                raise GatewayError(f"{name}: delivered to partition {msg.partition()}, "
+            _, delivered_to, offset = position(msg)
+            if delivered_to != partition:  # the recovery scan would look in the wrong place
+                raise GatewayError(f"{name}: delivered to partition {delivered_to}, "
                                    f"expected {partition} (partitioner mismatch)")
-            self._probe.delivered(partition, msg.offset())
+            self._probe.delivered(partition, offset)
             return
         self.ledger.forget(self.topic, sha256)
         if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 TOPIC_MARK = "topic"
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
+#: message headers as confluent-kafka's produce() types them
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 def _avro_long(n: int) -> bytes:
@@ -204,7 +206,9 @@ class ExaminationPublisher:
         callback = self._delivered(count, on_delivery, seqs)
         while True:
             try:
-                self._producer.produce(self.topic, value, key, headers=headers,
+                # the client's stub wants a list of its wider header type; ours is one
+                self._producer.produce(self.topic, value, key,
+                                       headers=cast(KafkaHeaders | None, headers),
                                        on_delivery=callback)
                 break
             except BufferError:

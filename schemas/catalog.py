@@ -114,9 +114,11 @@ class Catalog:
         named: dict[str, Any] = {}
         for ref in entry.references:
             fastavro.parse_schema(self.get(ref.subject, ref.version).raw, named_schemas=named)
-        expanded: dict[str, Any] = fastavro.parse_schema(
+        expanded = fastavro.parse_schema(
             entry.raw, named_schemas=named, expand=True, _write_hint=False
         )
+        if not isinstance(expanded, dict):  # a record's schema expands to a record's
+            raise SchemaCatalogError(f"{entry.subject} v{entry.version} is not a record schema")
         return expanded
 
 

@@ -15,7 +15,8 @@ __all__ = ["citizen_partition", "partition_for"]
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The Java client's default partitioner (murmur2), as aiokafka and Faust use it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)  # aiokafka's partitioner is untyped
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def citizen_partition(citizen_key: str, partitions: int) -> int:

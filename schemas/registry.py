@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from schemas.catalog import Catalog, SchemaEntry, load_catalog
@@ -117,15 +118,15 @@ def register_catalog(client: Any, catalog: Catalog | None = None,
     level = ConfigCompatibilityLevel(compatibility)
     for subject in catalog.subjects:
         _wrap(f"set compatibility of {subject}",
-              lambda s=subject: client.set_config(s, ServerConfig(compatibility=level)))
+              partial(client.set_config, subject, ServerConfig(compatibility=level)))
     versions: dict[tuple[str, int], int] = {}
     registered: list[RegisteredEntry] = []
     for entry in _ordered(catalog):
         schema = _schema(entry, versions)
         _wrap(f"register {entry.subject} v{entry.version}",
-              lambda e=entry, s=schema: client.register_schema(e.subject, s))
+              partial(client.register_schema, entry.subject, schema))
         found = _wrap(f"look up {entry.subject} v{entry.version}",
-                      lambda e=entry, s=schema: client.lookup_schema(e.subject, s))
+                      partial(client.lookup_schema, entry.subject, schema))
         versions[(entry.subject, entry.version)] = int(found.version)
         registered.append(RegisteredEntry(entry.subject, entry.version, int(found.version),
                                           int(found.schema_id)))
@@ -147,7 +148,7 @@ class RegistryIds:
             found = _wrap(
                 f"{entry.subject} v{entry.version} is not in the registry "
                 "(run `ehb schemas register`)",
-                lambda e=entry, s=schema: client.lookup_schema(e.subject, s))
+                partial(client.lookup_schema, entry.subject, schema))
             versions[(entry.subject, entry.version)] = int(found.version)
             self._ids[(entry.subject, entry.version)] = int(found.schema_id)
 

@@ -36,7 +36,9 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
             # Checked first: a least-privilege role (the sink as ehb_writer) may not CREATE,
             # not even IF NOT EXISTS, and only needs to see that nothing is pending.
             cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            if not cur.fetchone()[0]:
+            exists = cur.fetchone()
+            assert exists is not None  # a SELECT without FROM returns one row
+            if not exists[0]:
                 cur.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

@@ -159,7 +159,9 @@ class Reconciler:
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_ID,))
-                if not cur.fetchone()[0]:
+                locked = cur.fetchone()
+                assert locked is not None  # a SELECT without FROM returns one row
+                if not locked[0]:
                     conn.rollback()
                     return ReconcileResult(skipped=True)
                 cur.execute(SQL_FOLD_DELTAS)
@@ -204,7 +206,9 @@ class Reconciler:
         to report is met from then on) to the newest day any report or episode names, at most
         ``window_days`` back."""
         cur.execute(SQL_BOUNDS)
-        first, newest = cur.fetchone()
+        bounds = cur.fetchone()
+        assert bounds is not None  # a SELECT without FROM returns one row
+        first, newest = bounds
         if first is None or newest is None:
             return None, None
         return max(first, newest - self.window), newest

@@ -62,12 +62,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from enum import Enum
+from typing import Any, Final, cast
 
+from faust import App
 from faust.streams import Stream, _tracks_buffer_agen
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
+from mode import Seconds
 from mode.utils.futures import notify
 from prometheus_client import Counter
 
@@ -180,7 +183,13 @@ def faust_version() -> str:
 
 
 # -- in_order_delivery ------------------------------------------------------------------------
-_FENCED = object()
+class _Fence(Enum):
+    """A partition whose next offset is unknown until its seek completes."""
+
+    FENCED = "fenced"
+
+
+_FENCED: Final = _Fence.FENCED
 
 
 class DeliveryGuard:
@@ -214,11 +223,11 @@ class DeliveryGuard:
                 self.start[tp] = offset
             self.expected[tp] = offset + 1
             return await self.inner(message)
-        if offset < expected:  # type: ignore[operator]
+        if offset < expected:
             OFFSET_SKIPS.labels(message.topic, "redelivered").inc()
             return None
         OFFSET_SKIPS.labels(message.topic, "skip").inc()
-        self._skip(tp, expected, offset)  # type: ignore[arg-type]
+        self._skip(tp, expected, offset)
         return None
 
     def _skip(self, tp: TP, expected: int, offset: int) -> None:
@@ -262,7 +271,7 @@ class DeliveryGuard:
                 self.start.pop(tp, None)
 
 
-class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
+class _ReadOffsets(defaultdict[TP, int | None]):
     """Faust's read offsets, seen through the guard: the fetch loop drops what the guard has
     delivered and nothing else (its own value goes stale when a skipped message is read)."""
 
@@ -273,8 +282,8 @@ class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
     def __getitem__(self, tp: TP) -> int | None:
         expected = self.guard.expected.get(tp, _FENCED)
         if expected is _FENCED or expected is None:
-            return super().__getitem__(tp)  # type: ignore[no-any-return]
-        return expected  # type: ignore[return-value]
+            return super().__getitem__(tp)
+        return expected
 
 
 def describe(consumer: Consumer) -> str:
@@ -349,8 +358,10 @@ def _patch_in_order_delivery() -> None:
         streams = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
         guard.fence(streams)  # what is delivered while the seek is pending is dropped
         await perform_seek(self)
-        read = dict.get
-        starts = {tp: read(self._read_offset, tp) for tp in streams}
+        # the offsets as stored, not through _ReadOffsets.__getitem__ (dict.get bypasses it)
+        read_offsets = self._read_offset
+        assert isinstance(read_offsets, dict)  # faust's defaultdict, wrapped by the guard
+        starts = {tp: dict.get(read_offsets, tp) for tp in streams}
         fresh = [tp for tp, offset in starts.items() if offset is None]
         if fresh:
             # No committed offset: start at the beginning, explicitly, so that the guard knows
@@ -373,8 +384,9 @@ def _patch_in_order_delivery() -> None:
 def _patch_seek_before_resume() -> None:
     async def seek_then_resume(self: Recovery, generation_id: int) -> bool:
         """Seek the stream partitions, then clear queues, resume partitions and flow."""
-        app = self.app
-        consumer = app.consumer
+        # faust's own App and Consumer: the patch uses their private state
+        app = cast(App, self.app)
+        consumer = cast(Consumer, app.consumer)
         assignment = consumer.assignment()
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
@@ -454,15 +466,15 @@ def _patch_no_gap_acks() -> None:
 
 # -- no_ack_on_error --------------------------------------------------------------------------
 def _patch_no_ack_on_error() -> None:
-    async def take_events(self: Stream, max_: int, within: float,
+    async def take_events(self: Stream[Any], max_: int, within: Seconds,
                           acked_point: str | None = None
-                          ) -> AsyncGenerator[Sequence[EventT], None]:
+                          ) -> AsyncGenerator[Sequence[EventT[Any]], None]:
         """``Stream.take_events``, acknowledging a batch only when the next one is asked for.
 
         ``acked_point``: the crash point reached once a batch is acknowledged.
         """
         buffer: list[Any] = []
-        events: list[EventT] = []
+        events: list[EventT[Any]] = []
         buffer_full = asyncio.Event()
         buffer_consumed = asyncio.Event()
         buffer_consuming: asyncio.Future[Any] | None = None
@@ -524,12 +536,11 @@ def _patch_no_ack_on_error() -> None:
 
 
 def take_batches(stream: Any, max_: int, within: float, acked_point: str
-                 ) -> AsyncGenerator[Sequence[EventT], None]:
+                 ) -> AsyncGenerator[Sequence[EventT[Any]], None]:
     """``stream.take_events``, naming the crash point reached once a batch is acknowledged."""
     if "no_ack_on_error" in _installed:
-        return stream.take_events(max_, within=within,  # type: ignore[no-any-return]
-                                  acked_point=acked_point)
-    return stream.take_events(max_, within=within)  # type: ignore[no-any-return]
+        return stream.take_events(max_, within=within, acked_point=acked_point)
+    return stream.take_events(max_, within=within)
 
 
 async def fail_stop(agent: Any, exc: BaseException) -> None:
@@ -603,6 +614,8 @@ def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import KafkaError, TopicPartition
 
+    from ehb.kafka import position
+
     ends = {tp: hw for tp, hw in reported.items()}
     todo = {tp: hw for tp, hw in reported.items() if hw and hw > 0}
     if not todo:
@@ -617,13 +630,15 @@ def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):
-                tp = TP(message.topic(), message.partition())
                 error = message.error()
-                if error is not None:
+                if error is not None:  # an error of no partition has no topic
                     if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(tp)
+                        topic, partition, _ = position(message)
+                        pending.discard(TP(topic, partition))
                     continue
-                ends[tp] = max(ends[tp], message.offset() + 1)
+                topic, partition, offset = position(message)
+                tp = TP(topic, partition)
+                ends[tp] = max(ends[tp], offset + 1)
         if pending:
             log.warning("real end of %d changelog partitions not confirmed in %.0fs; using "
                         "what was read", len(pending), timeout)

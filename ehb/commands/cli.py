@@ -184,8 +184,8 @@ def worker(metrics_port: MetricsPort = None) -> None:
     import faust
     from prometheus_client import start_http_server
 
+    from ehb.embedded import resolve_bootstrap
     from ehb.facilities import initial_registry
-    from ehb.kafka import resolve_bootstrap
     from streams.app import create_app
     from streams.faust_patches import EXIT_AGENT_FAILED
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +35,16 @@ def marked(text: str, name: str) -> bool:
     return _pattern(name).search(text) is not None
 
 
+def _filled(match: re.Match[str], table: str) -> str:
+    return match.group(1) + table + "\n" + match.group(3)
+
+
 def render(text: str, names: Iterable[str] | None = None) -> str:
     """``text`` with the generated tables ``names`` (default: all) rewritten from the code."""
     found = generators()
     for name in found if names is None else names:
         generate = found[name]
-        text = _pattern(name).sub(
-            lambda m, g=generate: m.group(1) + g().strip() + "\n" + m.group(3), text)
+        text = _pattern(name).sub(partial(_filled, table=generate().strip()), text)
     return text
 
 

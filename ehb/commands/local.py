@@ -34,7 +34,7 @@ from pydantic import SecretStr
 from ehb.commands.errors import WaitTimeout
 from ehb.embedded import EmbeddedStack, free_port
 from ehb.exceptions import ConfigurationError, ServiceUnavailable
-from ehb.kafka import consumer_config, create_topics, producer_config
+from ehb.kafka import consumer_config, create_topics, position, producer_config
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
 from schemas import AvroCodec
@@ -308,8 +308,9 @@ class Deployment:
                 if message.error():
                     continue
                 messages.append(message)
-                if message.offset() + 1 >= ends[message.partition()]:
-                    remaining.discard(message.partition())
+                _, partition, offset = position(message)
+                if offset + 1 >= ends[partition]:
+                    remaining.discard(partition)
         consumer.close()
         return messages
 

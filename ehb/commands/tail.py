@@ -45,7 +45,7 @@ from confluent_kafka import (
 from ehb.commands.errors import UnknownTopic
 from ehb.embedded import resolve_bootstrap
 from ehb.exceptions import ServiceUnavailable
-from ehb.kafka import consumer_config
+from ehb.kafka import consumer_config, position
 from ehb.privacy import EMBEDDED_PERSONAL_FIELDS, PERSONAL_FIELDS, mask
 from ehb.settings import Settings
 from schemas import AvroCodec, DecodeError
@@ -236,7 +236,9 @@ class TopicReader:
             offsets = {p: min(max(start.offset, low), high)
                        for p, (low, high) in self._watermarks.items()}
         elif start.kind == "time":
-            wanted = [TopicPartition(name, p, start.time_ms) for p in self.partitions]
+            time_ms = start.time_ms
+            assert time_ms is not None
+            wanted = [TopicPartition(name, p, time_ms) for p in self.partitions]
             found = self._consumer.offsets_for_times(wanted, timeout=10)
             # -1: no record at or after that time on the partition -> its end
             offsets = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_END
@@ -266,7 +268,8 @@ class TopicReader:
                         log.warning("consumer error: %s", error)
                     continue
                 got = True
-                self._next[message.partition()] = message.offset() + 1
+                _, partition, offset = position(message)
+                self._next[partition] = offset + 1
                 if since is not None and message.timestamp()[1] < since:
                     continue
                 yield message
