@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.errors import Rejected
 from schemas.reference import FacilityRegistry, load_provinces
 from schemas.time import parse_datetime
 
 __all__ = ["Rejection", "Validator"]
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: str
-    message: str
+#: what :meth:`Validator.validate` returns for an invalid event: the one shape of an input
+#: refused with a reason (``reason``, ``message``), which the decoder and the dossier parser raise
+Rejection = Rejected
 
 
 # re.ASCII: \d must not match other scripts' digits ("０７９" is not a province code)

@@ -12,7 +12,7 @@ import pytest
 
 import producers.jsonl
 from ehb.commands.cli import main, one_line
-from ehb.commands.errors import UnknownTopic
+from ehb.commands.errors import UnknownTopic, WaitTimeout
 from ehb.exceptions import ConfigurationError, FaultInjected, ServiceUnavailable
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError, OutboxBusy
 from schemas.errors import (
@@ -25,6 +25,7 @@ from schemas.errors import (
 )
 from schemas.registry import RegistryError
 from streams.errors import OutputError
+from streams.validation import Rejection
 
 
 def run_ehb(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -104,12 +105,13 @@ def test_an_error_message_of_several_lines_is_printed_in_one(
 def test_every_error_of_the_project_derives_from_ehb_error() -> None:
     for error in (ConfigurationError, ServiceUnavailable, FaultInjected, SchemaCatalogError,
                   RegistryError, EncodeError, DecodeError, Rejected, BatchTooLarge,
-                  DossierRejected, GatewayError, OutboxBusy, OutputError, UnknownTopic,
+                  DossierRejected, GatewayError, OutboxBusy, OutputError, UnknownTopic, WaitTimeout,
                   RegistryFileError):
         assert issubclass(error, EhbError), error
     # one shape for an input refused with a reason: ``reason`` and ``message``
     for rejected in (DecodeError("truncated_header", "only 3 bytes", schema_id=None),
-                     DossierRejected("xml1_missing", "file.xml: no XML1 (TONG_HOP)")):
+                     DossierRejected("xml1_missing", "file.xml: no XML1 (TONG_HOP)"),
+                     Rejection("date_order", "expected NGAY_SINH <= NGAY_VAO <= NGAY_RA")):
         assert isinstance(rejected, Rejected)
         assert str(rejected) == f"{rejected.reason}: {rejected.message}"
     assert issubclass(DecodeError, ValueError) and issubclass(EncodeError, ValueError)
