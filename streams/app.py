@@ -91,6 +91,9 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
+_fetch_wait_patched = False
+
+
 def _shorten_fetch_wait() -> None:
     """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, hard-coded.
 
@@ -101,9 +104,10 @@ def _shorten_fetch_wait() -> None:
     """
     from faust.transport.drivers import aiokafka as driver
 
-    thread_class = driver.AIOKafkaConsumerThread
-    if getattr(thread_class, "_ehb_patched", False):
+    global _fetch_wait_patched
+    if _fetch_wait_patched:
         return
+    thread_class = driver.AIOKafkaConsumerThread
     create = thread_class._create_worker_consumer
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
@@ -113,8 +117,8 @@ def _shorten_fetch_wait() -> None:
             consumer._fetch_max_wait_ms = int(wait)
         return consumer
 
-    thread_class._create_worker_consumer = create_worker_consumer
-    thread_class._ehb_patched = True
+    thread_class._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+    _fetch_wait_patched = True
 
 
 def create_app(settings: Settings, codec: AvroCodec | None = None,
@@ -167,11 +171,13 @@ def _connect_rebalance_signals(app: faust.App, machine: CitizenStateMachine,
                                t_examinations: str) -> None:
     """After a rebalance the state machine rebuilds its timer indexes from the table."""
 
-    @app.on_partitions_revoked.connect
+    # mode types a handler with mypy_extensions' VarArg/NamedArg, which mypy 2 matches with no
+    # function at all (not even ``def f(*args: Any, **kwargs: Any) -> None``): the stub is wrong
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _forget_timer_indexes(app: faust.App, revoked: Any, **_: Any) -> None:
         machine.forget_partitions()
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _count_assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         machine.forget_partitions()
         mine = app.consumer.assignment()

@@ -47,7 +47,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from ehb.embedded import resolve_bootstrap
 from ehb.exceptions import ServiceUnavailable
-from ehb.kafka import consumer_config, producer_config, wait_for_broker
+from ehb.kafka import consumer_config, position, producer_config, wait_for_broker
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import AvroCodec
@@ -95,9 +95,10 @@ class ReplaySummary:
         for reason, n in result.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + n
         for m in batch:
-            bounds = self.partitions.setdefault(m.partition(), [m.offset(), m.offset()])
-            bounds[0] = min(bounds[0], m.offset())
-            bounds[1] = max(bounds[1], m.offset())
+            _, partition, offset = position(m)
+            bounds = self.partitions.setdefault(partition, [offset, offset])
+            bounds[0] = min(bounds[0], offset)
+            bounds[1] = max(bounds[1], offset)
 
 
 def _registry(settings: Settings) -> FacilityRegistry:
@@ -146,11 +147,12 @@ class _RangeReader:
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", error)
                     continue
-                p, ts = message.partition(), message.timestamp()[1]
+                _, p, offset = position(message)
+                ts = message.timestamp()[1]
                 if p in self.done:
                     continue
-                self.next[p] = message.offset() + 1
-                if ts >= self.to_ms and message.offset() + 1 >= self.ends[p]:
+                self.next[p] = offset + 1
+                if ts >= self.to_ms and offset + 1 >= self.ends[p]:
                     self._finish(p)  # past the end offset and the time: this partition is done
                     continue
                 if self.from_ms <= ts < self.to_ms:
