@@ -38,9 +38,11 @@ test-quick: $(STAMP)
 docs: $(STAMP)
 	@$(BIN)/python -m ehb.commands.docs
 
+## Static checks: ruff, the import layers (import-linter), the types (mypy, [tool.mypy]).
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/lint-imports
+	@$(BIN)/mypy
 
 ## Fault injection (200,000 events a scenario, EHB_FAULTS_EVENTS), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
 faults: $(STAMP)
