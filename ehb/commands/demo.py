@@ -15,31 +15,24 @@ the city's real pace (10,400 exams a day) would not reach in a demo's events.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from ehb.commands.local import ChildProcesses, local_services, wait_for_workers
 from ehb.embedded import EmbeddedStack
-from ehb.exceptions import ServiceUnavailable
 from ehb.settings import Settings
 from schemas.errors import EhbError
 
-__all__ = ["run_demo", "DemoChildren", "DemoTimeline", "demo_timeline", "lifecycle_notes"]
+__all__ = ["run_demo", "DemoTimeline", "demo_timeline", "lifecycle_notes"]
 
 #: simulated days a demo of ``--events N`` spans at least (more at the city's real pace): more
 #: than a referral's window plus the allowed lateness (30 + 2 days) and than an appointment's
@@ -88,104 +81,6 @@ def demo_timeline(events: int | None, rate: float, days: float | None,
     span = days or max(1.0, (now - start).days - 1.0)
     per_day = rate / DEMO_DAYS_PER_SECOND if rate > 0 else CITY_EXAMS_PER_YEAR / 365
     return DemoTimeline(max(1, round(span * per_day)), span, start)
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    metrics_port: int
-
-
-@dataclass
-class DemoChildren:
-    """The worker and sink processes of a demo (also used by tests and benchmarks)."""
-
-    settings: Settings
-    log_dir: Path
-    children: list[Child] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        s = self.settings
-        env["EHB_KAFKA_BOOTSTRAP"] = s.kafka_bootstrap or ""
-        env["EHB_DATABASE_URL"] = s.database_url.get_secret_value() if s.database_url else ""
-        env["EHB_DATA_DIR"] = str(s.state_dir)
-        env["EHB_KAFKA_SESSION_TIMEOUT_S"] = str(s.kafka_session_timeout_s)
-        env["EHB_KAFKA_PARTITIONS"] = str(s.kafka_partitions)
-        env["EHB_TOPIC_PREFIX"] = s.topic_prefix
-        env["EHB_WORKER_GROUP"] = s.worker_group
-        env["EHB_SINK_GROUP"] = s.sink_group
-        env["EHB_LOG_LEVEL"] = s.log_level
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        return env
-
-    def start(self, name: str, command: str, metrics_port: int,
-              extra_env: dict[str, str] | None = None) -> Child:
-        from ehb.embedded import _child_setup
-
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
-        env = self.env()
-        env["EHB_METRICS_PORT"] = str(metrics_port)
-        env.update(extra_env or {})
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ehb", command], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup(),
-            )
-        child = Child(name, proc, log, metrics_port)
-        self.children.append(child)
-        return child
-
-    def dead(self) -> list[Child]:
-        return [c for c in self.children if c.proc.poll() is not None]
-
-    def stop(self, timeout: float = 20.0) -> None:
-        for child in self.children:
-            if child.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait(5)
-        self.children.clear()
-
-
-def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
-    """Metric samples of a local /metrics endpoint: {'name{labels}': value}."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
-
-
-def wait_for_workers(children: list[Child], partitions: int, timeout: float = 120.0) -> float:
-    """Wait until the workers together own every partition of the input topic."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        dead = [c for c in children if c.proc.poll() is not None]
-        if dead:
-            raise ServiceUnavailable(f"{dead[0].name} exited; see {dead[0].log}")
-        total = 0.0
-        for child in children:
-            with contextlib.suppress(OSError):
-                total += scrape(child.metrics_port).get("ehb_worker_assigned_partitions", 0)
-        if total >= partitions:
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise ServiceUnavailable(f"workers did not own the {partitions} partitions in {timeout:.0f}s")
 
 
 def read_counters(conn: Any) -> dict[str, Any]:
@@ -290,7 +185,7 @@ class _DemoResources:
     """What a demo starts and opens, closed in reverse order whatever happens."""
 
     stack: EmbeddedStack | None = None
-    children: DemoChildren | None = None
+    children: ChildProcesses | None = None
     publisher: Any = None
     conn: Any = None
 
@@ -302,18 +197,8 @@ class _DemoResources:
         from sinks.migrate import migrate
 
         if not settings.kafka_bootstrap or settings.database_url is None:
-            self.stack = EmbeddedStack(settings, fresh_database=fresh)
             with console.status("starting the embedded broker (Tansu) and PostgreSQL..."):
-                info = self.stack.start()
-            updates: dict[str, Any] = {}
-            if not settings.kafka_bootstrap:
-                updates["kafka_bootstrap"] = info.bootstrap
-            if settings.database_url is None:
-                updates["database_url"] = SecretStr(info.database_url)
-            settings = settings.model_copy(update=updates)
-        if settings.kafka_session_timeout_s > 6 and self.stack is not None:
-            # Tansu makes group joins wait a full session timeout: keep it short here.
-            settings = settings.model_copy(update={"kafka_session_timeout_s": 6.0})
+                settings, self.stack = local_services(settings, fresh=fresh)
         with console.status("creating topics and migrating the database..."):
             create_topics(settings)
             self.conn = connect(settings)
@@ -322,7 +207,7 @@ class _DemoResources:
 
     def start_children(self, settings: Settings, workers: int, console: Console) -> None:
         """The sink and ``workers`` workers, once the workers own every input partition."""
-        self.children = children = DemoChildren(settings, settings.state_dir / "demo-logs")
+        self.children = children = ChildProcesses(settings, settings.state_dir / "demo-logs")
         base_port = settings.metrics_port or 9400
         sink_child = children.start("sink", "sink", base_port)
         worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i,
