@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg2
 
+from ehb.commands.errors import WaitTimeout
 from ehb.commands.local import Child, Deployment, DeploymentFactory, scrape, wait_until
 from simulation.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
 
@@ -488,7 +489,7 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
                 if exams == sum(n for (k, _), n in tables.items() if k == "examinations"):
                     return m
             return None
-        with contextlib.suppress(AssertionError):
+        with contextlib.suppress(WaitTimeout):
             wait_until(scraped, 15, interval=0.5, message="sink metrics")
         metrics = scraped() or {}
         checks = {
