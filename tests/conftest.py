@@ -4,6 +4,8 @@ EHB_KAFKA_BOOTSTRAP and EHB_DATABASE_URL to run the suite against external servi
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,26 @@ import pytest
 
 from ehb.commands.local import DeploymentFactory, session_services
 from ehb.settings import Settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session gets its own base directory unless ``--basetemp`` is given. pytest's
+    numbered ``/tmp/pytest-of-<user>/pytest-N`` keeps only the newest three, so a second
+    session started meanwhile (another checkout, `make test` beside `make faults`) could delete
+    the directory holding a running session's PostgreSQL data and broker logs."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="ehb-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A session that passed removes its own base directory; a failed one keeps it (logs)."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
