@@ -38,8 +38,9 @@ test-quick: $(STAMP)
 docs: $(STAMP)
 	@$(BIN)/python -m ehb.commands.docs
 
-## Static checks: ruff, the import layers (import-linter), the types (mypy, [tool.mypy]).
+## Static checks: ruff format and ruff, the import layers (import-linter), the types (mypy, [tool.mypy]).
 lint: $(STAMP)
+	@$(BIN)/ruff format --check .
 	@$(BIN)/ruff check .
 	@$(BIN)/lint-imports
 	@$(BIN)/mypy

@@ -28,11 +28,13 @@ from ehb.embedded import EmbeddedKafka
 TOPIC = "fetch-cost"
 
 
-def main(rate: int = typer.Option(1000, help="Messages a second."),
-         seconds: int = typer.Option(60, help="Length of the run."),
-         consumers: int = typer.Option(1, help="Consumers tailing the topic (one group)."),
-         fetch_wait_ms: int = typer.Option(25, help="The consumers' fetch.wait.max.ms."),
-         linger_ms: int = typer.Option(5, help="The producer's linger.ms.")) -> None:
+def main(
+    rate: int = typer.Option(1000, help="Messages a second."),
+    seconds: int = typer.Option(60, help="Length of the run."),
+    consumers: int = typer.Option(1, help="Consumers tailing the topic (one group)."),
+    fetch_wait_ms: int = typer.Option(25, help="The consumers' fetch.wait.max.ms."),
+    linger_ms: int = typer.Option(5, help="The producer's linger.ms."),
+) -> None:
     broker = EmbeddedKafka(Path(tempfile.mkdtemp(prefix="ehb-fetch-cost-"))).start()
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -41,9 +43,15 @@ def main(rate: int = typer.Option(1000, help="Messages a second."),
         admin.create_topics([NewTopic(TOPIC, 8, 1)])[TOPIC].result()
 
         def tail() -> None:
-            consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "tail",
-                                 "session.timeout.ms": 6000, "auto.offset.reset": "earliest",
-                                 "fetch.wait.max.ms": fetch_wait_ms})
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": broker.bootstrap,
+                    "group.id": "tail",
+                    "session.timeout.ms": 6000,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": fetch_wait_ms,
+                }
+            )
             consumer.subscribe([TOPIC])
             while not stop.is_set():
                 consumer.poll(0.1)
@@ -67,8 +75,10 @@ def main(rate: int = typer.Option(1000, help="Messages a second."),
             sent += 1
             if now - last >= 5:
                 last = now
-                typer.echo(f"{now - started:4.0f} s  {sent:>8,} messages  "
-                           f"broker CPU {process.cpu_percent():5.1f}%")
+                typer.echo(
+                    f"{now - started:4.0f} s  {sent:>8,} messages  "
+                    f"broker CPU {process.cpu_percent():5.1f}%"
+                )
         producer.flush()
     finally:
         stop.set()

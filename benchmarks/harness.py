@@ -99,8 +99,7 @@ class ProcessWatch:
     def _sample_cpu(self, name: str, pid: int) -> None:
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(pid)
-            family = [process, *(process.children(recursive=True) if name in self.trees
-                                 else ())]
+            family = [process, *(process.children(recursive=True) if name in self.trees else ())]
             total = 0.0
             for member in family:
                 with contextlib.suppress(psutil.Error):
@@ -127,8 +126,9 @@ class ProcessWatch:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds each process used between its first and its last sample."""
-        return {name: round(self._cpu_last[name] - first, 2)
-                for name, first in self._cpu_first.items()}
+        return {
+            name: round(self._cpu_last[name] - first, 2) for name, first in self._cpu_first.items()
+        }
 
     def stop(self) -> dict[str, float]:
         self.sample()
@@ -141,15 +141,21 @@ class ProcessWatch:
 def _simulator_fingerprint() -> str:
     """Changes when the simulator or its reference data change (the cache is then stale)."""
     digest = hashlib.sha256()
-    for path in sorted([ROOT / "producers" / "simulator.py",
-                        *(ROOT / "schemas" / "reference").glob("*.csv")]):
+    for path in sorted(
+        [ROOT / "producers" / "simulator.py", *(ROOT / "schemas" / "reference").glob("*.csv")]
+    ):
         with contextlib.suppress(OSError):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def events_file(events: int, seed: int, *, regenerate: bool = False,
-                progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
+def events_file(
+    events: int,
+    seed: int,
+    *,
+    regenerate: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Simulated events on disk (pickled chunks of :data:`CHUNK`), cached by size/seed/source.
 
     Returns the file and its generation record (seconds, rate; ``cached`` when reused)."""
@@ -182,7 +188,9 @@ def events_file(events: int, seed: int, *, regenerate: bool = False,
     seconds = time.perf_counter() - started
     tmp.replace(path)
     meta = {
-        "events": written, "seed": seed, "seconds": round(seconds, 2),
+        "events": written,
+        "seed": seed,
+        "seconds": round(seconds, 2),
         "events_per_second": round(written / seconds, 1),
         "valid": simulator.published_valid,
         "invalid": sum(simulator.expected_invalid.values()),
@@ -215,15 +223,21 @@ class ChildScript:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, name: str, module: str, args: list[str], env: dict[str, str],
-              log_dir: Path) -> ChildScript:
+    def start(
+        cls, name: str, module: str, args: list[str], env: dict[str, str], log_dir: Path
+    ) -> ChildScript:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         stderr = open(log, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                [sys.executable, "-m", module, *args],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
             )
         finally:
             stderr.close()
@@ -237,8 +251,10 @@ class ChildScript:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{self.name} exited ({self.proc.wait()}); see {self.log}:\n"
-                               + self.log.read_text()[-3000:])
+            raise RuntimeError(
+                f"{self.name} exited ({self.proc.wait()}); see {self.log}:\n"
+                + self.log.read_text()[-3000:]
+            )
         self.lines.append(line)
         return line.strip()
 
@@ -334,15 +350,20 @@ class BenchStack:
         settings: Settings = deployment.settings
         tag = settings.topic_prefix.rstrip(".")
         database = f"ehb_{tag}"
-        with contextlib.suppress(psycopg2.Error), \
-                contextlib.closing(psycopg2.connect(self.admin_url)) as conn:
+        with (
+            contextlib.suppress(psycopg2.Error),
+            contextlib.closing(psycopg2.connect(self.admin_url)) as conn,
+        ):
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         with contextlib.suppress(Exception):
             admin = admin_client(settings)
-            topics = [t for t in admin.list_topics(timeout=10).topics
-                      if t.startswith((f"{tag}.", f"{tag}-"))]  # Faust's: <group>-...
+            topics = [
+                t
+                for t in admin.list_topics(timeout=10).topics
+                if t.startswith((f"{tag}.", f"{tag}-"))
+            ]  # Faust's: <group>-...
             if topics:
                 for future in admin.delete_topics(topics, request_timeout=30).values():
                     with contextlib.suppress(Exception):

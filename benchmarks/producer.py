@@ -48,8 +48,9 @@ def _warm_up(publisher: ExaminationPublisher) -> None:
 
 
 def publish_file(settings: Settings, path: Path, batch_size: int, durable: bool) -> dict:
-    publisher = ExaminationPublisher(settings, batch_size=batch_size, linger_s=5.0,
-                                     **_outbox_option(durable))
+    publisher = ExaminationPublisher(
+        settings, batch_size=batch_size, linger_s=5.0, **_outbox_option(durable)
+    )
     _warm_up(publisher)
     chunks = iter_events(path)
     first = next(chunks)
@@ -67,34 +68,47 @@ def publish_file(settings: Settings, path: Path, batch_size: int, durable: bool)
     acked = time.time()
     publisher.close()
     return {
-        "started": started, "acked": acked, "seconds": round(acked - started, 3),
-        "events": publisher.events_delivered, "messages": publisher.messages_delivered,
-        "errors": len(publisher.errors), "load_s": round(load_s, 3),
+        "started": started,
+        "acked": acked,
+        "seconds": round(acked - started, 3),
+        "events": publisher.events_delivered,
+        "messages": publisher.messages_delivered,
+        "errors": len(publisher.errors),
+        "load_s": round(load_s, 3),
         "first_produce": publisher.first_publish,
-        "rss_before_mb": rss_before, "peak_rss_mb": _peak_rss_mb(), "durable": durable,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
+        "durable": durable,
     }
 
 
-def publish_rate(settings: Settings, rate: float, seconds: float, batch_size: int,
-                 seed: int, durable: bool) -> dict:
+def publish_rate(
+    settings: Settings, rate: float, seconds: float, batch_size: int, seed: int, durable: bool
+) -> dict:
     from ehb.commands.simulate import run_simulation
     from simulation.simulator import SimulationConfig
 
     events = int(rate * seconds)
     config = SimulationConfig(events=events, seed=seed, reports=False)
-    publisher = ExaminationPublisher(settings, batch_size=batch_size, linger_s=0.2,
-                                     **_outbox_option(durable))
+    publisher = ExaminationPublisher(
+        settings, batch_size=batch_size, linger_s=0.2, **_outbox_option(durable)
+    )
     _warm_up(publisher)
     child_main_handshake()
     started = time.time()
-    summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
-                             publisher=publisher)
+    summary = run_simulation(
+        settings, config, rate=rate, batch_size=batch_size, publisher=publisher
+    )
     acked = time.time()
     publisher.close()
     return {
-        "started": started, "acked": acked, "seconds": round(acked - started, 3),
-        "events": summary["events_published"], "messages": summary["messages"],
-        "errors": len(publisher.errors), "peak_rss_mb": _peak_rss_mb(),
+        "started": started,
+        "acked": acked,
+        "seconds": round(acked - started, 3),
+        "events": summary["events_published"],
+        "messages": summary["messages"],
+        "errors": len(publisher.errors),
+        "peak_rss_mb": _peak_rss_mb(),
     }
 
 
@@ -109,11 +123,18 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     if args.events_file is not None:
-        result = publish_file(settings, args.events_file, args.batch_size,
-                              durable=not args.no_outbox)
+        result = publish_file(
+            settings, args.events_file, args.batch_size, durable=not args.no_outbox
+        )
     else:
-        result = publish_rate(settings, args.rate, args.seconds, args.batch_size, args.seed,
-                              durable=not args.no_outbox)
+        result = publish_rate(
+            settings,
+            args.rate,
+            args.seconds,
+            args.batch_size,
+            args.seed,
+            durable=not args.no_outbox,
+        )
     print(json.dumps(result), flush=True)
 
 

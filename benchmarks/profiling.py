@@ -29,10 +29,17 @@ _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*)\)$")
 #: recorded when the agents were closures in ``streams/app.py``
 WORKER_CATEGORIES = (
     ("intake agent", (".run (streams/intake_agent.py)", ".intake_agent (streams/app.py)")),
-    ("health-book agent", (".run (streams/health_book_agent.py)",
-                           ".health_book_agent (streams/app.py)")),
-    ("idle-partition timer", (".report_idle_partitions (streams/intake_agent.py)",
-                              ".report_idle_partitions (streams/app.py)")),
+    (
+        "health-book agent",
+        (".run (streams/health_book_agent.py)", ".health_book_agent (streams/app.py)"),
+    ),
+    (
+        "idle-partition timer",
+        (
+            ".report_idle_partitions (streams/intake_agent.py)",
+            ".report_idle_partitions (streams/app.py)",
+        ),
+    ),
 )
 
 
@@ -58,9 +65,23 @@ class Spy:
         log = open(directory / f"{name}.py-spy.log", "wb")  # noqa: SIM115 - handed over
         try:
             proc = subprocess.Popen(
-                [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                 "--nolineno", "--gil", "--output", str(output)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    binary,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--gil",
+                    "--output",
+                    str(output),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
@@ -94,12 +115,19 @@ def read_stacks(path: Path) -> Counter[tuple[str, ...]]:
 
 
 def _top(counter: Counter[str], total: int, top: int) -> list[dict[str, Any]]:
-    return [{"function": name, "samples": n, "percent": round(100 * n / total, 1)}
-            for name, n in counter.most_common(top)] if total else []
+    return (
+        [
+            {"function": name, "samples": n, "percent": round(100 * n / total, 1)}
+            for name, n in counter.most_common(top)
+        ]
+        if total
+        else []
+    )
 
 
-def summarize(path: Path, *, seconds: float, rate: int, worker: bool, top: int = 12
-              ) -> dict[str, Any]:
+def summarize(
+    path: Path, *, seconds: float, rate: int, worker: bool, top: int = 12
+) -> dict[str, Any]:
     """Samples per category (the worker's agents, the rest of its event loop), and per
     category the top functions by self samples (leaf frame) and by inclusive samples."""
     stacks = read_stacks(path)
@@ -115,7 +143,9 @@ def summarize(path: Path, *, seconds: float, rate: int, worker: bool, top: int =
                     break
         categories.setdefault(name, Counter())[stack] += n
     summary: dict[str, Any] = {
-        "samples": total, "seconds": round(seconds, 1), "rate_hz": rate,
+        "samples": total,
+        "seconds": round(seconds, 1),
+        "rate_hz": rate,
         # share of the wall time some thread held the GIL (1.0: Python saturates one core)
         "gil_busy": round(total / (rate * seconds), 2) if seconds else None,
         "categories": {},

@@ -58,17 +58,39 @@ CREATE_TABLE = "CREATE TABLE IF NOT EXISTS raw_entries (LIKE health_book_entries
 def _row(e: dict[str, Any], published_s: float) -> tuple[Any, ...]:
     dkbd = e["ma_dkbd"]
     return (
-        e["ma_cskcb"], e["ma_lk"], e["event_id"], e["so_cccd"], e["so_cccd"], e["ho_ten"],
-        e["ngay_sinh"], e["gioi_tinh"], e["ma_the_bhyt"], dkbd, dkbd[:2], e["ma_cskcb"][:2],
-        "in_province" if dkbd[:2] == "79" else "out_of_province", e["ma_loai_kcb"],
-        e["ma_loai_kcb"], e["ma_benh_chinh"], e["ma_benh_kt"], e["ngay_vao"], e["ngay_ra"],
-        e["ket_qua_dtri"], e["ma_loai_rv"], e["t_tongchi_bv"], e["t_tongchi_bh"],
-        e["t_bhtt"], e["referral"] is not None, e["appointment"] is not None, published_s,
+        e["ma_cskcb"],
+        e["ma_lk"],
+        e["event_id"],
+        e["so_cccd"],
+        e["so_cccd"],
+        e["ho_ten"],
+        e["ngay_sinh"],
+        e["gioi_tinh"],
+        e["ma_the_bhyt"],
+        dkbd,
+        dkbd[:2],
+        e["ma_cskcb"][:2],
+        "in_province" if dkbd[:2] == "79" else "out_of_province",
+        e["ma_loai_kcb"],
+        e["ma_loai_kcb"],
+        e["ma_benh_chinh"],
+        e["ma_benh_kt"],
+        e["ngay_vao"],
+        e["ngay_ra"],
+        e["ket_qua_dtri"],
+        e["ma_loai_rv"],
+        e["t_tongchi_bv"],
+        e["t_tongchi_bh"],
+        e["t_bhtt"],
+        e["referral"] is not None,
+        e["appointment"] is not None,
+        published_s,
     )
 
 
-def run(settings: Settings, group: str, expected: int, output: str, batch: int,
-        prefilled: bool) -> dict:
+def run(
+    settings: Settings, group: str, expected: int, output: str, batch: int, prefilled: bool
+) -> dict:
     pipeline = _RawPipeline(settings, group, output, prefilled)
     child_main_handshake()
     done = messages_in = 0
@@ -89,7 +111,10 @@ def run(settings: Settings, group: str, expected: int, output: str, batch: int,
     last = time.time()
     pipeline.close()
     return {
-        "first_message": first, "last_commit": last, "events": done, "messages": messages_in,
+        "first_message": first,
+        "last_commit": last,
+        "events": done,
+        "messages": messages_in,
         "seconds_by_step": {step: round(seconds, 3) for step, seconds in pipeline.spent.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -108,19 +133,21 @@ class _RawPipeline:
         self.producer = Producer(producer_config(settings))
         # metadata before the clock starts (producer.py)
         self.producer.list_topics(output, timeout=10)
-        self.conn = psycopg2.connect(
-            settings.database_url.get_secret_value())  # type: ignore[union-attr]
-        self.spent = dict.fromkeys(("consume", "decode", "encode_produce", "insert", "flush",
-                                    "commit"), 0.0)
+        self.conn = psycopg2.connect(settings.database_url.get_secret_value())  # type: ignore[union-attr]
+        self.spent = dict.fromkeys(
+            ("consume", "decode", "encode_produce", "insert", "flush", "commit"), 0.0
+        )
         assigned: list[TopicPartition] = []
-        self.consumer.subscribe([settings.topic(EXAMINATIONS)],
-                                on_assign=lambda _c, parts: assigned.extend(parts))
+        self.consumer.subscribe(
+            [settings.topic(EXAMINATIONS)], on_assign=lambda _c, parts: assigned.extend(parts)
+        )
         while not assigned and not prefilled:  # end to end: joined before the first publish
             for message in self.consumer.consume(1, 0.2):
                 raise SystemExit(f"unexpected message before GO at offset {message.offset()}")
 
-    def decode_and_produce(self, messages: list[Any]
-                           ) -> tuple[list[tuple[Any, ...]], dict[int, TopicPartition], int]:
+    def decode_and_produce(
+        self, messages: list[Any]
+    ) -> tuple[list[tuple[Any, ...]], dict[int, TopicPartition], int]:
         """Each event of each batch message produced as one record; the rows to insert, the
         offsets to commit and the number of messages decoded."""
         clock = time.perf_counter
@@ -146,7 +173,8 @@ class _RawPipeline:
             self.spent["decode"] += t1 - t0
             self.spent["encode_produce"] += clock() - t1
             highest[message.partition()] = TopicPartition(
-                message.topic(), message.partition(), message.offset() + 1)
+                message.topic(), message.partition(), message.offset() + 1
+            )
             decoded += 1
         return rows, highest, decoded
 
@@ -177,11 +205,13 @@ def main() -> None:
     parser.add_argument("--expected", type=int, required=True)
     parser.add_argument("--output-topic", required=True)
     parser.add_argument("--batch", type=int, default=1000, help="messages per consume()")
-    parser.add_argument("--prefilled", action="store_true",
-                        help="the input is already published (a drain run)")
+    parser.add_argument(
+        "--prefilled", action="store_true", help="the input is already published (a drain run)"
+    )
     args = parser.parse_args()
-    result = run(Settings(), args.group, args.expected, args.output_topic, args.batch,
-                 args.prefilled)
+    result = run(
+        Settings(), args.group, args.expected, args.output_topic, args.batch, args.prefilled
+    )
     print(json.dumps(result), flush=True)
 
 

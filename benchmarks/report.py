@@ -18,8 +18,7 @@ from rich.table import Table
 
 from benchmarks.harness import ROOT, BenchStack, sql_scalar
 
-__all__ = ["figures", "machine", "markdown_table", "render", "source", "versions",
-           "write_results"]
+__all__ = ["figures", "machine", "markdown_table", "render", "source", "versions", "write_results"]
 
 TARGETS = {
     "pipeline_events_per_second": 10_000,
@@ -49,15 +48,18 @@ def machine() -> dict[str, Any]:
 
 def source() -> dict[str, Any]:
     """The commit measured, and the pipeline's files that differ from it (work in progress)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=30).stdout
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+        ).stdout
 
     out: dict[str, Any] = {"commit": None, "uncommitted": []}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out["commit"] = git("rev-parse", "--short", "HEAD").strip() or None
-        status = git("status", "--porcelain", "--", "streams", "sinks", "producers",
-                     "schemas", "ehb")
+        status = git(
+            "status", "--porcelain", "--", "streams", "sinks", "producers", "schemas", "ehb"
+        )
         out["uncommitted"] = [line[3:] for line in status.splitlines() if line.strip()]
     return out
 
@@ -68,8 +70,13 @@ def versions(stack: BenchStack) -> dict[str, str | None]:
     import confluent_kafka
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("faust-streaming", "aiokafka", "confluent-kafka", "fastavro",
-                    "psycopg2-binary"):
+    for package in (
+        "faust-streaming",
+        "aiokafka",
+        "confluent-kafka",
+        "fastavro",
+        "psycopg2-binary",
+    ):
         try:
             out[package.removesuffix("-binary")] = version(package)
         except PackageNotFoundError:
@@ -81,8 +88,13 @@ def versions(stack: BenchStack) -> dict[str, str | None]:
         out["postgresql"] = str(sql_scalar(stack.admin_url, "SHOW server_version"))
     if stack.stack is not None:
         with contextlib.suppress(Exception):
-            text = subprocess.run([stack.stack.kafka.binary(), "--version"], check=True,
-                                  capture_output=True, text=True, timeout=10).stdout
+            text = subprocess.run(
+                [stack.stack.kafka.binary(), "--version"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
             out["tansu"] = text.strip().removeprefix("tansu ").strip()
     else:
         out["tansu"] = "external broker"
@@ -99,8 +111,9 @@ def _spread(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _max_rss(runs: list[dict[str, Any]], prefix: str) -> float | None:
-    values = [v for r in runs for name, v in r.get("peak_rss_mb", {}).items()
-              if name.startswith(prefix)]
+    values = [
+        v for r in runs for name, v in r.get("peak_rss_mb", {}).items() if name.startswith(prefix)
+    ]
     return max(values) if values else None
 
 
@@ -116,15 +129,16 @@ def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
             per.setdefault(name, []).append(seconds * 1e6 / run["events"])
     if not per:
         return None
-    return {name: round(statistics.median(per[name]), 1)
-            for name in CPU_PROCESSES if name in per}
+    return {name: round(statistics.median(per[name]), 1) for name in CPU_PROCESSES if name in per}
 
 
 def _fmt_cpu(values: dict[str, float] | None) -> str:
     if not values:
         return "—"
-    return " / ".join(f"{values[name]:.0f}" if name in values else "—"
-                      for name in CPU_PROCESSES[:4]) + " µs"
+    return (
+        " / ".join(f"{values[name]:.0f}" if name in values else "—" for name in CPU_PROCESSES[:4])
+        + " µs"
+    )
 
 
 def figures(runs: dict[str, Any]) -> dict[str, Any]:
@@ -153,11 +167,13 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
         },
     }
     if out["pipeline_drain_events_per_second"] and out["raw_drain_events_per_second"]:
-        out["ratio_to_ceiling"] = round(out["pipeline_drain_events_per_second"]
-                                        / out["raw_drain_events_per_second"], 3)
+        out["ratio_to_ceiling"] = round(
+            out["pipeline_drain_events_per_second"] / out["raw_drain_events_per_second"], 3
+        )
     if out["pipeline_events_per_second"] and out["raw_end_to_end_events_per_second"]:
-        out["ratio_end_to_end"] = round(out["pipeline_events_per_second"]
-                                        / out["raw_end_to_end_events_per_second"], 3)
+        out["ratio_end_to_end"] = round(
+            out["pipeline_events_per_second"] / out["raw_end_to_end_events_per_second"], 3
+        )
     out["cpu_us_per_event_drain"] = _cpu_per_event(pipe_drain)
     out["cpu_us_per_event_end_to_end"] = _cpu_per_event(one)
     year = runs.get("year")
@@ -165,24 +181,32 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
     out["worker_peak_rss_mb"] = _max_rss(every, "worker")
     out["sink_peak_rss_mb"] = _max_rss(every, "sink")
     out["producer_peak_rss_mb"] = max(
-        [v for v in [_max_rss([*one, *two, *([year] if year else [])], "producer"),
-                     *(p.get("peak_rss_mb") for p in publish)] if v is not None],
-        default=None)
+        [
+            v
+            for v in [
+                _max_rss([*one, *two, *([year] if year else [])], "producer"),
+                *(p.get("peak_rss_mb") for p in publish),
+            ]
+            if v is not None
+        ],
+        default=None,
+    )
     out["raw_pipeline_peak_rss_mb"] = max(
-        [r["peak_rss_mb"] for r in raw_drain if r.get("peak_rss_mb")], default=None)
+        [r["peak_rss_mb"] for r in raw_drain if r.get("peak_rss_mb")], default=None
+    )
     out["broker_peak_rss_mb"] = runs.get("broker_peak_rss_mb")
     latency = runs.get("latency") or []
     if latency:
-        out.update({f"latency_{k}": latency[0][k] for k in ("p50_ms", "p95_ms", "p99_ms",
-                                                              "max_ms")})
+        out.update(
+            {f"latency_{k}": latency[0][k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
+        )
         out["latency_rate"] = latency[0]["rate"]
     if year:
         out["year_seconds"] = year["seconds"]
         out["year_events_per_second"] = year["events_per_second"]
         out["year_publish_events_per_second"] = year["publish_events_per_second"]
         out["year_rows"] = year.get("rows")
-    errors = [r["error"] for group in (one, two, pipe_drain, raw) for r in group
-              if r.get("error")]
+    errors = [r["error"] for group in (one, two, pipe_drain, raw) for r in group if r.get("error")]
     if year and year.get("error"):
         errors.append(year["error"])
     if errors:
@@ -212,72 +236,155 @@ def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, st
     t = TARGETS
     out: list[tuple[str, str, str, str]] = []
     if fig.get("year_seconds") is not None:
-        out.append((f"Year replay ({params['events']:,} events), wall time",
-                    f"{fig['year_seconds'] / 60:.1f} min "
-                    f"({_fmt(fig['year_events_per_second'])} events/s)",
-                    "≤ 10 min", _status(fig["year_seconds"], t["year_seconds"], False)))
+        out.append(
+            (
+                f"Year replay ({params['events']:,} events), wall time",
+                f"{fig['year_seconds'] / 60:.1f} min "
+                f"({_fmt(fig['year_events_per_second'])} events/s)",
+                "≤ 10 min",
+                _status(fig["year_seconds"], t["year_seconds"], False),
+            )
+        )
         rows_ = fig.get("year_rows") or {}
         if rows_:
-            out.append(("Year: rows (entries / dead letters / books / referrals / "
-                        "appointments)", " / ".join(f"{rows_.get(t, 0):,}" for t in (
-                            "health_book_entries", "dead_letters", "health_books",
-                            "referrals", "appointments")), "", ""))
-        out.append(("Year: the producer published at (concurrently)",
-                    _fmt(fig.get("year_publish_events_per_second"), " events/s"), "", ""))
+            out.append(
+                (
+                    "Year: rows (entries / dead letters / books / referrals / appointments)",
+                    " / ".join(
+                        f"{rows_.get(t, 0):,}"
+                        for t in (
+                            "health_book_entries",
+                            "dead_letters",
+                            "health_books",
+                            "referrals",
+                            "appointments",
+                        )
+                    ),
+                    "",
+                    "",
+                )
+            )
+        out.append(
+            (
+                "Year: the producer published at (concurrently)",
+                _fmt(fig.get("year_publish_events_per_second"), " events/s"),
+                "",
+                "",
+            )
+        )
         gen = params.get("generation") or {}
         if gen:
-            out.append(("Year generation (simulator, separately)",
-                        f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])}"
-                        " events/s)", "", ""))
+            out.append(
+                (
+                    "Year generation (simulator, separately)",
+                    f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])} events/s)",
+                    "",
+                    "",
+                )
+            )
     else:
         out += [
-            ("Publish only (producer, outbox on)" if params.get("outbox", True)
-             else "Publish only (producer, outbox off)",
-             _fmt(fig["publish_only_events_per_second"], " events/s"), "", ""),
-            ("Pipeline end to end, 1 worker",
-             _fmt(fig["pipeline_events_per_second"], " events/s"), "≥ 10,000 events/s",
-             _status(fig["pipeline_events_per_second"], t["pipeline_events_per_second"],
-                     True)),
-            ("Pipeline end to end, 2 workers",
-             _fmt(fig["pipeline_2_workers_events_per_second"], " events/s"), "", ""),
-            ("Raw clients end to end (same producer)",
-             _fmt(fig["raw_end_to_end_events_per_second"], " events/s"), "", ""),
-            ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"),
-             "", ""),
-            ("Raw-client ceiling (drain of the published topic)",
-             _fmt(fig["raw_drain_events_per_second"], " events/s"), "", ""),
-            ("Pipeline drain, 1 worker (same topic)",
-             _fmt(fig["pipeline_drain_events_per_second"], " events/s"), "", ""),
-            ("Pipeline / ceiling (drains)", _fmt(fig.get("ratio_to_ceiling"), "×"),
-             "≥ 0.5×", _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True)),
-            ("CPU per event, pipeline drain (worker / sink / broker / PostgreSQL)",
-             _fmt_cpu(fig.get("cpu_us_per_event_drain")), "", ""),
-            ("CPU per event, end to end, 1 worker (worker / sink / broker / PostgreSQL)",
-             _fmt_cpu(fig.get("cpu_us_per_event_end_to_end")), "", ""),
+            (
+                "Publish only (producer, outbox on)"
+                if params.get("outbox", True)
+                else "Publish only (producer, outbox off)",
+                _fmt(fig["publish_only_events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            (
+                "Pipeline end to end, 1 worker",
+                _fmt(fig["pipeline_events_per_second"], " events/s"),
+                "≥ 10,000 events/s",
+                _status(fig["pipeline_events_per_second"], t["pipeline_events_per_second"], True),
+            ),
+            (
+                "Pipeline end to end, 2 workers",
+                _fmt(fig["pipeline_2_workers_events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            (
+                "Raw clients end to end (same producer)",
+                _fmt(fig["raw_end_to_end_events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"), "", ""),
+            (
+                "Raw-client ceiling (drain of the published topic)",
+                _fmt(fig["raw_drain_events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            (
+                "Pipeline drain, 1 worker (same topic)",
+                _fmt(fig["pipeline_drain_events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            (
+                "Pipeline / ceiling (drains)",
+                _fmt(fig.get("ratio_to_ceiling"), "×"),
+                "≥ 0.5×",
+                _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True),
+            ),
+            (
+                "CPU per event, pipeline drain (worker / sink / broker / PostgreSQL)",
+                _fmt_cpu(fig.get("cpu_us_per_event_drain")),
+                "",
+                "",
+            ),
+            (
+                "CPU per event, end to end, 1 worker (worker / sink / broker / PostgreSQL)",
+                _fmt_cpu(fig.get("cpu_us_per_event_end_to_end")),
+                "",
+                "",
+            ),
         ]
         if fig.get("latency_p99_ms") is not None:
-            out.append((f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"
-                        " (p50 / p95 / p99)",
-                        f"{fig['latency_p50_ms']:.0f} / {fig['latency_p95_ms']:.0f} / "
-                        f"{fig['latency_p99_ms']:.0f} ms", "p99 ≤ 500 ms",
-                        _status(fig["latency_p99_ms"], t["latency_p99_ms"], False)))
+            out.append(
+                (
+                    f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"
+                    " (p50 / p95 / p99)",
+                    f"{fig['latency_p50_ms']:.0f} / {fig['latency_p95_ms']:.0f} / "
+                    f"{fig['latency_p99_ms']:.0f} ms",
+                    "p99 ≤ 500 ms",
+                    _status(fig["latency_p99_ms"], t["latency_p99_ms"], False),
+                )
+            )
     out += [
-        ("Peak RSS, worker", _fmt(fig["worker_peak_rss_mb"], " MB"), "≤ 300 MB",
-         _status(fig["worker_peak_rss_mb"], t["worker_peak_rss_mb"], False)),
-        ("Peak RSS, sink", _fmt(fig["sink_peak_rss_mb"], " MB"), "≤ 300 MB",
-         _status(fig["sink_peak_rss_mb"], t["sink_peak_rss_mb"], False)),
+        (
+            "Peak RSS, worker",
+            _fmt(fig["worker_peak_rss_mb"], " MB"),
+            "≤ 300 MB",
+            _status(fig["worker_peak_rss_mb"], t["worker_peak_rss_mb"], False),
+        ),
+        (
+            "Peak RSS, sink",
+            _fmt(fig["sink_peak_rss_mb"], " MB"),
+            "≤ 300 MB",
+            _status(fig["sink_peak_rss_mb"], t["sink_peak_rss_mb"], False),
+        ),
         ("Peak RSS, producer", _fmt(fig["producer_peak_rss_mb"], " MB"), "", ""),
-        ("Peak RSS, broker (Tansu, memory storage, whole bench)",
-         _fmt(fig["broker_peak_rss_mb"], " MB"), "", ""),
+        (
+            "Peak RSS, broker (Tansu, memory storage, whole bench)",
+            _fmt(fig["broker_peak_rss_mb"], " MB"),
+            "",
+            "",
+        ),
     ]
     return out
 
 
 def render(result: dict[str, Any], console: Console) -> None:
     params = result["parameters"]
-    title = (f"ehb bench — {params['events']:,} events, {params['partitions']} partitions, "
-             f"median of {params['repeat']}" if not params.get("year")
-             else f"ehb bench-year — {params['events']:,} events")
+    title = (
+        f"ehb bench — {params['events']:,} events, {params['partitions']} partitions, "
+        f"median of {params['repeat']}"
+        if not params.get("year")
+        else f"ehb bench-year — {params['events']:,} events"
+    )
     table = Table(title=title)
     table.add_column("Measurement")
     table.add_column("Figure", justify="right")
@@ -292,7 +399,8 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"{result['load']['end']}; Python {v['python']}, Faust {v['faust-streaming']}, "
         f"confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), fastavro "
         f"{v['fastavro']}, psycopg2 {v['psycopg2']}, PostgreSQL {v['postgresql']}, "
-        f"Tansu {v['tansu']}")
+        f"Tansu {v['tansu']}"
+    )
     for error in result["figures"].get("errors", []):
         console.print(f"[red]error:[/] {error}")
 
@@ -301,15 +409,15 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The table in Markdown (for benchmarks/README.md)."""
     params = result["parameters"]
     lines = ["| Measurement | Figure | Target | |", "|---|---:|---|---|"]
-    for name, figure, target, status in rows(result["figures"],
-                                             {**params, "generation": result.get("generation")}):
+    for name, figure, target, status in rows(
+        result["figures"], {**params, "generation": result.get("generation")}
+    ):
         status = status.replace("[green]", "").replace("[red]", "").replace("[/]", "")
         lines.append(f"| {name} | {figure} | {target} | {status} |")
     return "\n".join(lines)
 
 
-def write_results(result: dict[str, Any], directory: Path, stamp: str, latest: str | None
-                  ) -> Path:
+def write_results(result: dict[str, Any], directory: Path, stamp: str, latest: str | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, default=str) + "\n"
     path = directory / f"{stamp}.json"

@@ -22,15 +22,21 @@ from schemas.errors import EhbError
 
 __all__ = ["Context", "RunFailed"]
 
-ACCOUNTED = ("SELECT coalesce(sum(value), 0) FROM campaign_counters "
-             "WHERE metric IN ('examinations', 'dead_letters')")
-LAST_COMMIT = ("SELECT extract(epoch FROM greatest("
-               "(SELECT max(persisted_at) FROM health_book_entries), "
-               "(SELECT max(persisted_at) FROM dead_letters)))")
+ACCOUNTED = (
+    "SELECT coalesce(sum(value), 0) FROM campaign_counters "
+    "WHERE metric IN ('examinations', 'dead_letters')"
+)
+LAST_COMMIT = (
+    "SELECT extract(epoch FROM greatest("
+    "(SELECT max(persisted_at) FROM health_book_entries), "
+    "(SELECT max(persisted_at) FROM dead_letters)))"
+)
 #: the worker's first batch: the intake stamps dead letters, the health-book stage entries
-FIRST_PROCESSED = ("SELECT extract(epoch FROM least("
-                   "(SELECT min(processed_at) FROM health_book_entries), "
-                   "(SELECT min(failed_at) FROM dead_letters)))")
+FIRST_PROCESSED = (
+    "SELECT extract(epoch FROM least("
+    "(SELECT min(processed_at) FROM health_book_entries), "
+    "(SELECT min(failed_at) FROM dead_letters)))"
+)
 #: per event: publish -> committed, and its two legs (worker: publish -> health-book stage;
 #: sink: health-book stage -> row); seconds
 LATENCY = (
@@ -77,16 +83,18 @@ class Context:
 
     def producer(self, deployment: Deployment, name: str, *args: str) -> ChildScript:
         extra = [] if self.outbox else ["--no-outbox"]
-        return ChildScript.start(name, "benchmarks.producer", [*args, *extra],
-                                 self.stack.env(deployment), self.log_dir)
+        return ChildScript.start(
+            name, "benchmarks.producer", [*args, *extra], self.stack.env(deployment), self.log_dir
+        )
 
 
 def _eps(events: int, seconds: float) -> float:
     return round(events / seconds, 1) if seconds > 0 else 0.0
 
 
-def wait_accounted(deployment: Deployment, expected: int, stall_s: float,
-                   say: Callable[[str], None]) -> int:
+def wait_accounted(
+    deployment: Deployment, expected: int, stall_s: float, say: Callable[[str], None]
+) -> int:
     """Poll the campaign counters until ``expected`` events are rows or dead letters; fail
     when nothing moves for ``stall_s`` seconds."""
     last, last_change = -1, time.monotonic()
@@ -97,8 +105,7 @@ def wait_accounted(deployment: Deployment, expected: int, stall_s: float,
             return done
         if time.monotonic() - last_said >= 30:
             last_said = time.monotonic()
-            say(f"  {done:,}/{expected:,} events persisted after "
-                f"{last_said - started:.0f} s")
+            say(f"  {done:,}/{expected:,} events persisted after {last_said - started:.0f} s")
         if done != last:
             last, last_change = done, time.monotonic()
         elif time.monotonic() - last_change > stall_s:
@@ -121,8 +128,13 @@ def _watch(ctx: Context, deployment: Deployment) -> ProcessWatch:
     return watch
 
 
-def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None = None,
-                        expected: int | None = None, census: bool = False) -> dict[str, Any]:
+def pipeline_end_to_end(
+    ctx: Context,
+    workers: int = 1,
+    profile_dir: Path | None = None,
+    expected: int | None = None,
+    census: bool = False,
+) -> dict[str, Any]:
     """Publish the pre-generated events flat out into a running pipeline. ``census``: also
     count the rows of every table (the year replay)."""
     expected = expected or ctx.events
@@ -131,8 +143,12 @@ def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None
     spies: list[Spy] = []
     try:
         watch = _watch(ctx, deployment)
-        producer = ctx.producer(deployment, f"producer-{deployment.settings.topic_prefix}",
-                                "--events-file", str(ctx.events_path))
+        producer = ctx.producer(
+            deployment,
+            f"producer-{deployment.settings.topic_prefix}",
+            "--events-file",
+            str(ctx.events_path),
+        )
         producer.wait_ready()
         watch.watch("producer", producer.pid)
         watch.start()
@@ -149,8 +165,9 @@ def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None
         profiles = {}
         for spy in spies:
             path = spy.stop()
-            profiles[spy.name] = summarize(path, seconds=spied_for, rate=spy.rate,
-                                           worker=spy.name.startswith("worker"))
+            profiles[spy.name] = summarize(
+                path, seconds=spied_for, rate=spy.rate, worker=spy.name.startswith("worker")
+            )
         peaks = watch.stop()
         cpu = watch.cpu_seconds()
         last_commit = float(deployment.scalar(LAST_COMMIT))
@@ -163,12 +180,18 @@ def pipeline_end_to_end(ctx: Context, workers: int = 1, profile_dir: Path | None
     seconds = last_commit - published["started"]
     peaks["producer"] = max(peaks.get("producer", 0.0), published["peak_rss_mb"])
     result = {
-        "workers": workers, "events": expected, "accounted": exact,
-        "seconds": round(seconds, 3), "events_per_second": _eps(expected, seconds),
+        "workers": workers,
+        "events": expected,
+        "accounted": exact,
+        "seconds": round(seconds, 3),
+        "events_per_second": _eps(expected, seconds),
         "publish_seconds": published["seconds"],
         "publish_events_per_second": _eps(published["events"], published["seconds"]),
-        "messages": published["messages"], "peak_rss_mb": peaks,
-        "cpu_seconds": cpu, "load_before": load_before, "load_after": loadavg(),
+        "messages": published["messages"],
+        "peak_rss_mb": peaks,
+        "cpu_seconds": cpu,
+        "load_before": load_before,
+        "load_after": loadavg(),
     }
     if exact != expected or accounted != expected:
         result["error"] = f"{exact} events accounted for, {expected} published"
@@ -189,13 +212,18 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
         raw_topic = deployment.settings.topic("raw-out")
         _create_raw_outputs(deployment, raw_topic)
         # -- publish only
-        producer = ctx.producer(deployment, f"producer-{deployment.settings.topic_prefix}",
-                                "--events-file", str(ctx.events_path))
+        producer = ctx.producer(
+            deployment,
+            f"producer-{deployment.settings.topic_prefix}",
+            "--events-file",
+            str(ctx.events_path),
+        )
         producer.wait_ready()
         producer.go()
         published = producer.result()
         out["publish"] = {
-            "events": published["events"], "messages": published["messages"],
+            "events": published["events"],
+            "messages": published["messages"],
             "seconds": published["seconds"],
             "events_per_second": _eps(published["events"], published["seconds"]),
             "unpickling_seconds": published["load_s"],
@@ -205,16 +233,27 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
         }
         # -- raw-client drain
         raw = ChildScript.start(
-            f"raw-drain-{deployment.settings.topic_prefix}", "benchmarks.raw_pipeline",
-            ["--group", f"{deployment.settings.worker_group}-raw", "--expected", str(n),
-             "--output-topic", raw_topic, "--prefilled"],
-            ctx.stack.env(deployment), ctx.log_dir)
+            f"raw-drain-{deployment.settings.topic_prefix}",
+            "benchmarks.raw_pipeline",
+            [
+                "--group",
+                f"{deployment.settings.worker_group}-raw",
+                "--expected",
+                str(n),
+                "--output-topic",
+                raw_topic,
+                "--prefilled",
+            ],
+            ctx.stack.env(deployment),
+            ctx.log_dir,
+        )
         raw.wait_ready()
         raw.go()
         drained = raw.result()
         seconds = drained["last_commit"] - drained["first_message"]
         out["raw_drain"] = {
-            "events": drained["events"], "seconds": round(seconds, 3),
+            "events": drained["events"],
+            "seconds": round(seconds, 3),
             "events_per_second": _eps(drained["events"], seconds),
             "peak_rss_mb": drained["peak_rss_mb"],
             "seconds_by_step": drained.get("seconds_by_step"),
@@ -229,8 +268,11 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
         last = float(deployment.scalar(LAST_COMMIT))
         exact = _accounted_exactly(deployment)
         out["pipeline_drain"] = {
-            "events": n, "accounted": exact, "seconds": round(last - first, 3),
-            "events_per_second": _eps(n, last - first), "peak_rss_mb": peaks,
+            "events": n,
+            "accounted": exact,
+            "seconds": round(last - first, 3),
+            "events_per_second": _eps(n, last - first),
+            "peak_rss_mb": peaks,
             "cpu_seconds": watch.cpu_seconds(),
         }
         if exact != n:
@@ -249,7 +291,8 @@ def _create_raw_outputs(deployment: Deployment, raw_topic: str) -> None:
 
     admin = admin_client(deployment.settings)
     for future in admin.create_topics(
-            [NewTopic(raw_topic, deployment.settings.kafka_partitions, 1)]).values():
+        [NewTopic(raw_topic, deployment.settings.kafka_partitions, 1)]
+    ).values():
         future.result()
     with deployment.db.cursor() as cur:
         cur.execute(CREATE_TABLE)
@@ -263,13 +306,26 @@ def raw_end_to_end(ctx: Context) -> dict[str, Any]:
         raw_topic = deployment.settings.topic("raw-out")
         _create_raw_outputs(deployment, raw_topic)
         raw = ChildScript.start(
-            f"raw-e2e-{deployment.settings.topic_prefix}", "benchmarks.raw_pipeline",
-            ["--group", f"{deployment.settings.worker_group}-raw", "--expected",
-             str(ctx.events), "--output-topic", raw_topic],
-            ctx.stack.env(deployment), ctx.log_dir)
+            f"raw-e2e-{deployment.settings.topic_prefix}",
+            "benchmarks.raw_pipeline",
+            [
+                "--group",
+                f"{deployment.settings.worker_group}-raw",
+                "--expected",
+                str(ctx.events),
+                "--output-topic",
+                raw_topic,
+            ],
+            ctx.stack.env(deployment),
+            ctx.log_dir,
+        )
         raw.wait_ready()
-        producer = ctx.producer(deployment, f"producer-{deployment.settings.topic_prefix}",
-                                "--events-file", str(ctx.events_path))
+        producer = ctx.producer(
+            deployment,
+            f"producer-{deployment.settings.topic_prefix}",
+            "--events-file",
+            str(ctx.events_path),
+        )
         producer.wait_ready()
         raw.go()
         producer.go()
@@ -279,11 +335,13 @@ def raw_end_to_end(ctx: Context) -> dict[str, Any]:
         ctx.stack.teardown(deployment)
     seconds = drained["last_commit"] - published["started"]
     return {
-        "events": drained["events"], "seconds": round(seconds, 3),
+        "events": drained["events"],
+        "seconds": round(seconds, 3),
         "events_per_second": _eps(drained["events"], seconds),
         "publish_events_per_second": _eps(published["events"], published["seconds"]),
         "peak_rss_mb": {"raw": drained["peak_rss_mb"], "producer": published["peak_rss_mb"]},
-        "load_before": load_before, "load_after": loadavg(),
+        "load_before": load_before,
+        "load_after": loadavg(),
     }
 
 
@@ -294,8 +352,14 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
     expected = int(rate * seconds)
     try:
         watch = _watch(ctx, deployment)
-        producer = ctx.producer(deployment, f"producer-{deployment.settings.topic_prefix}",
-                                "--rate", str(rate), "--seconds", str(seconds))
+        producer = ctx.producer(
+            deployment,
+            f"producer-{deployment.settings.topic_prefix}",
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        )
         producer.wait_ready()
         watch.watch("producer", producer.pid)
         watch.start()
@@ -308,16 +372,30 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
     finally:
         ctx.stack.teardown(deployment)
     return {
-        "rate": rate, "seconds": seconds, "events": published["events"],
+        "rate": rate,
+        "seconds": seconds,
+        "events": published["events"],
         "achieved_rate": _eps(published["events"], published["seconds"]),
-        "messages": published["messages"], "rows": rows,
-        "p50_ms": round(p50 * 1000, 1), "p95_ms": round(p95 * 1000, 1),
-        "p99_ms": round(p99 * 1000, 1), "max_ms": round(float(worst) * 1000, 1),
+        "messages": published["messages"],
+        "rows": rows,
+        "p50_ms": round(p50 * 1000, 1),
+        "p95_ms": round(p95 * 1000, 1),
+        "p99_ms": round(p99 * 1000, 1),
+        "max_ms": round(float(worst) * 1000, 1),
         "worker_leg_p50_p99_ms": [round(x * 1000, 1) for x in worker_leg],
         "sink_leg_p50_p99_ms": [round(x * 1000, 1) for x in sink_leg],
-        "by_10s": [{"from_s": int(w), "events": n, "p50_ms": round(a * 1000, 1),
-                    "p99_ms": round(b * 1000, 1)} for w, n, a, b in windows],
-        "peak_rss_mb": peaks, "load_before": load_before, "load_after": loadavg(),
+        "by_10s": [
+            {
+                "from_s": int(w),
+                "events": n,
+                "p50_ms": round(a * 1000, 1),
+                "p99_ms": round(b * 1000, 1),
+            }
+            for w, n, a, b in windows
+        ],
+        "peak_rss_mb": peaks,
+        "load_before": load_before,
+        "load_after": loadavg(),
     }
 
 

@@ -44,12 +44,14 @@ T = TypeVar("T")
 EVENTS_PER_MESSAGE = 100
 
 
-def main(events: int = typer.Option(100_000, help="Simulated events."),
-         seed: int = typer.Option(79, help="Simulator seed."),
-         partitions: int = typer.Option(8, help="Partitions of the internal topic."),
-         gc_young_threshold: int | None = typer.Option(
-             None, help="Young-generation threshold (default: the setting; 0: Python's).")
-         ) -> None:
+def main(
+    events: int = typer.Option(100_000, help="Simulated events."),
+    seed: int = typer.Option(79, help="Simulator seed."),
+    partitions: int = typer.Option(8, help="Partitions of the internal topic."),
+    gc_young_threshold: int | None = typer.Option(
+        None, help="Young-generation threshold (default: the setting; 0: Python's)."
+    ),
+) -> None:
     settings = Settings(kafka_partitions=partitions)
     codec = AvroCodec()
     now_ms = int(time.time() * 1000)
@@ -60,12 +62,15 @@ def main(events: int = typer.Option(100_000, help="Simulated events."),
     timer = _Timer()
     decoded = _intake_and_internal_hop(timer, settings, codec, messages)
     store: dict[str, Any] = {}
-    emitted = timer.timed("state machine",
-                          lambda: _run_state_machine(settings, decoded, store, now_ms))
+    emitted = timer.timed(
+        "state machine", lambda: _run_state_machine(settings, decoded, store, now_ms)
+    )
     outputs = _encode_outputs(timer, codec, emitted)
 
-    print(f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
-          f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}")
+    print(
+        f"{events:,} events ({len(messages):,} input messages), {outputs:,} output records, "
+        f"{len(store):,} citizens; gc thresholds {gc.get_threshold()}"
+    )
     for stage, spent in timer.seconds.items():
         print(f"  {stage:36s} {spent * 1e6 / events:6.1f} µs/event")
     print(f"  {'total':36s} {sum(timer.seconds.values()) * 1e6 / events:6.1f} µs/event")
@@ -84,8 +89,7 @@ class _Timer:
         return result
 
 
-def _input_messages(codec: AvroCodec, events: int, seed: int, now_ms: int
-                    ) -> list[SourceMessage]:
+def _input_messages(codec: AvroCodec, events: int, seed: int, now_ms: int) -> list[SourceMessage]:
     """The simulated events as ExaminationBatch messages of one facility each."""
     simulated = list(CitySimulator(SimulationConfig(events=events, seed=seed)).events())
     encode_batch = codec.writer(SUBJECTS.EXAMINATION_BATCH)
@@ -93,45 +97,62 @@ def _input_messages(codec: AvroCodec, events: int, seed: int, now_ms: int
     for event in simulated:
         by_facility[event["ma_cskcb"]].append(event)
     return [
-        SourceMessage(encode_batch({"ma_cskcb": facility, "events": chunk}), EXAMINATIONS,
-                      0, offset, now_ms)
+        SourceMessage(
+            encode_batch({"ma_cskcb": facility, "events": chunk}), EXAMINATIONS, 0, offset, now_ms
+        )
         for offset, (facility, chunk) in enumerate(
-            (f, evs[i:i + EVENTS_PER_MESSAGE]) for f, evs in by_facility.items()
-            for i in range(0, len(evs), EVENTS_PER_MESSAGE))
+            (f, evs[i : i + EVENTS_PER_MESSAGE])
+            for f, evs in by_facility.items()
+            for i in range(0, len(evs), EVENTS_PER_MESSAGE)
+        )
     ]
 
 
-def _intake_and_internal_hop(timer: _Timer, settings: Settings, codec: AvroCodec,
-                             messages: list[SourceMessage]
-                             ) -> dict[int, list[tuple[Any, Any]]]:
+def _intake_and_internal_hop(
+    timer: _Timer, settings: Settings, codec: AvroCodec, messages: list[SourceMessage]
+) -> dict[int, list[tuple[Any, Any]]]:
     """The stateless stage, then the internal topic's encoding both ways: what the stateful
     stage reads, by partition."""
     registry = FacilityRegistry.from_reference()
-    intake = Intake(codec, registry, CitizenKeyer.from_settings(settings),
-                    settings.kafka_partitions)
+    intake = Intake(
+        codec, registry, CitizenKeyer.from_settings(settings), settings.kafka_partitions
+    )
     per_batch = settings.worker_batch_size  # input messages per intake batch
-    results = timer.timed("decode + validate + enrich", lambda: [
-        intake.process(messages[i:i + per_batch]) for i in range(0, len(messages), per_batch)])
+    results = timer.timed(
+        "decode + validate + enrich",
+        lambda: [
+            intake.process(messages[i : i + per_batch]) for i in range(0, len(messages), per_batch)
+        ],
+    )
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         for partition, items in result.by_partition.items():
             by_partition[partition].extend(items)
-    internal = timer.timed("internal hop: MessagePack encode", lambda: {
-        p: list(encode_chunks(items)) for p, items in by_partition.items()})
-    return timer.timed("internal hop: MessagePack decode", lambda: {
-        p: [decode_validated(v, codec) for v in values] for p, values in internal.items()})
+    internal = timer.timed(
+        "internal hop: MessagePack encode",
+        lambda: {p: list(encode_chunks(items)) for p, items in by_partition.items()},
+    )
+    return timer.timed(
+        "internal hop: MessagePack decode",
+        lambda: {p: [decode_validated(v, codec) for v in values] for p, values in internal.items()},
+    )
 
 
-def _run_state_machine(settings: Settings, decoded: dict[int, list[tuple[Any, Any]]],
-                       store: dict[str, Any], now_ms: int) -> list[Emitted]:
+def _run_state_machine(
+    settings: Settings,
+    decoded: dict[int, list[tuple[Any, Any]]],
+    store: dict[str, Any],
+    now_ms: int,
+) -> list[Emitted]:
     """The stateful stage over ``decoded``, in the worker's batches, with ``store`` as its
     table."""
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     out = []
     for p, batch in decoded.items():
         for i in range(0, len(batch), STATE_BATCH_MESSAGES):
-            emitted = machine.process(p, batch[i:i + STATE_BATCH_MESSAGES], store,
-                                      now_ms).compact()
+            emitted = machine.process(
+                p, batch[i : i + STATE_BATCH_MESSAGES], store, now_ms
+            ).compact()
             store.update(emitted.local)
             for key, value in emitted.state.items():
                 if value is None:
@@ -144,15 +165,28 @@ def _run_state_machine(settings: Settings, decoded: dict[int, list[tuple[Any, An
 
 def _encode_outputs(timer: _Timer, codec: AvroCodec, emitted: list[Emitted]) -> int:
     """Avro of the output records and JSON of the changelog; the number of output records."""
-    writers = [(codec.writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
-               (codec.writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
-               (codec.writer(SUBJECTS.APPOINTMENT_RECORD), "appointments")]
-    outputs = timer.timed("Avro encode of the output records", lambda: sum(
-        len(write(record)) > 0 for e in emitted for write, name in writers
-        for record in getattr(e, name)))
-    timer.timed("changelog JSON", lambda: sum(
-        len(encode_json(key)) + (0 if value is None else len(encode_json(value)))
-        for e in emitted for key, value in e.state.items()))
+    writers = [
+        (codec.writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
+        (codec.writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
+        (codec.writer(SUBJECTS.APPOINTMENT_RECORD), "appointments"),
+    ]
+    outputs = timer.timed(
+        "Avro encode of the output records",
+        lambda: sum(
+            len(write(record)) > 0
+            for e in emitted
+            for write, name in writers
+            for record in getattr(e, name)
+        ),
+    )
+    timer.timed(
+        "changelog JSON",
+        lambda: sum(
+            len(encode_json(key)) + (0 if value is None else len(encode_json(value)))
+            for e in emitted
+            for key, value in e.state.items()
+        ),
+    )
     return outputs
 
 

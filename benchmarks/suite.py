@@ -57,36 +57,52 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 def bench(
     events: Annotated[int, typer.Option(help="Events per throughput run.")] = 200_000,
-    repeat: Annotated[int, typer.Option(
-        help="Runs of each throughput measurement (the figures are medians).")] = 3,
+    repeat: Annotated[
+        int, typer.Option(help="Runs of each throughput measurement (the figures are medians).")
+    ] = 3,
     partitions: Annotated[int, typer.Option(help="Partitions of the pipeline's topics.")] = 8,
-    skip_latency: Annotated[bool, typer.Option(
-        "--skip-latency", help="Skip the latency run.")] = False,
+    skip_latency: Annotated[
+        bool, typer.Option("--skip-latency", help="Skip the latency run.")
+    ] = False,
     latency_seconds: Annotated[float, typer.Option(help="Length of the latency run.")] = 60.0,
-    latency_rate: Annotated[float, typer.Option(
-        help="Steady events/s of the latency run.")] = 1000.0,
-    skip_scale: Annotated[bool, typer.Option(
-        "--skip-scale", help="Skip the two-worker runs.")] = False,
-    skip_raw: Annotated[bool, typer.Option(
-        "--skip-raw", help="Skip the raw-client end-to-end runs.")] = False,
-    profile: Annotated[bool, typer.Option(
-        "--profile", help="One more 1-worker run under py-spy (worker and sink); needs "
-        "py-spy installed.")] = False,
-    outbox: Annotated[bool, typer.Option(
-        help="The producer's durable outbox (as deployed).")] = True,
-    quick: Annotated[bool, typer.Option(
-        "--quick", help="Tiny sizes: a smoke run of the harness.")] = False,
-    year: Annotated[bool, typer.Option(
-        "--year", help="Replay a synthetic year of Ho Chi Minh City instead "
-        "(make bench-year).")] = False,
+    latency_rate: Annotated[
+        float, typer.Option(help="Steady events/s of the latency run.")
+    ] = 1000.0,
+    skip_scale: Annotated[
+        bool, typer.Option("--skip-scale", help="Skip the two-worker runs.")
+    ] = False,
+    skip_raw: Annotated[
+        bool, typer.Option("--skip-raw", help="Skip the raw-client end-to-end runs.")
+    ] = False,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="One more 1-worker run under py-spy (worker and sink); needs py-spy installed.",
+        ),
+    ] = False,
+    outbox: Annotated[
+        bool, typer.Option(help="The producer's durable outbox (as deployed).")
+    ] = True,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny sizes: a smoke run of the harness.")
+    ] = False,
+    year: Annotated[
+        bool,
+        typer.Option(
+            "--year", help="Replay a synthetic year of Ho Chi Minh City instead (make bench-year)."
+        ),
+    ] = False,
     year_events: Annotated[int, typer.Option(help="Events of the year replay.")] = YEAR_EVENTS,
     workers: Annotated[int, typer.Option(help="Workers of the year replay.")] = 1,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 79,
-    regenerate: Annotated[bool, typer.Option(
-        "--regenerate", help="Regenerate the cached events.")] = False,
+    regenerate: Annotated[
+        bool, typer.Option("--regenerate", help="Regenerate the cached events.")
+    ] = False,
     output: Annotated[Path, typer.Option(help="Directory of the JSON results.")] = RESULTS,
-    keep: Annotated[bool, typer.Option(
-        "--keep", help="Keep the temporary data directory (logs).")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temporary data directory (logs).")
+    ] = False,
 ) -> None:
     """Throughput, latency and memory of the pipeline, against a raw-client ceiling."""
     console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no wrapping
@@ -98,11 +114,17 @@ def bench(
     started = time.time()
     load_start = loadavg()
     params: dict[str, Any] = {
-        "events": events, "repeat": 1 if year else repeat, "partitions": partitions,
+        "events": events,
+        "repeat": 1 if year else repeat,
+        "partitions": partitions,
         "latency_rate": None if skip_latency or year else latency_rate,
         "latency_seconds": None if skip_latency or year else latency_seconds,
-        "outbox": outbox, "quick": quick, "year": year, "seed": seed,
-        "publisher_batch_size": 100, "workers": workers if year else None,
+        "outbox": outbox,
+        "quick": quick,
+        "year": year,
+        "seed": seed,
+        "publisher_batch_size": 100,
+        "workers": workers if year else None,
     }
 
     def say(text: str) -> None:
@@ -112,9 +134,19 @@ def bench(
     path, generation = _generate_events(events, seed, regenerate, say)
     runs: dict[str, Any] = {}
     result_versions, failure = _run_in_a_stack(
-        path, params, runs, say, keep=keep, workers=workers,
-        suite={"skip_scale": skip_scale, "skip_raw": skip_raw, "skip_latency": skip_latency,
-               "profile": profile})
+        path,
+        params,
+        runs,
+        say,
+        keep=keep,
+        workers=workers,
+        suite={
+            "skip_scale": skip_scale,
+            "skip_raw": skip_raw,
+            "skip_latency": skip_latency,
+            "profile": profile,
+        },
+    )
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
@@ -134,8 +166,9 @@ def bench(
         raise typer.Exit(1)
 
 
-def _generate_events(events: int, seed: int, regenerate: bool, say: Callable[[str], None]
-                     ) -> tuple[Path, dict[str, Any]]:
+def _generate_events(
+    events: int, seed: int, regenerate: bool, say: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]]:
     """The simulated events' file (cached when possible) and how it was generated."""
     last = [time.monotonic()]
 
@@ -145,15 +178,24 @@ def _generate_events(events: int, seed: int, regenerate: bool, say: Callable[[st
             say(f"  generated {done:,} events")
 
     path, generation = events_file(events, seed, regenerate=regenerate, progress=progress)
-    say(f"events ready: {generation['events']:,} in {path.name} "
+    say(
+        f"events ready: {generation['events']:,} in {path.name} "
         f"({'cached; generated' if generation['cached'] else 'generated'} in "
-        f"{generation['seconds']:.1f} s, {generation['events_per_second']:,.0f}/s)")
+        f"{generation['seconds']:.1f} s, {generation['events_per_second']:,.0f}/s)"
+    )
     return path, generation
 
 
-def _run_in_a_stack(path: Path, params: dict[str, Any], runs: dict[str, Any],
-                    say: Callable[[str], None], *, keep: bool, workers: int,
-                    suite: dict[str, bool]) -> tuple[dict[str, Any], str | None]:
+def _run_in_a_stack(
+    path: Path,
+    params: dict[str, Any],
+    runs: dict[str, Any],
+    say: Callable[[str], None],
+    *,
+    keep: bool,
+    workers: int,
+    suite: dict[str, bool],
+) -> tuple[dict[str, Any], str | None]:
     """The runs, in ``runs``, on a stack of their own under a temporary directory; the
     versions of the stack's parts and the failure, if any."""
     quick, partitions = params["quick"], params["partitions"]
@@ -163,10 +205,20 @@ def _run_in_a_stack(path: Path, params: dict[str, Any], runs: dict[str, Any],
     try:
         stack = BenchStack(root, partitions)
         say(f"stack up (broker {stack.settings.kafka_bootstrap}); data in {root}")
-        params["settings"] = {k: v for k, v in stack.settings.public_dict().items()
-                              if k.startswith(("worker_", "sink_", "kafka_session"))}
-        ctx = Context(stack, path, params["events"], root / "logs", outbox=params["outbox"],
-                      stall_s=60.0 if quick else 180.0, say=say)
+        params["settings"] = {
+            k: v
+            for k, v in stack.settings.public_dict().items()
+            if k.startswith(("worker_", "sink_", "kafka_session"))
+        }
+        ctx = Context(
+            stack,
+            path,
+            params["events"],
+            root / "logs",
+            outbox=params["outbox"],
+            stall_s=60.0 if quick else 180.0,
+            say=say,
+        )
         if params["year"]:
             run_year(ctx, workers, runs, say)
         else:
@@ -187,8 +239,15 @@ def _run_in_a_stack(path: Path, params: dict[str, Any], runs: dict[str, Any],
     return result_versions, failure
 
 
-def _write_and_show(result: dict[str, Any], console: Console, output: Path, started: float,
-                    *, quick: bool, year: bool) -> None:
+def _write_and_show(
+    result: dict[str, Any],
+    console: Console,
+    output: Path,
+    started: float,
+    *,
+    quick: bool,
+    year: bool,
+) -> None:
     """The results as JSON under ``output`` (and ``latest*.json``), a table on the console and,
     unless quick, the markdown table of benchmarks/README.md."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
@@ -201,41 +260,60 @@ def _write_and_show(result: dict[str, Any], console: Console, output: Path, star
         print("\n" + markdown_table(result), flush=True)  # for benchmarks/README.md, unwrapped
 
 
-def run_suite(ctx: Context, params: dict[str, Any], runs: dict[str, Any], say: Any, *,
-              skip_scale: bool, skip_raw: bool, skip_latency: bool, profile: bool,
-              profile_dir: Path) -> None:
+def run_suite(
+    ctx: Context,
+    params: dict[str, Any],
+    runs: dict[str, Any],
+    say: Any,
+    *,
+    skip_scale: bool,
+    skip_raw: bool,
+    skip_latency: bool,
+    profile: bool,
+    profile_dir: Path,
+) -> None:
     repeat = params["repeat"]
-    for key in ("publish_and_drain", "pipeline_1_worker", "raw_end_to_end",
-                "pipeline_2_workers"):
+    for key in ("publish_and_drain", "pipeline_1_worker", "raw_end_to_end", "pipeline_2_workers"):
         runs[key] = []
     for i in range(1, repeat + 1):
         tag = f"run {i}/{repeat}"
         drained = publish_then_drain(ctx)
         runs["publish_and_drain"].append(drained)
-        say(f"{tag} publish only {drained['publish']['events_per_second']:,.0f}/s; drains: "
+        say(
+            f"{tag} publish only {drained['publish']['events_per_second']:,.0f}/s; drains: "
             f"raw clients {drained['raw_drain']['events_per_second']:,.0f}/s, pipeline "
-            f"{drained['pipeline_drain']['events_per_second']:,.0f}/s")
+            f"{drained['pipeline_drain']['events_per_second']:,.0f}/s"
+        )
         one = pipeline_end_to_end(ctx, workers=1)
         runs["pipeline_1_worker"].append(one)
-        say(f"{tag} pipeline end to end, 1 worker: {one['events_per_second']:,.0f}/s "
-            f"({one['seconds']:.1f} s; publishing {one['publish_events_per_second']:,.0f}/s)")
+        say(
+            f"{tag} pipeline end to end, 1 worker: {one['events_per_second']:,.0f}/s "
+            f"({one['seconds']:.1f} s; publishing {one['publish_events_per_second']:,.0f}/s)"
+        )
         if not skip_raw:
             raw = raw_end_to_end(ctx)
             runs["raw_end_to_end"].append(raw)
-            say(f"{tag} raw clients end to end: {raw['events_per_second']:,.0f}/s "
-                f"({raw['seconds']:.1f} s)")
+            say(
+                f"{tag} raw clients end to end: {raw['events_per_second']:,.0f}/s "
+                f"({raw['seconds']:.1f} s)"
+            )
         if not skip_scale:
             two = pipeline_end_to_end(ctx, workers=2)
             runs["pipeline_2_workers"].append(two)
-            say(f"{tag} pipeline end to end, 2 workers: {two['events_per_second']:,.0f}/s "
-                f"({two['seconds']:.1f} s)")
+            say(
+                f"{tag} pipeline end to end, 2 workers: {two['events_per_second']:,.0f}/s "
+                f"({two['seconds']:.1f} s)"
+            )
     if not skip_latency:
-        say(f"latency: {params['latency_rate']:,.0f} events/s for "
-            f"{params['latency_seconds']:.0f} s")
+        say(
+            f"latency: {params['latency_rate']:,.0f} events/s for {params['latency_seconds']:.0f} s"
+        )
         measured = latency(ctx, params["latency_rate"], params["latency_seconds"])
         runs["latency"] = [measured]
-        say(f"latency p50/p95/p99 {measured['p50_ms']:.0f}/{measured['p95_ms']:.0f}/"
-            f"{measured['p99_ms']:.0f} ms at {measured['achieved_rate']:,.0f}/s")
+        say(
+            f"latency p50/p95/p99 {measured['p50_ms']:.0f}/{measured['p95_ms']:.0f}/"
+            f"{measured['p99_ms']:.0f} ms at {measured['achieved_rate']:,.0f}/s"
+        )
     if profile:
         say("profiling a 1-worker run with py-spy (not counted in the figures)")
         profiled = pipeline_end_to_end(ctx, workers=1, profile_dir=profile_dir)
@@ -251,6 +329,8 @@ def run_year(ctx: Context, workers: int, runs: dict[str, Any], say: Any) -> None
     say(f"replaying {ctx.events:,} events with {workers} worker(s)")
     year = pipeline_end_to_end(ctx, workers=workers, census=True)
     runs["year"] = year
-    say(f"year: {year['seconds'] / 60:.1f} min end to end "
+    say(
+        f"year: {year['seconds'] / 60:.1f} min end to end "
         f"({year['events_per_second']:,.0f}/s; publishing "
-        f"{year['publish_events_per_second']:,.0f}/s)")
+        f"{year['publish_events_per_second']:,.0f}/s)"
+    )

@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 OFFSET_SKIPS = Counter(
     "ehb_consumer_offset_skips_total",
     "Records a fetch returned past offsets it skipped; not handled, the partition is read "
-    "again from the first skipped offset.", ["topic"],
+    "again from the first skipped offset.",
+    ["topic"],
 )
 
 
@@ -121,16 +122,15 @@ class RecordConsumer:
         self.codec = codec or codec_for(settings)
         self.topics = [settings.topic(t) for t in topics]
         self.subjects = frozenset(subjects) if subjects is not None else None
-        self._consumer = Consumer(
-            consumer_config(settings, group, **(consumer_overrides or {}))
-        )
+        self._consumer = Consumer(consumer_config(settings, group, **(consumer_overrides or {})))
         self._dead_letters = Producer(producer_config(settings)) if dead_letter else None
         self._dead_letter_topic = settings.topic(DEAD_LETTER)
         self._encode_dead_letter = self.codec.writer(SUBJECTS.DEAD_LETTER)
         self.assigned: set[tuple[str, int]] = set()
         self.undecodable = 0
         self._earliest = consumer_config(settings, group, **(consumer_overrides or {})).get(
-            "auto.offset.reset") in ("earliest", "smallest", "beginning")
+            "auto.offset.reset"
+        ) in ("earliest", "smallest", "beginning")
         self.continuity = ContiguousOffsets()
 
     # -- rebalance bookkeeping ----------------------------------------------------------
@@ -138,8 +138,9 @@ class RecordConsumer:
         self.assigned.update((p.topic, p.partition) for p in partitions)
         self.continuity.start(self._starts(consumer, partitions))
 
-    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]
-                ) -> dict[tuple[str, int], int | None]:
+    def _starts(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> dict[tuple[str, int], int | None]:
         """Where each assigned partition starts: its committed offset; for a new group that
         reads from the beginning, the log's start; else unknown (the first record sets it)."""
         starts: dict[tuple[str, int], int | None] = {}
@@ -180,8 +181,14 @@ class RecordConsumer:
                 good.append(message)
             elif seek_to is not None:
                 OFFSET_SKIPS.labels(topic).inc()
-                log.warning("%s[%d]: offset %d fetched while %d is next; reading again from %d",
-                            topic, partition, offset, seek_to, seek_to)
+                log.warning(
+                    "%s[%d]: offset %d fetched while %d is next; reading again from %d",
+                    topic,
+                    partition,
+                    offset,
+                    seek_to,
+                    seek_to,
+                )
                 try:
                     self._consumer.seek(TopicPartition(topic, partition, seek_to))
                 except Exception as exc:  # noqa: BLE001 - the next skip seeks again
@@ -200,10 +207,15 @@ class RecordConsumer:
                 failed += 1
                 self._dead_letter(message, exc)
                 continue
-            records.append(Record(
-                *position(message), message.key(), message.timestamp()[1], decoded.subject,
-                decoded.record,
-            ))
+            records.append(
+                Record(
+                    *position(message),
+                    message.key(),
+                    message.timestamp()[1],
+                    decoded.subject,
+                    decoded.record,
+                )
+            )
         self.undecodable += failed
         if self._dead_letters is not None and failed:
             # delivered before the offsets are committed: a dead letter is never lost
@@ -212,20 +224,39 @@ class RecordConsumer:
         return records
 
     def _dead_letter(self, message: Message, exc: DecodeError) -> None:
-        log.warning("undecodable record %s[%d]@%d: %s", message.topic(), message.partition(),
-                    message.offset(), exc.reason)
+        log.warning(
+            "undecodable record %s[%d]@%d: %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            exc.reason,
+        )
         if self._dead_letters is None:
             return
         now = int(time.time() * 1000)
-        self._dead_letters.produce(self._dead_letter_topic, self._encode_dead_letter(
-            bound_dead_letter({
-                "reason": exc.reason, "message": exc.message, "stage": "sink",
-                "source_topic": message.topic(), "source_partition": message.partition(),
-                "source_offset": message.offset(), "event_index": None, "event_id": None,
-                "ma_cskcb": None, "schema_id": exc.schema_id,
-                "original": message.value() or b"",
-                "published_at": message.timestamp()[1], "failed_at": now,
-            }, self.settings.dead_letter_original_max_bytes)))
+        self._dead_letters.produce(
+            self._dead_letter_topic,
+            self._encode_dead_letter(
+                bound_dead_letter(
+                    {
+                        "reason": exc.reason,
+                        "message": exc.message,
+                        "stage": "sink",
+                        "source_topic": message.topic(),
+                        "source_partition": message.partition(),
+                        "source_offset": message.offset(),
+                        "event_index": None,
+                        "event_id": None,
+                        "ma_cskcb": None,
+                        "schema_id": exc.schema_id,
+                        "original": message.value() or b"",
+                        "published_at": message.timestamp()[1],
+                        "failed_at": now,
+                    },
+                    self.settings.dead_letter_original_max_bytes,
+                )
+            ),
+        )
 
     def commit(self, messages: Sequence[Message]) -> None:
         """Commit the offsets after ``messages`` (synchronously)."""
@@ -244,8 +275,15 @@ class RecordConsumer:
         else:
             faultpoints.reach("sink.offsets_committed")
 
-    def run(self, handler: Handler, *, batch_size: int = 1000, batch_timeout: float = 0.2,
-            stop: threading.Event | None = None, max_batches: int | None = None) -> None:
+    def run(
+        self,
+        handler: Handler,
+        *,
+        batch_size: int = 1000,
+        batch_timeout: float = 0.2,
+        stop: threading.Event | None = None,
+        max_batches: int | None = None,
+    ) -> None:
         """Call ``handler`` with each batch until ``stop`` is set; commit after it returns.
 
         Blocks; returns when ``stop`` is set (check it from a signal handler or another
@@ -253,8 +291,7 @@ class RecordConsumer:
         the handler propagates after closing, with the batch uncommitted.
         """
         stop = stop or threading.Event()
-        self._consumer.subscribe(self.topics, on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         batches = 0
         try:
             while not stop.is_set():

@@ -22,8 +22,9 @@ Partition = tuple[str, int]
 class ContiguousOffsets:
     """The next offset expected per partition (None: the first record sets it)."""
 
-    def __init__(self, reseek_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, reseek_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.next: dict[Partition, int | None] = {}
         self.reseek_interval_s = reseek_interval_s
         self.clock = clock

@@ -14,8 +14,9 @@ from ehb.settings import Settings
 __all__ = ["connect"]
 
 
-def connect(settings: Settings, *, timeout: float = 30.0, application_name: str = "ehb"
-            ) -> psycopg2.extensions.connection:
+def connect(
+    settings: Settings, *, timeout: float = 30.0, application_name: str = "ehb"
+) -> psycopg2.extensions.connection:
     """Connect, retrying while the server starts; ServiceUnavailable after ``timeout``."""
     dsn = resolve_database_url(settings)
     deadline = time.monotonic() + timeout

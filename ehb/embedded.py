@@ -69,8 +69,9 @@ def _child_setup(uid: int | None = None, gid: int | None = None) -> Callable[[],
     return setup
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path,
-                   timeout: float = 30.0) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -123,14 +124,21 @@ class EmbeddedKafka:
         log = self.workdir / "tansu.log"
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [
-            self.binary(), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            self.binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=_child_setup(),  # noqa: PLW1509 - needed for PDEATHSIG
             )
         _wait_for_port(self.port, self.proc, "the embedded broker (Tansu)", log)
@@ -203,9 +211,19 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             return
         subprocess.run(
-            [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-             "--locale=C.UTF-8", "-U", "postgres"],
-            check=True, capture_output=True, preexec_fn=_child_setup(self._uid, self._gid),
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            preexec_fn=_child_setup(self._uid, self._gid),
         )
 
     def start(self) -> EmbeddedPostgres:
@@ -227,17 +245,30 @@ class EmbeddedPostgres:
         if self._uid is not None:
             os.chown(log, self._uid, self._gid or -1)
         cmd = [
-            self._bin("postgres"), "-D", str(self.pgdata),
-            "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
-            "-c", f"unix_socket_directories={self.pgdata}",
-            "-c", "max_connections=200",
-            "-c", "shared_buffers=256MB",
-            "-c", "max_wal_size=2GB",
-            "-c", "logging_collector=off",
+            self._bin("postgres"),
+            "-D",
+            str(self.pgdata),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            str(self.port),
+            "-c",
+            f"unix_socket_directories={self.pgdata}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "max_wal_size=2GB",
+            "-c",
+            "logging_collector=off",
         ]
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=_child_setup(self._uid, self._gid),
             )
         _wait_for_port(self.port, self.proc, "the embedded PostgreSQL", log, timeout=60)

@@ -70,11 +70,15 @@ def initial_registry(settings: Settings) -> FacilityRegistry:
     return FacilityRegistry(facilities) if facilities else FacilityRegistry.from_reference()
 
 
-def list_registry(conn: psycopg2.extensions.connection, *, include_inactive: bool = False
-                  ) -> list[RegistryRow]:
+def list_registry(
+    conn: psycopg2.extensions.connection, *, include_inactive: bool = False
+) -> list[RegistryRow]:
     with conn.cursor() as cur:
-        cur.execute("SELECT code, name, level, district, active FROM facilities"
-                    + ("" if include_inactive else " WHERE active") + " ORDER BY code")
+        cur.execute(
+            "SELECT code, name, level, district, active FROM facilities"
+            + ("" if include_inactive else " WHERE active")
+            + " ORDER BY code"
+        )
         rows = [RegistryRow(*row) for row in cur.fetchall()]
     conn.rollback()
     return rows
@@ -91,8 +95,11 @@ def upsert_facilities(cur: psycopg2.extensions.cursor, facilities: Iterable[Faci
     )
 
 
-def load_registry(conn: psycopg2.extensions.connection, facilities: list[Facility],
-                  deactivate_missing: bool = False) -> tuple[int, int]:
+def load_registry(
+    conn: psycopg2.extensions.connection,
+    facilities: list[Facility],
+    deactivate_missing: bool = False,
+) -> tuple[int, int]:
     """Upsert facilities into the registry; workers pick it up at their next refresh.
 
     Returns (facilities upserted, facilities deactivated).

@@ -33,44 +33,43 @@ __all__ = ["DELAYS", "POINTS", "FaultInjected", "adelay", "active", "delay", "re
 POINTS: dict[str, str] = {
     # producer (producers.outbox / producers.publisher)
     "producer.outbox_committed": "a batch of events is committed to the SQLite outbox, "
-                                 "not yet sent",
+    "not yet sent",
     "producer.message_acknowledged": "the broker acknowledged a message; its outbox row is "
-                                     "still there",
+    "still there",
     "producer.outbox_deleted": "acknowledged rows are deleted from the outbox",
     # stateless stage (streams.intake_agent)
-    "intake.batch_received": "the intake agent has a batch in hand; nothing of it is "
-                             "durable yet",
+    "intake.batch_received": "the intake agent has a batch in hand; nothing of it is durable yet",
     "intake.outputs_queued": "a batch's routed events and dead letters are queued in "
-                             "librdkafka, not flushed",
+    "librdkafka, not flushed",
     "intake.outputs_flushed": "a batch's outputs are acknowledged by the broker; the input "
-                              "batch is not acknowledged",
+    "batch is not acknowledged",
     "intake.batch_acknowledged": "Faust acknowledged the input batch; offsets not committed",
     "intake.offsets_committed": "the worker group committed input offsets",
     # stateful stage (streams.health_book_agent)
     "health_book.batch_received": "the health-book agent has a batch in hand; nothing of it "
-                                  "is durable yet",
+    "is durable yet",
     "health_book.outputs_flushed": "health-book, referral and appointment records are "
-                                   "acknowledged; the changelog is not written",
+    "acknowledged; the changelog is not written",
     "health_book.changelog_written": "the batch's state changes are in the changelog; the "
-                                     "internal batch is not acknowledged",
+    "internal batch is not acknowledged",
     "health_book.batch_acknowledged": "Faust acknowledged the internal batch; offsets not "
-                                      "committed",
+    "committed",
     "health_book.offsets_committed": "the worker group committed internal-topic offsets",
     # sink (sinks.postgres / ehb.consumer)
     "sink.copy_done": "a batch is in the staging table, the transaction is open",
     "sink.db_committed": "a batch's rows and counters are committed in PostgreSQL; offsets "
-                         "not committed",
+    "not committed",
     "sink.offsets_committed": "the sink group committed the batch's offsets",
 }
 
 #: every delay point: name -> what it slows down
 DELAYS: dict[str, str] = {
     "worker.perform_seek": "Faust's seek of the stream partitions to their committed "
-                           "offsets after a rebalance (the window of the rebalance race)",
+    "offsets after a rebalance (the window of the rebalance race)",
     "intake.batch": "each intake batch, before it is processed",
     "health_book.batch": "each health-book batch, before it is processed",
     "intake.batch_during_seek": "each intake batch that starts while a seek of the stream "
-                                "partitions is pending",
+    "partitions is pending",
 }
 
 
@@ -79,8 +78,9 @@ def _parse(text: str, what: dict[str, str], default: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition(":")
         if name not in what:
-            raise ConfigurationError(f"unknown fault point {name!r} "
-                                     f"(known: {', '.join(sorted(what))})")
+            raise ConfigurationError(
+                f"unknown fault point {name!r} (known: {', '.join(sorted(what))})"
+            )
         out[name] = float(value or default)
     return out
 

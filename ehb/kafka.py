@@ -128,8 +128,12 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
             result[name] = "exists"
         else:
             wanted.append(
-                NewTopic(name, spec.partitions, settings.kafka_replication_factor,
-                         config=dict(spec.config))
+                NewTopic(
+                    name,
+                    spec.partitions,
+                    settings.kafka_replication_factor,
+                    config=dict(spec.config),
+                )
             )
     if wanted:
         futures = admin.create_topics(wanted, request_timeout=timeout)
@@ -170,7 +174,8 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     if proto.startswith("SASL"):
         password = (
             settings.kafka_sasl_password.get_secret_value()
-            if settings.kafka_sasl_password is not None else ""
+            if settings.kafka_sasl_password is not None
+            else ""
         )
         options["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username or "",

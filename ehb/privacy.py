@@ -56,8 +56,9 @@ class CitizenKeyer:
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
-            raise ConfigurationError("the citizen-key secret (EHB_CITIZEN_KEY_SECRET) must be at "
-                                     "least 16 bytes")
+            raise ConfigurationError(
+                "the citizen-key secret (EHB_CITIZEN_KEY_SECRET) must be at least 16 bytes"
+            )
         self._key = secret
 
     @classmethod

@@ -122,11 +122,14 @@ class Settings(BaseSettings):
         None,
         description="Identity of a producer process (ehb publish/simulate/gateway): its outbox "
         "is EHB_DATA_DIR/outbox/<id>.sqlite3, resent by the next producer with the same id. "
-        "Unset: the command's name.")
+        "Unset: the command's name.",
+    )
     outbox_synchronous: str = Field(
-        "NORMAL", pattern="^(?i:NORMAL|FULL)$",
+        "NORMAL",
+        pattern="^(?i:NORMAL|FULL)$",
         description="SQLite synchronous mode of producer outboxes: NORMAL survives a crash "
-        "of the producer, FULL also a power loss (an fsync per transaction).")
+        "of the producer, FULL also a power loss (an fsync per transaction).",
+    )
     citizen_key_secret: SecretStr | None = Field(
         None,
         description="HMAC key of the pseudonymous citizen key. Development: generated once "
@@ -142,69 +145,119 @@ class Settings(BaseSettings):
         100, ge=1, description="Max input messages the worker handles per batch."
     )
     worker_instance_id: str | None = Field(
-        None, description="Static group membership (group.instance.id) of a worker: a worker "
+        None,
+        description="Static group membership (group.instance.id) of a worker: a worker "
         "restarted with the same id takes its partitions back without a rebalance. Unique per "
-        "worker; unset: dynamic membership. Apache Kafka only: Tansu stalls static members.")
+        "worker; unset: dynamic membership. Apache Kafka only: Tansu stalls static members.",
+    )
     worker_fetch_max_wait_ms: int = Field(
-        25, ge=1, le=1500, description="Longest a worker's fetch waits for data (Faust "
-        "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).")
+        25,
+        ge=1,
+        le=1500,
+        description="Longest a worker's fetch waits for data (Faust "
+        "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).",
+    )
     gc_young_threshold: int = Field(
-        50_000, ge=0, description="Allocations between two young-generation passes of "
+        50_000,
+        ge=0,
+        description="Allocations between two young-generation passes of "
         "Python's garbage collector in the worker and the sink (Python's default: 700). "
         "Higher spends less time collecting (the worker's stages in-process: a third less "
         "CPU per event) and keeps a few MB of cyclic garbage a little longer; 0 keeps "
-        "Python's defaults.")
+        "Python's defaults.",
+    )
     consumer_fetch_max_wait_ms: int = Field(
-        25, ge=1, le=5000, description="Longest a fetch of the sink (and of the other "
+        25,
+        ge=1,
+        le=5000,
+        description="Longest a fetch of the sink (and of the other "
         "confluent-kafka consumers: tail, replay, downstream clients) waits for data. Tansu "
         "holds a fetch that long even when data arrives, adding it to the latency; Apache "
-        "Kafka answers at once, so a longer wait only spaces out idle polls.")
+        "Kafka answers at once, so a longer wait only spaces out idle polls.",
+    )
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."
     )
     dead_letter_original_max_bytes: int = Field(
-        64 * 1024, ge=1024, le=512 * 1024, description="Most bytes of an input a dead letter "
+        64 * 1024,
+        ge=1024,
+        le=512 * 1024,
+        description="Most bytes of an input a dead letter "
         "(topic and table) keeps. A larger original is cut to this prefix, with its full "
         "length, its SHA-256 and original_truncated; the whole original stays readable at the "
         "dead letter's source topic, partition and offset while the topic retains it. At most "
-        "512 KiB: a dead letter stays well below the producers' message.max.bytes (1,000,000).")
+        "512 KiB: a dead letter stays well below the producers' message.max.bytes (1,000,000).",
+    )
     referral_window_days: float = Field(
-        30.0, gt=0, description="A referral is completed when the patient's exam at the "
-        "destination arrives within this many days (event time) of the letter.")
+        30.0,
+        gt=0,
+        description="A referral is completed when the patient's exam at the "
+        "destination arrives within this many days (event time) of the letter.",
+    )
     appointment_reminder_lead_hours: float = Field(
-        24.0, ge=0, description="A reminder is emitted this long (event time) before the "
-        "follow-up appointment.")
+        24.0,
+        ge=0,
+        description="A reminder is emitted this long (event time) before the "
+        "follow-up appointment.",
+    )
     appointment_grace_days: float = Field(
-        3.0, ge=0, description="An appointment is kept by an exam at its facility within this "
-        "many days either side of the date; missed when the window has passed.")
+        3.0,
+        ge=0,
+        description="An appointment is kept by an exam at its facility within this "
+        "many days either side of the date; missed when the window has passed.",
+    )
     allowed_lateness_hours: float = Field(
-        48.0, ge=0, description="How late (event time) data may arrive and still count: the "
+        48.0,
+        ge=0,
+        description="How late (event time) data may arrive and still count: the "
         "watermark is the event-time clock (aligned on the slowest input partition) minus "
-        "this.")
+        "this.",
+    )
     closed_retention_days: float = Field(
-        400.0, ge=0, description="How long (event time) the stateful stage remembers the ids "
-        "of closed referrals and appointments, so a replay or re-send does not reopen them.")
+        400.0,
+        ge=0,
+        description="How long (event time) the stateful stage remembers the ids "
+        "of closed referrals and appointments, so a replay or re-send does not reopen them.",
+    )
     partition_idle_s: float = Field(
-        5.0, ge=0, description="An input partition with nothing left to process for this "
-        "long stops holding back the event-time clock (docs/architecture.md, Time).")
+        5.0,
+        ge=0,
+        description="An input partition with nothing left to process for this "
+        "long stops holding back the event-time clock (docs/architecture.md, Time).",
+    )
     registry_refresh_s: float = Field(
-        30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL.")
+        30.0, gt=0, description="How often workers reload the facility registry from PostgreSQL."
+    )
     reports_reconcile_s: float = Field(
-        10.0, gt=0, description="How often the sink reconciles the facilities' daily reports "
-        "with the episodes received (also soon after new reports or episodes).")
+        10.0,
+        gt=0,
+        description="How often the sink reconciles the facilities' daily reports "
+        "with the episodes received (also soon after new reports or episodes).",
+    )
     reports_grace_hours: float = Field(
-        12.0, ge=0, description="A day has passed (a missing daily report makes its facility "
-        "silent) this many hours after its end, Vietnam time.")
+        12.0,
+        ge=0,
+        description="A day has passed (a missing daily report makes its facility "
+        "silent) this many hours after its end, Vietnam time.",
+    )
     reports_window_days: int = Field(
-        400, ge=1, description="Days of daily reports reconciled, counted back from the newest "
-        "day seen; older days keep their last status.")
+        400,
+        ge=1,
+        description="Days of daily reports reconciled, counted back from the newest "
+        "day seen; older days keep their last status.",
+    )
     secrets_dir: Path | None = Field(
-        None, description="Directory of secret files named like the settings "
+        None,
+        description="Directory of secret files named like the settings "
         "(ehb_citizen_key_secret, ehb_database_url, ehb_kafka_sasl_password ...), e.g. "
-        "/run/secrets. Any setting can also come from a file named by EHB_<SETTING>_FILE.")
+        "/run/secrets. Any setting can also come from a file named by EHB_<SETTING>_FILE.",
+    )
     lag_refresh_s: float = Field(
-        5.0, gt=0, description="How often the sink reads the consumer groups' committed and end "
-        "offsets for the kafka_consumergroup_lag metrics.")
+        5.0,
+        gt=0,
+        description="How often the sink reads the consumer groups' committed and end "
+        "offsets for the kafka_consumergroup_lag metrics.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("topic_prefix")
@@ -217,15 +270,21 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: arguments, EHB_* variables, EHB_*_FILE files, EHB_SECRETS_DIR files."""
         import os
 
         sources: list[PydanticBaseSettingsSource] = [
-            init_settings, env_settings, _FileVariables(settings_cls)]
+            init_settings,
+            env_settings,
+            _FileVariables(settings_cls),
+        ]
         secrets_dir = os.environ.get("EHB_SECRETS_DIR") or os.environ.get("ehb_secrets_dir")
         if secrets_dir and Path(secrets_dir).is_dir():
             sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
@@ -255,20 +314,26 @@ class Settings(BaseSettings):
         """Production: no example or default secret, no SASL without credentials."""
         from urllib.parse import urlsplit
 
-        checked = {"EHB_CITIZEN_KEY_SECRET": self.citizen_key_secret,
-                   "EHB_KAFKA_SASL_PASSWORD": self.kafka_sasl_password}
+        checked = {
+            "EHB_CITIZEN_KEY_SECRET": self.citizen_key_secret,
+            "EHB_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
         if self.database_url is not None:
             password = urlsplit(self.database_url.get_secret_value()).password
             if password is not None:
                 checked["the password in EHB_DATABASE_URL"] = SecretStr(password)
         for name, value in checked.items():
             if value is not None and _is_placeholder(value.get_secret_value()):
-                raise ValueError(f"{name} is a placeholder or default value; production "
-                                 "needs a real secret")
+                raise ValueError(
+                    f"{name} is a placeholder or default value; production needs a real secret"
+                )
         if self.kafka_security_protocol.upper().startswith("SASL") and (
-                not self.kafka_sasl_username or self.kafka_sasl_password is None):
-            raise ValueError("production mode with SASL requires EHB_KAFKA_SASL_USERNAME and "
-                             "EHB_KAFKA_SASL_PASSWORD (or their _FILE / EHB_SECRETS_DIR files)")
+            not self.kafka_sasl_username or self.kafka_sasl_password is None
+        ):
+            raise ValueError(
+                "production mode with SASL requires EHB_KAFKA_SASL_USERNAME and "
+                "EHB_KAFKA_SASL_PASSWORD (or their _FILE / EHB_SECRETS_DIR files)"
+            )
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name (``examinations`` -> ``ehb.examinations``)."""

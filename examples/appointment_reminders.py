@@ -46,8 +46,9 @@ from schemas.topics import APPOINTMENTS
 class ReminderService:
     """Turns REMINDER records into (printed) SMS reminders, once per appointment."""
 
-    def __init__(self, facilities: FacilityRegistry, out: TextIO = sys.stdout,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self, facilities: FacilityRegistry, out: TextIO = sys.stdout, verbose: bool = False
+    ) -> None:
         self.facilities = facilities
         self.out = out
         self.verbose = verbose
@@ -73,21 +74,28 @@ class ReminderService:
         when = appointment["appointment_at"].astimezone(VN_TZ)
         self.out.write(
             f"REMINDER appointment={appointment['appointment_id']} "
-            f"facility={appointment['ma_cskcb']} facility_name=\"{name}\" "
-            f"date={when:%Y-%m-%dT%H:%M%z} citizen_key={appointment['citizen_key']}\n")
+            f'facility={appointment["ma_cskcb"]} facility_name="{name}" '
+            f"date={when:%Y-%m-%dT%H:%M%z} citizen_key={appointment['citizen_key']}\n"
+        )
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.received.items()))
-        return (f"received {sum(self.received.values())} appointment records ({kinds or 'none'});"
-                f" {len(self.sent)} reminders sent")
+        return (
+            f"received {sum(self.received.values())} appointment records ({kinds or 'none'});"
+            f" {len(self.sent)} reminders sent"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group", default="appointment-reminders",
-                        help="consumer group of this service (default: %(default)s)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also print every appointment record received")
+    parser.add_argument(
+        "--group",
+        default="appointment-reminders",
+        help="consumer group of this service (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print every appointment record received"
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()  # the EHB_* environment, like every ehb process
@@ -97,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        consumer = RecordConsumer(settings, args.group, [APPOINTMENTS],
-                                  subjects=[SUBJECTS.APPOINTMENT_RECORD])
+        consumer = RecordConsumer(
+            settings, args.group, [APPOINTMENTS], subjects=[SUBJECTS.APPOINTMENT_RECORD]
+        )
     except EhbError as exc:  # e.g. no broker configured and no `ehb up` running
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"appointment reminders: consuming {', '.join(consumer.topics)} as group "
-          f"{args.group}; Ctrl-C to stop", file=sys.stderr)
+    print(
+        f"appointment reminders: consuming {', '.join(consumer.topics)} as group "
+        f"{args.group}; Ctrl-C to stop",
+        file=sys.stderr,
+    )
     consumer.run(service.handle, batch_timeout=0.5, stop=stop)
     print(service.summary(), file=sys.stderr)
     return 0

@@ -64,10 +64,14 @@ __all__ = [
 
 ROOT = "GIAMDINHHS"
 #: LOAIHOSO -> root element of that table
-TABLE_ROOTS = {"XML1": "TONG_HOP", "XML13": "CHI_TIEU_GIAYCHUYENTUYEN",
-               "XML14": "CHI_TIEU_GIAYHEN_KHAMLAI"}
+TABLE_ROOTS = {
+    "XML1": "TONG_HOP",
+    "XML13": "CHI_TIEU_GIAYCHUYENTUYEN",
+    "XML14": "CHI_TIEU_GIAYHEN_KHAMLAI",
+}
 #: XML13 element names of QĐ 3176 accepted for the field (after the standard's own name)
 XML13_ALIASES = {"ma_noi_di": ("MA_CSKCB_DI",), "ma_noi_den": ("MA_CSKCB_DEN",)}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -113,8 +117,11 @@ class _Shape:
     appointment: tuple[_Field, ...]
 
 
-def _fields(record: Mapping[str, Any], skip: Iterable[str] = (),
-            aliases: Mapping[str, tuple[str, ...]] | None = None) -> tuple[_Field, ...]:
+def _fields(
+    record: Mapping[str, Any],
+    skip: Iterable[str] = (),
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> tuple[_Field, ...]:
     out = []
     for spec in record["fields"]:
         name = spec["name"]
@@ -126,8 +133,9 @@ def _fields(record: Mapping[str, Any], skip: Iterable[str] = (),
         if kind == "other" and "default" not in spec:
             raise ValueError(f"field {name}: type {spec['type']!r} has no XML mapping")
         tags = (name.upper(), *(aliases or {}).get(name, ()))
-        out.append(_Field(name, tags, kind, "null" in types, "default" in spec,
-                          spec.get("default")))
+        out.append(
+            _Field(name, tags, kind, "null" in types, "default" in spec, spec.get("default"))
+        )
     return tuple(out)
 
 
@@ -168,8 +176,9 @@ def _filled(text: str | None) -> bool:
     return text is not None and text.strip() != ""
 
 
-def _convert(fields: tuple[_Field, ...], values: Mapping[str, str | None], where: str
-             ) -> dict[str, Any]:
+def _convert(
+    fields: tuple[_Field, ...], values: Mapping[str, str | None], where: str
+) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for f in fields:
         text = next((values[t] for t in f.tags if _filled(values.get(t))), None)
@@ -187,8 +196,9 @@ def _convert(fields: tuple[_Field, ...], values: Mapping[str, str | None], where
             bits = _BITS[f.kind]
             number = int(value.partition(".")[0]) if _INTEGER.match(value) else None
             if number is None or not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
-                raise DossierRejected("number_invalid",
-                                      f"{where}: {f.tags[0]} is not a whole number")
+                raise DossierRejected(
+                    "number_invalid", f"{where}: {f.tags[0]} is not a whole number"
+                )
             record[f.name] = number
         elif f.kind in ("float", "double"):
             value = text.strip()
@@ -204,8 +214,10 @@ def _table(kind: str, content: str | None, where: str, limits: Limits) -> Elemen
     """Decode one NOIDUNGFILE; parse it when it is a table we use (XML1/13/14)."""
     text = (content or "").strip()
     if len(text) > limits.max_table_base64:
-        raise DossierRejected("base64_too_large", f"{where}: {len(text)} base64 characters "
-                                                  f"(limit {limits.max_table_base64})")
+        raise DossierRejected(
+            "base64_too_large",
+            f"{where}: {len(text)} base64 characters (limit {limits.max_table_base64})",
+        )
     try:
         raw = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -222,13 +234,15 @@ def _table(kind: str, content: str | None, where: str, limits: Limits) -> Elemen
     except (LookupError, ValueError) as exc:  # an encoding Python does not know or cannot use
         raise DossierRejected("table_malformed", f"{where}: encoding: {exc}") from None
     if _local(root.tag) != root_tag:
-        raise DossierRejected("table_malformed",
-                              f"{where}: root is {_local(root.tag)}, expected {root_tag}")
+        raise DossierRejected(
+            "table_malformed", f"{where}: root is {_local(root.tag)}, expected {root_tag}"
+        )
     return root
 
 
-def _episode(index: int, tables: list[tuple[str, Element | None]], shape: _Shape,
-             facility: str) -> dict[str, Any]:
+def _episode(
+    index: int, tables: list[tuple[str, Element | None]], shape: _Shape, facility: str
+) -> dict[str, Any]:
     where = f"HOSO {index}"
     by_kind: dict[str, dict[str, str | None]] = {}
     for kind, root in tables:
@@ -249,32 +263,41 @@ def _episode(index: int, tables: list[tuple[str, Element | None]], shape: _Shape
         if not _filled(other):
             raise DossierRejected("ma_lk_missing", f"{where}: {kind} has no MA_LK")
         if other != ma_lk:
-            raise DossierRejected("tables_do_not_join",
-                                  f"{where}: {kind} MA_LK {other!r} != XML1 MA_LK {ma_lk!r}")
+            raise DossierRejected(
+                "tables_do_not_join", f"{where}: {kind} MA_LK {other!r} != XML1 MA_LK {ma_lk!r}"
+            )
         own = values.get("MA_CSKCB")
         if _filled(own) and own != facility:
-            raise DossierRejected("facility_mismatch",
-                                  f"{where} ({ma_lk}): {kind} MA_CSKCB {own!r} in a file of "
-                                  f"MACSKCB {facility!r}")
+            raise DossierRejected(
+                "facility_mismatch",
+                f"{where} ({ma_lk}): {kind} MA_CSKCB {own!r} in a file of MACSKCB {facility!r}",
+            )
     event: dict[str, Any] = {"event_id": event_id_for(facility, ma_lk)}
     event.update(_convert(shape.episode, summary, f"{where} ({ma_lk}) XML1"))
     if not _filled(summary.get("MA_CSKCB")):
         event["ma_cskcb"] = facility
-    event["referral"] = (_convert(shape.referral, by_kind["XML13"], f"{where} ({ma_lk}) XML13")
-                         if "XML13" in by_kind else None)
+    event["referral"] = (
+        _convert(shape.referral, by_kind["XML13"], f"{where} ({ma_lk}) XML13")
+        if "XML13" in by_kind
+        else None
+    )
     event["appointment"] = (
         _convert(shape.appointment, by_kind["XML14"], f"{where} ({ma_lk}) XML14")
-        if "XML14" in by_kind else None)
+        if "XML14" in by_kind
+        else None
+    )
     return event
 
 
-def parse_dossier(data: bytes, limits: Limits | None = None, catalog: Catalog | None = None
-                  ) -> Dossier:
+def parse_dossier(
+    data: bytes, limits: Limits | None = None, catalog: Catalog | None = None
+) -> Dossier:
     """Parse one envelope file's bytes; :class:`DossierRejected` when it cannot be events."""
     limits = limits or Limits()
     if len(data) > limits.max_file_bytes:
-        raise DossierRejected("file_too_large",
-                              f"{len(data)} bytes (limit {limits.max_file_bytes})")
+        raise DossierRejected(
+            "file_too_large", f"{len(data)} bytes (limit {limits.max_file_bytes})"
+        )
     shape = _shape(catalog or load_catalog())
     facility: str | None = None
     created: str | None = None
@@ -305,8 +328,9 @@ def parse_dossier(data: bytes, limits: Limits | None = None, catalog: Catalog | 
                 kind = (parts.get("LOAIHOSO") or "").strip().upper()
                 where = f"HOSO {len(hoso)}, FILEHOSO {kind or '?'}"
                 if not kind or "NOIDUNGFILE" not in parts:
-                    raise DossierRejected("envelope_invalid",
-                                          f"{where}: LOAIHOSO or NOIDUNGFILE missing")
+                    raise DossierRejected(
+                        "envelope_invalid", f"{where}: LOAIHOSO or NOIDUNGFILE missing"
+                    )
                 table = _table(kind, parts["NOIDUNGFILE"], where, limits)
                 hoso[-1].append((kind, table))
                 if kind not in TABLE_ROOTS:
@@ -323,39 +347,83 @@ def parse_dossier(data: bytes, limits: Limits | None = None, catalog: Catalog | 
     if not facility:
         raise DossierRejected("envelope_invalid", "THONGTINDONVI/MACSKCB is missing or empty")
     if declared is None or not declared.isdigit():
-        raise DossierRejected("envelope_invalid",
-                              "THONGTINHOSO/SOLUONGHOSO is missing or not a number")
+        raise DossierRejected(
+            "envelope_invalid", "THONGTINHOSO/SOLUONGHOSO is missing or not a number"
+        )
     if int(declared) != len(hoso):
-        raise DossierRejected("count_mismatch",
-                              f"SOLUONGHOSO is {int(declared)}, the file has {len(hoso)} HOSO")
+        raise DossierRejected(
+            "count_mismatch", f"SOLUONGHOSO is {int(declared)}, the file has {len(hoso)} HOSO"
+        )
     dossier = Dossier(facility, created, int(declared), other_tables=other)
     seen: dict[str, int] = {}
     for index, tables in enumerate(hoso, 1):
         event = _episode(index, tables, shape, facility)
         first = seen.setdefault(event["ma_lk"], index)
         if first != index:
-            raise DossierRejected("episode_duplicated",
-                                  f"HOSO {first} and {index} have MA_LK {event['ma_lk']!r}")
+            raise DossierRejected(
+                "episode_duplicated", f"HOSO {first} and {index} have MA_LK {event['ma_lk']!r}"
+            )
         dossier.events.append(event)
     return dossier
 
 
 # -- writing (what a HIS exports) -------------------------------------------------------------
 #: XML13/XML14 element order: the table's own fields, then the patient fields it repeats
-_XML13_ORDER = ("MA_LK", "SO_HOSO", "SO_CHUYENTUYEN", "GIAY_CHUYEN_TUYEN", "MA_CSKCB",
-                "MA_NOI_DI", "MA_NOI_DEN", "HO_TEN", "NGAY_SINH", "GIOI_TINH", "MA_THE_BHYT",
-                "GT_THE_DEN", "NGAY_VAO", "NGAY_RA", "DAU_HIEU_LS", "CHAN_DOAN_RV",
-                "QT_BENHLY", "MA_BENH_CHINH", "MA_BENH_KT", "HUONG_DIEU_TRI", "PHUONGTIEN_VC",
-                "MA_LYDO_CT", "MA_BAC_SI", "NGAY_CT")
-_XML14_ORDER = ("MA_LK", "SO_GIAYHEN_KL", "MA_CSKCB", "HO_TEN", "NGAY_SINH", "GIOI_TINH",
-                "MA_THE_BHYT", "GT_THE_DEN", "NGAY_VAO", "NGAY_RA", "NGAY_HEN_KL",
-                "CHAN_DOAN_RV", "MA_BENH_CHINH", "MA_BENH_KT", "MA_DOITUONG_KCB", "MA_BAC_SI",
-                "NGAY_CT")
+_XML13_ORDER = (
+    "MA_LK",
+    "SO_HOSO",
+    "SO_CHUYENTUYEN",
+    "GIAY_CHUYEN_TUYEN",
+    "MA_CSKCB",
+    "MA_NOI_DI",
+    "MA_NOI_DEN",
+    "HO_TEN",
+    "NGAY_SINH",
+    "GIOI_TINH",
+    "MA_THE_BHYT",
+    "GT_THE_DEN",
+    "NGAY_VAO",
+    "NGAY_RA",
+    "DAU_HIEU_LS",
+    "CHAN_DOAN_RV",
+    "QT_BENHLY",
+    "MA_BENH_CHINH",
+    "MA_BENH_KT",
+    "HUONG_DIEU_TRI",
+    "PHUONGTIEN_VC",
+    "MA_LYDO_CT",
+    "MA_BAC_SI",
+    "NGAY_CT",
+)
+_XML14_ORDER = (
+    "MA_LK",
+    "SO_GIAYHEN_KL",
+    "MA_CSKCB",
+    "HO_TEN",
+    "NGAY_SINH",
+    "GIOI_TINH",
+    "MA_THE_BHYT",
+    "GT_THE_DEN",
+    "NGAY_VAO",
+    "NGAY_RA",
+    "NGAY_HEN_KL",
+    "CHAN_DOAN_RV",
+    "MA_BENH_CHINH",
+    "MA_BENH_KT",
+    "MA_DOITUONG_KCB",
+    "MA_BAC_SI",
+    "NGAY_CT",
+)
 _QD3176_NAMES = {"MA_NOI_DI": "MA_CSKCB_DI", "MA_NOI_DEN": "MA_CSKCB_DEN"}
 
 
-def _table_xml(root_tag: str, order: Iterable[str], own: Mapping[str, Any],
-               episode: Mapping[str, Any], rename: Mapping[str, str] | None = None) -> bytes:
+def _table_xml(
+    root_tag: str,
+    order: Iterable[str],
+    own: Mapping[str, Any],
+    episode: Mapping[str, Any],
+    rename: Mapping[str, str] | None = None,
+) -> bytes:
     root = ET.Element(root_tag)
     tags = list(order) + [k.upper() for k in own if k.upper() not in order]
     for tag in tags:
@@ -373,8 +441,13 @@ def _file(hoso: Element, kind: str, content: bytes) -> None:
     ET.SubElement(entry, "NOIDUNGFILE").text = base64.b64encode(content).decode("ascii")
 
 
-def encode_dossier(facility: str, events: Iterable[Mapping[str, Any]], *,
-                   created: str | None = None, qd3176: bool = False) -> bytes:
+def encode_dossier(
+    facility: str,
+    events: Iterable[Mapping[str, Any]],
+    *,
+    created: str | None = None,
+    qd3176: bool = False,
+) -> bytes:
     """A GIAMDINHHS file of ``events`` (ExaminationEvent dicts), UTF-8, one HOSO each.
 
     ``qd3176`` writes XML13's facility fields under QĐ 3176's names (MA_CSKCB_DI/DEN).
@@ -389,15 +462,27 @@ def encode_dossier(facility: str, events: Iterable[Mapping[str, Any]], *,
     listing = ET.SubElement(info, "DANHSACHHOSO")
     for event in events:
         hoso = ET.SubElement(listing, "HOSO")
-        summary = {k: v for k, v in event.items()
-                   if k not in ("event_id", "referral", "appointment")}
+        summary = {
+            k: v for k, v in event.items() if k not in ("event_id", "referral", "appointment")
+        }
         _file(hoso, "XML1", _table_xml("TONG_HOP", [k.upper() for k in summary], summary, {}))
         if event.get("referral"):
-            _file(hoso, "XML13", _table_xml(TABLE_ROOTS["XML13"], _XML13_ORDER,
-                                            event["referral"], event,
-                                            _QD3176_NAMES if qd3176 else None))
+            _file(
+                hoso,
+                "XML13",
+                _table_xml(
+                    TABLE_ROOTS["XML13"],
+                    _XML13_ORDER,
+                    event["referral"],
+                    event,
+                    _QD3176_NAMES if qd3176 else None,
+                ),
+            )
         if event.get("appointment"):
-            _file(hoso, "XML14", _table_xml(TABLE_ROOTS["XML14"], _XML14_ORDER,
-                                            event["appointment"], event))
+            _file(
+                hoso,
+                "XML14",
+                _table_xml(TABLE_ROOTS["XML14"], _XML14_ORDER, event["appointment"], event),
+            )
     ET.SubElement(root, "CHUKYDONVI")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -41,9 +41,19 @@ from schemas.reasons import GATEWAY_REASONS
 from schemas.registry import codec_for
 from schemas.topics import EXAMINATIONS
 
-__all__ = ["Gateway", "GatewayError", "GatewayReport", "Ledger", "Outcome", "HASH_HEADER",
-           "MAX_MESSAGE_BYTES", "complete_files", "print_report", "publish_dossier_file",
-           "run_gateway"]
+__all__ = [
+    "Gateway",
+    "GatewayError",
+    "GatewayReport",
+    "Ledger",
+    "Outcome",
+    "HASH_HEADER",
+    "MAX_MESSAGE_BYTES",
+    "complete_files",
+    "print_report",
+    "publish_dossier_file",
+    "run_gateway",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +105,7 @@ class GatewayReport:
             "recovered_after_crash": self.recovered,
             "seconds": round(self.seconds, 3),
             "dossiers_per_second": round(published / self.seconds, 1) if self.seconds else None,
-            "episodes_per_second": round(self.episodes / self.seconds, 1) if self.seconds
-            else None,
+            "episodes_per_second": round(self.episodes / self.seconds, 1) if self.seconds else None,
         }
 
 
@@ -146,42 +155,98 @@ class Ledger:
     def get(self, topic: str, sha256: str) -> LedgerEntry | None:
         row = self._db.execute(
             'SELECT topic, sha256, file, state, partition, scan_from, "offset" FROM dossiers '
-            "WHERE topic = ? AND sha256 = ?", (topic, sha256)).fetchone()
+            "WHERE topic = ? AND sha256 = ?",
+            (topic, sha256),
+        ).fetchone()
         return LedgerEntry(*row) if row else None
 
     def pending(self, topic: str) -> list[LedgerEntry]:
         rows = self._db.execute(
             'SELECT topic, sha256, file, state, partition, scan_from, "offset" FROM dossiers '
-            "WHERE topic = ? AND state = 'pending' ORDER BY updated_at", (topic,)).fetchall()
+            "WHERE topic = ? AND state = 'pending' ORDER BY updated_at",
+            (topic,),
+        ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
     def _upsert(self, topic: str, sha256: str, file: str, state: str, **values: Any) -> None:
-        columns = {"facility": None, "episodes": None, "partition": None, "scan_from": None,
-                   "offset": None, "reason": None, **values}
+        columns = {
+            "facility": None,
+            "episodes": None,
+            "partition": None,
+            "scan_from": None,
+            "offset": None,
+            "reason": None,
+            **values,
+        }
         self._db.execute(
-            'INSERT OR REPLACE INTO dossiers (topic, sha256, file, state, facility, episodes, '
+            "INSERT OR REPLACE INTO dossiers (topic, sha256, file, state, facility, episodes, "
             'partition, scan_from, "offset", reason, updated_at) '
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (topic, sha256, file, state, columns["facility"], columns["episodes"],
-             columns["partition"], columns["scan_from"], columns["offset"], columns["reason"],
-             datetime.now(UTC).isoformat()))
+            (
+                topic,
+                sha256,
+                file,
+                state,
+                columns["facility"],
+                columns["episodes"],
+                columns["partition"],
+                columns["scan_from"],
+                columns["offset"],
+                columns["reason"],
+                datetime.now(UTC).isoformat(),
+            ),
+        )
 
-    def begin(self, topic: str, sha256: str, file: str, *, facility: str, episodes: int,
-              partition: int, scan_from: int) -> None:
-        self._upsert(topic, sha256, file, "pending", facility=facility, episodes=episodes,
-                     partition=partition, scan_from=scan_from)
+    def begin(
+        self,
+        topic: str,
+        sha256: str,
+        file: str,
+        *,
+        facility: str,
+        episodes: int,
+        partition: int,
+        scan_from: int,
+    ) -> None:
+        self._upsert(
+            topic,
+            sha256,
+            file,
+            "pending",
+            facility=facility,
+            episodes=episodes,
+            partition=partition,
+            scan_from=scan_from,
+        )
 
-    def done(self, topic: str, sha256: str, file: str, *, facility: str | None = None,
-             episodes: int = 0, partition: int | None = None, offset: int | None = None
-             ) -> None:
-        self._upsert(topic, sha256, file, "done", facility=facility, episodes=episodes,
-                     partition=partition, offset=offset)
+    def done(
+        self,
+        topic: str,
+        sha256: str,
+        file: str,
+        *,
+        facility: str | None = None,
+        episodes: int = 0,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self._upsert(
+            topic,
+            sha256,
+            file,
+            "done",
+            facility=facility,
+            episodes=episodes,
+            partition=partition,
+            offset=offset,
+        )
 
     def confirm(self, topic: str, sha256: str, offset: int) -> None:
         self._db.execute(
             "UPDATE dossiers SET state = 'done', \"offset\" = ?, updated_at = ? "
             "WHERE topic = ? AND sha256 = ?",
-            (offset, datetime.now(UTC).isoformat(), topic, sha256))
+            (offset, datetime.now(UTC).isoformat(), topic, sha256),
+        )
 
     def rejected(self, topic: str, sha256: str, file: str, reason: str) -> None:
         self._upsert(topic, sha256, file, "rejected", reason=reason)
@@ -211,8 +276,11 @@ class _TopicProbe:
         return partition_for(facility.encode(), self.partitions)
 
     def _high(self, partition: int) -> int:
-        return int(self._consumer.get_watermark_offsets(
-            TopicPartition(self.topic, partition), timeout=15)[1])
+        return int(
+            self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15)[
+                1
+            ]
+        )
 
     def next_offset_bound(self, partition: int) -> int:
         """An offset not above the one the next message to ``partition`` will get."""
@@ -223,8 +291,7 @@ class _TopicProbe:
     def delivered(self, partition: int, offset: int) -> None:
         self._next[partition] = max(self._next.get(partition, 0), offset + 1)
 
-    def find(self, partition: int, start: int, sha256: str, timeout: float = 60.0
-             ) -> int | None:
+    def find(self, partition: int, start: int, sha256: str, timeout: float = 60.0) -> int | None:
         """Offset of the message carrying ``sha256`` in [start, end of partition), or None."""
         end = self._high(partition)
         if start >= end:
@@ -244,16 +311,19 @@ class _TopicProbe:
                         return None
         finally:
             self._consumer.unassign()
-        raise GatewayError(f"could not read {self.topic}[{partition}] up to offset {end} "
-                           f"within {timeout:.0f}s to check an unconfirmed dossier")
+        raise GatewayError(
+            f"could not read {self.topic}[{partition}] up to offset {end} "
+            f"within {timeout:.0f}s to check an unconfirmed dossier"
+        )
 
     def close(self) -> None:
         self._consumer.close()
 
 
 # -- files ----------------------------------------------------------------------------------
-def complete_files(directory: Path, settle_s: float, now: float | None = None
-                   ) -> tuple[list[Path], list[Path]]:
+def complete_files(
+    directory: Path, settle_s: float, now: float | None = None
+) -> tuple[list[Path], list[Path]]:
     """(complete, still being written) ``*.xml`` files directly in ``directory``, by name."""
     now = time.time() if now is None else now
     complete: list[Path] = []
@@ -301,10 +371,15 @@ def _directory_lock(directory: Path) -> Iterator[None]:
 class Gateway:
     """Publishes dossier files; see the module docstring. Not thread-safe: one per process."""
 
-    def __init__(self, settings: Settings, *, limits: Limits | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 ledger: Ledger | None = None,
-                 publisher: ExaminationPublisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        limits: Limits | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        ledger: Ledger | None = None,
+        publisher: ExaminationPublisher | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = limits or Limits()
         self.max_message_bytes = max_message_bytes
@@ -321,8 +396,12 @@ class Gateway:
         # the outbox resends after a crash is acknowledged before the ledger's recovery scan
         # (see :meth:`recover`), so the scan finds it instead of publishing the file again.
         return ExaminationPublisher(
-            settings, codec=self.codec, linger_s=0, identity="gateway",
-            producer=Producer(producer_config(settings, **{"linger.ms": 0})))
+            settings,
+            codec=self.codec,
+            linger_s=0,
+            identity="gateway",
+            producer=Producer(producer_config(settings, **{"linger.ms": 0})),
+        )
 
     # -- crash recovery -------------------------------------------------------------------
     def recover(self) -> int:
@@ -334,12 +413,12 @@ class Gateway:
             assert entry.partition is not None and entry.scan_from is not None
             offset = self._probe.find(entry.partition, entry.scan_from, entry.sha256)
             if offset is None:
-                log.info("dossier %s was not published before the restart; it will be",
-                         entry.file)
+                log.info("dossier %s was not published before the restart; it will be", entry.file)
                 self.ledger.forget(self.topic, entry.sha256)
             else:
-                log.info("dossier %s was published (offset %d) before the restart",
-                         entry.file, offset)
+                log.info(
+                    "dossier %s was published (offset %d) before the restart", entry.file, offset
+                )
                 self.ledger.confirm(self.topic, entry.sha256, offset)
                 confirmed += 1
         return confirmed
@@ -356,13 +435,17 @@ class Gateway:
         except OSError as exc:
             return self._reject(path, None, "file_unreadable", exc.strerror or str(exc), move)
         if size > limit:
-            return self._reject(path, None, "file_too_large", f"{size} bytes (limit {limit})",
-                                move)
+            return self._reject(path, None, "file_too_large", f"{size} bytes (limit {limit})", move)
         sha256 = hashlib.sha256(data).hexdigest()
         entry = self.ledger.get(self.topic, sha256)
         if entry is not None and entry.state == "done":
-            return Outcome(name, "skipped", sha256, detail=f"already published as {entry.file}",
-                           moved_to=self._done(path, sha256) if move else None)
+            return Outcome(
+                name,
+                "skipped",
+                sha256,
+                detail=f"already published as {entry.file}",
+                moved_to=self._done(path, sha256) if move else None,
+            )
         try:
             dossier = parse_dossier(data, self.limits, self.codec.catalog)
         except DossierRejected as exc:
@@ -370,34 +453,62 @@ class Gateway:
         facility, events = dossier.facility, dossier.events
         if not events:  # a day without episodes: nothing to publish
             self.ledger.done(self.topic, sha256, name, facility=facility)
-            return Outcome(name, "empty", sha256, facility,
-                           moved_to=self._done(path, sha256) if move else None)
+            return Outcome(
+                name, "empty", sha256, facility, moved_to=self._done(path, sha256) if move else None
+            )
 
         partition = self._probe.partition_of(facility)
-        self.ledger.begin(self.topic, sha256, name, facility=facility, episodes=len(events),
-                          partition=partition,
-                          scan_from=self._probe.next_offset_bound(partition))
+        self.ledger.begin(
+            self.topic,
+            sha256,
+            name,
+            facility=facility,
+            episodes=len(events),
+            partition=partition,
+            scan_from=self._probe.next_offset_bound(partition),
+        )
         report: list[tuple[KafkaError | None, Message]] = []
         try:
             self.publisher.publish_batch(
-                facility, events, max_bytes=self.max_message_bytes,
+                facility,
+                events,
+                max_bytes=self.max_message_bytes,
                 headers=[(HASH_HEADER, sha256.encode())],
-                on_delivery=lambda err, msg: report.append((err, msg)))
+                on_delivery=lambda err, msg: report.append((err, msg)),
+            )
         except BatchTooLarge as exc:
             self.ledger.forget(self.topic, sha256)
-            return self._reject(path, sha256, "dossier_too_large",
-                                f"{len(events)} episodes, {exc}", move)
+            return self._reject(
+                path, sha256, "dossier_too_large", f"{len(events)} episodes, {exc}", move
+            )
         self._await_ack()
         self._after_ack(name, path, sha256, facility, len(events), partition, report)
         err, msg = report[0]
         if err is not None:
-            return self._reject(path, sha256, "dossier_too_large",
-                                f"{len(events)} episodes; the broker refused it: {err.str()}",
-                                move)
-        self.ledger.done(self.topic, sha256, name, facility=facility, episodes=len(events),
-                         partition=msg.partition(), offset=msg.offset())
-        return Outcome(name, "published", sha256, facility, len(events),
-                       moved_to=self._done(path, sha256) if move else None)
+            return self._reject(
+                path,
+                sha256,
+                "dossier_too_large",
+                f"{len(events)} episodes; the broker refused it: {err.str()}",
+                move,
+            )
+        self.ledger.done(
+            self.topic,
+            sha256,
+            name,
+            facility=facility,
+            episodes=len(events),
+            partition=msg.partition(),
+            offset=msg.offset(),
+        )
+        return Outcome(
+            name,
+            "published",
+            sha256,
+            facility,
+            len(events),
+            moved_to=self._done(path, sha256) if move else None,
+        )
 
     def _done(self, path: Path, sha256: str) -> Path | None:
         try:
@@ -412,25 +523,38 @@ class Gateway:
         while self.publisher.flush(5.0):
             log.warning("waiting for the broker to acknowledge a dossier")
 
-    def _after_ack(self, name: str, path: Path, sha256: str, facility: str, episodes: int,
-                   partition: int, report: list[tuple[KafkaError | None, Message]]) -> None:
+    def _after_ack(
+        self,
+        name: str,
+        path: Path,
+        sha256: str,
+        facility: str,
+        episodes: int,
+        partition: int,
+        report: list[tuple[KafkaError | None, Message]],
+    ) -> None:
         """Hook between the acknowledgement and the ledger (tests simulate a crash here)."""
         assert len(report) == 1
         err, msg = report[0]
         if err is None:
             _, delivered_to, offset = position(msg)
             if delivered_to != partition:  # the recovery scan would look in the wrong place
-                raise GatewayError(f"{name}: delivered to partition {delivered_to}, "
-                                   f"expected {partition} (partitioner mismatch)")
+                raise GatewayError(
+                    f"{name}: delivered to partition {delivered_to}, "
+                    f"expected {partition} (partitioner mismatch)"
+                )
             self._probe.delivered(partition, offset)
             return
         self.ledger.forget(self.topic, sha256)
         if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
-            raise GatewayError(f"{name}: the broker refused the dossier of {facility} "
-                               f"({episodes} episodes): {err.str()}; the file stays in place")
+            raise GatewayError(
+                f"{name}: the broker refused the dossier of {facility} "
+                f"({episodes} episodes): {err.str()}; the file stays in place"
+            )
 
-    def _reject(self, path: Path, sha256: str | None, reason: str, detail: str,
-                move: bool) -> Outcome:
+    def _reject(
+        self, path: Path, sha256: str | None, reason: str, detail: str, move: bool
+    ) -> Outcome:
         name = path.name
         log.warning("dossier %s rejected: %s (%s)", name, reason, detail)
         if sha256 is not None:
@@ -443,7 +567,9 @@ class Gateway:
                 moved.with_name(moved.name + ".reason.txt").write_text(
                     f"file: {name}\nreason: {reason}\ndetail: {detail}\nmeaning: {meaning}\n"
                     f"fix: {fix}\nsha256: {sha256 or '-'}\n"
-                    f"rejected_at: {datetime.now(UTC).isoformat()}\n", encoding="utf-8")
+                    f"rejected_at: {datetime.now(UTC).isoformat()}\n",
+                    encoding="utf-8",
+                )
             except OSError as exc:
                 log.error("cannot move %s aside: %s; it is skipped until it changes", name, exc)
                 self._remember_given_up(path)
@@ -462,10 +588,17 @@ class Gateway:
         return (path.name, stat.st_size, stat.st_mtime) in self._given_up
 
     # -- a directory ------------------------------------------------------------------------
-    def run(self, directory: Path, *, watch: bool = False, interval: float = 2.0,
-            settle_s: float = 2.0, stop: threading.Event | None = None,
-            on_outcome: Callable[[Outcome], None] | None = None,
-            on_found: Callable[[int], None] | None = None) -> GatewayReport:
+    def run(
+        self,
+        directory: Path,
+        *,
+        watch: bool = False,
+        interval: float = 2.0,
+        settle_s: float = 2.0,
+        stop: threading.Event | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        on_found: Callable[[int], None] | None = None,
+    ) -> GatewayReport:
         """Publish the complete files of ``directory``; with ``watch``, until ``stop`` is set.
 
         Without ``watch``, files still being written are waited for (up to ``settle_s`` + 30 s)
@@ -515,11 +648,18 @@ class Gateway:
 
 
 # -- command-line front ends ------------------------------------------------------------------
-def run_gateway(settings: Settings, directory: Path, *, watch: bool = False,
-                interval: float = 2.0, settle_s: float = 2.0,
-                max_message_bytes: int = MAX_MESSAGE_BYTES, limits: Limits | None = None,
-                console: Console | None = None, stop: threading.Event | None = None
-                ) -> GatewayReport:
+def run_gateway(
+    settings: Settings,
+    directory: Path,
+    *,
+    watch: bool = False,
+    interval: float = 2.0,
+    settle_s: float = 2.0,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    limits: Limits | None = None,
+    console: Console | None = None,
+    stop: threading.Event | None = None,
+) -> GatewayReport:
     """``ehb gateway``: a progress bar (one-shot) or a line per file (watch), then a summary.
     In watch mode SIGINT/SIGTERM stop it after the file in hand."""
     from rich.progress import (
@@ -535,9 +675,16 @@ def run_gateway(settings: Settings, directory: Path, *, watch: bool = False,
     if watch and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    bar = Progress(TextColumn("dossiers"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[episodes]} episodes"), TimeElapsedColumn(),
-                   console=console, transient=True, disable=watch)
+    bar = Progress(
+        TextColumn("dossiers"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[episodes]} episodes"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=watch,
+    )
     task = bar.add_task("files", total=None, episodes=0)
     episodes = 0
 
@@ -547,19 +694,30 @@ def run_gateway(settings: Settings, directory: Path, *, watch: bool = False,
         bar.update(task, advance=1, episodes=episodes)
         if outcome.status == "rejected":
             # file names and details are the facilities' text: never read as markup
-            console.print(f"[red]rejected[/] {escape(outcome.file)}: {outcome.reason} "
-                          f"({escape(outcome.detail or '')})")
+            console.print(
+                f"[red]rejected[/] {escape(outcome.file)}: {outcome.reason} "
+                f"({escape(outcome.detail or '')})"
+            )
         elif watch:
-            console.print(f"{outcome.status} {outcome.file}: {outcome.episodes} episodes"
-                          + (f" ({outcome.detail})" if outcome.detail else ""),
-                          markup=False, highlight=False)
+            console.print(
+                f"{outcome.status} {outcome.file}: {outcome.episodes} episodes"
+                + (f" ({outcome.detail})" if outcome.detail else ""),
+                markup=False,
+                highlight=False,
+            )
 
     with Gateway(settings, limits=limits, max_message_bytes=max_message_bytes) as gateway, bar:
         if watch:
             console.print(f"watching {directory} every {interval:g}s (Ctrl-C to stop)")
-        return gateway.run(directory, watch=watch, interval=interval, settle_s=settle_s,
-                           stop=stop, on_outcome=on_outcome,
-                           on_found=lambda n: bar.update(task, total=n))
+        return gateway.run(
+            directory,
+            watch=watch,
+            interval=interval,
+            settle_s=settle_s,
+            stop=stop,
+            on_outcome=on_outcome,
+            on_found=lambda n: bar.update(task, total=n),
+        )
 
 
 def print_report(report: GatewayReport, console: Console) -> None:
@@ -568,10 +726,13 @@ def print_report(report: GatewayReport, console: Console) -> None:
     summary = report.summary()
     table = Table("gateway", "", show_header=False)
     for label, value in (
-        ("files", summary["files"]), ("published", summary["published"]),
-        ("episodes", summary["episodes"]), ("empty (no episode)", summary["empty"]),
+        ("files", summary["files"]),
+        ("published", summary["published"]),
+        ("episodes", summary["episodes"]),
+        ("empty (no episode)", summary["empty"]),
         ("already published", summary["skipped_already_published"]),
-        ("rejected", sum(summary["rejected"].values())), ("seconds", summary["seconds"]),
+        ("rejected", sum(summary["rejected"].values())),
+        ("seconds", summary["seconds"]),
         ("dossiers/s", summary["dossiers_per_second"]),
         ("episodes/s", summary["episodes_per_second"]),
     ):

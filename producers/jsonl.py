@@ -44,10 +44,14 @@ def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
     unknown = sorted(set(event) - known)
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(unknown)}")
-    if not event.get("event_id") and isinstance(event.get("ma_cskcb"), str) and isinstance(
-            event.get("ma_lk"), str):
-        event["event_id"] = str(uuid.uuid5(EVENT_ID_NAMESPACE,
-                                           f"{event['ma_cskcb']}:{event['ma_lk']}"))
+    if (
+        not event.get("event_id")
+        and isinstance(event.get("ma_cskcb"), str)
+        and isinstance(event.get("ma_lk"), str)
+    ):
+        event["event_id"] = str(
+            uuid.uuid5(EVENT_ID_NAMESPACE, f"{event['ma_cskcb']}:{event['ma_lk']}")
+        )
     for name in entry.field_names():
         if name not in event:
             spec = next(f for f in entry.raw["fields"] if f["name"] == name)
@@ -63,16 +67,16 @@ def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
 
 def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> JsonlReport:
     codec = codec_for(settings)
-    publisher = ExaminationPublisher(settings, codec=codec, batch_size=batch_size, linger_s=5,
-                                     identity="publish")
+    publisher = ExaminationPublisher(
+        settings, codec=codec, batch_size=batch_size, linger_s=5, identity="publish"
+    )
     report = JsonlReport()
     with open(path, "rb") as src:
         for line_no, raw in enumerate(src, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                report.bad_lines.append((line_no, f"not UTF-8 ({exc.reason} at byte "
-                                                  f"{exc.start})"))
+                report.bad_lines.append((line_no, f"not UTF-8 ({exc.reason} at byte {exc.start})"))
                 continue
             if not line.strip():
                 continue

@@ -84,8 +84,10 @@ CREATE TABLE IF NOT EXISTS pending (
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _LAST_SEQ = "__last_seq__"  # a mark: sequence numbers are never reused, even once deleted
-_INSERT = ("INSERT INTO pending (seq, facility, kind, events, body, headers, accepted_at) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT = (
+    "INSERT INTO pending (seq, facility, kind, events, body, headers, accepted_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _DELETE = "DELETE FROM pending WHERE seq = ?"
 
 _open_outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
@@ -137,14 +139,24 @@ def _decode_headers(text: str | None) -> list[tuple[str, bytes]] | None:
 class Outbox:
     """Events accepted but not yet acknowledged by the broker; see the module docstring."""
 
-    def __init__(self, path: Path | None, *, synchronous: str = "NORMAL",
-                 identity: str = "memory", lock: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        synchronous: str = "NORMAL",
+        identity: str = "memory",
+        lock: IO[str] | None = None,
+    ) -> None:
         self.path = path
         self.identity = identity
         self._lock_file = lock
         self._mutex = threading.Lock()
-        self._db = sqlite3.connect(":memory:" if path is None else str(path),
-                                   isolation_level=None, check_same_thread=False, timeout=30)
+        self._db = sqlite3.connect(
+            ":memory:" if path is None else str(path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         if synchronous.upper() not in ("NORMAL", "FULL"):
@@ -157,7 +169,8 @@ class Outbox:
             "SELECT max(coalesce((SELECT max(seq) FROM pending), 0), coalesce((SELECT "
             "CAST(value AS INTEGER) FROM marks WHERE name = ?), 0)), "
             "coalesce((SELECT sum(events) FROM pending), 0), (SELECT count(*) FROM pending)",
-            (_LAST_SEQ,)).fetchone()
+            (_LAST_SEQ,),
+        ).fetchone()
         self._next_seq = int(row[0]) + 1
         #: events stored and not acknowledged (the gauge)
         self.pending_events = int(row[1])
@@ -176,27 +189,34 @@ class Outbox:
     def open(cls, directory: Path, identity: str, *, synchronous: str = "NORMAL") -> Outbox:
         """The outbox of ``identity`` under ``directory``; :class:`OutboxBusy` if in use."""
         if _IDENTITY.match(identity) is None:
-            raise EhbError(f"invalid producer identity {identity!r}: letters, digits, '.', "
-                           "'_' and '-' only")
+            raise EhbError(
+                f"invalid producer identity {identity!r}: letters, digits, '.', '_' and '-' only"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         lock = open(directory / f"{identity}.lock", "a+")  # noqa: SIM115 - held while open
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise OutboxBusy(f"outbox {identity!r} in {directory} is used by another live "
-                             "producer; give this one its own identity (EHB_PRODUCER_ID)"
-                             ) from None
+            raise OutboxBusy(
+                f"outbox {identity!r} in {directory} is used by another live "
+                "producer; give this one its own identity (EHB_PRODUCER_ID)"
+            ) from None
         try:
-            return cls(directory / f"{identity}.sqlite3", synchronous=synchronous,
-                       identity=identity, lock=lock)
+            return cls(
+                directory / f"{identity}.sqlite3",
+                synchronous=synchronous,
+                identity=identity,
+                lock=lock,
+            )
         except BaseException:
             lock.close()
             raise
 
     @classmethod
-    def open_first_free(cls, directory: Path, identity: str, *, synchronous: str = "NORMAL"
-                        ) -> Outbox:
+    def open_first_free(
+        cls, directory: Path, identity: str, *, synchronous: str = "NORMAL"
+    ) -> Outbox:
         """``identity``, or ``identity.2``, ``.3``... when a live process holds it."""
         for n in range(1, 1000):
             name = identity if n == 1 else f"{identity}.{n}"
@@ -212,13 +232,20 @@ class Outbox:
         return cls(None)
 
     # -- writing --------------------------------------------------------------------------------
-    def stage(self, facility: str, kind: int, events: int, body: bytes,
-              headers: list[tuple[str, bytes]] | None = None) -> int:
+    def stage(
+        self,
+        facility: str,
+        kind: int,
+        events: int,
+        body: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> int:
         """Buffer a row; returns its sequence number. Durable only after :meth:`commit`."""
         seq = self._next_seq
         self._next_seq += 1
-        self._staged.append((seq, facility, kind, events, body, _encode_headers(headers),
-                             time.time()))
+        self._staged.append(
+            (seq, facility, kind, events, body, _encode_headers(headers), time.time())
+        )
         return seq
 
     @property
@@ -265,8 +292,9 @@ class Outbox:
     def commit_due(self, max_rows: int = 5000, max_age_s: float = 1.0) -> None:
         """Commit when enough acknowledgements wait, or the last commit is old enough."""
         if (self._acked or self._staged) and (
-                len(self._acked) + len(self._staged) >= max_rows
-                or time.monotonic() - self._last_commit >= max_age_s):
+            len(self._acked) + len(self._staged) >= max_rows
+            or time.monotonic() - self._last_commit >= max_age_s
+        ):
             self.commit()
 
     # -- reading --------------------------------------------------------------------------------
@@ -275,10 +303,15 @@ class Outbox:
         with self._mutex:
             fetched = self._db.execute(
                 "SELECT seq, facility, kind, events, body, headers, accepted_at FROM pending "
-                "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
-        return [OutboxRow(seq, facility, kind, events, bytes(body), _decode_headers(headers),
-                          accepted_at)
-                for seq, facility, kind, events, body, headers, accepted_at in fetched]
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [
+            OutboxRow(
+                seq, facility, kind, events, bytes(body), _decode_headers(headers), accepted_at
+            )
+            for seq, facility, kind, events, body, headers, accepted_at in fetched
+        ]
 
     def iter_rows(self, upto: int | None = None, chunk: int = 10_000) -> Iterator[OutboxRow]:
         """Every durable unacknowledged row (``seq <= upto`` when given), read in chunks."""
@@ -311,7 +344,8 @@ class Outbox:
             if self.closed:
                 return 0.0
             row = self._db.execute(
-                "SELECT accepted_at FROM pending ORDER BY seq LIMIT 1").fetchone()
+                "SELECT accepted_at FROM pending ORDER BY seq LIMIT 1"
+            ).fetchone()
         return max(0.0, time.time() - row[0]) if row else 0.0
 
     # -- closing --------------------------------------------------------------------------------
@@ -328,9 +362,12 @@ class Outbox:
                 if self._lock_file is not None:
                     self._lock_file.close()
         if self.pending_events:
-            log.warning("outbox %s closed with %d events not yet acknowledged; the next "
-                        "producer with this identity resends them", self.identity,
-                        self.pending_events)
+            log.warning(
+                "outbox %s closed with %d events not yet acknowledged; the next "
+                "producer with this identity resends them",
+                self.identity,
+                self.pending_events,
+            )
 
     def discard(self) -> None:
         """Forget every pending row (``ehb demo --fresh``: a new broker, a new world)."""
@@ -357,5 +394,9 @@ def read_status(path: Path) -> dict[str, float | int | str]:
         rows, events, oldest = db.execute(
             "SELECT count(*), coalesce(sum(events), 0), min(accepted_at) FROM pending"
         ).fetchone()
-    return {"identity": path.stem, "rows": rows, "events": events,
-            "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0}
+    return {
+        "identity": path.stem,
+        "rows": rows,
+        "events": events,
+        "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+    }

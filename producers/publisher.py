@@ -64,11 +64,19 @@ def _avro_long(n: int) -> bytes:
 
 
 class ExaminationPublisher:
-    def __init__(self, settings: Settings, *, codec: AvroCodec | None = None,
-                 batch_size: int = 100, linger_s: float = 0.2,
-                 upload_interval: timedelta = timedelta(hours=24),
-                 producer: Producer | None = None, outbox: Outbox | None = None,
-                 identity: str | None = None, durable: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: AvroCodec | None = None,
+        batch_size: int = 100,
+        linger_s: float = 0.2,
+        upload_interval: timedelta = timedelta(hours=24),
+        producer: Producer | None = None,
+        outbox: Outbox | None = None,
+        identity: str | None = None,
+        durable: bool = True,
+    ) -> None:
         self.codec = codec or codec_for(settings)
         self.topic = settings.topic(EXAMINATIONS)
         self.batch_size = batch_size
@@ -98,8 +106,9 @@ class ExaminationPublisher:
         self._init_outbox(settings, outbox, identity, durable)
 
     # -- the outbox ---------------------------------------------------------------------
-    def _init_outbox(self, settings: Settings, outbox: Outbox | None, identity: str | None,
-                     durable: bool) -> None:
+    def _init_outbox(
+        self, settings: Settings, outbox: Outbox | None, identity: str | None, durable: bool
+    ) -> None:
         if outbox is None and not durable:
             outbox = Outbox.in_memory()
         elif outbox is None:
@@ -107,17 +116,20 @@ class ExaminationPublisher:
             # family (busy: the next free one, ``simulate.2`` ...)
             directory = settings.state_dir / "outbox"
             sync = settings.outbox_synchronous
-            outbox = (Outbox.open(directory, settings.producer_id, synchronous=sync)
-                      if settings.producer_id else
-                      Outbox.open_first_free(directory, identity or "publisher",
-                                             synchronous=sync))
+            outbox = (
+                Outbox.open(directory, settings.producer_id, synchronous=sync)
+                if settings.producer_id
+                else Outbox.open_first_free(directory, identity or "publisher", synchronous=sync)
+            )
         self.outbox = outbox
         held_for = outbox.mark(TOPIC_MARK)
         if held_for not in (None, self.topic) and outbox.recovered_rows:
             outbox.close()
-            raise EhbError(f"outbox {outbox.path} holds {outbox.recovered_events} events for "
-                           f"topic {held_for}, not {self.topic}: publish them with that topic "
-                           "prefix first, or use another EHB_PRODUCER_ID / EHB_DATA_DIR")
+            raise EhbError(
+                f"outbox {outbox.path} holds {outbox.recovered_events} events for "
+                f"topic {held_for}, not {self.topic}: publish them with that topic "
+                "prefix first, or use another EHB_PRODUCER_ID / EHB_DATA_DIR"
+            )
         if held_for != self.topic:
             outbox.commit({TOPIC_MARK: self.topic})
         # A batch is composed from its events' stored bytes when the batch schema carries
@@ -126,9 +138,10 @@ class ExaminationPublisher:
         batch_entry = self.codec.catalog.latest(SUBJECTS.EXAMINATION_BATCH)
         self._event_header = self._encode_event.header  # type: ignore[attr-defined]
         self._batch_header = self._encode_batch.header  # type: ignore[attr-defined]
-        self._composable = any(r.subject == event_entry.subject
-                               and r.version == event_entry.version
-                               for r in batch_entry.references)
+        self._composable = any(
+            r.subject == event_entry.subject and r.version == event_entry.version
+            for r in batch_entry.references
+        )
         self.resent_events = self._resend()
 
     def _resend(self) -> int:
@@ -142,8 +155,9 @@ class ExaminationPublisher:
             if row.kind == MESSAGE:
                 if buffer:
                     self._produce_batch(row.facility, buffers.pop(row.facility))
-                self._produce(row.facility.encode(), row.body, row.events, row.headers,
-                              seqs=[row.seq])
+                self._produce(
+                    row.facility.encode(), row.body, row.events, row.headers, seqs=[row.seq]
+                )
             else:
                 buffer.append((row.seq, row.body))
                 if len(buffer) >= self.batch_size:
@@ -152,8 +166,11 @@ class ExaminationPublisher:
         for facility, buffer in buffers.items():
             if buffer:
                 self._produce_batch(facility, buffer)
-        log.warning("outbox %s: resending %d events a previous producer left unacknowledged",
-                    self.outbox.identity, resent)
+        log.warning(
+            "outbox %s: resending %d events a previous producer left unacknowledged",
+            self.outbox.identity,
+            resent,
+        )
         return resent
 
     def commit(self, marks: dict[str, str] | None = None) -> None:
@@ -166,8 +183,16 @@ class ExaminationPublisher:
         header = self._event_header
         if self._composable and all(v[:5] == header for v in values):
             code = facility.encode()
-            return b"".join((self._batch_header, _avro_long(len(code)), code,
-                             _avro_long(len(values)), *(v[5:] for v in values), b"\x00"))
+            return b"".join(
+                (
+                    self._batch_header,
+                    _avro_long(len(code)),
+                    code,
+                    _avro_long(len(values)),
+                    *(v[5:] for v in values),
+                    b"\x00",
+                )
+            )
         events = [self.codec.decode(v, (SUBJECTS.EXAMINATION_EVENT,)).record for v in values]
         return self._encode_batch({"ma_cskcb": facility, "events": events})
 
@@ -176,8 +201,9 @@ class ExaminationPublisher:
         self._produce(facility.encode(), value, len(items), seqs=[seq for seq, _ in items])
 
     # -- delivery reports ---------------------------------------------------------------
-    def _delivered(self, count: int, then: DeliveryCallback | None = None,
-                   seqs: list[int] | None = None) -> Any:
+    def _delivered(
+        self, count: int, then: DeliveryCallback | None = None, seqs: list[int] | None = None
+    ) -> Any:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.events_delivered += count
@@ -189,12 +215,18 @@ class ExaminationPublisher:
                 self.errors.append(str(err))
             if then is not None:
                 then(err, msg)
+
         return on_delivery
 
-    def _produce(self, key: bytes, value: bytes, count: int,
-                 headers: list[tuple[str, bytes]] | None = None,
-                 on_delivery: DeliveryCallback | None = None,
-                 seqs: list[int] | None = None) -> None:
+    def _produce(
+        self,
+        key: bytes,
+        value: bytes,
+        count: int,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        seqs: list[int] | None = None,
+    ) -> None:
         """Send one message; ``seqs``: its rows in the outbox. Without them the message is
         stored as it is first (durable before it is sent, like every event)."""
         if seqs is None:
@@ -207,9 +239,13 @@ class ExaminationPublisher:
         while True:
             try:
                 # the client's stub wants a list of its wider header type; ours is one
-                self._producer.produce(self.topic, value, key,
-                                       headers=cast(KafkaHeaders | None, headers),
-                                       on_delivery=callback)
+                self._producer.produce(
+                    self.topic,
+                    value,
+                    key,
+                    headers=cast(KafkaHeaders | None, headers),
+                    on_delivery=callback,
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -224,10 +260,15 @@ class ExaminationPublisher:
         seq = self.outbox.stage(event["ma_cskcb"], EVENT, 1, value)
         self._produce(event["ma_cskcb"].encode(), value, 1, seqs=[seq])
 
-    def publish_batch(self, facility: str, events: list[dict[str, Any]], *,
-                      max_bytes: int | None = None,
-                      headers: list[tuple[str, bytes]] | None = None,
-                      on_delivery: DeliveryCallback | None = None) -> int:
+    def publish_batch(
+        self,
+        facility: str,
+        events: list[dict[str, Any]],
+        *,
+        max_bytes: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int:
         """All ``events`` in ONE ExaminationBatch message, delivered whole or not at all (a
         dossier file); returns the message's size. :class:`BatchTooLarge` (nothing sent) when
         the encoded batch exceeds ``max_bytes``. ``flush()`` waits for the acknowledgement."""
@@ -248,8 +289,12 @@ class ExaminationPublisher:
         except (ValueError, TypeError, KeyError):  # invalid events are the worker's to judge
             admitted = None
         opened = self._opened.get(facility)
-        if buffer and admitted is not None and opened is not None and (
-                abs(admitted - opened) >= self.upload_interval):
+        if (
+            buffer
+            and admitted is not None
+            and opened is not None
+            and (abs(admitted - opened) >= self.upload_interval)
+        ):
             self._send_batch(facility)
             buffer = self._buffers[facility]
         if not buffer and admitted is not None:
@@ -290,8 +335,9 @@ class ExaminationPublisher:
             self._dispatch_due()
 
     def _dispatch_due(self) -> None:
-        if self._ready and (self._ready_events >= 1000 or
-                            time.monotonic() - self._ready_since >= self._dispatch_s):
+        if self._ready and (
+            self._ready_events >= 1000 or time.monotonic() - self._ready_since >= self._dispatch_s
+        ):
             self._dispatch()
 
     def _dispatch(self) -> None:

@@ -37,32 +37,42 @@ def episode_day(event: dict[str, Any]) -> date | None:
         return None
 
 
-def pick_facilities(codes: Iterable[str], silent: int, inconsistent: int, seed: int
-                    ) -> tuple[frozenset[str], frozenset[str]]:
+def pick_facilities(
+    codes: Iterable[str], silent: int, inconsistent: int, seed: int
+) -> tuple[frozenset[str], frozenset[str]]:
     """Deterministically choose ``silent`` and ``inconsistent`` facilities (disjoint)."""
     ordered = sorted(codes)
     if silent + inconsistent > len(ordered):
-        raise EhbError(f"only {len(ordered)} facilities to make silent or inconsistent, "
-                       f"not {silent + inconsistent}")
+        raise EhbError(
+            f"only {len(ordered)} facilities to make silent or inconsistent, "
+            f"not {silent + inconsistent}"
+        )
     chosen = random.Random(f"reports:{seed}").sample(  # noqa: S311 - a simulation
-        ordered, silent + inconsistent)
+        ordered, silent + inconsistent
+    )
     return frozenset(chosen[:silent]), frozenset(chosen[silent:])
 
 
 class DailyReportBook:
     """Counts episodes sent per facility and day; closes days into report records."""
 
-    def __init__(self, facilities: Iterable[str], first_day: date, *,
-                 silent: Iterable[str] = (), inconsistent: Iterable[str] = (),
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        facilities: Iterable[str],
+        first_day: date,
+        *,
+        silent: Iterable[str] = (),
+        inconsistent: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
         self.facilities = sorted(set(facilities))
         self.silent = frozenset(silent)
         self.inconsistent = frozenset(inconsistent)
         self._rng = random.Random(f"misreport:{seed}")  # noqa: S311 - a simulation
         self._known = set(self.facilities)
         self._sent: Counter[tuple[str, date]] = Counter()
-        self.next_day = first_day          # the oldest day not reported yet
-        self.last_day = first_day          # the newest day any episode belongs to
+        self.next_day = first_day  # the oldest day not reported yet
+        self.last_day = first_day  # the newest day any episode belongs to
         #: (facility, day) -> the count the pipeline should find (episodes actually sent)
         self.truth: dict[tuple[str, date], int] = {}
         self.reports_made = 0
@@ -84,8 +94,9 @@ class DailyReportBook:
         """Reports of every day that ends at or before ``horizon`` (no episode can follow)."""
         reports: list[dict[str, Any]] = []
         local = horizon.astimezone(VN_TZ)
-        while datetime.combine(self.next_day + timedelta(days=1), datetime.min.time(),
-                               VN_TZ) <= local:
+        while (
+            datetime.combine(self.next_day + timedelta(days=1), datetime.min.time(), VN_TZ) <= local
+        ):
             reports += self._close(self.next_day)
         return reports
 
@@ -107,8 +118,14 @@ class DailyReportBook:
             reported = count
             if facility in self.inconsistent:
                 reported = count + self._rng.choice((1, 2, 3) if count == 0 else (-1, 1, 2))
-            reports.append({"ma_cskcb": facility, "report_date": day,
-                            "episodes_sent": reported, "sent_at": now})
+            reports.append(
+                {
+                    "ma_cskcb": facility,
+                    "report_date": day,
+                    "episodes_sent": reported,
+                    "sent_at": now,
+                }
+            )
         self.next_day = day + timedelta(days=1)
         self.reports_made += len(reports)
         return reports
@@ -117,8 +134,13 @@ class DailyReportBook:
 class ReportPublisher:
     """FacilityDailyReport records -> topic ``facility-reports``, keyed by facility code."""
 
-    def __init__(self, settings: Settings, *, codec: AvroCodec | None = None,
-                 producer: Producer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: AvroCodec | None = None,
+        producer: Producer | None = None,
+    ) -> None:
         self.topic = settings.topic(FACILITY_REPORTS)
         self._encode = (codec or AvroCodec()).writer(SUBJECTS.FACILITY_DAILY_REPORT)
         self._producer = producer or Producer(producer_config(settings))
@@ -136,8 +158,12 @@ class ReportPublisher:
             value = self._encode(report)
             while True:
                 try:
-                    self._producer.produce(self.topic, value, report["ma_cskcb"].encode(),
-                                           on_delivery=self._on_delivery)
+                    self._producer.produce(
+                        self.topic,
+                        value,
+                        report["ma_cskcb"].encode(),
+                        on_delivery=self._on_delivery,
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.05)

@@ -126,8 +126,9 @@ class AvroCodec:
         schema_id = _HEADER.unpack_from(data)[1]
         entry = self._entry_for(schema_id)
         if entry is None:
-            raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not known",
-                              schema_id=schema_id)
+            raise DecodeError(
+                "unknown_schema_id", f"schema id {schema_id} is not known", schema_id=schema_id
+            )
         if subjects is not None and entry.subject not in subjects:
             raise DecodeError(
                 "unexpected_schema",
@@ -141,11 +142,13 @@ class AvroCodec:
         try:
             record = schemaless_reader(body, entry.parsed, reader_schema)
         except (EOFError, StopIteration) as exc:
-            raise DecodeError("malformed_avro", f"body ends early: {exc or 'EOF'}",
-                              schema_id=schema_id) from exc
+            raise DecodeError(
+                "malformed_avro", f"body ends early: {exc or 'EOF'}", schema_id=schema_id
+            ) from exc
         except Exception as exc:  # fastavro raises many kinds on garbage bodies
-            raise DecodeError("malformed_avro", f"{type(exc).__name__}: {exc}"[:300],
-                              schema_id=schema_id) from exc
+            raise DecodeError(
+                "malformed_avro", f"{type(exc).__name__}: {exc}"[:300], schema_id=schema_id
+            ) from exc
         if body.tell() != len(data):
             raise DecodeError(
                 "trailing_bytes",

@@ -47,8 +47,10 @@ class Incompatibility:
     problem: str
 
     def __str__(self) -> str:
-        return (f"{self.subject} v{self.reader_version} cannot read v{self.writer_version}: "
-                f"{self.problem}")
+        return (
+            f"{self.subject} v{self.reader_version} cannot read v{self.writer_version}: "
+            f"{self.problem}"
+        )
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -66,7 +68,8 @@ def _structural(reader: dict[str, Any], writer: dict[str, Any]) -> list[str]:
     from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
     result = ReaderWriterCompatibilityChecker().get_compatibility(
-        avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer)))
+        avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
+    )
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     kinds = sorted({i.value for i in result.incompatibilities})
@@ -75,20 +78,25 @@ def _structural(reader: dict[str, Any], writer: dict[str, Any]) -> list[str]:
 
 
 def _fields(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {f["name"]: f for f in schema.get("fields", [])} if schema.get("type") == "record" \
-        else {}
+    return (
+        {f["name"]: f for f in schema.get("fields", [])} if schema.get("type") == "record" else {}
+    )
 
 
-def _by_example(reader: dict[str, Any], writer: dict[str, Any], samples: int, seed: int
-                ) -> list[str]:
+def _by_example(
+    reader: dict[str, Any], writer: dict[str, Any], samples: int, seed: int
+) -> list[str]:
     reader = _strip_logical_types(reader)
     writer = _strip_logical_types(writer)
     parsed_reader = fastavro.parse_schema(reader)
     parsed_writer = fastavro.parse_schema(writer)
     reader_fields = _fields(reader)
     writer_fields = _fields(writer)
-    same_type = [n for n, f in writer_fields.items()
-                 if n in reader_fields and reader_fields[n]["type"] == f["type"]]
+    same_type = [
+        n
+        for n, f in writer_fields.items()
+        if n in reader_fields and reader_fields[n]["type"] == f["type"]
+    ]
     added = [n for n in reader_fields if n not in writer_fields]
     problems: list[str] = []
     state = random.getstate()
@@ -124,15 +132,18 @@ def _by_example(reader: dict[str, Any], writer: dict[str, Any], samples: int, se
     return problems
 
 
-def check_pair(catalog: Catalog, reader: SchemaEntry, writer: SchemaEntry, *,
-               samples: int = 30, seed: int = 0) -> list[Incompatibility]:
+def check_pair(
+    catalog: Catalog, reader: SchemaEntry, writer: SchemaEntry, *, samples: int = 30, seed: int = 0
+) -> list[Incompatibility]:
     """Can ``reader`` (the newer version) decode data written with ``writer``?"""
     reader_schema = catalog.expanded_schema(reader)
     writer_schema = catalog.expanded_schema(writer)
     problems = _structural(reader_schema, writer_schema)
     problems += _by_example(reader_schema, writer_schema, samples, seed)
-    return [Incompatibility(reader.subject, reader.version, writer.version, p)
-            for p in problems[:_PROBLEMS_PER_PAIR]]
+    return [
+        Incompatibility(reader.subject, reader.version, writer.version, p)
+        for p in problems[:_PROBLEMS_PER_PAIR]
+    ]
 
 
 def _catalog_rules(catalog: Catalog) -> list[Incompatibility]:
@@ -143,9 +154,14 @@ def _catalog_rules(catalog: Catalog) -> list[Incompatibility]:
         if "." not in full_name and raw.get("namespace"):
             full_name = f"{raw['namespace']}.{full_name}"
         if full_name != entry.subject:
-            problems.append(Incompatibility(
-                entry.subject, entry.version, entry.version,
-                f"record {full_name!r} is not named after its subject (RecordNameStrategy)"))
+            problems.append(
+                Incompatibility(
+                    entry.subject,
+                    entry.version,
+                    entry.version,
+                    f"record {full_name!r} is not named after its subject (RecordNameStrategy)",
+                )
+            )
     return problems
 
 
@@ -156,6 +172,7 @@ def check_catalog(catalog: Catalog, *, samples: int = 30) -> list[Incompatibilit
         versions = catalog.versions(subject)
         for i, reader in enumerate(versions):
             for writer in versions[:i]:
-                problems += check_pair(catalog, reader, writer, samples=samples,
-                                       seed=reader.id * 1000 + writer.id)
+                problems += check_pair(
+                    catalog, reader, writer, samples=samples, seed=reader.id * 1000 + writer.id
+                )
     return problems

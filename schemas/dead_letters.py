@@ -54,7 +54,7 @@ def bounded_text(value: str | None, limit: int) -> str | None:
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     marker = f"…[{len(value)} characters, sha256:{digest}]"
-    return value[:max(0, limit - len(marker))] + marker
+    return value[: max(0, limit - len(marker))] + marker
 
 
 def bound_dead_letter(record: Mapping[str, Any], original_max_bytes: int) -> dict[str, Any]:

@@ -6,8 +6,14 @@ traceback.
 Every error the project raises derives from :class:`EhbError`; each package keeps its own
 in ``<package>/errors.py`` (the runtime core's in ``ehb/exceptions.py``)."""
 
-__all__ = ["EhbError", "Rejected", "SchemaCatalogError", "EncodeError", "DecodeError",
-           "RegistryFileError"]
+__all__ = [
+    "EhbError",
+    "Rejected",
+    "SchemaCatalogError",
+    "EncodeError",
+    "DecodeError",
+    "RegistryFileError",
+]
 
 
 class EhbError(Exception):

@@ -68,8 +68,10 @@ def read_registry_csv(path: Path) -> list[Facility]:
             reader = csv.DictReader(src)
             missing = [c for c in REGISTRY_COLUMNS[:3] if c not in (reader.fieldnames or [])]
             if missing:
-                raise RegistryFileError(f"{path}: missing column(s) {', '.join(missing)} "
-                                        f"(expected {','.join(REGISTRY_COLUMNS)})")
+                raise RegistryFileError(
+                    f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(expected {','.join(REGISTRY_COLUMNS)})"
+                )
             facilities: dict[str, Facility] = {}
             for row in reader:
                 line = reader.line_num
@@ -77,15 +79,22 @@ def read_registry_csv(path: Path) -> list[Facility]:
                 name = (row.get("name") or "").strip()
                 level = (row.get("level") or "").strip()
                 district = (row.get("district") or "").strip() or None
-                if len(code) != 5 or not code.isascii() or not code.isdigit() or (
-                        code[:2] not in provinces and code[:2] not in ("97", "98")):
-                    raise RegistryFileError(f"{path}:{line}: code {code!r} is not a 5-digit "
-                                            "facility code of a real province")
+                if (
+                    len(code) != 5
+                    or not code.isascii()
+                    or not code.isdigit()
+                    or (code[:2] not in provinces and code[:2] not in ("97", "98"))
+                ):
+                    raise RegistryFileError(
+                        f"{path}:{line}: code {code!r} is not a 5-digit "
+                        "facility code of a real province"
+                    )
                 if not name:
                     raise RegistryFileError(f"{path}:{line}: facility {code} has no name")
                 if level not in FACILITY_LEVELS:
-                    raise RegistryFileError(f"{path}:{line}: level {level!r} is not one of "
-                                            f"{', '.join(FACILITY_LEVELS)}")
+                    raise RegistryFileError(
+                        f"{path}:{line}: level {level!r} is not one of {', '.join(FACILITY_LEVELS)}"
+                    )
                 if code in facilities:
                     raise RegistryFileError(f"{path}:{line}: facility {code} is listed twice")
                 facilities[code] = Facility(code, name, level, district)

@@ -67,8 +67,9 @@ def _schema(entry: SchemaEntry, versions: dict[tuple[str, int], int]) -> Any:
     from confluent_kafka.schema_registry import Schema, SchemaReference
 
     references = [
-        SchemaReference(ref.name, ref.subject, versions.get((ref.subject, ref.version),
-                                                              ref.version))
+        SchemaReference(
+            ref.name, ref.subject, versions.get((ref.subject, ref.version), ref.version)
+        )
         for ref in entry.references
     ]
     return Schema(entry.schema_str, "AVRO", references)
@@ -83,7 +84,8 @@ def _ordered(catalog: Catalog) -> list[SchemaEntry]:
         progressed = False
         for entry in list(pending):
             if all((r.subject, r.version) in done for r in entry.references) and all(
-                    (entry.subject, v) in done for v in range(1, entry.version)):
+                (entry.subject, v) in done for v in range(1, entry.version)
+            ):
                 ordered.append(entry)
                 done.add((entry.subject, entry.version))
                 pending.remove(entry)
@@ -99,14 +101,16 @@ def _wrap(action: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except SchemaRegistryError as exc:
-        raise RegistryError(f"{action}: {exc.error_message} "
-                            f"(HTTP {exc.http_status_code}, code {exc.error_code})") from exc
+        raise RegistryError(
+            f"{action}: {exc.error_message} (HTTP {exc.http_status_code}, code {exc.error_code})"
+        ) from exc
     except Exception as exc:  # connection refused, DNS, TLS ...: one line, no traceback
         raise RegistryError(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
-def register_catalog(client: Any, catalog: Catalog | None = None,
-                     compatibility: str = COMPATIBILITY) -> list[RegisteredEntry]:
+def register_catalog(
+    client: Any, catalog: Catalog | None = None, compatibility: str = COMPATIBILITY
+) -> list[RegisteredEntry]:
     """Register every subject/version of the catalog, in order; idempotent.
 
     Compatibility is set per subject *before* its versions are registered, so the registry
@@ -117,19 +121,26 @@ def register_catalog(client: Any, catalog: Catalog | None = None,
     catalog = catalog or load_catalog()
     level = ConfigCompatibilityLevel(compatibility)
     for subject in catalog.subjects:
-        _wrap(f"set compatibility of {subject}",
-              partial(client.set_config, subject, ServerConfig(compatibility=level)))
+        _wrap(
+            f"set compatibility of {subject}",
+            partial(client.set_config, subject, ServerConfig(compatibility=level)),
+        )
     versions: dict[tuple[str, int], int] = {}
     registered: list[RegisteredEntry] = []
     for entry in _ordered(catalog):
         schema = _schema(entry, versions)
-        _wrap(f"register {entry.subject} v{entry.version}",
-              partial(client.register_schema, entry.subject, schema))
-        found = _wrap(f"look up {entry.subject} v{entry.version}",
-                      partial(client.lookup_schema, entry.subject, schema))
+        _wrap(
+            f"register {entry.subject} v{entry.version}",
+            partial(client.register_schema, entry.subject, schema),
+        )
+        found = _wrap(
+            f"look up {entry.subject} v{entry.version}",
+            partial(client.lookup_schema, entry.subject, schema),
+        )
         versions[(entry.subject, entry.version)] = int(found.version)
-        registered.append(RegisteredEntry(entry.subject, entry.version, int(found.version),
-                                          int(found.schema_id)))
+        registered.append(
+            RegisteredEntry(entry.subject, entry.version, int(found.version), int(found.schema_id))
+        )
         log.info("registered %s v%d as id %s", entry.subject, entry.version, found.schema_id)
     return registered
 
@@ -148,7 +159,8 @@ class RegistryIds:
             found = _wrap(
                 f"{entry.subject} v{entry.version} is not in the registry "
                 "(run `ehb schemas register`)",
-                partial(client.lookup_schema, entry.subject, schema))
+                partial(client.lookup_schema, entry.subject, schema),
+            )
             versions[(entry.subject, entry.version)] = int(found.version)
             self._ids[(entry.subject, entry.version)] = int(found.schema_id)
 

@@ -25,8 +25,14 @@ def parse_datetime(value: str) -> datetime:
         raise ValueError(value)
     if len(value) == 8:
         value += "0000"
-    return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]),
-                    int(value[10:12]), tzinfo=VN_TZ)
+    return datetime(
+        int(value[0:4]),
+        int(value[4:6]),
+        int(value[6:8]),
+        int(value[8:10]),
+        int(value[10:12]),
+        tzinfo=VN_TZ,
+    )
 
 
 @functools.lru_cache(maxsize=1 << 14)

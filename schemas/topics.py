@@ -78,44 +78,62 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
     n = settings.kafka_partitions
     return [
         TopicSpec(
-            EXAMINATIONS, n, "facility code (ma_cskcb)",
+            EXAMINATIONS,
+            n,
+            "facility code (ma_cskcb)",
             "ExaminationBatch or ExaminationEvent",
             "Input: facilities publish examination events, one or several per message; a "
             "facility's events stay in order on one partition.",
             {"retention.ms": str(30 * DAY_MS)},
         ),
         TopicSpec(
-            EXAMINATIONS_BY_CITIZEN, n,
+            EXAMINATIONS_BY_CITIZEN,
+            n,
             "none (explicit partition = first 32 bits of citizen_key % n)",
             "ValidatedBatch",
             "Internal: validated, enriched events re-partitioned by pseudonymous citizen key "
             "for the stateful stage, with the intake's progress per input partition. Encoded "
             "as MessagePack behind a 0x01 marker byte (streams/internal.py); the Avro form "
             "(Confluent wire format) is accepted too.",
-            {"retention.ms": str(7 * DAY_MS)}, internal=True,
+            {"retention.ms": str(7 * DAY_MS)},
+            internal=True,
         ),
         TopicSpec(
-            HEALTH_BOOK, n, "citizen_key", "HealthBookRecord",
+            HEALTH_BOOK,
+            n,
+            "citizen_key",
+            "HealthBookRecord",
             "Every valid examination, and one BOOK_INTEGRATED record per citizen.",
             {"retention.ms": str(30 * DAY_MS)},
         ),
         TopicSpec(
-            REFERRALS, max(1, n // 2), "citizen_key", "ReferralRecord",
+            REFERRALS,
+            max(1, n // 2),
+            "citizen_key",
+            "ReferralRecord",
             "Referral letters: ISSUED, COMPLETED, EXPIRED. Pseudonymous.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
         TopicSpec(
-            APPOINTMENTS, max(1, n // 2), "citizen_key", "AppointmentRecord",
+            APPOINTMENTS,
+            max(1, n // 2),
+            "citizen_key",
+            "AppointmentRecord",
             "Follow-up appointments: SCHEDULED, REMINDER, KEPT, MISSED. Pseudonymous.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
         TopicSpec(
-            DEAD_LETTER, max(1, n // 4), "facility code, when known", "DeadLetter",
+            DEAD_LETTER,
+            max(1, n // 4),
+            "facility code, when known",
+            "DeadLetter",
             "Inputs that could not be processed, with the original bytes and a reason code.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
         TopicSpec(
-            FACILITY_REPORTS, max(1, n // 4), "facility code (ma_cskcb)",
+            FACILITY_REPORTS,
+            max(1, n // 4),
+            "facility code (ma_cskcb)",
             "FacilityDailyReport",
             "Input: each facility's daily report (episodes sent that day, zero included), "
             "reconciled by the sink with what was received (table facility_reports).",
@@ -127,12 +145,14 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
 def changelog_spec(settings: _Partitions) -> TopicSpec:
     """The citizens table's changelog, as documented (Faust creates it, compacted)."""
     return TopicSpec(
-        CITIZENS_CHANGELOG, settings.kafka_partitions,
+        CITIZENS_CHANGELOG,
+        settings.kafka_partitions,
         "JSON string: the pseudonymous citizen key, or `__clock__:<partition>:<i>` for a "
         "partition's event-time clock",
         "JSON citizen state (see streams/citizen_state.py), or null (a tombstone)",
         f"Internal: the changelog of the stateful stage's Faust table `{CITIZENS_TABLE}`, "
         "written and read (on recovery and rebalance) by the stream workers only. Created by "
         "Faust, compacted. Its format is not a contract: do not consume it.",
-        {"cleanup.policy": "compact"}, internal=True,
+        {"cleanup.policy": "compact"},
+        internal=True,
     )

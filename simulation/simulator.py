@@ -28,29 +28,76 @@ __all__ = ["CitySimulator", "SimulationConfig", "INVALID_KINDS"]
 CITY_EXAMS_PER_YEAR = 3_789_912
 _NAMESPACE = uuid.UUID("6f1d3c1e-3b7a-4c8e-9a51-0e4b7d9c2a79")
 
-FAMILY = ("Nguyễn Trần Lê Phạm Hoàng Huỳnh Phan Vũ Võ Đặng Bùi Đỗ Hồ Ngô Dương Lý Trương "
-          "Đinh Lâm Mai Tô Châu").split()
+FAMILY = (
+    "Nguyễn Trần Lê Phạm Hoàng Huỳnh Phan Vũ Võ Đặng Bùi Đỗ Hồ Ngô Dương Lý Trương "
+    "Đinh Lâm Mai Tô Châu"
+).split()
 MIDDLE_M = "Văn Hữu Đức Minh Quốc Gia Thanh Công Tấn Hoàng".split()
 MIDDLE_F = "Thị Ngọc Thanh Minh Thu Bảo Kim Mỹ Phương Hồng".split()
-GIVEN_M = ("An Bình Dũng Hải Hiếu Hùng Khánh Long Nam Phúc Quân Quang Sơn Thành Trung Tuấn "
-           "Việt Vinh Khoa Đạt").split()
-GIVEN_F = ("Anh Châu Giang Hà Hạnh Hương Lan Linh Mai Nga Ngân Nhung Phương Tâm Thảo Trang "
-           "Tú Vy Yến Ánh").split()
-ICD10 = ("J06.9 I10 E11.9 K29.7 J20.9 M54.5 A09 N39.0 J45.9 K21.9 E78.5 I25.1 J18.9 R51 "
-         "B34.9 L30.9 H10.9 Z00.0 K52.9 M17.9 I48.9 N18.9 C34.9 O80 S62.5").split()
-CARD_GROUPS = (("GD", 30), ("HN", 10), ("DN", 20), ("TE", 12), ("HS", 6), ("SV", 3),
-               ("HT", 8), ("CN", 4), ("BT", 3), ("KC", 2), ("CB", 2))
+GIVEN_M = (
+    "An Bình Dũng Hải Hiếu Hùng Khánh Long Nam Phúc Quân Quang Sơn Thành Trung Tuấn "
+    "Việt Vinh Khoa Đạt"
+).split()
+GIVEN_F = (
+    "Anh Châu Giang Hà Hạnh Hương Lan Linh Mai Nga Ngân Nhung Phương Tâm Thảo Trang Tú Vy Yến Ánh"
+).split()
+ICD10 = (
+    "J06.9 I10 E11.9 K29.7 J20.9 M54.5 A09 N39.0 J45.9 K21.9 E78.5 I25.1 J18.9 R51 "
+    "B34.9 L30.9 H10.9 Z00.0 K52.9 M17.9 I48.9 N18.9 C34.9 O80 S62.5"
+).split()
+CARD_GROUPS = (
+    ("GD", 30),
+    ("HN", 10),
+    ("DN", 20),
+    ("TE", 12),
+    ("HS", 6),
+    ("SV", 3),
+    ("HT", 8),
+    ("CN", 4),
+    ("BT", 3),
+    ("KC", 2),
+    ("CB", 2),
+)
 VISIT_TYPES = (("01", 82), ("02", 4), ("03", 8), ("04", 1), ("05", 2), ("08", 2), ("09", 1))
 LEVEL_WEIGHT = {"central": 30, "provincial": 14, "district": 6, "private": 5, "commune": 1}
-OTHER_PROVINCES = ("74", "75", "80", "72", "77", "70", "82", "83", "86", "87", "89", "92",
-                   "01", "48", "56", "66", "68", "60", "94", "96")
-TEXT_SIGNS = ("Sốt cao, ho khan, đau ngực", "Đau bụng thượng vị, buồn nôn",
-              "Khó thở khi gắng sức, phù chân", "Đau đầu, chóng mặt, huyết áp cao")
-TEXT_COURSE = ("Điều trị nội khoa 3 ngày không đáp ứng",
-               "Diễn tiến nặng dần, cần can thiệp chuyên sâu",
-               "Bệnh mạn tính, cần theo dõi tại tuyến trên")
-TEXT_PLAN = ("Chuyển tuyến trên điều trị tiếp", "Đề nghị chụp CT và hội chẩn chuyên khoa",
-             "Tiếp tục điều trị theo phác đồ")
+OTHER_PROVINCES = (
+    "74",
+    "75",
+    "80",
+    "72",
+    "77",
+    "70",
+    "82",
+    "83",
+    "86",
+    "87",
+    "89",
+    "92",
+    "01",
+    "48",
+    "56",
+    "66",
+    "68",
+    "60",
+    "94",
+    "96",
+)
+TEXT_SIGNS = (
+    "Sốt cao, ho khan, đau ngực",
+    "Đau bụng thượng vị, buồn nôn",
+    "Khó thở khi gắng sức, phù chân",
+    "Đau đầu, chóng mặt, huyết áp cao",
+)
+TEXT_COURSE = (
+    "Điều trị nội khoa 3 ngày không đáp ứng",
+    "Diễn tiến nặng dần, cần can thiệp chuyên sâu",
+    "Bệnh mạn tính, cần theo dõi tại tuyến trên",
+)
+TEXT_PLAN = (
+    "Chuyển tuyến trên điều trị tiếp",
+    "Đề nghị chụp CT và hội chẩn chuyên khoa",
+    "Tiếp tục điều trị theo phác đồ",
+)
 
 #: invalid kind -> the reason code the worker must give it
 INVALID_KINDS: dict[str, str] = {
@@ -159,8 +206,11 @@ class CitySimulator:
         groups, weights = zip(*CARD_GROUPS, strict=True)
         group = "TE" if year >= 2018 else rng.choices(groups, weights)[0]
         card = f"{group}{rng.randint(1, 5)}{reg_province}{rng.randint(0, 9_999_999_999):010d}"
-        dkbd = (rng.choice(self._hcmc_dkbd) if reg_province == "79"
-                else f"{reg_province}{rng.randint(1, 120):03d}")
+        dkbd = (
+            rng.choice(self._hcmc_dkbd)
+            if reg_province == "79"
+            else f"{reg_province}{rng.randint(1, 120):03d}"
+        )
         return Patient(cccd, name, sex, born, card, dkbd)
 
     # -- events -------------------------------------------------------------------------
@@ -192,8 +242,9 @@ class CitySimulator:
             self.horizon = min(now, follow_ups[0].at) if follow_ups else now
             yield event
 
-    def _plan_follow_ups(self, event: dict[str, Any], patient: int,
-                         follow_ups: list[_FollowUp], seq: int) -> int:
+    def _plan_follow_ups(
+        self, event: dict[str, Any], patient: int, follow_ups: list[_FollowUp], seq: int
+    ) -> int:
         rng = self.rng
         cfg = self.config
         discharged = datetime.strptime(event["ngay_ra"], "%Y%m%d%H%M").replace(tzinfo=VN_TZ)
@@ -201,8 +252,10 @@ class CitySimulator:
         if referral and rng.random() < cfg.referral_arrival_share:
             at = discharged + timedelta(hours=rng.randint(2, 24 * 10))
             seq += 1
-            heapq.heappush(follow_ups, _FollowUp(at, seq, patient, referral["ma_noi_den"],
-                                                 referral["ma_noi_di"]))
+            heapq.heappush(
+                follow_ups,
+                _FollowUp(at, seq, patient, referral["ma_noi_den"], referral["ma_noi_di"]),
+            )
         appointment = event.get("appointment")
         if appointment and rng.random() < cfg.appointment_kept_share:
             planned = datetime.strptime(appointment["ngay_hen_kl"], "%Y%m%d%H%M")
@@ -212,15 +265,19 @@ class CitySimulator:
             heapq.heappush(follow_ups, _FollowUp(at, seq, patient, event["ma_cskcb"]))
         return seq
 
-    def _exam(self, patient_index: int, facility: str, admitted: datetime,
-              referred_from: str | None) -> dict[str, Any]:
+    def _exam(
+        self, patient_index: int, facility: str, admitted: datetime, referred_from: str | None
+    ) -> dict[str, Any]:
         rng = self.rng
         cfg = self.config
         p = self.patient(patient_index)
         visit_type = rng.choices(*zip(*VISIT_TYPES, strict=True))[0]
         inpatient = visit_type in ("03", "04")
-        stay = timedelta(days=rng.randint(1, 9)) if inpatient else timedelta(
-            minutes=rng.randint(15, 240))
+        stay = (
+            timedelta(days=rng.randint(1, 9))
+            if inpatient
+            else timedelta(minutes=rng.randint(15, 240))
+        )
         discharged = admitted + stay
         self._seq[facility] += 1
         ma_lk = f"{facility}{admitted:%y%m%d}{self._seq[facility]:07d}"
@@ -276,8 +333,9 @@ class CitySimulator:
             self._add_appointment(event, facility, icd, discharged)
         return event
 
-    def _add_referral(self, event: dict[str, Any], facility: str, icd: str,
-                      discharged: datetime) -> None:
+    def _add_referral(
+        self, event: dict[str, Any], facility: str, icd: str, discharged: datetime
+    ) -> None:
         """A referral letter (XML13) to an upper-level facility."""
         rng = self.rng
         destination = rng.choice([c for c in self._upper if c != facility])
@@ -299,8 +357,9 @@ class CitySimulator:
             "ngay_ct": _fmt(discharged),
         }
 
-    def _add_appointment(self, event: dict[str, Any], facility: str, icd: str,
-                         discharged: datetime) -> None:
+    def _add_appointment(
+        self, event: dict[str, Any], facility: str, icd: str, discharged: datetime
+    ) -> None:
         """A follow-up appointment (XML14) 7 to 30 days after discharge."""
         rng = self.rng
         when = (discharged + timedelta(days=rng.randint(7, 30))).replace(hour=8, minute=0)

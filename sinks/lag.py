@@ -31,7 +31,12 @@ from ehb.settings import Settings
 from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN, FACILITY_REPORTS, SINK_TOPICS
 
 __all__ = [
-    "GroupTopics", "LagCollector", "PartitionLag", "lag_table", "pipeline_groups", "read_lag",
+    "GroupTopics",
+    "LagCollector",
+    "PartitionLag",
+    "lag_table",
+    "pipeline_groups",
+    "read_lag",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,31 +61,41 @@ class PartitionLag:
 def pipeline_groups(settings: Settings) -> list[GroupTopics]:
     """The worker's and the sink's consumer groups with the topics each consumes."""
     return [
-        GroupTopics(settings.worker_group, (settings.topic(EXAMINATIONS),
-                                            settings.topic(EXAMINATIONS_BY_CITIZEN))),
+        GroupTopics(
+            settings.worker_group,
+            (settings.topic(EXAMINATIONS), settings.topic(EXAMINATIONS_BY_CITIZEN)),
+        ),
         GroupTopics(settings.sink_group, tuple(settings.topic(t) for t in SINK_TOPICS)),
         GroupTopics(f"{settings.sink_group}-reports", (settings.topic(FACILITY_REPORTS),)),
     ]
 
 
-def _partitions(admin: AdminClient, topics: tuple[str, ...], timeout: float
-                ) -> list[TopicPartition]:
+def _partitions(
+    admin: AdminClient, topics: tuple[str, ...], timeout: float
+) -> list[TopicPartition]:
     metadata = admin.list_topics(timeout=timeout).topics
-    return [TopicPartition(topic, p) for topic in topics if topic in metadata
-            for p in sorted(metadata[topic].partitions)]
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata
+        for p in sorted(metadata[topic].partitions)
+    ]
 
 
-def read_lag(admin: AdminClient, groups: list[GroupTopics], timeout: float = 10.0
-             ) -> list[PartitionLag]:
+def read_lag(
+    admin: AdminClient, groups: list[GroupTopics], timeout: float = 10.0
+) -> list[PartitionLag]:
     """Committed and end offsets of every partition the groups consume (a few requests)."""
     wanted = {g.group: _partitions(admin, g.topics, timeout) for g in groups}
     every = {(tp.topic, tp.partition) for tps in wanted.values() for tp in tps}
     if not every:
         return []
-    ends_f = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in every},
-                                request_timeout=timeout)
-    starts_f = admin.list_offsets({TopicPartition(t, p): OffsetSpec.earliest()
-                                   for t, p in every}, request_timeout=timeout)
+    ends_f = admin.list_offsets(
+        {TopicPartition(t, p): OffsetSpec.latest() for t, p in every}, request_timeout=timeout
+    )
+    starts_f = admin.list_offsets(
+        {TopicPartition(t, p): OffsetSpec.earliest() for t, p in every}, request_timeout=timeout
+    )
     ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
     starts = {(tp.topic, tp.partition): f.result().offset for tp, f in starts_f.items()}
     out: list[PartitionLag] = []
@@ -88,9 +103,11 @@ def read_lag(admin: AdminClient, groups: list[GroupTopics], timeout: float = 10.
         if not tps:
             continue
         futures = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout)
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in futures[group].result().topic_partitions}
+            [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout
+        )
+        committed = {
+            (tp.topic, tp.partition): tp.offset for tp in futures[group].result().topic_partitions
+        }
         for tp in tps:
             key = (tp.topic, tp.partition)
             offset = committed.get(key, -1)
@@ -99,16 +116,16 @@ def read_lag(admin: AdminClient, groups: list[GroupTopics], timeout: float = 10.
             # start of the newest batch + 1 as the end): the group cannot be ahead of the log.
             end = max(0, ends[key], offset)
             base = offset if offset >= 0 else max(0, starts[key])
-            out.append(PartitionLag(group, tp.topic, tp.partition, offset, end,
-                                    max(0, end - base)))
+            out.append(PartitionLag(group, tp.topic, tp.partition, offset, end, max(0, end - base)))
     return out
 
 
 class LagCollector(Collector):
     """Refreshes lag in a daemon thread; ``collect`` serves the last reading."""
 
-    def __init__(self, settings: Settings, interval: float = 5.0,
-                 groups: list[GroupTopics] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, interval: float = 5.0, groups: list[GroupTopics] | None = None
+    ) -> None:
         self.settings = settings
         self.interval = interval
         self.groups = groups or pipeline_groups(settings)
@@ -150,13 +167,19 @@ class LagCollector(Collector):
         per_partition = GaugeMetricFamily(
             "kafka_consumergroup_lag",
             "End offset minus the group's committed offset, per partition (uncommitted: "
-            "from the first retained offset).", labels=["consumergroup", "topic", "partition"])
+            "from the first retained offset).",
+            labels=["consumergroup", "topic", "partition"],
+        )
         current = GaugeMetricFamily(
-            "kafka_consumergroup_current_offset", "The group's committed offset (-1: none).",
-            labels=["consumergroup", "topic", "partition"])
+            "kafka_consumergroup_current_offset",
+            "The group's committed offset (-1: none).",
+            labels=["consumergroup", "topic", "partition"],
+        )
         per_topic = GaugeMetricFamily(
-            "kafka_consumergroup_lag_sum", "Consumer lag summed over a topic's partitions.",
-            labels=["consumergroup", "topic"])
+            "kafka_consumergroup_lag_sum",
+            "Consumer lag summed over a topic's partitions.",
+            labels=["consumergroup", "topic"],
+        )
         sums: dict[tuple[str, str], int] = {}
         for p in lag:
             labels = [p.group, p.topic, str(p.partition)]
@@ -170,7 +193,8 @@ class LagCollector(Collector):
         yield per_topic
         updated = GaugeMetricFamily(
             "ehb_consumer_lag_last_refresh_timestamp_seconds",
-            "Unix time the consumer-lag metrics were last read from the broker (0: never).")
+            "Unix time the consumer-lag metrics were last read from the broker (0: never).",
+        )
         updated.add_metric([], last_ok)
         yield updated
 

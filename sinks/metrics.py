@@ -63,16 +63,23 @@ SINK_LAST_COMMIT = Gauge(
 CAMPAIGN_METRICS: dict[str, tuple[str, str, str | None]] = {
     "examinations": ("ehb_examinations", "Examinations persisted, by scope.", "scope"),
     "health_books_integrated": (
-        "ehb_health_books_integrated", "Citizens whose health book got its first record.", None),
+        "ehb_health_books_integrated",
+        "Citizens whose health book got its first record.",
+        None,
+    ),
     "referrals": ("ehb_referrals", "Referral (transfer) letters persisted.", None),
-    "referrals_completed": ("ehb_referrals_completed",
-                            "Referrals completed by an exam at the destination.", None),
-    "referrals_expired": ("ehb_referrals_expired",
-                          "Referrals whose window passed without an exam at the destination.",
-                          None),
+    "referrals_completed": (
+        "ehb_referrals_completed",
+        "Referrals completed by an exam at the destination.",
+        None,
+    ),
+    "referrals_expired": (
+        "ehb_referrals_expired",
+        "Referrals whose window passed without an exam at the destination.",
+        None,
+    ),
     "appointments": ("ehb_appointments", "Follow-up appointments persisted.", None),
-    "appointment_reminders": ("ehb_appointment_reminders", "Appointment reminders emitted.",
-                              None),
+    "appointment_reminders": ("ehb_appointment_reminders", "Appointment reminders emitted.", None),
     "appointments_kept": ("ehb_appointments_kept", "Follow-up appointments kept.", None),
     "appointments_missed": ("ehb_appointments_missed", "Follow-up appointments missed.", None),
     "dead_letters": ("ehb_dead_letters", "Inputs dead-lettered, by reason code.", "reason"),
@@ -84,9 +91,14 @@ class CachedQuery:
     """A query for a scrape-time collector: run on its own autocommit connection, cached for
     ``ttl`` seconds, and answered with the last result while PostgreSQL is away."""
 
-    def __init__(self, connect: Callable[[], psycopg2.extensions.connection], sql: str,
-                 convert: Callable[[list[tuple[Any, ...]]], Any], initial: Any,
-                 ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg2.extensions.connection],
+        sql: str,
+        convert: Callable[[list[tuple[Any, ...]]], Any],
+        initial: Any,
+        ttl: float = 1.0,
+    ) -> None:
         self._connect = connect
         self._sql = sql
         self._convert = convert
@@ -119,11 +131,16 @@ class CachedQuery:
 class CampaignCollector(Collector):
     """Reads ``campaign_counters`` at scrape time (cached for ``ttl`` seconds)."""
 
-    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
-                 ttl: float = 1.0) -> None:
+    def __init__(
+        self, connect: Callable[[], psycopg2.extensions.connection], ttl: float = 1.0
+    ) -> None:
         self._query = CachedQuery(
-            connect, "SELECT metric, label, value FROM campaign_counters",
-            lambda rows: {(m, lbl): v for m, lbl, v in rows}, {}, ttl)
+            connect,
+            "SELECT metric, label, value FROM campaign_counters",
+            lambda rows: {(m, lbl): v for m, lbl, v in rows},
+            {},
+            ttl,
+        )
 
     def read(self) -> dict[tuple[str, str], int]:
         values: dict[tuple[str, str], int] = self._query.read()

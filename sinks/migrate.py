@@ -68,6 +68,9 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
 
 
 def _seed_reference_data(cur: psycopg2.extensions.cursor) -> None:
-    execute_values(cur, "INSERT INTO provinces (code, name) VALUES %s ON CONFLICT DO NOTHING",
-                   list(load_provinces().items()))
+    execute_values(
+        cur,
+        "INSERT INTO provinces (code, name) VALUES %s ON CONFLICT DO NOTHING",
+        list(load_provinces().items()),
+    )
     upsert_facilities(cur, load_facilities())

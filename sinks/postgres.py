@@ -60,12 +60,15 @@ def dead_letter_id(record: dict[str, Any]) -> str:
     if record.get("event_id"):
         return f"event:{record['event_id']}"
     index = record.get("event_index")
-    return (f"{record['source_topic']}:{record['source_partition']}:{record['source_offset']}"
-            f":{'-' if index is None else index}")
+    return (
+        f"{record['source_topic']}:{record['source_partition']}:{record['source_offset']}"
+        f":{'-' if index is None else index}"
+    )
 
 
-def _dedupe(rows: Iterable[tuple[Any, ...]], key: Callable[[tuple[Any, ...]], Any]
-            ) -> list[tuple[Any, ...]]:
+def _dedupe(
+    rows: Iterable[tuple[Any, ...]], key: Callable[[tuple[Any, ...]], Any]
+) -> list[tuple[Any, ...]]:
     """One row per key (the last): ON CONFLICT cannot touch a row twice in one statement."""
     return list({key(r): r for r in rows}.values())
 
@@ -181,16 +184,20 @@ Rows = list[tuple[Any, ...]]
 
 def _count_rows(key: str) -> Callable[[Rows, Counter[str]], None]:
     """Counter rule: ``key`` ("metric|label") counts every row returned."""
+
     def count(rows: Rows, deltas: Counter[str]) -> None:
         deltas[key] += len(rows)
+
     return count
 
 
 def _count_by_first_column(key: str) -> Callable[[Rows, Counter[str]], None]:
     """Counter rule: each row returned counts for ``key`` formatted with its first column."""
+
     def count(rows: Rows, deltas: Counter[str]) -> None:
         for row in rows:
             deltas[key.format(row[0])] += 1
+
     return count
 
 
@@ -211,8 +218,7 @@ _STATEMENTS: tuple[tuple[str, str, Callable[[Rows, Counter[str]], None]], ...] =
     ("referrals_issued", SQL_REFERRALS_ISSUED, _count_rows("referrals|")),
     ("referrals_closed", SQL_REFERRALS_CLOSED, _count_referrals_closed),
     ("appointments_scheduled", SQL_APPOINTMENTS_SCHEDULED, _count_rows("appointments|")),
-    ("appointments_reminded", SQL_APPOINTMENTS_REMINDED,
-     _count_rows("appointment_reminders|")),
+    ("appointments_reminded", SQL_APPOINTMENTS_REMINDED, _count_rows("appointment_reminders|")),
     ("appointments_closed", SQL_APPOINTMENTS_CLOSED, _count_by_first_column("appointments_{}|")),
     ("dead_letters", SQL_DEAD_LETTERS, _count_by_first_column("dead_letters|{}")),
 )
@@ -261,65 +267,139 @@ class _Batch:
 
     def _add_health_book(self, v: dict[str, Any]) -> None:
         if v["record_type"] == "BOOK_INTEGRATED":
-            self.books.append((v["citizen_key"], v["so_cccd"], v["ho_ten"], v["event_id"],
-                               v["ma_cskcb"], parse_datetime(v["ngay_vao"])))
+            self.books.append(
+                (
+                    v["citizen_key"],
+                    v["so_cccd"],
+                    v["ho_ten"],
+                    v["event_id"],
+                    v["ma_cskcb"],
+                    parse_datetime(v["ngay_vao"]),
+                )
+            )
             return
-        self.entries.append((
-            v["ma_cskcb"], v["ma_lk"], v["event_id"], v["citizen_key"], v["so_cccd"],
-            v["ho_ten"], v["ngay_sinh"], v["gioi_tinh"], v["ma_the_bhyt"], v["ma_dkbd"],
-            v["registration_province"], v["facility_province"],
-            "in_province" if v["scope"] == IN_PROVINCE else "out_of_province",
-            v["ma_loai_kcb"], v["visit_type"], v["ma_benh_chinh"], v["ma_benh_kt"],
-            v["ngay_vao"], v["ngay_ra"], v["ket_qua_dtri"], v["ma_loai_rv"],
-            v["t_tongchi_bv"], v["t_tongchi_bh"], v["t_bhtt"], v["has_referral"],
-            v["has_appointment"], _ms(v["published_at"]), _ms(v["processed_at"]),
-        ))
+        self.entries.append(
+            (
+                v["ma_cskcb"],
+                v["ma_lk"],
+                v["event_id"],
+                v["citizen_key"],
+                v["so_cccd"],
+                v["ho_ten"],
+                v["ngay_sinh"],
+                v["gioi_tinh"],
+                v["ma_the_bhyt"],
+                v["ma_dkbd"],
+                v["registration_province"],
+                v["facility_province"],
+                "in_province" if v["scope"] == IN_PROVINCE else "out_of_province",
+                v["ma_loai_kcb"],
+                v["visit_type"],
+                v["ma_benh_chinh"],
+                v["ma_benh_kt"],
+                v["ngay_vao"],
+                v["ngay_ra"],
+                v["ket_qua_dtri"],
+                v["ma_loai_rv"],
+                v["t_tongchi_bv"],
+                v["t_tongchi_bh"],
+                v["t_bhtt"],
+                v["has_referral"],
+                v["has_appointment"],
+                _ms(v["published_at"]),
+                _ms(v["processed_at"]),
+            )
+        )
 
     def _add_referral(self, v: dict[str, Any]) -> None:
         kind = v["record_type"]
         if kind == "ISSUED":
-            self.referrals_issued.append((
-                v["referral_id"], v["event_id"], v["citizen_key"], v["origin"],
-                v["destination"], v["ma_lydo_ct"], v["ma_benh_chinh"], _ts(v["issued_at"]),
-                _ts(v["deadline"]), "issued",
-            ))
+            self.referrals_issued.append(
+                (
+                    v["referral_id"],
+                    v["event_id"],
+                    v["citizen_key"],
+                    v["origin"],
+                    v["destination"],
+                    v["ma_lydo_ct"],
+                    v["ma_benh_chinh"],
+                    _ts(v["issued_at"]),
+                    _ts(v["deadline"]),
+                    "issued",
+                )
+            )
         else:
-            self.referrals_closed.append((
-                v["referral_id"], "completed" if kind == "COMPLETED" else "expired",
-                v["arrival_event_id"], _ts(v["arrived_at"]), v["days_to_arrival"],
-            ))
+            self.referrals_closed.append(
+                (
+                    v["referral_id"],
+                    "completed" if kind == "COMPLETED" else "expired",
+                    v["arrival_event_id"],
+                    _ts(v["arrived_at"]),
+                    v["days_to_arrival"],
+                )
+            )
 
     def _add_appointment(self, v: dict[str, Any]) -> None:
         kind = v["record_type"]
         if kind == "SCHEDULED":
-            self.appointments_scheduled.append((
-                v["appointment_id"], v["event_id"], v["citizen_key"], v["ma_cskcb"],
-                v["ma_benh_chinh"], _ts(v["appointment_at"]), "scheduled",
-            ))
+            self.appointments_scheduled.append(
+                (
+                    v["appointment_id"],
+                    v["event_id"],
+                    v["citizen_key"],
+                    v["ma_cskcb"],
+                    v["ma_benh_chinh"],
+                    _ts(v["appointment_at"]),
+                    "scheduled",
+                )
+            )
         elif kind == "REMINDER":
             self.appointments_reminded.append((v["appointment_id"], _ts(v["event_time"])))
         else:
-            self.appointments_closed.append((
-                v["appointment_id"], "kept" if kind == "KEPT" else "missed", v["visit_event_id"],
-            ))
+            self.appointments_closed.append(
+                (
+                    v["appointment_id"],
+                    "kept" if kind == "KEPT" else "missed",
+                    v["visit_event_id"],
+                )
+            )
 
     def add_dead_letter(self, v: dict[str, Any]) -> None:
         v = bound_dead_letter(v, self.original_max_bytes)
-        self.dead_letters.append((
-            dead_letter_id(v), v["reason"], v["message"], v["stage"], v["source_topic"],
-            v["source_partition"], v["source_offset"], v["event_index"], v["event_id"],
-            v["ma_cskcb"], v["schema_id"], psycopg2.Binary(v["original"]),
-            _ts(v["published_at"]), _ts(v["failed_at"]), v["original_length"],
-            v["original_sha256"], v["original_truncated"],
-        ))
+        self.dead_letters.append(
+            (
+                dead_letter_id(v),
+                v["reason"],
+                v["message"],
+                v["stage"],
+                v["source_topic"],
+                v["source_partition"],
+                v["source_offset"],
+                v["event_index"],
+                v["event_id"],
+                v["ma_cskcb"],
+                v["schema_id"],
+                psycopg2.Binary(v["original"]),
+                _ts(v["published_at"]),
+                _ts(v["failed_at"]),
+                v["original_length"],
+                v["original_sha256"],
+                v["original_truncated"],
+            )
+        )
 
 
 class PostgresWriter:
     """Writes batches of records; ``write`` returns only once they are committed."""
 
-    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
-                 *, max_backoff: float = 5.0, clock: Callable[[], float] = time.time,
-                 original_max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg2.extensions.connection],
+        *,
+        max_backoff: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        original_max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES,
+    ) -> None:
         self._connect = connect
         self.original_max_bytes = original_max_bytes
         self._conn: psycopg2.extensions.connection | None = None
@@ -353,9 +433,12 @@ class PostgresWriter:
                 metrics.SINK_RETRIES.inc()
                 self._discard_connection()
                 if attempt == 1 or attempt % 10 == 0:
-                    log.warning("PostgreSQL unavailable (attempt %d), retrying in %.1fs: %s",
-                                attempt, delay, str(exc).strip().splitlines()[0] if str(exc)
-                                else type(exc).__name__)
+                    log.warning(
+                        "PostgreSQL unavailable (attempt %d), retrying in %.1fs: %s",
+                        attempt,
+                        delay,
+                        str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
@@ -382,14 +465,14 @@ class PostgresWriter:
             faultpoints.reach("sink.db_committed")
         except _REFUSED as exc:
             conn.rollback()
-            log.warning("batch refused by PostgreSQL (%s); isolating the bad records",
-                        type(exc).__name__)
+            log.warning(
+                "batch refused by PostgreSQL (%s); isolating the bad records", type(exc).__name__
+            )
             deltas, latencies = self._write_isolating(records)
         self._observe(deltas, latencies)
         return deltas
 
-    def _write_isolating(self, records: Sequence[Record]
-                         ) -> tuple[Counter[str], list[float]]:
+    def _write_isolating(self, records: Sequence[Record]) -> tuple[Counter[str], list[float]]:
         """Refused records become dead letters (db_rejected); the rest is written, in order."""
         conn = self.conn
         deltas: Counter[str] = Counter()
@@ -402,8 +485,13 @@ class PostgresWriter:
         faultpoints.reach("sink.db_committed")
         return deltas, latencies
 
-    def _isolate(self, cur: psycopg2.extensions.cursor, records: list[Record],
-                 deltas: Counter[str], latencies: list[float]) -> None:
+    def _isolate(
+        self,
+        cur: psycopg2.extensions.cursor,
+        records: list[Record],
+        deltas: Counter[str],
+        latencies: list[float],
+    ) -> None:
         """Write ``records`` under a savepoint; refused, halve them (left half first, so every
         record still follows the ones before it) until each refused record is alone. A poison
         record in a batch of 5,000 costs ~25 statements, not 5,000: the partition does not
@@ -453,8 +541,9 @@ class PostgresWriter:
             "failed_at": int(self.clock() * 1000),
         }
 
-    def _apply(self, cur: psycopg2.extensions.cursor, batch: _Batch
-               ) -> tuple[Counter[str], list[float]]:
+    def _apply(
+        self, cur: psycopg2.extensions.cursor, batch: _Batch
+    ) -> tuple[Counter[str], list[float]]:
         deltas: Counter[str] = Counter()
         latencies: list[float] = []
         if batch.entries:
@@ -462,16 +551,26 @@ class PostgresWriter:
         for attribute, statement, count in _STATEMENTS:
             rows = getattr(batch, attribute)
             if rows:
-                count(execute_values(cur, statement, _dedupe(rows, lambda r: r[0]),
-                                     page_size=1000, fetch=True), deltas)
+                count(
+                    execute_values(
+                        cur, statement, _dedupe(rows, lambda r: r[0]), page_size=1000, fetch=True
+                    ),
+                    deltas,
+                )
         return deltas, latencies
 
-    def _apply_entries(self, cur: psycopg2.extensions.cursor, entries: list[tuple[Any, ...]],
-                       deltas: Counter[str], latencies: list[float]) -> None:
+    def _apply_entries(
+        self,
+        cur: psycopg2.extensions.cursor,
+        entries: list[tuple[Any, ...]],
+        deltas: Counter[str],
+        latencies: list[float],
+    ) -> None:
         """Health-book entries: COPY to the staging table, then one upsert from it."""
         now = self.clock()
-        cur.copy_expert("COPY ehb_stage_entries FROM STDIN",
-                        _copy_text(_dedupe(entries, lambda r: r[:2])))
+        cur.copy_expert(
+            "COPY ehb_stage_entries FROM STDIN", _copy_text(_dedupe(entries, lambda r: r[:2]))
+        )
         cur.execute(SQL_ENTRIES)
         rows = cur.fetchall()
         cur.execute("TRUNCATE ehb_stage_entries")

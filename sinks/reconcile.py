@@ -49,8 +49,14 @@ from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.time import VN_TZ, parse_datetime
 from sinks.metrics import CachedQuery
 
-__all__ = ["FacilityReportCollector", "ReconcileResult", "Reconciler", "STATUSES",
-           "episode_of_dead_letter", "last_passed_day"]
+__all__ = [
+    "FacilityReportCollector",
+    "ReconcileResult",
+    "Reconciler",
+    "STATUSES",
+    "episode_of_dead_letter",
+    "last_passed_day",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +128,9 @@ def last_passed_day(now: datetime, grace: timedelta) -> date:
     return (now.astimezone(VN_TZ) - grace).date() - timedelta(days=1)
 
 
-def episode_of_dead_letter(codec: AvroCodec, original: bytes
-                           ) -> tuple[str | None, str | None, date | None]:
+def episode_of_dead_letter(
+    codec: AvroCodec, original: bytes
+) -> tuple[str | None, str | None, date | None]:
     """(MA_CSKCB, MA_LK, day of NGAY_RA) of the examination event a dead letter carries."""
     try:
         event = codec.decode(original, (SUBJECTS.EXAMINATION_EVENT,)).record
@@ -147,8 +154,14 @@ class ReconcileResult:
 
 
 class Reconciler:
-    def __init__(self, codec: AvroCodec, *, grace: timedelta = timedelta(hours=12),
-                 window_days: int = 400, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        *,
+        grace: timedelta = timedelta(hours=12),
+        window_days: int = 400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.codec = codec
         self.grace = grace
         self.window = timedelta(days=window_days)
@@ -166,17 +179,16 @@ class Reconciler:
                     return ReconcileResult(skipped=True)
                 cur.execute(SQL_FOLD_DELTAS)
                 decoded = self._decode_dead_letters(cur)
-                passed = last_passed_day(datetime.fromtimestamp(self.clock(), VN_TZ),
-                                         self.grace)
+                passed = last_passed_day(datetime.fromtimestamp(self.clock(), VN_TZ), self.grace)
                 first, newest = self._bounds(cur)
                 days: tuple[date, ...] = ()
                 rows = 0
                 if first is not None and newest is not None and first <= newest:
-                    cur.execute(SQL_RECONCILE, {"first": first, "newest": newest,
-                                                "passed": passed})
+                    cur.execute(SQL_RECONCILE, {"first": first, "newest": newest, "passed": passed})
                     rows = cur.rowcount
-                    days = tuple(first + timedelta(days=i)
-                                 for i in range((newest - first).days + 1))
+                    days = tuple(
+                        first + timedelta(days=i) for i in range((newest - first).days + 1)
+                    )
             conn.commit()
         except BaseException:
             with contextlib.suppress(psycopg2.Error):  # keep the original error
@@ -195,8 +207,12 @@ class Reconciler:
             for dead_letter_id, facility, original in rows:
                 event_facility, ma_lk, day = episode_of_dead_letter(self.codec, bytes(original))
                 episodes.append((dead_letter_id, event_facility or facility, ma_lk, day))
-            execute_values(cur, "INSERT INTO dead_letter_episodes (dead_letter_id, ma_cskcb, "
-                           "ma_lk, episode_day) VALUES %s ON CONFLICT DO NOTHING", episodes)
+            execute_values(
+                cur,
+                "INSERT INTO dead_letter_episodes (dead_letter_id, ma_cskcb, "
+                "ma_lk, episode_day) VALUES %s ON CONFLICT DO NOTHING",
+                episodes,
+            )
             total += len(rows)
             if len(rows) < _DECODE_CHUNK:
                 return total
@@ -222,8 +238,12 @@ class ReconcileLoop:
     MIN_GAP_S = 1.0
     MAX_DUTY = 0.1
 
-    def __init__(self, reconciler: Reconciler,
-                 connect: Callable[[], psycopg2.extensions.connection], interval: float) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        connect: Callable[[], psycopg2.extensions.connection],
+        interval: float,
+    ) -> None:
         self.reconciler = reconciler
         self._connect = connect
         self.interval = interval
@@ -242,8 +262,10 @@ class ReconcileLoop:
                 self._conn = self._connect()
             result = self.reconciler.run(self._conn)
         except psycopg2.Error as exc:  # PostgreSQL away: try again next round
-            log.warning("facility report reconciliation failed: %s",
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            log.warning(
+                "facility report reconciliation failed: %s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+            )
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
@@ -252,9 +274,13 @@ class ReconcileLoop:
             self.last_duration = time.monotonic() - started
         self.runs += 1
         if result.days:
-            log.debug("reconciled %d days (%d rows, %d dead letters decoded) in %.3fs",
-                      len(result.days), result.rows, result.dead_letters_decoded,
-                      self.last_duration)
+            log.debug(
+                "reconciled %d days (%d rows, %d dead letters decoded) in %.3fs",
+                len(result.days),
+                result.rows,
+                result.dead_letters_decoded,
+                self.last_duration,
+            )
         return result
 
     def run(self, stop: threading.Event) -> None:
@@ -262,8 +288,7 @@ class ReconcileLoop:
             while not stop.is_set():
                 self.once()
                 finished = time.monotonic()
-                gap = min(self.interval,
-                          max(self.MIN_GAP_S, self.last_duration / self.MAX_DUTY))
+                gap = min(self.interval, max(self.MIN_GAP_S, self.last_duration / self.MAX_DUTY))
                 deadline = finished + self.interval
                 while not stop.is_set() and time.monotonic() < deadline:
                     if self._poked.is_set() and time.monotonic() >= finished + gap:
@@ -293,10 +318,12 @@ class FacilityReportCollector(Collector):
     """Gauges of the reconciliation, read from ``facility_reports`` at scrape time (cached for
     ``ttl`` seconds). Facility codes stay in PostgreSQL: the labels are only statuses."""
 
-    def __init__(self, connect: Callable[[], psycopg2.extensions.connection],
-                 ttl: float = 1.0) -> None:
-        self._query = CachedQuery(connect, SQL_GAUGES, lambda rows: rows[0] if rows else None,
-                                  None, ttl)
+    def __init__(
+        self, connect: Callable[[], psycopg2.extensions.connection], ttl: float = 1.0
+    ) -> None:
+        self._query = CachedQuery(
+            connect, SQL_GAUGES, lambda rows: rows[0] if rows else None, None, ttl
+        )
 
     def read(self) -> tuple[Any, ...] | None:
         result: tuple[Any, ...] | None = self._query.read()
@@ -307,24 +334,38 @@ class FacilityReportCollector(Collector):
         if values is None:
             return
         day, reporting, silent, mismatches, *by_status = values
-        day_ts = (datetime(day.year, day.month, day.day, tzinfo=VN_TZ).timestamp()
-                  if day is not None else 0)
+        day_ts = (
+            datetime(day.year, day.month, day.day, tzinfo=VN_TZ).timestamp()
+            if day is not None
+            else 0
+        )
         yield GaugeMetricFamily(
             "ehb_facility_reports_latest_day_timestamp_seconds",
             "Start (Vietnam time) of the newest day that has passed and been reconciled; the "
-            "three gauges below are for that day.", value=day_ts)
+            "three gauges below are for that day.",
+            value=day_ts,
+        )
         yield GaugeMetricFamily(
-            "ehb_facilities_reporting", "Facilities whose daily report for the newest passed "
-            "day arrived.", value=reporting)
+            "ehb_facilities_reporting",
+            "Facilities whose daily report for the newest passed day arrived.",
+            value=reporting,
+        )
         yield GaugeMetricFamily(
-            "ehb_facilities_silent", "Active facilities of the registry without a daily report "
-            "for the newest passed day.", value=silent)
+            "ehb_facilities_silent",
+            "Active facilities of the registry without a daily report for the newest passed day.",
+            value=silent,
+        )
         yield GaugeMetricFamily(
-            "ehb_facility_report_mismatches", "Facilities whose daily report for the newest "
-            "passed day disagrees with the episodes received.", value=mismatches)
+            "ehb_facility_report_mismatches",
+            "Facilities whose daily report for the newest "
+            "passed day disagrees with the episodes received.",
+            value=mismatches,
+        )
         family = GaugeMetricFamily(
-            "ehb_facility_report_days", "Facility-days in facility_reports, by reconciliation "
-            "status (all days).", labels=["status"])
+            "ehb_facility_report_days",
+            "Facility-days in facility_reports, by reconciliation status (all days).",
+            labels=["status"],
+        )
         for status, count in zip(STATUSES, by_status, strict=True):
             family.add_metric([status], count)
         yield family

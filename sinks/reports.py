@@ -31,8 +31,7 @@ from schemas.dead_letters import bound_dead_letter
 from schemas.topics import DEAD_LETTER, FACILITY_REPORTS
 from sinks.reconcile import ReconcileLoop, Reconciler
 
-__all__ = ["ReportSink", "report_dead_letter", "report_problem",
-           "write_reports"]
+__all__ = ["ReportSink", "report_dead_letter", "report_problem", "write_reports"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,7 @@ def report_problem(report: dict[str, Any], today: date) -> str | None:
     return None
 
 
-def write_reports(conn: psycopg2.extensions.connection, reports: Sequence[dict[str, Any]]
-                  ) -> int:
+def write_reports(conn: psycopg2.extensions.connection, reports: Sequence[dict[str, Any]]) -> int:
     """Upsert reports (the latest ``sent_at`` per facility and day wins); returns rows changed."""
     latest: dict[tuple[str, date], dict[str, Any]] = {}
     for report in reports:
@@ -69,8 +67,10 @@ def write_reports(conn: psycopg2.extensions.connection, reports: Sequence[dict[s
         if key not in latest or latest[key]["sent_at"] <= report["sent_at"]:
             latest[key] = report
     now = datetime.now(UTC)
-    rows = [(code, day, r["episodes_sent"], "pending", r["sent_at"], now)
-            for (code, day), r in sorted(latest.items())]
+    rows = [
+        (code, day, r["episodes_sent"], "pending", r["sent_at"], now)
+        for (code, day), r in sorted(latest.items())
+    ]
     with conn.cursor() as cur:
         execute_values(cur, SQL_REPORTS, rows, page_size=1000)
         changed = cur.rowcount
@@ -81,17 +81,27 @@ def write_reports(conn: psycopg2.extensions.connection, reports: Sequence[dict[s
 class ReportSink:
     """The two threads; ``start()`` them beside the main sink, ``join()`` after ``stop``."""
 
-    def __init__(self, settings: Settings, connect: Callable[[], psycopg2.extensions.connection],
-                 codec: AvroCodec, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connect: Callable[[], psycopg2.extensions.connection],
+        codec: AvroCodec,
+        stop: threading.Event,
+    ) -> None:
         self.settings = settings
         self.codec = codec
         self.stop = stop
         self._connect = connect
         self._conn: psycopg2.extensions.connection | None = None
         self.loop = ReconcileLoop(
-            Reconciler(codec, grace=timedelta(hours=settings.reports_grace_hours),
-                       window_days=settings.reports_window_days),
-            connect, settings.reports_reconcile_s)
+            Reconciler(
+                codec,
+                grace=timedelta(hours=settings.reports_grace_hours),
+                window_days=settings.reports_window_days,
+            ),
+            connect,
+            settings.reports_reconcile_s,
+        )
         self._dead_letters: Producer | None = None
         self._encode_dead_letter = codec.writer(SUBJECTS.DEAD_LETTER)
         self._encode_report = codec.writer(SUBJECTS.FACILITY_DAILY_REPORT)
@@ -99,8 +109,10 @@ class ReportSink:
         self.reports_written = 0
 
     def start(self) -> ReportSink:
-        for name, target in (("reports-consumer", self._consume),
-                             ("reports-reconcile", lambda: self.loop.run(self.stop))):
+        for name, target in (
+            ("reports-consumer", self._consume),
+            ("reports-reconcile", lambda: self.loop.run(self.stop)),
+        ):
             thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -117,16 +129,25 @@ class ReportSink:
             except Exception:  # a dead thread must not go unnoticed
                 log.exception("facility reports: %s stopped", threading.current_thread().name)
                 raise
+
         return run
 
     # -- the consumer ---------------------------------------------------------------------
     def _consume(self) -> None:
-        consumer = RecordConsumer(self.settings, f"{self.settings.sink_group}-reports",
-                                  [FACILITY_REPORTS], codec=self.codec,
-                                  subjects=(SUBJECTS.FACILITY_DAILY_REPORT,))
+        consumer = RecordConsumer(
+            self.settings,
+            f"{self.settings.sink_group}-reports",
+            [FACILITY_REPORTS],
+            codec=self.codec,
+            subjects=(SUBJECTS.FACILITY_DAILY_REPORT,),
+        )
         try:
-            consumer.run(self._handle, batch_size=self.settings.sink_batch_size,
-                         batch_timeout=self.settings.sink_batch_timeout_s, stop=self.stop)
+            consumer.run(
+                self._handle,
+                batch_size=self.settings.sink_batch_size,
+                batch_timeout=self.settings.sink_batch_timeout_s,
+                stop=self.stop,
+            )
         finally:
             if self._conn is not None:
                 self._conn.close()
@@ -157,8 +178,10 @@ class ReportSink:
                 self.reports_written += write_reports(self._conn, reports)
                 return
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                log.warning("PostgreSQL unavailable for facility reports, retrying: %s",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                log.warning(
+                    "PostgreSQL unavailable for facility reports, retrying: %s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                )
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
@@ -167,28 +190,44 @@ class ReportSink:
                 delay = min(delay * 2, 5.0)
 
     def _dead_letter(self, record: Record, problem: str) -> None:
-        log.warning("invalid facility report %s[%d]@%d: %s", record.topic, record.partition,
-                    record.offset, problem)
+        log.warning(
+            "invalid facility report %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            problem,
+        )
         if self._dead_letters is None:
             self._dead_letters = Producer(producer_config(self.settings))
         dead_letter = bound_dead_letter(
             report_dead_letter(record, problem, self._encode_report, int(time.time() * 1000)),
-            self.settings.dead_letter_original_max_bytes)
+            self.settings.dead_letter_original_max_bytes,
+        )
         code = dead_letter["ma_cskcb"]
-        self._dead_letters.produce(self.settings.topic(DEAD_LETTER),
-                                   self._encode_dead_letter(dead_letter),
-                                   key=code.encode() if code else None)
+        self._dead_letters.produce(
+            self.settings.topic(DEAD_LETTER),
+            self._encode_dead_letter(dead_letter),
+            key=code.encode() if code else None,
+        )
 
 
-def report_dead_letter(record: Record, problem: str, encode_report: Callable[[dict[str, Any]],
-                       bytes], now_ms: int) -> dict[str, Any]:
+def report_dead_letter(
+    record: Record, problem: str, encode_report: Callable[[dict[str, Any]], bytes], now_ms: int
+) -> dict[str, Any]:
     """The DeadLetter record (reason ``report_invalid``) of a report that cannot be right."""
     code = record.value.get("ma_cskcb")
     return {
-        "reason": "report_invalid", "message": problem, "stage": "sink",
-        "source_topic": record.topic, "source_partition": record.partition,
-        "source_offset": record.offset, "event_index": None, "event_id": None,
-        "ma_cskcb": code if isinstance(code, str) else None, "schema_id": None,
+        "reason": "report_invalid",
+        "message": problem,
+        "stage": "sink",
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "event_index": None,
+        "event_id": None,
+        "ma_cskcb": code if isinstance(code, str) else None,
+        "schema_id": None,
         "original": encode_report(record.value),
-        "published_at": record.timestamp_ms, "failed_at": now_ms,
+        "published_at": record.timestamp_ms,
+        "failed_at": now_ms,
     }

@@ -26,8 +26,12 @@ __all__ = ["run_sink"]
 
 log = logging.getLogger(__name__)
 
-SINK_SUBJECTS = (SUBJECTS.HEALTH_BOOK_RECORD, SUBJECTS.REFERRAL_RECORD,
-                 SUBJECTS.APPOINTMENT_RECORD, SUBJECTS.DEAD_LETTER)
+SINK_SUBJECTS = (
+    SUBJECTS.HEALTH_BOOK_RECORD,
+    SUBJECTS.REFERRAL_RECORD,
+    SUBJECTS.APPOINTMENT_RECORD,
+    SUBJECTS.DEAD_LETTER,
+)
 
 
 def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -43,16 +47,23 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
         return connect(settings, timeout=2, application_name="ehb-sink")
 
     if settings.metrics_port:
-        REGISTRY.register(CampaignCollector(
-            lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
+        REGISTRY.register(
+            CampaignCollector(
+                lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")
+            )
+        )
         REGISTRY.register(LagCollector(settings, settings.lag_refresh_s).start())
-        REGISTRY.register(FacilityReportCollector(
-            lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")))
+        REGISTRY.register(
+            FacilityReportCollector(
+                lambda: connect(settings, timeout=2, application_name="ehb-sink-metrics")
+            )
+        )
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on :%d/metrics", settings.metrics_port)
 
-    writer = PostgresWriter(connect_quickly,
-                            original_max_bytes=settings.dead_letter_original_max_bytes)
+    writer = PostgresWriter(
+        connect_quickly, original_max_bytes=settings.dead_letter_original_max_bytes
+    )
     consumer = RecordConsumer(settings, settings.sink_group, SINK_TOPICS, subjects=SINK_SUBJECTS)
 
     def handle(records: list[Record]) -> None:
@@ -68,8 +79,12 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     reports = ReportSink(settings, connect_quickly, consumer.codec, stop).start()
     tune_gc(settings.gc_young_threshold)
     try:
-        consumer.run(handle, batch_size=settings.sink_batch_size,
-                     batch_timeout=settings.sink_batch_timeout_s, stop=stop)
+        consumer.run(
+            handle,
+            batch_size=settings.sink_batch_size,
+            batch_timeout=settings.sink_batch_timeout_s,
+            stop=stop,
+        )
     finally:
         stop.set()
         reports.join()

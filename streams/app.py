@@ -121,12 +121,16 @@ def _shorten_fetch_wait() -> None:
     _fetch_wait_patched = True
 
 
-def create_app(settings: Settings, codec: AvroCodec | None = None,
-               registry: FacilityRegistry | None = None) -> faust.App:
+def create_app(
+    settings: Settings, codec: AvroCodec | None = None, registry: FacilityRegistry | None = None
+) -> faust.App:
     codec = codec or codec_for(settings)
     registry = registry or FacilityRegistry.from_reference()
-    faust_patches.install(real_end=functools.partial(
-        faust_patches.real_end_offsets, consumer_config(settings, "ehb-changelog-end")))
+    faust_patches.install(
+        real_end=functools.partial(
+            faust_patches.real_end_offsets, consumer_config(settings, "ehb-changelog-end")
+        )
+    )
     partitions = settings.kafka_partitions
     app = _faust_app(settings)
     t_examinations = settings.topic(EXAMINATIONS)
@@ -138,20 +142,36 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(
-        Intake(codec, registry, CitizenKeyer.from_settings(settings), partitions,
-               original_max_bytes=settings.dead_letter_original_max_bytes),
+        Intake(
+            codec,
+            registry,
+            CitizenKeyer.from_settings(settings),
+            partitions,
+            original_max_bytes=settings.dead_letter_original_max_bytes,
+        ),
         IntakeProgress(t_examinations, partitions, settings.partition_idle_s),
-        output, IntakeRoutes.from_settings(settings, codec), lambda: app.consumer,
-        settings.worker_batch_size, settings.worker_batch_timeout_s)
+        output,
+        IntakeRoutes.from_settings(settings, codec),
+        lambda: app.consumer,
+        settings.worker_batch_size,
+        settings.worker_batch_timeout_s,
+    )
     health_book = HealthBookAgent(
-        machine, codec, lambda: citizens.data, citizens.changelog_topic.get_topic_name(),
-        HealthBookOutputs.from_settings(settings, codec), output,
-        settings.worker_batch_timeout_s)
+        machine,
+        codec,
+        lambda: citizens.data,
+        citizens.changelog_topic.get_topic_name(),
+        HealthBookOutputs.from_settings(settings, codec),
+        output,
+        settings.worker_batch_timeout_s,
+    )
 
     faust_patches.commit_points[t_examinations] = "intake.offsets_committed"
     faust_patches.commit_points[t_by_citizen] = "health_book.offsets_committed"
-    for channel, name, run in ((examinations, "ehb.intake", intake.run),
-                               (by_citizen, "ehb.health-book", health_book.run)):
+    for channel, name, run in (
+        (examinations, "ehb.intake", intake.run),
+        (by_citizen, "ehb.health-book", health_book.run),
+    ):
         agent = app.agent(channel, name=name)(run)
         # An agent that raises stops the worker without acknowledging its batch (Faust would
         # commit and restart the agent).
@@ -167,8 +187,9 @@ def create_app(settings: Settings, codec: AvroCodec | None = None,
     return app
 
 
-def _connect_rebalance_signals(app: faust.App, machine: CitizenStateMachine,
-                               t_examinations: str) -> None:
+def _connect_rebalance_signals(
+    app: faust.App, machine: CitizenStateMachine, t_examinations: str
+) -> None:
     """After a rebalance the state machine rebuilds its timer indexes from the table."""
 
     # mode types a handler with mypy_extensions' VarArg/NamedArg, which mypy 2 matches with no
@@ -184,8 +205,9 @@ def _connect_rebalance_signals(app: faust.App, machine: CitizenStateMachine,
         metrics.ASSIGNED_PARTITIONS.set(sum(1 for tp in mine if tp.topic == t_examinations))
 
 
-def _schedule_registry_refresh(app: faust.App, settings: Settings,
-                               registry: FacilityRegistry) -> None:
+def _schedule_registry_refresh(
+    app: faust.App, settings: Settings, registry: FacilityRegistry
+) -> None:
     """Reload the facility registry from PostgreSQL: updates apply without a restart."""
     from ehb.db import connect
     from ehb.facilities import fetch_facilities
@@ -205,7 +227,8 @@ def _schedule_registry_refresh(app: faust.App, settings: Settings,
         try:
             count = await asyncio.get_running_loop().run_in_executor(None, reload)
         except Exception as exc:  # keep the last good registry
-            log.warning("facility registry refresh failed, keeping %d facilities: %s",
-                        len(registry), exc)
+            log.warning(
+                "facility registry refresh failed, keeping %d facilities: %s", len(registry), exc
+            )
             return
         metrics.REGISTRY_FACILITIES.set(count)

@@ -157,8 +157,11 @@ class CitizenStateMachine:
         """Open, or kept by a visit at or after the reminder time (in event time)."""
         if a[A_STATUS] == OPEN:
             return True
-        return bool(a[A_STATUS] == "kept" and a[A_VISIT] is not None
-                    and a[A_VISIT] >= a[A_AT] - self.config.reminder_lead_ms)
+        return bool(
+            a[A_STATUS] == "kept"
+            and a[A_VISIT] is not None
+            and a[A_VISIT] >= a[A_AT] - self.config.reminder_lead_ms
+        )
 
     def _next_due(self, state: Mapping[str, Any]) -> int | None:
         """Clock time at which this citizen's next timer fires."""
@@ -181,9 +184,13 @@ class CitizenStateMachine:
     def clock(self, partition: int, table: Mapping[str, Any]) -> int:
         return _clock_of(table.get(self._clock_keys[partition]), self.config.partitions)
 
-    def process(self, partition: int,
-                messages: Iterable[tuple[Iterable[Mapping[str, Any]], Iterable[Mapping[str, Any]]]],
-                table: Mapping[str, Any], now_ms: int) -> Emitted:
+    def process(
+        self,
+        partition: int,
+        messages: Iterable[tuple[Iterable[Mapping[str, Any]], Iterable[Mapping[str, Any]]]],
+        table: Mapping[str, Any],
+        now_ms: int,
+    ) -> Emitted:
         """Apply one partition's messages in order: each is (validated items, progress).
 
         The items of a message are applied with the clock as it stands, then the message's
@@ -205,8 +212,9 @@ class CitizenStateMachine:
             for item in items:
                 published = item["published_at"]
                 key = item["citizen_key"]
-                state = _copy(overlay[key] if key in overlay else local.pop(key, None)
-                              or table.get(key))
+                state = _copy(
+                    overlay[key] if key in overlay else local.pop(key, None) or table.get(key)
+                )
                 self._apply_examination(item, state, out, now_ms, clock - lateness)
                 overlay[key] = state
                 if "v" in state:
@@ -231,8 +239,14 @@ class CitizenStateMachine:
             overlay[clock_key] = progress
         return out
 
-    def _apply_examination(self, item: Mapping[str, Any], state: dict[str, Any],
-                           out: Emitted, now_ms: int, watermark: int) -> None:
+    def _apply_examination(
+        self,
+        item: Mapping[str, Any],
+        state: dict[str, Any],
+        out: Emitted,
+        now_ms: int,
+        watermark: int,
+    ) -> None:
         event = item["event"]
         key = item["citizen_key"]
         admitted = item["event_time"]
@@ -264,9 +278,16 @@ class CitizenStateMachine:
             refs = state.setdefault("r", {})
             if rid not in refs and f"r:{rid}" not in state.get("d", ()):
                 issued = event_time_ms(referral["ngay_ct"])
-                r = [referral["ma_noi_di"], referral["ma_noi_den"], issued,
-                     issued + self.config.referral_window_ms, OPEN, event_id,
-                     referral["ma_lydo_ct"], event["ma_benh_chinh"]]
+                r = [
+                    referral["ma_noi_di"],
+                    referral["ma_noi_den"],
+                    issued,
+                    issued + self.config.referral_window_ms,
+                    OPEN,
+                    event_id,
+                    referral["ma_lydo_ct"],
+                    event["ma_benh_chinh"],
+                ]
                 refs[rid] = r
                 out.referrals.append(_referral_record("ISSUED", rid, key, r, issued, published))
                 for v in sorted(visits, key=lambda v: v[1]):  # a visit processed before
@@ -284,24 +305,39 @@ class CitizenStateMachine:
                 a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged, None]
                 appts[aid] = a
                 out.appointments.append(
-                    _appointment_record("SCHEDULED", aid, key, a, discharged, published))
+                    _appointment_record("SCHEDULED", aid, key, a, discharged, published)
+                )
                 for v in sorted(visits, key=lambda v: v[1]):
                     if v[2] != event_id and self._appointment_matches(a, v[0], v[1]):
                         self._keep(key, aid, a, v[1], v[2], published, out)
                         break
 
     def _referral_matches(self, r: list[Any], facility: str, admitted: int) -> bool:
-        return (r[R_STATUS] == OPEN and r[R_DEST] == facility
-                and r[R_ISSUED] <= admitted <= r[R_DEADLINE])
+        return (
+            r[R_STATUS] == OPEN
+            and r[R_DEST] == facility
+            and r[R_ISSUED] <= admitted <= r[R_DEADLINE]
+        )
 
     def _appointment_matches(self, a: list[Any], facility: str, admitted: int) -> bool:
         grace = self.config.grace_ms
-        return (a[A_STATUS] == OPEN and a[A_FACILITY] == facility
-                and admitted > a[A_DISCHARGED]
-                and a[A_AT] - grace <= admitted <= a[A_AT] + grace)
+        return (
+            a[A_STATUS] == OPEN
+            and a[A_FACILITY] == facility
+            and admitted > a[A_DISCHARGED]
+            and a[A_AT] - grace <= admitted <= a[A_AT] + grace
+        )
 
-    def _match_visit(self, key: str, state: dict[str, Any], facility: str, admitted: int,
-                     event_id: str, published: int, out: Emitted) -> None:
+    def _match_visit(
+        self,
+        key: str,
+        state: dict[str, Any],
+        facility: str,
+        admitted: int,
+        event_id: str,
+        published: int,
+        out: Emitted,
+    ) -> None:
         for rid, r in sorted(state.get("r", {}).items()):
             if r[R_EVENT] != event_id and self._referral_matches(r, facility, admitted):
                 self._complete(key, rid, r, admitted, event_id, published, out)
@@ -309,8 +345,16 @@ class CitizenStateMachine:
             if a[A_EVENT] != event_id and self._appointment_matches(a, facility, admitted):
                 self._keep(key, aid, a, admitted, event_id, published, out)
 
-    def _complete(self, key: str, rid: str, r: list[Any], admitted: int, visit_event_id: str,
-                  published: int, out: Emitted) -> None:
+    def _complete(
+        self,
+        key: str,
+        rid: str,
+        r: list[Any],
+        admitted: int,
+        visit_event_id: str,
+        published: int,
+        out: Emitted,
+    ) -> None:
         r[R_STATUS] = "completed"
         record = _referral_record("COMPLETED", rid, key, r, admitted, published)
         record["arrival_event_id"] = visit_event_id
@@ -318,16 +362,25 @@ class CitizenStateMachine:
         record["days_to_arrival"] = round((admitted - r[R_ISSUED]) / DAY_MS, 3)
         out.referrals.append(record)
 
-    def _keep(self, key: str, aid: str, a: list[Any], admitted: int, visit_event_id: str,
-              published: int, out: Emitted) -> None:
+    def _keep(
+        self,
+        key: str,
+        aid: str,
+        a: list[Any],
+        admitted: int,
+        visit_event_id: str,
+        published: int,
+        out: Emitted,
+    ) -> None:
         a[A_STATUS] = "kept"
         a[A_VISIT] = admitted
         record = _appointment_record("KEPT", aid, key, a, admitted, published)
         record["visit_event_id"] = visit_event_id
         out.appointments.append(record)
 
-    def _forget_stale_visits(self, visits: list[tuple[int, str]], watermark: int,
-                             table: Mapping[str, Any], out: Emitted) -> None:
+    def _forget_stale_visits(
+        self, visits: list[tuple[int, str]], watermark: int, table: Mapping[str, Any], out: Emitted
+    ) -> None:
         """Drop visits the watermark passed from citizens nobody touched since (memory)."""
         while visits and visits[0][0] < watermark:
             _, key = heapq.heappop(visits)
@@ -342,8 +395,14 @@ class CitizenStateMachine:
             del state["v"]
             out.local[key] = state
 
-    def _fire_timers(self, heap: list[tuple[int, str]], clock: int, table: Mapping[str, Any],
-                     out: Emitted, published: int) -> None:
+    def _fire_timers(
+        self,
+        heap: list[tuple[int, str]],
+        clock: int,
+        table: Mapping[str, Any],
+        out: Emitted,
+        published: int,
+    ) -> None:
         cfg = self.config
         watermark = clock - cfg.lateness_ms
         overlay = out.state
@@ -353,8 +412,9 @@ class CitizenStateMachine:
             if key in fired:
                 continue
             fired.add(key)
-            current = overlay[key] if key in overlay else (out.local.pop(key, None)
-                                                            or table.get(key))
+            current = (
+                overlay[key] if key in overlay else (out.local.pop(key, None) or table.get(key))
+            )
             if not current:
                 continue
             state = _copy(current)
@@ -362,18 +422,21 @@ class CitizenStateMachine:
                 if r[R_STATUS] == OPEN and r[R_DEADLINE] < watermark:
                     r[R_STATUS] = "expired"
                     out.referrals.append(
-                        _referral_record("EXPIRED", rid, key, r, r[R_DEADLINE], published))
+                        _referral_record("EXPIRED", rid, key, r, r[R_DEADLINE], published)
+                    )
             for aid, a in sorted(state.get("a", {}).items()):
                 remind_at = a[A_AT] - cfg.reminder_lead_ms
                 if not a[A_REMINDED] and remind_at <= clock and self._wants_reminder(a):
                     a[A_REMINDED] = 1
                     out.appointments.append(
-                        _appointment_record("REMINDER", aid, key, a, remind_at, published))
+                        _appointment_record("REMINDER", aid, key, a, remind_at, published)
+                    )
                 if a[A_STATUS] == OPEN and a[A_AT] + cfg.grace_ms < watermark:
                     a[A_STATUS] = "missed"
                     end = a[A_AT] + cfg.grace_ms
                     out.appointments.append(
-                        _appointment_record("MISSED", aid, key, a, end, published))
+                        _appointment_record("MISSED", aid, key, a, end, published)
+                    )
             _prune(state, watermark, cfg.closed_retention_ms)
             overlay[key] = state
             due = self._next_due(state)
@@ -418,8 +481,9 @@ def _copy(state: Mapping[str, Any] | int | None) -> dict[str, Any]:
     return out
 
 
-def _prune(state: dict[str, Any], watermark: int,
-           retention: int = StateConfig.closed_retention_ms) -> None:
+def _prune(
+    state: dict[str, Any], watermark: int, retention: int = StateConfig.closed_retention_ms
+) -> None:
     """Forget what no late event can change any more (closed ids stay in "d" a while).
 
     Called for every event: it returns at once when there is nothing to forget."""
@@ -432,12 +496,12 @@ def _prune(state: dict[str, Any], watermark: int,
             del state["v"]
     refs = state.get("r")
     if refs is not None:
-        _close_old(state, "r", refs, R_DEADLINE, watermark, retention,
-                   lambda r: r[R_STATUS] != OPEN)
+        _close_old(
+            state, "r", refs, R_DEADLINE, watermark, retention, lambda r: r[R_STATUS] != OPEN
+        )
     appts = state.get("a")
     if appts is not None:
-        _close_old(state, "a", appts, A_AT, watermark, retention,
-                   lambda a: a[A_STATUS] != OPEN)
+        _close_old(state, "a", appts, A_AT, watermark, retention, lambda a: a[A_STATUS] != OPEN)
     done = state.get("d")
     if done is not None and any(t < watermark for t in done.values()):
         done = {i: t for i, t in done.items() if t >= watermark}
@@ -447,8 +511,15 @@ def _prune(state: dict[str, Any], watermark: int,
             del state["d"]
 
 
-def _close_old(state: dict[str, Any], name: str, items: dict[str, list[Any]], since: int,
-               watermark: int, retention: int, closed: Any) -> None:
+def _close_old(
+    state: dict[str, Any],
+    name: str,
+    items: dict[str, list[Any]],
+    since: int,
+    watermark: int,
+    retention: int,
+    closed: Any,
+) -> None:
     """Move closed items the watermark has passed from ``items`` to their ids in "d"."""
     old = [i for i, x in items.items() if x[since] < watermark and closed(x)]
     if not old:
@@ -460,8 +531,7 @@ def _close_old(state: dict[str, Any], name: str, items: dict[str, list[Any]], si
         del state[name]
 
 
-def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int
-                        ) -> dict[str, Any]:
+def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int) -> dict[str, Any]:
     e = item["event"]
     return {
         "record_type": record_type,
@@ -499,8 +569,9 @@ def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int
     }
 
 
-def _referral_record(record_type: str, rid: str, key: str, r: list[Any], event_time: int,
-                     published: int) -> dict[str, Any]:
+def _referral_record(
+    record_type: str, rid: str, key: str, r: list[Any], event_time: int, published: int
+) -> dict[str, Any]:
     return {
         "record_type": record_type,
         "referral_id": rid,
@@ -520,8 +591,9 @@ def _referral_record(record_type: str, rid: str, key: str, r: list[Any], event_t
     }
 
 
-def _appointment_record(record_type: str, aid: str, key: str, a: list[Any], event_time: int,
-                        published: int) -> dict[str, Any]:
+def _appointment_record(
+    record_type: str, aid: str, key: str, a: list[Any], event_time: int, published: int
+) -> dict[str, Any]:
     return {
         "record_type": record_type,
         "appointment_id": aid,

@@ -29,8 +29,9 @@ VISIT_TYPES = {
 }
 
 
-def enrich(event: Mapping[str, Any], registry: FacilityRegistry, citizen_key: str,
-           published_at: int) -> dict[str, Any]:
+def enrich(
+    event: Mapping[str, Any], registry: FacilityRegistry, citizen_key: str, published_at: int
+) -> dict[str, Any]:
     """A ValidatedExamination record (schemas/avro/validated_batch.v1.avsc) for a valid event."""
     facility = registry.get(event["ma_cskcb"])
     if facility is None:  # validated events are in the registry; a refresh may race

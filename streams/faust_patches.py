@@ -76,8 +76,15 @@ from prometheus_client import Counter
 
 from ehb import faultpoints
 
-__all__ = ["PATCHES", "commit_points", "fail_stop", "install", "real_end_offsets",
-           "seek_pending", "take_batches"]
+__all__ = [
+    "PATCHES",
+    "commit_points",
+    "fail_stop",
+    "install",
+    "real_end_offsets",
+    "seek_pending",
+    "take_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +108,8 @@ OFFSET_SKIPS = Counter(
 )
 OFFSET_GAPS = Counter(
     "ehb_worker_offset_gaps_total",
-    "Jumps in offsets seen by Faust's fetch loop; never acknowledged (our topics are "
-    "contiguous).", ["topic"],
+    "Jumps in offsets seen by Faust's fetch loop; never acknowledged (our topics are contiguous).",
+    ["topic"],
 )
 COMMIT_FAILURES = Counter(
     "ehb_worker_commit_failures_total", "Offset commits of the worker group that failed."
@@ -165,8 +172,11 @@ def install(real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None) ->
         if name not in _installed and _enabled(name):
             apply()
             _installed.add(name)
-    if real_end is not None and "changelog_real_end" not in _installed \
-            and _enabled("changelog_real_end"):
+    if (
+        real_end is not None
+        and "changelog_real_end" not in _installed
+        and _enabled("changelog_real_end")
+    ):
         _patch_changelog_real_end(real_end)
         _installed.add("changelog_real_end")
     return sorted(_installed)
@@ -177,8 +187,11 @@ def faust_version() -> str:
 
     found = version("faust-streaming")
     if found != "0.15.3":
-        log.warning("faust-streaming %s: the patches in streams/faust_patches.py were written "
-                    "and tested for 0.15.3", found)
+        log.warning(
+            "faust-streaming %s: the patches in streams/faust_patches.py were written "
+            "and tested for 0.15.3",
+            found,
+        )
     return found
 
 
@@ -207,8 +220,9 @@ class DeliveryGuard:
 
     def _guarded(self, topic: str) -> bool:
         consumer = self.consumer
-        return bool(consumer.app.topics.acks_enabled_for(topic)) and not \
-            consumer._is_changelog_tp(TP(topic, 0))
+        return bool(consumer.app.topics.acks_enabled_for(topic)) and not consumer._is_changelog_tp(
+            TP(topic, 0)
+        )
 
     async def deliver(self, message: Any) -> Any:
         if not self._guarded(message.topic):
@@ -236,8 +250,15 @@ class DeliveryGuard:
         now = time.monotonic()
         if at == expected and (when is None or now - when < _RESEEK_INTERVAL_S):
             return  # a seek back is pending or just landed: what arrives now was fetched before
-        log.error("input partition %s[%d]: offset %d arrived while %d is next; not delivered, "
-                  "seeking back to %d", tp.topic, tp.partition, offset, expected, expected)
+        log.error(
+            "input partition %s[%d]: offset %d arrived while %d is next; not delivered, "
+            "seeking back to %d",
+            tp.topic,
+            tp.partition,
+            offset,
+            expected,
+            expected,
+        )
         self._seeking[tp] = (expected, None)
         asyncio.ensure_future(self._seek_back(tp, expected))
 
@@ -259,8 +280,13 @@ class DeliveryGuard:
     def sought(self, committed: dict[TP, int | None]) -> None:
         """``tps`` are at their committed offsets: deliver from there."""
         if committed:
-            log.info("input partitions sought, next offsets: %s", ", ".join(
-                f"{tp.topic}[{tp.partition}]={offset}" for tp, offset in sorted(committed.items())))
+            log.info(
+                "input partitions sought, next offsets: %s",
+                ", ".join(
+                    f"{tp.topic}[{tp.partition}]={offset}"
+                    for tp, offset in sorted(committed.items())
+                ),
+            )
         for tp, offset in committed.items():
             known = offset if offset is not None and offset >= 0 else None
             self.expected[tp] = known
@@ -296,12 +322,21 @@ def describe(consumer: Consumer) -> str:
         if consumer._is_changelog_tp(tp):
             continue
         expected = guard.expected.get(tp, "fenced") if guard is not None else "-"
-        state = ("active" if tp in active else "paused" if tp in consumer._paused_partitions
-                 else "buffered" if tp in consumer._buffered_partitions else "not fetched")
-        lines.append(f"  {tp.topic}[{tp.partition}] {state}, next to deliver {expected}, "
-                     f"committed {consumer._committed_offset.get(tp)}, "
-                     f"acked {len(consumer._acked.get(tp, ()))}, "
-                     f"highwater {consumer.highwater(tp)}")
+        state = (
+            "active"
+            if tp in active
+            else "paused"
+            if tp in consumer._paused_partitions
+            else "buffered"
+            if tp in consumer._buffered_partitions
+            else "not fetched"
+        )
+        lines.append(
+            f"  {tp.topic}[{tp.partition}] {state}, next to deliver {expected}, "
+            f"committed {consumer._committed_offset.get(tp)}, "
+            f"acked {len(consumer._acked.get(tp, ()))}, "
+            f"highwater {consumer.highwater(tp)}"
+        )
     return "\n".join(lines)
 
 
@@ -348,8 +383,9 @@ def _patch_in_order_delivery() -> None:
         _guard(self).fence(set(revoked_tps))
         await revoked(self, revoked_tps)
 
-    async def on_partitions_assigned(self: Consumer, assigned_tps: set[TP],
-                                     generation_id: int = 0) -> None:
+    async def on_partitions_assigned(
+        self: Consumer, assigned_tps: set[TP], generation_id: int = 0
+    ) -> None:
         _guard(self).fence(set(assigned_tps))
         await assigned(self, assigned_tps, generation_id)
 
@@ -396,16 +432,19 @@ def _patch_seek_before_resume() -> None:
         consumer._buffered_partitions.difference_update(streams)
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
-            await self._wait(consumer.perform_seek(),
-                             timeout=app.conf.broker_request_timeout)
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
         self.completed.set()
         app.flow_control.resume()  # clears the queues: nothing of these partitions is in them
         consumer.resume_partitions(streams)
         consumer.resume_flow()
         await app._fetcher.maybe_start()
-        log.info("stream partitions resumed: %d; active %d, paused %d, buffered %d", len(streams),
-                 len(consumer._get_active_partitions()), len(consumer._paused_partitions),
-                 len(consumer._buffered_partitions))
+        log.info(
+            "stream partitions resumed: %d; active %d, paused %d, buffered %d",
+            len(streams),
+            len(consumer._get_active_partitions()),
+            len(consumer._paused_partitions),
+            len(consumer._buffered_partitions),
+        )
         return True
 
     async def _resume_streams(self: Recovery, generation_id: int = 0) -> None:
@@ -422,8 +461,11 @@ def _patch_seek_before_resume() -> None:
         await self.app.on_rebalance_complete.send()
         self._set_recovery_ended()
         callbacks = [
-            asyncio.ensure_future(table.on_recovery_completed(
-                self.actives_for_table[table], self.standbys_for_table[table]))
+            asyncio.ensure_future(
+                table.on_recovery_completed(
+                    self.actives_for_table[table], self.standbys_for_table[table]
+                )
+            )
             for table in self.tables.values()
         ]
         if callbacks:
@@ -446,8 +488,13 @@ def _patch_no_gap_acks() -> None:
 
     async def _add_gap(self: Consumer, tp: TP, offset_from: int, offset_to: int) -> None:
         OFFSET_GAPS.labels(tp.topic).inc()
-        log.warning("offsets %d..%d of %s[%d] skipped by the fetch loop; not acknowledged",
-                    offset_from, offset_to, tp.topic, tp.partition)
+        log.warning(
+            "offsets %d..%d of %s[%d] skipped by the fetch loop; not acknowledged",
+            offset_from,
+            offset_to,
+            tp.topic,
+            tp.partition,
+        )
 
     def _new_offset(self: Consumer, tp: TP) -> int | None:
         acked = self._acked[tp]
@@ -466,9 +513,9 @@ def _patch_no_gap_acks() -> None:
 
 # -- no_ack_on_error --------------------------------------------------------------------------
 def _patch_no_ack_on_error() -> None:
-    async def take_events(self: Stream[Any], max_: int, within: Seconds,
-                          acked_point: str | None = None
-                          ) -> AsyncGenerator[Sequence[EventT[Any]], None]:
+    async def take_events(
+        self: Stream[Any], max_: int, within: Seconds, acked_point: str | None = None
+    ) -> AsyncGenerator[Sequence[EventT[Any]], None]:
         """``Stream.take_events``, acknowledging a batch only when the next one is asked for.
 
         ``acked_point``: the crash point reached once a batch is acknowledged.
@@ -535,8 +582,9 @@ def _patch_no_ack_on_error() -> None:
     Stream.take_events = _tracks_buffer_agen(take_events)  # type: ignore[method-assign]
 
 
-def take_batches(stream: Any, max_: int, within: float, acked_point: str
-                 ) -> AsyncGenerator[Sequence[EventT[Any]], None]:
+def take_batches(
+    stream: Any, max_: int, within: float, acked_point: str
+) -> AsyncGenerator[Sequence[EventT[Any]], None]:
     """``stream.take_events``, naming the crash point reached once a batch is acknowledged."""
     if "no_ack_on_error" in _installed:
         return stream.take_events(max_, within=within, acked_point=acked_point)
@@ -549,8 +597,12 @@ async def fail_stop(agent: Any, exc: BaseException) -> None:
     The batch stays unacknowledged (``no_ack_on_error``), so its offsets are never committed;
     the worker exits non-zero and a restart processes the batch again.
     """
-    log.critical("agent %s failed on a batch, stopping the worker without acknowledging it: "
-                 "%s: %s", getattr(agent, "name", agent), type(exc).__name__, exc)
+    log.critical(
+        "agent %s failed on a batch, stopping the worker without acknowledging it: %s: %s",
+        getattr(agent, "name", agent),
+        type(exc).__name__,
+        exc,
+    )
     app = agent.app
     app._ehb_failed = exc  # read by `ehb worker` for its exit code
     # Faust's shutdown can hang (a stop waiting on a stream forever): exit regardless.
@@ -570,11 +622,13 @@ def _exit_now() -> None:
 def _patch_commit_failure_not_recorded() -> None:
     commit_offsets = Consumer._commit_offsets
 
-    async def _commit_offsets(self: Consumer, offsets: Any,
-                              start_new_transaction: bool = True) -> bool:
+    async def _commit_offsets(
+        self: Consumer, offsets: Any, start_new_transaction: bool = True
+    ) -> bool:
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
-        did_commit = await commit_offsets(self, offsets,
-                                          start_new_transaction=start_new_transaction)
+        did_commit = await commit_offsets(
+            self, offsets, start_new_transaction=start_new_transaction
+        )
         if not did_commit:
             assignment = self.assignment()
             if any(tp in assignment for tp in offsets):
@@ -604,8 +658,9 @@ def _patch_commit_failure_not_recorded() -> None:
 
 
 # -- changelog_real_end -----------------------------------------------------------------------
-def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
-                     timeout: float = 10.0) -> dict[TP, int]:
+def real_end_offsets(
+    consumer_config: dict[str, Any], reported: dict[TP, int], timeout: float = 10.0
+) -> dict[TP, int]:
     """The real end offset of each partition: read from the reported end on until none is left.
 
     ``reported``: tp -> high watermark from ListOffsets (0 for an empty partition). The records
@@ -620,12 +675,17 @@ def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
     todo = {tp: hw for tp, hw in reported.items() if hw and hw > 0}
     if not todo:
         return ends
-    consumer = KafkaConsumer({**consumer_config, "group.id": "ehb-changelog-end",
-                              "enable.auto.commit": False, "enable.partition.eof": True,
-                              "auto.offset.reset": "latest"})
+    consumer = KafkaConsumer(
+        {
+            **consumer_config,
+            "group.id": "ehb-changelog-end",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "latest",
+        }
+    )
     try:
-        consumer.assign([TopicPartition(tp.topic, tp.partition, hw - 1)
-                         for tp, hw in todo.items()])
+        consumer.assign([TopicPartition(tp.topic, tp.partition, hw - 1) for tp, hw in todo.items()])
         pending = set(todo)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
@@ -640,8 +700,11 @@ def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
                 tp = TP(topic, partition)
                 ends[tp] = max(ends[tp], offset + 1)
         if pending:
-            log.warning("real end of %d changelog partitions not confirmed in %.0fs; using "
-                        "what was read", len(pending), timeout)
+            log.warning(
+                "real end of %d changelog partitions not confirmed in %.0fs; using what was read",
+                len(pending),
+                timeout,
+            )
     finally:
         consumer.close()
     return ends
@@ -650,8 +713,9 @@ def real_end_offsets(consumer_config: dict[str, Any], reported: dict[TP, int],
 def _patch_changelog_real_end(real_end: Callable[[dict[TP, int]], dict[TP, int]]) -> None:
     build_highwaters = Recovery._build_highwaters
 
-    async def _build_highwaters(self: Recovery, consumer: Any, tps: set[TP],
-                                destination: Any, title: str) -> None:
+    async def _build_highwaters(
+        self: Recovery, consumer: Any, tps: set[TP], destination: Any, title: str
+    ) -> None:
         await build_highwaters(self, consumer, tps, destination, title)
         reported = {tp: destination[tp] + 1 for tp in tps if destination.get(tp) is not None}
         if not reported:
@@ -660,8 +724,13 @@ def _patch_changelog_real_end(real_end: Callable[[dict[TP, int]], dict[TP, int]]
         ends = await loop.run_in_executor(None, real_end, reported)
         for tp, end in ends.items():
             if end - 1 > destination[tp]:
-                log.info("changelog %s[%d]: real end %d (ListOffsets said %d)", tp.topic,
-                         tp.partition, end, reported[tp])
+                log.info(
+                    "changelog %s[%d]: real end %d (ListOffsets said %d)",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                    reported[tp],
+                )
                 destination[tp] = end - 1
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]

@@ -74,8 +74,11 @@ class HealthBookOutputs:
 
     def of(self, emitted: Emitted) -> list[tuple[_Output, list[dict[str, Any]]]]:
         """Each output with its records in ``emitted``."""
-        return [(self.health_book, emitted.health_book), (self.referrals, emitted.referrals),
-                (self.appointments, emitted.appointments)]
+        return [
+            (self.health_book, emitted.health_book),
+            (self.referrals, emitted.referrals),
+            (self.appointments, emitted.appointments),
+        ]
 
 
 Batch = list[tuple[Any, Any]]  # (items, sources) of the internal messages of one partition
@@ -88,9 +91,16 @@ class HealthBookAgent:
     changelog topic.
     """
 
-    def __init__(self, machine: CitizenStateMachine, codec: AvroCodec,
-                 store: Callable[[], MutableMapping[Any, Any]], changelog: str,
-                 outputs: HealthBookOutputs, output: OutputProducer, within: float) -> None:
+    def __init__(
+        self,
+        machine: CitizenStateMachine,
+        codec: AvroCodec,
+        store: Callable[[], MutableMapping[Any, Any]],
+        changelog: str,
+        outputs: HealthBookOutputs,
+        output: OutputProducer,
+        within: float,
+    ) -> None:
         self.machine = machine
         self.codec = codec
         self.store = store
@@ -101,14 +111,14 @@ class HealthBookAgent:
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
         store = self.store()
-        async for events in faust_patches.take_batches(stream, STATE_BATCH_MESSAGES, self.within,
-                                                       "health_book.batch_acknowledged"):
+        async for events in faust_patches.take_batches(
+            stream, STATE_BATCH_MESSAGES, self.within, "health_book.batch_acknowledged"
+        ):
             await faultpoints.adelay("health_book.batch")
             faultpoints.reach("health_book.batch_received")
             await self.process_batch(events, store)
 
-    async def process_batch(self, events: Sequence[Any], store: MutableMapping[Any, Any]
-                            ) -> None:
+    async def process_batch(self, events: Sequence[Any], store: MutableMapping[Any, Any]) -> None:
         started = time.perf_counter()
         by_partition = self._decode(events)
         now_ms = int(time.time() * 1000)
@@ -126,8 +136,9 @@ class HealthBookAgent:
         self._write_state(state_writes, store)
         await self.output.flush()
         faultpoints.reach("health_book.changelog_written")
-        metrics.count_batch(STAGE, messages=len(events), events_in=n_items,
-                            records_out=records_out, started=started)
+        metrics.count_batch(
+            STAGE, messages=len(events), events_in=n_items, records_out=records_out, started=started
+        )
 
     def _decode(self, events: Sequence[Any]) -> dict[int, Batch]:
         """The batch's internal messages by partition; an undecodable one is logged and
@@ -137,8 +148,13 @@ class HealthBookAgent:
             try:
                 items, sources = decode_validated(e.message.value, self.codec)
             except DecodeError as exc:
-                log.error("undecodable internal message %s[%d]@%d: %s", e.message.topic,
-                          e.message.partition, e.message.offset, exc.reason)
+                log.error(
+                    "undecodable internal message %s[%d]@%d: %s",
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    exc.reason,
+                )
                 metrics.FAILURES.labels(STAGE, exc.reason).inc()
                 continue
             by_partition[e.message.partition].append((items, sources))
@@ -148,19 +164,24 @@ class HealthBookAgent:
         """Send the records ``emitted``, keyed by citizen, and count them by topic."""
         for out, records in self.outputs.of(emitted):
             for record in records:
-                self.output.produce(out.topic, out.encode(record),
-                                    key=record["citizen_key"].encode())
+                self.output.produce(
+                    out.topic, out.encode(record), key=record["citizen_key"].encode()
+                )
             records_out[out.topic] += len(records)
 
-    def _write_state(self, state_writes: list[tuple[int, dict[str, Any]]],
-                     store: MutableMapping[Any, Any]) -> None:
+    def _write_state(
+        self, state_writes: list[tuple[int, dict[str, Any]]], store: MutableMapping[Any, Any]
+    ) -> None:
         """The state changes to the changelog (on the partition they belong to) and the
         table's local data."""
         for partition, changes in state_writes:
             for key, value in changes.items():
-                self.output.produce(self.changelog,
-                                    None if value is None else encode_json(value),
-                                    key=encode_json(key), partition=partition)
+                self.output.produce(
+                    self.changelog,
+                    None if value is None else encode_json(value),
+                    key=encode_json(key),
+                    partition=partition,
+                )
                 if value is None:
                     store.pop(key, None)
                 else:

@@ -43,9 +43,7 @@ class SourceMessage:
 @dataclass(slots=True)
 class IntakeResult:
     #: target partition of examinations-by-citizen -> ValidatedExamination records
-    by_partition: dict[int, list[dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     #: (facility code or None, DeadLetter record)
     dead_letters: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
     #: input partition -> newest event time (ms) of the valid events in this batch
@@ -99,23 +97,40 @@ class Intake:
                 consumed[message.partition] = message.offset + 1
         return result
 
-    def _process_message(self, message: SourceMessage, result: IntakeResult, now: datetime,
-                         now_ms: int) -> None:
+    def _process_message(
+        self, message: SourceMessage, result: IntakeResult, now: datetime, now_ms: int
+    ) -> None:
         try:
             decoded = self.codec.decode(message.value, INPUT_SUBJECTS)
         except DecodeError as exc:
             result.events_in += 1
-            self._dead_letter(result, message, "decode", exc.reason, exc.message, now_ms,
-                              original=message.value or b"", schema_id=exc.schema_id)
+            self._dead_letter(
+                result,
+                message,
+                "decode",
+                exc.reason,
+                exc.message,
+                now_ms,
+                original=message.value or b"",
+                schema_id=exc.schema_id,
+            )
             return
         if decoded.subject == SUBJECTS.EXAMINATION_BATCH:
             events = decoded.record["events"]
             batch_facility: str | None = decoded.record["ma_cskcb"]
             if not events:
                 result.events_in += 1
-                self._dead_letter(result, message, "decode", "empty_batch",
-                                  "the batch has no event", now_ms, original=message.value or b"",
-                                  schema_id=decoded.schema_id, ma_cskcb=batch_facility)
+                self._dead_letter(
+                    result,
+                    message,
+                    "decode",
+                    "empty_batch",
+                    "the batch has no event",
+                    now_ms,
+                    original=message.value or b"",
+                    schema_id=decoded.schema_id,
+                    ma_cskcb=batch_facility,
+                )
                 return
             indexed: list[tuple[int | None, dict[str, Any]]] = list(enumerate(events))
         else:
@@ -134,9 +149,18 @@ class Intake:
                 rejection = self.validator.validate(event, now)
             if rejection is not None:
                 original = message.value if index is None else self._encode_event(event)
-                self._dead_letter(result, message, "validate", rejection.reason,
-                                  rejection.message, now_ms, original=original or b"",
-                                  schema_id=decoded.schema_id, index=index, event=event)
+                self._dead_letter(
+                    result,
+                    message,
+                    "validate",
+                    rejection.reason,
+                    rejection.message,
+                    now_ms,
+                    original=original or b"",
+                    schema_id=decoded.schema_id,
+                    index=index,
+                    event=event,
+                )
                 continue
             key, partition = self._key_of(event["so_cccd"])
             item = enrich(event, self.registry, key, message.timestamp_ms)
@@ -145,28 +169,42 @@ class Intake:
             if item["event_time"] > result.progress.get(message.partition, NEVER):
                 result.progress[message.partition] = item["event_time"]
 
-    def _dead_letter(self, result: IntakeResult, message: SourceMessage, stage: str,
-                     reason: str, text: str, now_ms: int, *, original: bytes,
-                     schema_id: int | None = None, index: int | None = None,
-                     event: dict[str, Any] | None = None, ma_cskcb: str | None = None) -> None:
+    def _dead_letter(
+        self,
+        result: IntakeResult,
+        message: SourceMessage,
+        stage: str,
+        reason: str,
+        text: str,
+        now_ms: int,
+        *,
+        original: bytes,
+        schema_id: int | None = None,
+        index: int | None = None,
+        event: dict[str, Any] | None = None,
+        ma_cskcb: str | None = None,
+    ) -> None:
         facility = event.get("ma_cskcb") if event is not None else ma_cskcb
         if facility is not None and not isinstance(facility, str):
             facility = None
         result.rejected[reason] += 1
-        dead_letter = bound_dead_letter({
-            "reason": reason,
-            "message": text,
-            "stage": stage,
-            "source_topic": message.topic,
-            "source_partition": message.partition,
-            "source_offset": message.offset,
-            "event_index": index,
-            "event_id": event.get("event_id") if event is not None else None,
-            "ma_cskcb": facility,
-            "schema_id": schema_id,
-            "original": original,
-            "published_at": message.timestamp_ms,
-            "failed_at": now_ms,
-        }, self.original_max_bytes)
+        dead_letter = bound_dead_letter(
+            {
+                "reason": reason,
+                "message": text,
+                "stage": stage,
+                "source_topic": message.topic,
+                "source_partition": message.partition,
+                "source_offset": message.offset,
+                "event_index": index,
+                "event_id": event.get("event_id") if event is not None else None,
+                "ma_cskcb": facility,
+                "schema_id": schema_id,
+                "original": original,
+                "published_at": message.timestamp_ms,
+                "failed_at": now_ms,
+            },
+            self.original_max_bytes,
+        )
         # the key is the bounded facility code too: a key is part of the message's size
         result.dead_letters.append((dead_letter["ma_cskcb"], dead_letter))

@@ -31,9 +31,16 @@ class IntakeAgent:
     ``consumer`` returns the app's consumer (it exists only once the app runs).
     """
 
-    def __init__(self, intake: Intake, progress: IntakeProgress, output: OutputProducer,
-                 routes: IntakeRoutes, consumer: Callable[[], Any], batch_size: int,
-                 within: float) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        progress: IntakeProgress,
+        output: OutputProducer,
+        routes: IntakeRoutes,
+        consumer: Callable[[], Any],
+        batch_size: int,
+        within: float,
+    ) -> None:
         self.intake = intake
         self.progress = progress
         self.output = output
@@ -43,8 +50,9 @@ class IntakeAgent:
         self.within = within
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
-        async for events in faust_patches.take_batches(stream, self.batch_size, self.within,
-                                                       "intake.batch_acknowledged"):
+        async for events in faust_patches.take_batches(
+            stream, self.batch_size, self.within, "intake.batch_acknowledged"
+        ):
             await faultpoints.adelay("intake.batch")
             if faust_patches.seek_pending():
                 await faultpoints.adelay("intake.batch_during_seek")
@@ -54,8 +62,13 @@ class IntakeAgent:
     async def process_batch(self, events: Sequence[Any]) -> None:
         started = time.perf_counter()
         result = self.intake.process(
-            SourceMessage(e.message.value, e.message.topic, e.message.partition,
-                          e.message.offset, int(e.message.timestamp * 1000))
+            SourceMessage(
+                e.message.value,
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                int(e.message.timestamp * 1000),
+            )
             for e in events
         )
         self.progress.update(result)
@@ -68,10 +81,16 @@ class IntakeAgent:
         await self.output.flush()
         faultpoints.reach("intake.outputs_flushed")
         metrics.count_batch(
-            STAGE, messages=len(events), events_in=result.events_in, started=started,
-            records_out={self.routes.by_citizen: result.accepted,
-                         self.routes.dead_letter: len(result.dead_letters)},
-            failures=result.rejected)
+            STAGE,
+            messages=len(events),
+            events_in=result.events_in,
+            started=started,
+            records_out={
+                self.routes.by_citizen: result.accepted,
+                self.routes.dead_letter: len(result.dead_letters),
+            },
+            failures=result.rejected,
+        )
 
     def _send_progress(self, sources: list[dict[str, Any]], with_items: set[int]) -> None:
         for partition, value in self.progress.progress_messages(sources, with_items):

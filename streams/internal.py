@@ -19,8 +19,13 @@ import msgpack
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
 
-__all__ = ["MAX_ITEMS_PER_MESSAGE", "MSGPACK_MARKER", "decode_validated", "encode_chunks",
-           "encode_validated"]
+__all__ = [
+    "MAX_ITEMS_PER_MESSAGE",
+    "MSGPACK_MARKER",
+    "decode_validated",
+    "encode_chunks",
+    "encode_validated",
+]
 
 MSGPACK_MARKER = b"\x01"
 #: events per internal message (~1 kB each): small enough that the buffers of the stateful
@@ -28,28 +33,29 @@ MSGPACK_MARKER = b"\x01"
 MAX_ITEMS_PER_MESSAGE = 100
 
 
-def encode_validated(items: Sequence[dict[str, Any]],
-                     sources: Sequence[dict[str, Any]] = ()) -> bytes:
-    return MSGPACK_MARKER + msgpack.packb({"items": items, "sources": sources},
-                                          use_bin_type=True)
+def encode_validated(
+    items: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]] = ()
+) -> bytes:
+    return MSGPACK_MARKER + msgpack.packb({"items": items, "sources": sources}, use_bin_type=True)
 
 
-def encode_chunks(items: Sequence[dict[str, Any]],
-                  sources: Sequence[dict[str, Any]] = ()) -> Iterator[bytes]:
+def encode_chunks(
+    items: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]] = ()
+) -> Iterator[bytes]:
     """``items`` as internal messages of at most MAX_ITEMS_PER_MESSAGE events each."""
     for i in range(0, len(items), MAX_ITEMS_PER_MESSAGE):
-        yield encode_validated(items[i:i + MAX_ITEMS_PER_MESSAGE], sources)
+        yield encode_validated(items[i : i + MAX_ITEMS_PER_MESSAGE], sources)
 
 
-def decode_validated(value: bytes | None, codec: AvroCodec
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def decode_validated(
+    value: bytes | None, codec: AvroCodec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(items, sources) of an internal message; DecodeError when it is neither format."""
     if value and value[:1] == MSGPACK_MARKER:
         try:
             record = msgpack.unpackb(value[1:], raw=False)
             return record["items"], record.get("sources") or []
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise DecodeError("malformed_msgpack", f"{type(exc).__name__}: {exc}"[:300]
-                              ) from exc
+            raise DecodeError("malformed_msgpack", f"{type(exc).__name__}: {exc}"[:300]) from exc
     record = codec.decode(value, (SUBJECTS.VALIDATED_BATCH,)).record
     return record["items"], record.get("sources") or []

@@ -24,9 +24,7 @@ __all__ = [
 MESSAGES_IN = Counter(
     "ehb_stage_messages_in_total", "Kafka messages consumed by a stage.", ["stage"]
 )
-EVENTS_IN = Counter(
-    "ehb_stage_events_in_total", "Examination events entering a stage.", ["stage"]
-)
+EVENTS_IN = Counter("ehb_stage_events_in_total", "Examination events entering a stage.", ["stage"])
 EVENTS_OUT = Counter(
     "ehb_stage_records_out_total", "Records a stage emitted, by output topic.", ["stage", "topic"]
 )
@@ -37,10 +35,13 @@ FAILURES = Counter(
 )
 LAST_PROCESSED = Gauge(
     "ehb_stage_last_processed_timestamp_seconds",
-    "Unix time of the last batch a stage finished.", ["stage"],
+    "Unix time of the last batch a stage finished.",
+    ["stage"],
 )
 BATCH_SECONDS = Histogram(
-    "ehb_stage_batch_duration_seconds", "Time to process and flush one batch.", ["stage"],
+    "ehb_stage_batch_duration_seconds",
+    "Time to process and flush one batch.",
+    ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 ASSIGNED_PARTITIONS = Gauge(
@@ -52,8 +53,15 @@ REGISTRY_FACILITIES = Gauge(
 )
 
 
-def count_batch(stage: str, *, messages: int, events_in: int, records_out: Mapping[str, int],
-                started: float, failures: Mapping[str, int] | None = None) -> None:
+def count_batch(
+    stage: str,
+    *,
+    messages: int,
+    events_in: int,
+    records_out: Mapping[str, int],
+    started: float,
+    failures: Mapping[str, int] | None = None,
+) -> None:
     """Count a batch a stage finished: ``records_out`` by output topic, ``failures`` by reason
     code, ``started`` from ``time.perf_counter()``."""
     MESSAGES_IN.labels(stage).inc(messages)

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 class OutputProducer:
     def __init__(self, config: dict[str, Any]) -> None:
-        self._producer = Producer({**config, "on_delivery": self._on_delivery,
-                                   "delivery.report.only.error": True})
+        self._producer = Producer(
+            {**config, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        )
         self._errors: list[str] = []
         self.sent = 0
 
@@ -39,8 +40,13 @@ class OutputProducer:
         if err is not None:
             self._errors.append(str(err))
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                partition: int | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
         produce = self._producer.produce
         while True:
             try:
@@ -69,8 +75,11 @@ class OutputProducer:
                 return
             waited += timeout
             if waited >= 10 and int(waited) % 10 == 0:
-                log.warning("still waiting for the broker to acknowledge %d messages (%.0fs)",
-                            remaining, waited)
+                log.warning(
+                    "still waiting for the broker to acknowledge %d messages (%.0fs)",
+                    remaining,
+                    waited,
+                )
 
     def flush_sync(self, timeout: float = 30.0) -> int:
         return int(self._producer.flush(timeout))

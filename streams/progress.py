@@ -53,8 +53,10 @@ class IntakeProgress:
     def sources(self, consumer: Any) -> list[dict[str, Any]]:
         """The ``sources`` field of the internal messages: one entry per owned input
         partition."""
-        return [self._source(consumer, q) for q in sorted(
-            tp.partition for tp in consumer.assignment() if tp.topic == self.topic)]
+        return [
+            self._source(consumer, q)
+            for q in sorted(tp.partition for tp in consumer.assignment() if tp.topic == self.topic)
+        ]
 
     def _source(self, consumer: Any, q: int) -> dict[str, Any]:
         tp = TP(self.topic, q)
@@ -79,8 +81,9 @@ class IntakeProgress:
     def sent(self, partition: int, sources: list[dict[str, Any]]) -> None:
         self._last_sent[partition] = sources
 
-    def progress_messages(self, sources: list[dict[str, Any]], with_items: Collection[int]
-                          ) -> Iterator[tuple[int, bytes]]:
+    def progress_messages(
+        self, sources: list[dict[str, Any]], with_items: Collection[int]
+    ) -> Iterator[tuple[int, bytes]]:
         """(partition, message without events) for every partition of the internal topic that
         got no events in this batch and has not seen ``sources`` yet."""
         for p in range(self.partitions):

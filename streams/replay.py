@@ -78,11 +78,17 @@ class ReplaySummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "from_time": self.from_time, "to_time": self.to_time, "dry_run": self.dry_run,
-            "messages": self.messages, "events": self.events, "accepted": self.accepted,
-            "dead_letters": self.dead_letters, "rejected": dict(sorted(self.rejected.items())),
-            "offsets": {str(p): f"{first}-{last}"
-                        for p, (first, last) in sorted(self.partitions.items())},
+            "from_time": self.from_time,
+            "to_time": self.to_time,
+            "dry_run": self.dry_run,
+            "messages": self.messages,
+            "events": self.events,
+            "accepted": self.accepted,
+            "dead_letters": self.dead_letters,
+            "rejected": dict(sorted(self.rejected.items())),
+            "offsets": {
+                str(p): f"{first}-{last}" for p, (first, last) in sorted(self.partitions.items())
+            },
             "seconds": round(self.seconds, 3),
         }
 
@@ -110,23 +116,29 @@ def _registry(settings: Settings) -> FacilityRegistry:
 class _RangeReader:
     """The input messages with timestamps in [from, to), partition by partition bounds."""
 
-    def __init__(self, settings: Settings, topic: str, from_ms: int, to_ms: int,
-                 idle_s: float) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, from_ms: int, to_ms: int, idle_s: float
+    ) -> None:
         self.topic, self.from_ms, self.to_ms, self.idle_s = topic, from_ms, to_ms, idle_s
-        self._consumer = Consumer(consumer_config(
-            settings, f"{settings.worker_group}-replay", **{"enable.auto.offset.store": False}))
+        self._consumer = Consumer(
+            consumer_config(
+                settings, f"{settings.worker_group}-replay", **{"enable.auto.offset.store": False}
+            )
+        )
         metadata = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             self._consumer.close()
             raise EhbError(f"topic {topic} does not exist (run `ehb topics`)")
         partitions = sorted(metadata.partitions)
         found = self._consumer.offsets_for_times(
-            [TopicPartition(topic, p, from_ms) for p in partitions], timeout=10)
+            [TopicPartition(topic, p, from_ms) for p in partitions], timeout=10
+        )
         self.ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for tp in found:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                           timeout=10)
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10
+            )
             if tp.offset < 0 or tp.offset >= high:  # nothing at or after from_ms
                 continue
             self.ends[tp.partition] = high
@@ -178,35 +190,58 @@ class _RangeReader:
         self._consumer.close()
 
 
-def replay(settings: Settings, from_time: datetime, to_time: datetime | None = None, *,
-           dry_run: bool = False, batch_size: int = 500, idle_s: float = 1.0,
-           codec: AvroCodec | None = None, registry: FacilityRegistry | None = None,
-           on_batch: Callable[[ReplaySummary], None] | None = None) -> ReplaySummary:
+def replay(
+    settings: Settings,
+    from_time: datetime,
+    to_time: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    idle_s: float = 1.0,
+    codec: AvroCodec | None = None,
+    registry: FacilityRegistry | None = None,
+    on_batch: Callable[[ReplaySummary], None] | None = None,
+) -> ReplaySummary:
     """Re-process the ``examinations`` messages with a timestamp in ``[from_time, to_time)``
     (``to_time`` defaults to now) into ``examinations-by-citizen`` and ``dead-letter``."""
     started = time.monotonic()
     to_time = to_time or datetime.now().astimezone()
     if to_time <= from_time:
-        raise EhbError(f"--to-time {to_time.isoformat()} is not after --from-time "
-                       f"{from_time.isoformat()}")
+        raise EhbError(
+            f"--to-time {to_time.isoformat()} is not after --from-time {from_time.isoformat()}"
+        )
     _check_internal_topic(settings)
     summary = ReplaySummary(from_time.isoformat(), to_time.isoformat(), dry_run=dry_run)
     codec = codec or codec_for(settings)
-    intake = Intake(codec, registry or _registry(settings), CitizenKeyer.from_settings(settings),
-                    settings.kafka_partitions,
-                    original_max_bytes=settings.dead_letter_original_max_bytes)
+    intake = Intake(
+        codec,
+        registry or _registry(settings),
+        CitizenKeyer.from_settings(settings),
+        settings.kafka_partitions,
+        original_max_bytes=settings.dead_letter_original_max_bytes,
+    )
     routes = IntakeRoutes.from_settings(settings, codec)
     sender = None if dry_run else _Sender(settings)
-    reader = _RangeReader(settings, settings.topic(EXAMINATIONS),
-                          int(from_time.timestamp() * 1000), int(to_time.timestamp() * 1000),
-                          idle_s)
-    log.info("replaying %s from %s to %s (%s)", reader.topic, summary.from_time,
-             summary.to_time, resolve_bootstrap(settings))
+    reader = _RangeReader(
+        settings,
+        settings.topic(EXAMINATIONS),
+        int(from_time.timestamp() * 1000),
+        int(to_time.timestamp() * 1000),
+        idle_s,
+    )
+    log.info(
+        "replaying %s from %s to %s (%s)",
+        reader.topic,
+        summary.from_time,
+        summary.to_time,
+        resolve_bootstrap(settings),
+    )
     try:
         for batch in reader.batches(batch_size):
             result = intake.process(
-                SourceMessage(m.value(), m.topic(), m.partition(), m.offset(),
-                              m.timestamp()[1]) for m in batch)
+                SourceMessage(m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1])
+                for m in batch
+            )
             summary.add(batch, result)
             if sender is not None:
                 # Items only, no intake progress: a replay never moves the event-time clock.
@@ -229,9 +264,11 @@ def _check_internal_topic(settings: Settings) -> None:
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise EhbError(f"topic {by_citizen} does not exist (run `ehb topics`)")
     if len(metadata.partitions) != settings.kafka_partitions:
-        raise EhbError(f"{by_citizen} has {len(metadata.partitions)} partitions but "
-                       f"EHB_KAFKA_PARTITIONS is {settings.kafka_partitions}: use the workers' "
-                       "settings")
+        raise EhbError(
+            f"{by_citizen} has {len(metadata.partitions)} partitions but "
+            f"EHB_KAFKA_PARTITIONS is {settings.kafka_partitions}: use the workers' "
+            "settings"
+        )
 
 
 class _Sender:
@@ -245,18 +282,25 @@ class _Sender:
         if err is not None:
             self.errors.append(str(err))
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             partition: int | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
         if partition is None:
             self._producer.produce(topic, value, key=key, on_delivery=self._on_delivery)
         else:
-            self._producer.produce(topic, value, key=key, partition=partition,
-                                   on_delivery=self._on_delivery)
+            self._producer.produce(
+                topic, value, key=key, partition=partition, on_delivery=self._on_delivery
+            )
         self._producer.poll(0)
 
     def flush(self) -> None:
         while self._producer.flush(30) > 0:
             log.warning("replay: waiting for the broker to acknowledge the outputs")
         if self.errors:
-            raise ServiceUnavailable(f"{len(self.errors)} replayed messages not delivered: "
-                                     f"{self.errors[0]}")
+            raise ServiceUnavailable(
+                f"{len(self.errors)} replayed messages not delivered: {self.errors[0]}"
+            )

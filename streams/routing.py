@@ -21,8 +21,13 @@ __all__ = ["IntakeRoutes", "Send", "route_intake_result"]
 
 
 class Send(Protocol):
-    def __call__(self, topic: str, value: bytes | None, key: bytes | None = None,
-                 partition: int | None = None) -> None: ...
+    def __call__(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -33,17 +38,24 @@ class IntakeRoutes:
 
     @classmethod
     def from_settings(cls, settings: Settings, codec: AvroCodec) -> IntakeRoutes:
-        return cls(settings.topic(EXAMINATIONS_BY_CITIZEN), settings.topic(DEAD_LETTER),
-                   codec.writer(SUBJECTS.DEAD_LETTER))
+        return cls(
+            settings.topic(EXAMINATIONS_BY_CITIZEN),
+            settings.topic(DEAD_LETTER),
+            codec.writer(SUBJECTS.DEAD_LETTER),
+        )
 
 
-def route_intake_result(result: IntakeResult, send: Send, routes: IntakeRoutes,
-                        sources: Sequence[dict[str, Any]] = ()) -> None:
+def route_intake_result(
+    result: IntakeResult, send: Send, routes: IntakeRoutes, sources: Sequence[dict[str, Any]] = ()
+) -> None:
     """Send ``result``'s events and dead letters; ``sources`` is the intake's event-time
     progress (``streams.progress``), carried by every internal message (a replay sends none)."""
     for partition, items in result.by_partition.items():
         for value in encode_chunks(items, sources):
             send(routes.by_citizen, value, partition=partition)
     for facility, dead_letter in result.dead_letters:
-        send(routes.dead_letter, routes.encode_dead_letter(dead_letter),
-             key=facility.encode() if facility else None)
+        send(
+            routes.dead_letter,
+            routes.encode_dead_letter(dead_letter),
+            key=facility.encode() if facility else None,
+        )

@@ -49,18 +49,40 @@ MA_LYDO_CT = frozenset({1, 2, 3})
 
 #: (field, max length) of XML1 text fields.
 _LENGTHS_XML1 = (
-    ("ma_lk", 100), ("ma_bn", 100), ("ho_ten", 255), ("ma_benh_chinh", 7),
-    ("ma_benh_kt", 100), ("ma_doituong_kcb", 4), ("ma_khoa", 100), ("ngay_tai_kham", 50),
-    ("event_id", 100), ("matinh_cu_tru", 3), ("ma_the_bhyt", 159),
+    ("ma_lk", 100),
+    ("ma_bn", 100),
+    ("ho_ten", 255),
+    ("ma_benh_chinh", 7),
+    ("ma_benh_kt", 100),
+    ("ma_doituong_kcb", 4),
+    ("ma_khoa", 100),
+    ("ngay_tai_kham", 50),
+    ("event_id", 100),
+    ("matinh_cu_tru", 3),
+    ("ma_the_bhyt", 159),
 )
 _LENGTHS_XML13 = (
-    ("so_hoso", 50), ("so_chuyentuyen", 50), ("giay_chuyen_tuyen", 50), ("dau_hieu_ls", 4000),
-    ("chan_doan_rv", 4000), ("qt_benhly", 4000), ("huong_dieu_tri", 4000),
-    ("phuongtien_vc", 255), ("ma_bac_si", 255),
+    ("so_hoso", 50),
+    ("so_chuyentuyen", 50),
+    ("giay_chuyen_tuyen", 50),
+    ("dau_hieu_ls", 4000),
+    ("chan_doan_rv", 4000),
+    ("qt_benhly", 4000),
+    ("huong_dieu_tri", 4000),
+    ("phuongtien_vc", 255),
+    ("ma_bac_si", 255),
 )
 _LENGTHS_XML14 = (("so_giayhen_kl", 50), ("chan_doan_rv", 4000), ("ma_bac_si", 255))
-_MONEY = ("t_thuoc", "t_vtyt", "t_tongchi_bv", "t_tongchi_bh", "t_bntt", "t_bncct", "t_bhtt",
-          "t_nguonkhac")
+_MONEY = (
+    "t_thuoc",
+    "t_vtyt",
+    "t_tongchi_bv",
+    "t_tongchi_bh",
+    "t_bntt",
+    "t_bncct",
+    "t_bhtt",
+    "t_nguonkhac",
+)
 _CLOCK_SKEW = timedelta(minutes=15)
 
 # century digit of the citizen ID -> (first year of the century, sex) ; sex 1 male 2 female
@@ -73,8 +95,11 @@ _CODE_LISTS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("ma_loai_kcb", MA_LOAI_KCB.__contains__, "MA_LOAI_KCB={!r} not in 01..10"),
     ("ket_qua_dtri", KET_QUA_DTRI.__contains__, "KET_QUA_DTRI={} not in 1..7"),
     ("ma_loai_rv", MA_LOAI_RV.__contains__, "MA_LOAI_RV={} not in 1..5"),
-    ("ma_doituong_kcb", lambda code: _DOITUONG.match(code) is not None,
-     "MA_DOITUONG_KCB={!r} is not a category"),
+    (
+        "ma_doituong_kcb",
+        lambda code: _DOITUONG.match(code) is not None,
+        "MA_DOITUONG_KCB={!r} is not a category",
+    ),
 )
 
 
@@ -106,8 +131,10 @@ class Validator:
 
     # -- helpers ------------------------------------------------------------------------
     def _facility_code_ok(self, code: str | None) -> bool:
-        return code is not None and _FACILITY.match(code) is not None and (
-            code[:2] in self.provinces or code[:2] in ("97", "98")
+        return (
+            code is not None
+            and _FACILITY.match(code) is not None
+            and (code[:2] in self.provinces or code[:2] in ("97", "98"))
         )
 
     def _card_ok(self, cards: str) -> bool:
@@ -135,8 +162,9 @@ class Validator:
         for name, limit in _LENGTHS_XML1:
             value = event.get(name)
             if value is not None and len(value) > limit:
-                return Rejection("text_too_long", f"{name.upper()} is {len(value)} characters,"
-                                 f" max {limit}")
+                return Rejection(
+                    "text_too_long", f"{name.upper()} is {len(value)} characters, max {limit}"
+                )
         for name in ("event_id", "ma_lk", "ma_bn", "ho_ten"):
             if not (event.get(name) or "").strip():
                 return Rejection("required_field_missing", f"{name.upper()} is empty")
@@ -145,11 +173,13 @@ class Validator:
     def _citizen_id(self, e: _Event) -> Rejection | None:
         cccd = e.fields["so_cccd"]
         if len(cccd) != 12 or _DIGITS.match(cccd) is None:
-            return Rejection("citizen_id_format", f"SO_CCCD has {len(cccd)} characters, "
-                             "expected 12 digits")
+            return Rejection(
+                "citizen_id_format", f"SO_CCCD has {len(cccd)} characters, expected 12 digits"
+            )
         if cccd[0] != "0" or cccd[1:3] not in self.provinces:
-            return Rejection("citizen_id_province",
-                             f"SO_CCCD province part {cccd[:3]} is not a province code")
+            return Rejection(
+                "citizen_id_province", f"SO_CCCD province part {cccd[:3]} is not a province code"
+            )
         return None
 
     def _sex_and_birth(self, e: _Event) -> Rejection | None:
@@ -165,17 +195,24 @@ class Validator:
             return Rejection("date_invalid", "NGAY_SINH is not a valid yyyymmddHHMM date")
         century, sex = _CCCD_CENTURY[cccd[3]]
         if gioi_tinh != 3 and sex != gioi_tinh:
-            return Rejection("citizen_id_sex_century",
-                             f"SO_CCCD sex digit {cccd[3]} disagrees with GIOI_TINH={gioi_tinh}")
+            return Rejection(
+                "citizen_id_sex_century",
+                f"SO_CCCD sex digit {cccd[3]} disagrees with GIOI_TINH={gioi_tinh}",
+            )
         if century + int(cccd[4:6]) != born.year:
-            return Rejection("citizen_id_sex_century",
-                             "SO_CCCD century/year digits disagree with NGAY_SINH's year")
+            return Rejection(
+                "citizen_id_sex_century",
+                "SO_CCCD century/year digits disagree with NGAY_SINH's year",
+            )
         return None
 
     def _hi_card(self, e: _Event) -> Rejection | None:
         if not self._card_ok(e.fields["ma_the_bhyt"]):
-            return Rejection("hi_card_format", "MA_THE_BHYT does not have the 15-character "
-                             "structure (group letters, level 1-5, province, 10 digits)")
+            return Rejection(
+                "hi_card_format",
+                "MA_THE_BHYT does not have the 15-character "
+                "structure (group letters, level 1-5, province, 10 digits)",
+            )
         return None
 
     def _facilities(self, e: _Event) -> Rejection | None:
@@ -185,29 +222,35 @@ class Validator:
             if (code is not None or name in ("ma_cskcb", "ma_dkbd")) and not (
                 self._facility_code_ok(code)
             ):
-                return Rejection("facility_code_invalid",
-                                 f"{name.upper()}={code!r} is not a 5-digit facility code of a "
-                                 "real province")
+                return Rejection(
+                    "facility_code_invalid",
+                    f"{name.upper()}={code!r} is not a 5-digit facility code of a real province",
+                )
         if event["ma_cskcb"] not in self.registry:
-            return Rejection("facility_unknown",
-                             f"MA_CSKCB={event['ma_cskcb']} is not in the facility registry")
+            return Rejection(
+                "facility_unknown", f"MA_CSKCB={event['ma_cskcb']} is not in the facility registry"
+            )
         return None
 
     def _diagnoses(self, e: _Event) -> Rejection | None:
         event = e.fields
         if _ICD10.match(event["ma_benh_chinh"]) is None:
-            return Rejection("icd10_main_invalid",
-                             f"MA_BENH_CHINH={event['ma_benh_chinh']!r} is not one ICD-10 code")
+            return Rejection(
+                "icd10_main_invalid",
+                f"MA_BENH_CHINH={event['ma_benh_chinh']!r} is not one ICD-10 code",
+            )
         secondary = event.get("ma_benh_kt")
         if secondary:
             codes = secondary.split(";")
             if len(codes) > 12:
-                return Rejection("icd10_secondary_invalid",
-                                 f"MA_BENH_KT has {len(codes)} codes, max 12")
+                return Rejection(
+                    "icd10_secondary_invalid", f"MA_BENH_KT has {len(codes)} codes, max 12"
+                )
             for code in codes:
                 if _ICD10.match(code) is None:
-                    return Rejection("icd10_secondary_invalid",
-                                     f"MA_BENH_KT code {code!r} is not an ICD-10 code")
+                    return Rejection(
+                        "icd10_secondary_invalid", f"MA_BENH_KT code {code!r} is not an ICD-10 code"
+                    )
         return None
 
     def _code_lists(self, e: _Event) -> Rejection | None:
@@ -242,8 +285,9 @@ class Validator:
                 return Rejection("money_negative", f"{name.upper()} is negative")
         total = event["t_tongchi_bv"]
         if event["t_tongchi_bh"] > total or event.get("t_bhtt", 0) > total:
-            return Rejection("money_insurer_exceeds_total",
-                             "T_TONGCHI_BH or T_BHTT exceeds T_TONGCHI_BV")
+            return Rejection(
+                "money_insurer_exceeds_total", "T_TONGCHI_BH or T_BHTT exceeds T_TONGCHI_BV"
+            )
         return None
 
     def _referral(self, e: _Event) -> Rejection | None:
@@ -256,29 +300,34 @@ class Validator:
             return None
         return self._validate_appointment(appointment, e.discharged)  # type: ignore[arg-type]
 
-    def _validate_referral(self, referral: Mapping[str, Any], latest: datetime
-                           ) -> Rejection | None:
+    def _validate_referral(self, referral: Mapping[str, Any], latest: datetime) -> Rejection | None:
         if _has_nul(referral):
             return Rejection("text_nul_character", "an XML13 field contains NUL")
         for name, limit in _LENGTHS_XML13:
             value = referral.get(name)
             if value is not None and len(value) > limit:
-                return Rejection("text_too_long", f"XML13 {name.upper()} is {len(value)} "
-                                 f"characters, max {limit}")
+                return Rejection(
+                    "text_too_long", f"XML13 {name.upper()} is {len(value)} characters, max {limit}"
+                )
         for name in ("so_chuyentuyen", "dau_hieu_ls", "qt_benhly", "huong_dieu_tri"):
             if not (referral.get(name) or "").strip():
                 return Rejection("required_field_missing", f"XML13 {name.upper()} is empty")
         for name in ("ma_noi_di", "ma_noi_den"):
             if not self._facility_code_ok(referral[name]):
-                return Rejection("facility_code_invalid",
-                                 f"XML13 {name.upper()}={referral[name]!r} is not a 5-digit "
-                                 "facility code of a real province")
+                return Rejection(
+                    "facility_code_invalid",
+                    f"XML13 {name.upper()}={referral[name]!r} is not a 5-digit "
+                    "facility code of a real province",
+                )
         if referral["ma_noi_den"] == referral["ma_noi_di"]:
-            return Rejection("referral_same_facility",
-                             f"XML13 MA_NOI_DEN equals MA_NOI_DI ({referral['ma_noi_di']})")
+            return Rejection(
+                "referral_same_facility",
+                f"XML13 MA_NOI_DEN equals MA_NOI_DI ({referral['ma_noi_di']})",
+            )
         if referral["ma_lydo_ct"] not in MA_LYDO_CT:
-            return Rejection("code_not_in_list",
-                             f"XML13 MA_LYDO_CT={referral['ma_lydo_ct']} not in 1, 2, 3")
+            return Rejection(
+                "code_not_in_list", f"XML13 MA_LYDO_CT={referral['ma_lydo_ct']} not in 1, 2, 3"
+            )
         try:
             issued = parse_datetime(referral["ngay_ct"])
         except ValueError:
@@ -287,15 +336,17 @@ class Validator:
             return Rejection("date_in_future", "XML13 NGAY_CT lies in the future")
         return None
 
-    def _validate_appointment(self, appointment: Mapping[str, Any], discharged: datetime
-                              ) -> Rejection | None:
+    def _validate_appointment(
+        self, appointment: Mapping[str, Any], discharged: datetime
+    ) -> Rejection | None:
         if _has_nul(appointment):
             return Rejection("text_nul_character", "an XML14 field contains NUL")
         for name, limit in _LENGTHS_XML14:
             value = appointment.get(name)
             if value is not None and len(value) > limit:
-                return Rejection("text_too_long", f"XML14 {name.upper()} is {len(value)} "
-                                 f"characters, max {limit}")
+                return Rejection(
+                    "text_too_long", f"XML14 {name.upper()} is {len(value)} characters, max {limit}"
+                )
         if not (appointment.get("so_giayhen_kl") or "").strip():
             return Rejection("required_field_missing", "XML14 SO_GIAYHEN_KL is empty")
         try:
@@ -305,8 +356,9 @@ class Validator:
         except ValueError:
             return Rejection("date_invalid", "XML14 NGAY_HEN_KL or NGAY_CT is not a valid date")
         if when <= discharged:
-            return Rejection("appointment_before_discharge",
-                             "XML14 NGAY_HEN_KL is not after NGAY_RA")
+            return Rejection(
+                "appointment_before_discharge", "XML14 NGAY_HEN_KL is not after NGAY_RA"
+            )
         return None
 
 

@@ -24,8 +24,7 @@ PENDING: set[str] = set()
 
 
 def _promtool(promtool: str, *args: str, cwd: Path = PROMETHEUS) -> str:
-    result = subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -44,8 +43,12 @@ def test_every_alert_is_unit_tested() -> None:
     rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
-    fired = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]
-             if case["exp_alerts"]}
+    fired = {
+        case["alertname"]
+        for t in tests["tests"]
+        for case in t["alert_rule_test"]
+        if case["exp_alerts"]
+    }
     assert alerts == fired
 
 
@@ -58,15 +61,22 @@ def test_scrape_config_is_valid(promtool_bin: str, tmp_path: Path) -> None:  # n
 
 def _dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in dashboard["panels"] if p["type"] != "row"
-            for t in p["targets"]]
+    return [
+        (p["title"], t["expr"])
+        for p in dashboard["panels"]
+        if p["type"] != "row"
+        for t in p["targets"]
+    ]
 
 
-def test_dashboard_queries_are_valid_promql(promtool_bin: str,  # noqa: F811
-                                            tmp_path: Path) -> None:
-    rules = [{"record": f"dashboard:query_{i}",
-              "expr": expr.replace("$__rate_interval", "5m")}
-             for i, (_, expr) in enumerate(_dashboard_queries())]
+def test_dashboard_queries_are_valid_promql(
+    promtool_bin: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, (_, expr) in enumerate(_dashboard_queries())
+    ]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     _promtool(promtool_bin, "check", "rules", str(path), cwd=tmp_path)
@@ -75,8 +85,12 @@ def test_dashboard_queries_are_valid_promql(promtool_bin: str,  # noqa: F811
 def _exported_metric_names() -> set[str]:
     """Metric names the project's code defines (prometheus_client and its collectors)."""
     names: set[str] = set()
-    for module in [*ROOT.glob("sinks/*.py"), *ROOT.glob("streams/*.py"),
-                   *ROOT.glob("producers/*.py"), *ROOT.glob("ehb/*.py")]:
+    for module in [
+        *ROOT.glob("sinks/*.py"),
+        *ROOT.glob("streams/*.py"),
+        *ROOT.glob("producers/*.py"),
+        *ROOT.glob("ehb/*.py"),
+    ]:
         text = module.read_text(encoding="utf-8")
         names.update(re.findall(r'"((?:ehb|kafka)_[a-z0-9_]+)"', text))
     return names
@@ -87,10 +101,17 @@ def test_dashboard_and_alert_metrics_exist() -> None:
     known = set(exported)
     for name in exported:  # counters gain _total, histograms _bucket/_sum/_count
         known |= {f"{name}_total", f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-    used = {m for _, expr in _dashboard_queries()
-            for m in re.findall(r"\b((?:ehb|kafka)_[a-z0-9_]+)", expr)}
+    used = {
+        m
+        for _, expr in _dashboard_queries()
+        for m in re.findall(r"\b((?:ehb|kafka)_[a-z0-9_]+)", expr)
+    }
     rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
-    used |= {m for g in rules["groups"] for r in g["rules"]
-             for m in re.findall(r"\b((?:ehb|kafka)_[a-z0-9_]+)", r["expr"])}
+    used |= {
+        m
+        for g in rules["groups"]
+        for r in g["rules"]
+        for m in re.findall(r"\b((?:ehb|kafka)_[a-z0-9_]+)", r["expr"])
+    }
     missing = used - known - PENDING
     assert not missing, f"used but not exported by the code: {sorted(missing)}"

@@ -22,16 +22,19 @@ from tests.support.fixtures import wait_stable
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointment_reminders.py"
-REMINDER = re.compile(r"^REMINDER appointment=(\S+) facility=(\d{5}) facility_name=\"([^\"]+)\" "
-                      r"date=(\d{4}-\d\d-\d\dT\d\d:\d\d\+0700) citizen_key=([0-9a-f]{32})$")
+REMINDER = re.compile(
+    r"^REMINDER appointment=(\S+) facility=(\d{5}) facility_name=\"([^\"]+)\" "
+    r"date=(\d{4}-\d\d-\d\dT\d\d:\d\d\+0700) citizen_key=([0-9a-f]{32})$"
+)
 RECEIVED = re.compile(r"^received (\w+) appointment=(\S+)$")
 
 
 def topic_appointments(d: Deployment) -> Counter[tuple[str, str]]:
     """(record type, appointment id) of every record in the appointments topic."""
     with TopicReader(d.settings, "appointments", Start("beginning")) as reader:
-        records = [d.codec.decode(m.value()).record
-                   for m in reader.messages(follow=False, idle_s=0.3)]
+        records = [
+            d.codec.decode(m.value()).record for m in reader.messages(follow=False, idle_s=0.3)
+        ]
     return Counter((r["record_type"], r["appointment_id"]) for r in records)
 
 
@@ -47,8 +50,9 @@ def database_appointments(d: Deployment) -> dict[str, set[str]]:
 
 def test_example_service_receives_exactly_the_appointments(deploy: DeploymentFactory) -> None:
     d = deploy()
-    config = SimulationConfig(events=600, seed=11, days=45, invalid_share=0.0,
-                              appointment_share=0.25)
+    config = SimulationConfig(
+        events=600, seed=11, days=45, invalid_share=0.0, appointment_share=0.25
+    )
     publisher = d.publisher(batch_size=50, linger_s=5)
     try:
         summary = run_simulation(d.settings, config, publisher=publisher)
@@ -64,23 +68,42 @@ def test_example_service_receives_exactly_the_appointments(deploy: DeploymentFac
         by_type = {kind: {aid for (k, aid) in produced if k == kind} for kind in in_db}
         return produced if by_type == in_db else None
 
-    produced = wait_stable(settled, d.settings.partition_idle_s + 2, 120,
-                           message="appointments topic = table, for good")
+    produced = wait_stable(
+        settled,
+        d.settings.partition_idle_s + 2,
+        120,
+        message="appointments topic = table, for good",
+    )
     kinds = Counter(kind for kind, _ in produced.elements())
     assert kinds["SCHEDULED"] >= 10 and kinds["REMINDER"] >= 3, kinds
     print("appointment records of the simulated run:", dict(kinds))
 
     service = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--group", f"{d.settings.topic_prefix}reminders",
-         "--verbose"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.children.env())
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--group",
+            f"{d.settings.topic_prefix}reminders",
+            "--verbose",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=d.children.env(),
+    )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(service.stdout.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(service.stdout.readline, "")), daemon=True
+    )
     reader.start()
     try:
-        wait_until(lambda: sum(1 for line in lines if line.startswith("received "))
-                   >= sum(produced.values()), 60, message="the service to receive every record")
+        wait_until(
+            lambda: (
+                sum(1 for line in lines if line.startswith("received ")) >= sum(produced.values())
+            ),
+            60,
+            message="the service to receive every record",
+        )
     finally:
         service.terminate()
         _, stderr = service.communicate(timeout=30)

@@ -37,15 +37,17 @@ def committed() -> dict[str, Any]:
 
 def test_committed_document_is_the_generated_one() -> None:
     diff = asyncapi.check(ROOT / "asyncapi.yaml")
-    assert not diff, ("asyncapi.yaml drifted from the schemas/settings: run `ehb asyncapi` and "
-                      "commit it\n" + "\n".join(diff[:80]))
+    assert not diff, (
+        "asyncapi.yaml drifted from the schemas/settings: run `ehb asyncapi` and "
+        "commit it\n" + "\n".join(diff[:80])
+    )
 
 
-def test_document_is_valid_asyncapi_3(validator: Draft7Validator,
-                                      committed: dict[str, Any]) -> None:
+def test_document_is_valid_asyncapi_3(
+    validator: Draft7Validator, committed: dict[str, Any]
+) -> None:
     errors = sorted(validator.iter_errors(committed), key=lambda e: list(e.absolute_path))
-    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message[:200]}"
-                                 for e in errors[:10])
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message[:200]}" for e in errors[:10])
 
 
 def test_validator_rejects_a_broken_document(validator: Draft7Validator) -> None:
@@ -100,9 +102,15 @@ def test_avro_payloads_reference_existing_avsc_files() -> None:
             subject = message["x-schema-subject"]
             assert json.loads(path.read_text(encoding="utf-8")) == catalog.latest(subject).raw
             seen.add(subject)
-    assert {SUBJECTS.EXAMINATION_EVENT, SUBJECTS.EXAMINATION_BATCH, SUBJECTS.HEALTH_BOOK_RECORD,
-            SUBJECTS.REFERRAL_RECORD, SUBJECTS.APPOINTMENT_RECORD, SUBJECTS.DEAD_LETTER,
-            SUBJECTS.VALIDATED_BATCH} <= seen
+    assert {
+        SUBJECTS.EXAMINATION_EVENT,
+        SUBJECTS.EXAMINATION_BATCH,
+        SUBJECTS.HEALTH_BOOK_RECORD,
+        SUBJECTS.REFERRAL_RECORD,
+        SUBJECTS.APPOINTMENT_RECORD,
+        SUBJECTS.DEAD_LETTER,
+        SUBJECTS.VALIDATED_BATCH,
+    } <= seen
 
 
 def test_personal_data_is_marked() -> None:
@@ -123,15 +131,23 @@ def test_personal_data_is_marked() -> None:
             assert path.rsplit(".", 1)[-1] in PERSONAL_FIELDS
 
 
-def test_a_new_topic_appears_without_touching_the_generator(monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+def test_a_new_topic_appears_without_touching_the_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Another engineer adds a topic to topic_specs: the document describes it."""
     original = topic_specs
 
     def with_new_topic(settings: Any) -> list[TopicSpec]:
         specs = original(settings)
-        return [*specs, replace(specs[-1], name="facility-audit", value="DeadLetter",
-                                description="Input: an audit trail.")]
+        return [
+            *specs,
+            replace(
+                specs[-1],
+                name="facility-audit",
+                value="DeadLetter",
+                description="Input: an audit trail.",
+            ),
+        ]
 
     monkeypatch.setattr(asyncapi, "topic_specs", with_new_topic)
     document = asyncapi.build_document()
@@ -157,8 +173,9 @@ def test_cli_check_and_write(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == asyncapi.render()
     result = runner.invoke(app, ["asyncapi", "--check", "--output", str(target)])
     assert result.exit_code == 0, result.output
-    target.write_text(target.read_text(encoding="utf-8").replace("partitions: 8",
-                                                                 "partitions: 9"), "utf-8")
+    target.write_text(
+        target.read_text(encoding="utf-8").replace("partitions: 8", "partitions: 9"), "utf-8"
+    )
     result = runner.invoke(app, ["asyncapi", "--check", "--output", str(target)])
     assert result.exit_code == 1
     assert "partitions: 9" in result.output

@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "benchmarks/bench.py", "--quick", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     written = list(tmp_path.glob("*-quick.json"))
@@ -30,12 +33,21 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     result = json.loads(written[0].read_text())
     figures = result["figures"]
     assert "errors" not in figures, figures["errors"]
-    for key in ("publish_only_events_per_second", "pipeline_events_per_second",
-                "pipeline_2_workers_events_per_second", "raw_end_to_end_events_per_second",
-                "raw_drain_events_per_second", "pipeline_drain_events_per_second",
-                "ratio_to_ceiling", "ratio_end_to_end", "latency_p99_ms",
-                "worker_peak_rss_mb", "sink_peak_rss_mb", "producer_peak_rss_mb",
-                "broker_peak_rss_mb"):
+    for key in (
+        "publish_only_events_per_second",
+        "pipeline_events_per_second",
+        "pipeline_2_workers_events_per_second",
+        "raw_end_to_end_events_per_second",
+        "raw_drain_events_per_second",
+        "pipeline_drain_events_per_second",
+        "ratio_to_ceiling",
+        "ratio_end_to_end",
+        "latency_p99_ms",
+        "worker_peak_rss_mb",
+        "sink_peak_rss_mb",
+        "producer_peak_rss_mb",
+        "broker_peak_rss_mb",
+    ):
         assert figures.get(key), key
     runs = result["runs"]
     assert runs["pipeline_1_worker"][0]["accounted"] == result["parameters"]["events"]
@@ -44,9 +56,18 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     cpu = figures["cpu_us_per_event_drain"]
     assert set(cpu) >= {"worker-1", "sink", "broker", "postgresql"}, cpu
     assert all(v > 0 for v in cpu.values()), cpu
-    assert all(result["versions"][name] for name in (
-        "python", "faust-streaming", "confluent-kafka", "fastavro", "psycopg2", "postgresql",
-        "tansu"))
+    assert all(
+        result["versions"][name]
+        for name in (
+            "python",
+            "faust-streaming",
+            "confluent-kafka",
+            "fastavro",
+            "psycopg2",
+            "postgresql",
+            "tansu",
+        )
+    )
     assert result["machine"]["cpu_count"] >= 1
     assert "Pipeline end to end, 1 worker" in run.stdout
 
@@ -54,22 +75,29 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
 def test_profile_summary_attributes_samples_to_the_agents(tmp_path: Path) -> None:
     loop = "main (ehb/commands/cli.py);BaseEventLoop._run_once (asyncio/base_events.py)"
     collapsed = tmp_path / "worker.collapsed.txt"
-    collapsed.write_text("\n".join([
-        f"{loop};create_app.<locals>.intake_agent (streams/app.py);"
-        "AvroCodec.decode (schemas/codec.py) 30",
-        f"{loop};create_app.<locals>.intake_agent (streams/app.py);"
-        "Validator.validate (streams/validation.py) 10",
-        f"{loop};create_app.<locals>.health_book_agent (streams/app.py);"
-        "_Writer.__call__ (schemas/codec.py) 40",
-        f"{loop};Consumer._drain_messages (faust/transport/consumer.py) 20",
-        "",
-    ]))
+    collapsed.write_text(
+        "\n".join(
+            [
+                f"{loop};create_app.<locals>.intake_agent (streams/app.py);"
+                "AvroCodec.decode (schemas/codec.py) 30",
+                f"{loop};create_app.<locals>.intake_agent (streams/app.py);"
+                "Validator.validate (streams/validation.py) 10",
+                f"{loop};create_app.<locals>.health_book_agent (streams/app.py);"
+                "_Writer.__call__ (schemas/codec.py) 40",
+                f"{loop};Consumer._drain_messages (faust/transport/consumer.py) 20",
+                "",
+            ]
+        )
+    )
     assert sum(read_stacks(collapsed).values()) == 100
     summary = summarize(collapsed, seconds=2.0, rate=100, worker=True)
     categories = summary["categories"]
     assert summary["gil_busy"] == 0.5
     assert categories["intake agent"]["percent_of_process"] == 40.0
     assert categories["intake agent"]["top_self"][0] == {
-        "function": "AvroCodec.decode (schemas/codec.py)", "samples": 30, "percent": 75.0}
+        "function": "AvroCodec.decode (schemas/codec.py)",
+        "samples": 30,
+        "percent": 75.0,
+    }
     assert categories["health-book agent"]["samples"] == 40
     assert categories["framework and other tasks"]["samples"] == 20

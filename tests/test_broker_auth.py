@@ -48,8 +48,8 @@ TOPIC = "ehb.examinations"
 
 @dataclass
 class SharedStore:
-    trusted: str      # bootstrap of the broker without authentication
-    secured: str      # bootstrap of the broker with --authentication
+    trusted: str  # bootstrap of the broker without authentication
+    secured: str  # bootstrap of the broker with --authentication
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]]
     logs: Path
@@ -70,12 +70,18 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
     logs = tmp_path_factory.mktemp("broker-auth")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(command: list[str], name: str, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        command: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(logs / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=_child_setup())
+            proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_child_setup(),
+            )
         procs.append(proc)
         return proc
 
@@ -85,23 +91,46 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
         start([str(moto), "-H", "127.0.0.1", "-p", str(s3_port)], "moto")
         wait_until(lambda: _port_open(s3_port), 30, message="moto S3 server")
         endpoint = f"http://127.0.0.1:{s3_port}"
-        credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
-                       "region_name": "us-east-1"}
+        credentials = {
+            "aws_access_key_id": "test",
+            "aws_secret_access_key": "test",
+            "region_name": "us-east-1",
+        }
         boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="tansu")
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-               "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
         ports = {}
         for name, extra in (("trusted", []), ("secured", ["--authentication"])):
             port = ports[name] = free_port()
             url = f"tcp://127.0.0.1:{port}"
-            start([EmbeddedKafka.binary(), "broker", "--listener-url", url,
-                   "--advertised-listener-url", url, "--storage-engine", "s3://tansu/",
-                   "--silent", *extra], f"tansu-{name}", env)
+            start(
+                [
+                    EmbeddedKafka.binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "s3://tansu/",
+                    "--silent",
+                    *extra,
+                ],
+                f"tansu-{name}",
+                env,
+            )
         for port in ports.values():
             wait_until(lambda p=port: _port_open(p), 30, message="tansu listening")
-        store = SharedStore(f"127.0.0.1:{ports['trusted']}", f"127.0.0.1:{ports['secured']}",
-                            env, procs, logs)
+        store = SharedStore(
+            f"127.0.0.1:{ports['trusted']}", f"127.0.0.1:{ports['secured']}", env, procs, logs
+        )
         admin = AdminClient({"bootstrap.servers": store.trusted})
         for future in admin.create_topics([NewTopic(TOPIC, 1, 1)]).values():
             future.result(30)
@@ -142,8 +171,9 @@ def _settings(store: SharedStore, **security: object) -> Settings:
 
 def _produce_refused(settings: Settings, value: bytes) -> str:
     errors: list[str] = []
-    producer = Producer(producer_config(settings, **{"message.timeout.ms": 4000,
-                                                     "enable.idempotence": False}))
+    producer = Producer(
+        producer_config(settings, **{"message.timeout.ms": 4000, "enable.idempotence": False})
+    )
     producer.produce(TOPIC, value, on_delivery=lambda err, _m: errors.append(str(err)))
     producer.flush(15)
     assert errors and errors[0] != "None", "the unauthenticated record was acknowledged"
@@ -156,9 +186,13 @@ def test_clients_without_valid_credentials_are_refused(shared_store: SharedStore
     # no credentials at all (the pipeline's default PLAINTEXT configuration)
     _produce_refused(_settings(store), b"no credentials")
     # SCRAM with a user the broker does not know, through the pipeline's own config mapping
-    wrong = _settings(store, kafka_security_protocol="SASL_PLAINTEXT",
-                      kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="mallory",
-                      kafka_sasl_password=SecretStr("guess"))
+    wrong = _settings(
+        store,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="mallory",
+        kafka_sasl_password=SecretStr("guess"),
+    )
     _produce_refused(wrong, b"wrong credentials")
     # the workers' client library (aiokafka, configured exactly as Faust configures it)
     from aiokafka import AIOKafkaProducer
@@ -168,8 +202,9 @@ def test_clients_without_valid_credentials_are_refused(shared_store: SharedStore
     auth = credentials_to_aiokafka_auth(faust_broker_options(wrong)["broker_credentials"])
 
     async def aiokafka_send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=store.secured, request_timeout_ms=4000,
-                                    **auth)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=store.secured, request_timeout_ms=4000, **auth
+        )
         try:
             await asyncio.wait_for(producer.start(), 20)
             await asyncio.wait_for(producer.send_and_wait(TOPIC, b"aiokafka intruder"), 10)
@@ -190,12 +225,29 @@ def test_tansu_cannot_store_scram_users(shared_store: SharedStore) -> None:
     If this ever fails, Tansu stores users and the positive path can be tested here."""
     store = shared_store
     created = subprocess.run(
-        [EmbeddedKafka.binary(), "user", "create", "--broker", f"tcp://{store.trusted}",
-         "--mechanism", "scram512", "ehb", "A-real-Passw0rd"],
-        env=store.env, capture_output=True, text=True, timeout=30)
+        [
+            EmbeddedKafka.binary(),
+            "user",
+            "create",
+            "--broker",
+            f"tcp://{store.trusted}",
+            "--mechanism",
+            "scram512",
+            "ehb",
+            "A-real-Passw0rd",
+        ],
+        env=store.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert created.returncode == 0, created.stderr
-    valid = _settings(store, kafka_security_protocol="SASL_PLAINTEXT",
-                      kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="ehb",
-                      kafka_sasl_password=SecretStr("A-real-Passw0rd"))
+    valid = _settings(
+        store,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="ehb",
+        kafka_sasl_password=SecretStr("A-real-Passw0rd"),
+    )
     _produce_refused(valid, b"a user tansu said it created")
     assert _stored(store) == [b"written by a trusted client"]

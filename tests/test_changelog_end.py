@@ -21,18 +21,21 @@ pytestmark = pytest.mark.integration
 
 
 def _write_in_one_batch(settings: Settings, topic: str, records: int) -> None:
-    producer = Producer(producer_config(settings, **{"linger.ms": 1000,
-                                                     "batch.num.messages": records * 2}))
+    producer = Producer(
+        producer_config(settings, **{"linger.ms": 1000, "batch.num.messages": records * 2})
+    )
     for n in range(records):
         producer.produce(topic, value=str(n).encode(), key=str(n % 7).encode(), partition=0)
     assert producer.flush(30) == 0
 
 
 @pytest.mark.parametrize("records", [1, 500])
-def test_real_end_offsets_reads_past_the_reported_high_watermark(services: Settings,
-                                                                 records: int) -> None:
-    settings = services.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:7]}.",
-                                           "kafka_partitions": 2})
+def test_real_end_offsets_reads_past_the_reported_high_watermark(
+    services: Settings, records: int
+) -> None:
+    settings = services.model_copy(
+        update={"topic_prefix": f"t{uuid.uuid4().hex[:7]}.", "kafka_partitions": 2}
+    )
     create_topics(settings)
     topic = settings.topic(EXAMINATIONS)
     _write_in_one_batch(settings, topic, records)

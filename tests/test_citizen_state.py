@@ -14,8 +14,13 @@ from streams.enrichment import enrich
 from tests.support import factories as f
 
 REGISTRY = FacilityRegistry.from_reference()
-CONFIG = StateConfig(partitions=1, referral_window_ms=30 * DAY_MS, reminder_lead_ms=24 * HOUR_MS,
-                     grace_ms=3 * DAY_MS, lateness_ms=48 * HOUR_MS)
+CONFIG = StateConfig(
+    partitions=1,
+    referral_window_ms=30 * DAY_MS,
+    reminder_lead_ms=24 * HOUR_MS,
+    grace_ms=3 * DAY_MS,
+    lateness_ms=48 * HOUR_MS,
+)
 T0 = f.BASE_TIME
 
 
@@ -38,11 +43,10 @@ class Run:
         messages = []
         for it in items:
             self.progress = max(self.progress, it["event_time"])
-            messages.append(([it], [{"partition": 0, "watermark": self.progress,
-                                     "idle": False}]))
+            messages.append(([it], [{"partition": 0, "watermark": self.progress, "idle": False}]))
         for i in range(0, len(messages), batch):
             # as the agent does: compact states, forget stale visits in memory only
-            out = self.machine.process(0, messages[i:i + batch], self.table, now_ms=0).compact()
+            out = self.machine.process(0, messages[i : i + batch], self.table, now_ms=0).compact()
             self.table.update(out.local)
             self.health_book += out.health_book
             self.referrals += out.referrals
@@ -55,13 +59,15 @@ class Run:
         return self
 
     def kinds(self, records: list[dict]) -> list[tuple[str, str]]:
-        return [(r["record_type"], r.get("referral_id") or r.get("appointment_id")) for r in
-                records]
+        return [
+            (r["record_type"], r.get("referral_id") or r.get("appointment_id")) for r in records
+        ]
 
     def final(self) -> dict[str, Any]:
         return {
-            "integrated": sorted(r["citizen_key"] for r in self.health_book
-                                 if r["record_type"] == "BOOK_INTEGRATED"),
+            "integrated": sorted(
+                r["citizen_key"] for r in self.health_book if r["record_type"] == "BOOK_INTEGRATED"
+            ),
             "referrals": sorted(self.kinds(self.referrals)),
             "appointments": sorted(self.kinds(self.appointments)),
         }
@@ -74,9 +80,11 @@ def clock_push(n: int, when: datetime) -> dict:
 
 def test_integration_once_per_citizen_with_duplicates_and_many_exams() -> None:
     first = f.exam(1, admitted=T0)
-    items = [item(first), item(first)] + [
-        item(f.exam(1, admitted=T0 + timedelta(days=d), facility="79005")) for d in range(1, 6)
-    ] + [item(f.exam(2, admitted=T0))]
+    items = (
+        [item(first), item(first)]
+        + [item(f.exam(1, admitted=T0 + timedelta(days=d), facility="79005")) for d in range(1, 6)]
+        + [item(f.exam(2, admitted=T0))]
+    )
     run = Run().feed(items, batch=3)
     integrated = [r for r in run.health_book if r["record_type"] == "BOOK_INTEGRATED"]
     assert len(integrated) == 2
@@ -85,11 +93,11 @@ def test_integration_once_per_citizen_with_duplicates_and_many_exams() -> None:
 
 
 def test_referral_completed_by_exam_at_destination_within_window() -> None:
-    issuing = f.with_referral(f.exam(3, facility="79005", admitted=T0), destination="79002",
-                              number="CT1")
+    issuing = f.with_referral(
+        f.exam(3, facility="79005", admitted=T0), destination="79002", number="CT1"
+    )
     arrival = f.exam(3, facility="79002", admitted=T0 + timedelta(days=4))
-    run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=2)),
-                      item(arrival)])
+    run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=2)), item(arrival)])
     assert run.kinds(run.referrals) == [("ISSUED", "79005:CT1"), ("COMPLETED", "79005:CT1")]
     completed = run.referrals[1]
     assert completed["arrival_event_id"] == arrival["event_id"]
@@ -98,8 +106,9 @@ def test_referral_completed_by_exam_at_destination_within_window() -> None:
 
 
 def test_referral_expires_when_watermark_passes_deadline() -> None:
-    issuing = f.with_referral(f.exam(4, facility="79005", admitted=T0), destination="79002",
-                              number="CT2")
+    issuing = f.with_referral(
+        f.exam(4, facility="79005", admitted=T0), destination="79002", number="CT2"
+    )
     wrong_place = f.exam(4, facility="79003", admitted=T0 + timedelta(days=3))
     run = Run().feed([item(issuing), item(wrong_place)])
     # the deadline is 30 days after the letter; lateness 48 h: not yet expired at day 31
@@ -113,8 +122,9 @@ def test_referral_expires_when_watermark_passes_deadline() -> None:
 
 
 def test_late_arrival_within_allowed_lateness_still_completes() -> None:
-    issuing = f.with_referral(f.exam(5, facility="79005", admitted=T0), destination="79002",
-                              number="CT3")
+    issuing = f.with_referral(
+        f.exam(5, facility="79005", admitted=T0), destination="79002", number="CT3"
+    )
     run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=31))])
     # the destination uploads an exam of day 29 two days late: within lateness
     run.feed([item(f.exam(5, facility="79002", admitted=T0 + timedelta(days=29)))])
@@ -123,8 +133,9 @@ def test_late_arrival_within_allowed_lateness_still_completes() -> None:
 
 def test_referral_uploaded_after_the_arrival_is_matched() -> None:
     arrival = f.exam(6, facility="79002", admitted=T0 + timedelta(days=1))
-    issuing = f.with_referral(f.exam(6, facility="79005", admitted=T0), destination="79002",
-                              number="CT4")
+    issuing = f.with_referral(
+        f.exam(6, facility="79005", admitted=T0), destination="79002", number="CT4"
+    )
     run = Run().feed([item(arrival), item(issuing)])
     assert [k for k, _ in run.kinds(run.referrals)] == ["ISSUED", "COMPLETED"]
     assert run.referrals[1]["arrival_event_id"] == arrival["event_id"]
@@ -133,17 +144,17 @@ def test_referral_uploaded_after_the_arrival_is_matched() -> None:
 def test_appointment_reminder_kept_and_missed_in_event_time() -> None:
     date = T0 + timedelta(days=14)
     kept = f.with_appointment(f.exam(7, facility="79005", admitted=T0), when=date, number="HK1")
-    missed = f.with_appointment(f.exam(8, facility="79005", admitted=T0), when=date,
-                                number="HK2")
+    missed = f.with_appointment(f.exam(8, facility="79005", admitted=T0), when=date, number="HK2")
     run = Run().feed([item(kept), item(missed)])
     assert [k for k, _ in run.kinds(run.appointments)] == ["SCHEDULED", "SCHEDULED"]
     run.feed([clock_push(1, date - timedelta(hours=25))])
-    assert len(run.appointments) == 2            # not yet: 25 h before
+    assert len(run.appointments) == 2  # not yet: 25 h before
     run.feed([clock_push(2, date - timedelta(hours=23))])
     reminders = [r for r in run.appointments if r["record_type"] == "REMINDER"]
     assert len(reminders) == 2
     assert {r["event_time"] for r in reminders} == {
-        int((date - timedelta(hours=24)).timestamp() * 1000)}
+        int((date - timedelta(hours=24)).timestamp() * 1000)
+    }
     run.feed([item(f.exam(7, facility="79005", admitted=date + timedelta(days=1)))])
     run.feed([clock_push(3, date + timedelta(days=5, hours=1))])  # grace 3 d + lateness 2 d
     final = {(k, i) for k, i in run.kinds(run.appointments)}
@@ -152,8 +163,9 @@ def test_appointment_reminder_kept_and_missed_in_event_time() -> None:
 
 
 def test_the_episode_itself_does_not_keep_its_own_appointment() -> None:
-    event = f.with_appointment(f.exam(9, facility="79005", admitted=T0),
-                               when=T0 + timedelta(days=2), number="HK3")
+    event = f.with_appointment(
+        f.exam(9, facility="79005", admitted=T0), when=T0 + timedelta(days=2), number="HK3"
+    )
     run = Run().feed([item(event)])
     assert [k for k, _ in run.kinds(run.appointments)] == ["SCHEDULED"]
 
@@ -163,11 +175,11 @@ def _scenario(seed: int) -> list[dict]:
     items = []
     for n in range(40):
         at = T0 + timedelta(hours=rng.randint(0, 24 * 40))
-        event = f.exam(100 + n % 15, facility=rng.choice(["79001", "79002", "79005"]),
-                       admitted=at)
+        event = f.exam(100 + n % 15, facility=rng.choice(["79001", "79002", "79005"]), admitted=at)
         if rng.random() < 0.25:
-            event = f.with_referral(event, destination="79002" if event["ma_cskcb"] != "79002"
-                                    else "79001")
+            event = f.with_referral(
+                event, destination="79002" if event["ma_cskcb"] != "79002" else "79001"
+            )
         elif rng.random() < 0.3:
             event = f.with_appointment(event, when=at + timedelta(days=rng.randint(3, 10)))
         items.append(item(event))
@@ -211,16 +223,17 @@ def test_state_is_pruned_once_nothing_can_change() -> None:
     run = Run().feed([item(issuing), clock_push(1, T0 + timedelta(days=40))])
     run.feed([item(f.exam(10, facility="79003", admitted=T0 + timedelta(days=40)))])
     state = run.table[f"citizen-{issuing['so_cccd']}"]
-    assert state == 1 or "r" not in state         # expired and past the watermark
-    assert _copy(state)["i"] == 1                 # integration is remembered forever
+    assert state == 1 or "r" not in state  # expired and past the watermark
+    assert _copy(state)["i"] == 1  # integration is remembered forever
 
 
 def test_an_input_partition_read_ahead_does_not_make_another_late() -> None:
     """Replaying a backlog: input partition 1 is consumed 40 days ahead of partition 0."""
     machine = CitizenStateMachine(StateConfig(partitions=2))
     table: dict[str, Any] = {}
-    issuing = f.with_referral(f.exam(20, facility="79005", admitted=T0), destination="79002",
-                              number="CT9")
+    issuing = f.with_referral(
+        f.exam(20, facility="79005", admitted=T0), destination="79002", number="CT9"
+    )
     arrival = f.exam(20, facility="79002", admitted=T0 + timedelta(days=4))
     ahead = [clock_push(i, T0 + timedelta(days=i)) for i in range(41)]
 
@@ -236,46 +249,53 @@ def test_an_input_partition_read_ahead_does_not_make_another_late() -> None:
     # once partition 0 is caught up (idle), the clock follows partition 1: nothing else open
     out = machine.process(0, [([], [source(0, T0 + timedelta(days=4), idle=True)])], table, 0)
     assert machine.clock(0, {**table, **out.state}) == int(
-        (T0 + timedelta(days=40)).timestamp() * 1000)
+        (T0 + timedelta(days=40)).timestamp() * 1000
+    )
 
 
 def test_the_clock_holds_until_every_input_partition_reported() -> None:
     machine = CitizenStateMachine(StateConfig(partitions=2))
     issuing = f.with_referral(f.exam(21, facility="79005", admitted=T0), destination="79002")
     later = int((T0 + timedelta(days=60)).timestamp() * 1000)
-    out = machine.process(0, [([item(issuing)], [{"partition": 0, "watermark": later,
-                                                  "idle": False}])], {}, now_ms=0)
+    out = machine.process(
+        0, [([item(issuing)], [{"partition": 0, "watermark": later, "idle": False}])], {}, now_ms=0
+    )
     assert [r["record_type"] for r in out.referrals] == ["ISSUED"]  # partition 1 unknown
 
 
 def test_reminder_follows_event_time_not_the_arrival_order_of_the_visit() -> None:
     date = T0 + timedelta(days=10)
-    early = f.with_appointment(f.exam(30, facility="79005", admitted=T0), when=date,
-                               number="HK30")
-    ontime = f.with_appointment(f.exam(31, facility="79005", admitted=T0), when=date,
-                                number="HK31")
+    early = f.with_appointment(f.exam(30, facility="79005", admitted=T0), when=date, number="HK30")
+    ontime = f.with_appointment(f.exam(31, facility="79005", admitted=T0), when=date, number="HK31")
     run = Run().feed([item(early), item(ontime)])
-    run.feed([item(f.exam(30, facility="79005", admitted=date - timedelta(hours=40))),
-              item(f.exam(31, facility="79005", admitted=date - timedelta(hours=10))),
-              clock_push(1, date)])
+    run.feed(
+        [
+            item(f.exam(30, facility="79005", admitted=date - timedelta(hours=40))),
+            item(f.exam(31, facility="79005", admitted=date - timedelta(hours=10))),
+            clock_push(1, date),
+        ]
+    )
     reminded = {i for k, i in run.kinds(run.appointments) if k == "REMINDER"}
     # kept 40 h before: no reminder was due; kept 10 h before: the reminder (24 h) was due
     assert reminded == {"79005:HK31"}
 
 
 def test_a_replay_of_old_episodes_does_not_reopen_closed_items() -> None:
-    issuing = f.with_referral(f.exam(40, facility="79005", admitted=T0), destination="79002",
-                              number="CT40")
+    issuing = f.with_referral(
+        f.exam(40, facility="79005", admitted=T0), destination="79002", number="CT40"
+    )
     arrival = f.exam(40, facility="79002", admitted=T0 + timedelta(days=2))
-    appointment = f.with_appointment(f.exam(41, facility="79005", admitted=T0),
-                                     when=T0 + timedelta(days=7), number="HK41")
-    run = Run().feed([item(issuing), item(arrival), item(appointment),
-                      clock_push(1, T0 + timedelta(days=60))])
-    run.feed([clock_push(2, T0 + timedelta(days=61))])   # closed items pruned by now
+    appointment = f.with_appointment(
+        f.exam(41, facility="79005", admitted=T0), when=T0 + timedelta(days=7), number="HK41"
+    )
+    run = Run().feed(
+        [item(issuing), item(arrival), item(appointment), clock_push(1, T0 + timedelta(days=60))]
+    )
+    run.feed([clock_push(2, T0 + timedelta(days=61))])  # closed items pruned by now
     state = run.table[f"citizen-{issuing['so_cccd']}"]
     assert "r" not in state and "r:79005:CT40" in state["d"]
     before = (len(run.referrals), len(run.appointments))
-    run.feed([item(issuing), item(appointment)])          # a replay of old episodes
+    run.feed([item(issuing), item(appointment)])  # a replay of old episodes
     assert (len(run.referrals), len(run.appointments)) == before
 
 
@@ -283,7 +303,7 @@ def test_a_citizen_nobody_touches_again_shrinks_to_integrated_only() -> None:
     quiet = f.exam(50, facility="79005", admitted=T0)
     run = Run().feed([item(quiet)])
     key = f"citizen-{quiet['so_cccd']}"
-    assert run.table[key]["v"]                      # its visit, while it can still match
+    assert run.table[key]["v"]  # its visit, while it can still match
     run.feed([clock_push(1, T0 + timedelta(days=3))])  # the watermark passes the visit
     assert run.table[key] == 1
     assert _copy(run.table[key]) == {"i": 1}

@@ -27,10 +27,18 @@ def test_typed_records_have_the_fields_of_the_newest_schemas() -> None:
 
 def appointment(n: int, record_type: str = "SCHEDULED") -> dict[str, Any]:
     at = datetime(2024, 3, 18, 1, 0, tzinfo=UTC)
-    return {"record_type": record_type, "appointment_id": f"79001:HK{n:07d}",
-            "event_id": f"e{n}", "citizen_key": f"{n:032x}", "ma_cskcb": "79001",
-            "ma_benh_chinh": "I10", "appointment_at": at, "event_time": at,
-            "visit_event_id": None, "published_at": at}
+    return {
+        "record_type": record_type,
+        "appointment_id": f"79001:HK{n:07d}",
+        "event_id": f"e{n}",
+        "citizen_key": f"{n:032x}",
+        "ma_cskcb": "79001",
+        "ma_benh_chinh": "I10",
+        "appointment_at": at,
+        "event_time": at,
+        "visit_event_id": None,
+        "published_at": at,
+    }
 
 
 def committed(d: Deployment, group: str, topic: str) -> int:
@@ -66,15 +74,19 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
         if len(received) >= 3:
             stop.set()
 
-    consumer = RecordConsumer(d.settings, group, [APPOINTMENTS],
-                              subjects=[SUBJECTS.APPOINTMENT_RECORD])
+    consumer = RecordConsumer(
+        d.settings, group, [APPOINTMENTS], subjects=[SUBJECTS.APPOINTMENT_RECORD]
+    )
     with consumer:
         timer = threading.Timer(60, stop.set)  # a safety net only; the handler sets stop
         timer.start()
         consumer.run(handle, stop=stop)
         timer.cancel()
     assert [r.value["appointment_id"] for r in received] == [
-        "79001:HK0000000", "79001:HK0000001", "79001:HK0000002"]
+        "79001:HK0000000",
+        "79001:HK0000001",
+        "79001:HK0000002",
+    ]
     first = received[0]
     assert first.subject == SUBJECTS.APPOINTMENT_RECORD and first.key_text == "k"
     assert first.value["appointment_at"] == datetime(2024, 3, 18, 1, 0, tzinfo=UTC)
@@ -85,11 +97,13 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
 
     # 3. the undecodable value went to the dead-letter topic (once per attempt), with its bytes
     with TopicReader(d.settings, "dead-letter", Start("beginning")) as reader:
-        dead = [d.codec.decode(m.value()).record for m in reader.messages(follow=False,
-                                                                          idle_s=0.3)]
+        dead = [d.codec.decode(m.value()).record for m in reader.messages(follow=False, idle_s=0.3)]
     assert len(dead) == 2  # the failed attempt and the successful one: same source position
     for letter in dead:
         assert (letter["reason"], letter["stage"]) == ("bad_magic_byte", "sink")
-        assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) \
-            == (d.settings.topic(APPOINTMENTS), 0, 2)
+        assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == (
+            d.settings.topic(APPOINTMENTS),
+            0,
+            2,
+        )
         assert letter["original"] == b"\x07garbage"

@@ -36,37 +36,65 @@ def test_lag_with_stopped_consumers_then_zero(deploy: DeploymentFactory) -> None
     # its newest batch + 1, so multi-record batches would make the expected count inexact.
     for i in range(6):
         event = f.exam(60 + i)
-        producer.produce(examinations, d.codec.encode(SUBJECTS.EXAMINATION_EVENT, event),
-                         key=event["ma_cskcb"].encode())
+        producer.produce(
+            examinations,
+            d.codec.encode(SUBJECTS.EXAMINATION_EVENT, event),
+            key=event["ma_cskcb"].encode(),
+        )
         assert producer.flush(10) == 0
     collector = LagCollector(s)
     lag = _sums(collector.refresh())
     assert lag[(s.worker_group, examinations)] == 6
     assert lag[(s.sink_group, s.topic(HEALTH_BOOK))] == 0
     # `ehb lag` prints the same reading
-    result = CliRunner().invoke(app, ["lag"], env={
-        "EHB_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "EHB_TOPIC_PREFIX": s.topic_prefix,
-        "EHB_WORKER_GROUP": s.worker_group, "EHB_SINK_GROUP": s.sink_group})
+    result = CliRunner().invoke(
+        app,
+        ["lag"],
+        env={
+            "EHB_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "EHB_TOPIC_PREFIX": s.topic_prefix,
+            "EHB_WORKER_GROUP": s.worker_group,
+            "EHB_SINK_GROUP": s.sink_group,
+        },
+    )
     assert result.exit_code == 0, result.output
     assert s.worker_group in result.output
 
     d.start_worker()
     lag = wait_until(
-        lambda: (x := _sums(collector.refresh()))[(s.worker_group, examinations)] == 0
-        and x[(s.sink_group, s.topic(HEALTH_BOOK))] > 0 and x,
-        60, interval=0.5, message="worker caught up, sink behind")
+        lambda: (
+            (x := _sums(collector.refresh()))[(s.worker_group, examinations)] == 0
+            and x[(s.sink_group, s.topic(HEALTH_BOOK))] > 0
+            and x
+        ),
+        60,
+        interval=0.5,
+        message="worker caught up, sink behind",
+    )
     assert lag[(s.worker_group, s.topic(EXAMINATIONS_BY_CITIZEN))] == 0
 
     d.start_sink()
-    wait_until(lambda: not any(_sums(collector.refresh()).values()), 60, interval=0.5,
-               message="every group caught up")
+    wait_until(
+        lambda: not any(_sums(collector.refresh()).values()),
+        60,
+        interval=0.5,
+        message="every group caught up",
+    )
     # the sink's /metrics serves the same, refreshed in the background
-    hb = (f'kafka_consumergroup_lag_sum{{consumergroup="{s.sink_group}",'
-          f'topic="{s.topic(HEALTH_BOOK)}"}}')
-    metrics = wait_until(lambda: (m := d.sink_metrics()).get(hb) == 0 and m, 30,
-                         message="sink /metrics shows lag 0")
-    assert metrics[f'kafka_consumergroup_lag_sum{{consumergroup="{s.worker_group}",'
-                   f'topic="{examinations}"}}'] == 0
+    hb = (
+        f'kafka_consumergroup_lag_sum{{consumergroup="{s.sink_group}",'
+        f'topic="{s.topic(HEALTH_BOOK)}"}}'
+    )
+    metrics = wait_until(
+        lambda: (m := d.sink_metrics()).get(hb) == 0 and m, 30, message="sink /metrics shows lag 0"
+    )
+    assert (
+        metrics[
+            f'kafka_consumergroup_lag_sum{{consumergroup="{s.worker_group}",'
+            f'topic="{examinations}"}}'
+        ]
+        == 0
+    )
     partitions = [k for k in metrics if k.startswith("kafka_consumergroup_lag{")]
     # one series per partition of every topic each group consumes
     assert len(partitions) == len(collector.refresh()) >= 4 + 5

@@ -34,11 +34,19 @@ PRODUCER_MESSAGE_MAX_BYTES = 1_000_000
 
 def _dead_letter(**changes: Any) -> dict[str, Any]:
     record = {
-        "reason": "text_too_long", "message": "MA_KHOA is 1000000 characters, max 100",
-        "stage": "validate", "source_topic": "ehb.examinations", "source_partition": 3,
-        "source_offset": 41, "event_index": None, "event_id": "e-1", "ma_cskcb": "79001",
-        "schema_id": 9, "original": b"\x00\x00\x00\x00\x09" + b"x" * 500,
-        "published_at": 1_700_000_000_000, "failed_at": 1_700_000_000_500,
+        "reason": "text_too_long",
+        "message": "MA_KHOA is 1000000 characters, max 100",
+        "stage": "validate",
+        "source_topic": "ehb.examinations",
+        "source_partition": 3,
+        "source_offset": 41,
+        "event_index": None,
+        "event_id": "e-1",
+        "ma_cskcb": "79001",
+        "schema_id": 9,
+        "original": b"\x00\x00\x00\x00\x09" + b"x" * 500,
+        "published_at": 1_700_000_000_000,
+        "failed_at": 1_700_000_000_500,
     }
     record.update(changes)
     return record
@@ -58,7 +66,7 @@ def test_a_small_dead_letter_is_kept_whole_and_described() -> None:
 def test_a_large_original_keeps_a_prefix_its_length_and_sha256() -> None:
     original = bytes(range(256)) * 4096  # 1 MiB
     bounded = bound_dead_letter(_dead_letter(original=original), 64 * 1024)
-    assert bounded["original"] == original[:64 * 1024]
+    assert bounded["original"] == original[: 64 * 1024]
     assert bounded["original_length"] == len(original)
     assert bounded["original_sha256"] == hashlib.sha256(original).hexdigest()
     assert bounded["original_truncated"] is True
@@ -70,8 +78,11 @@ def test_bounding_again_keeps_the_full_originals_description() -> None:
     assert bound_dead_letter(once, 100_000) == once  # idempotent
     tighter = bound_dead_letter(once, 1000)  # e.g. a sink with a smaller setting
     assert tighter["original"] == original[:1000]
-    assert (tighter["original_length"], tighter["original_sha256"], tighter["original_truncated"]
-            ) == (200_000, hashlib.sha256(original).hexdigest(), True)
+    assert (
+        tighter["original_length"],
+        tighter["original_sha256"],
+        tighter["original_truncated"],
+    ) == (200_000, hashlib.sha256(original).hexdigest(), True)
 
 
 def test_a_version_1_dead_letter_gets_its_description() -> None:
@@ -81,8 +92,11 @@ def test_a_version_1_dead_letter_gets_its_description() -> None:
     body = io.BytesIO()
     fastavro.schemaless_writer(body, v1.parsed, _dead_letter())
     decoded = codec.decode(wire_header(v1.id) + body.getvalue()).record
-    assert (decoded["original_length"], decoded["original_sha256"],
-            decoded["original_truncated"]) == (None, None, False)
+    assert (
+        decoded["original_length"],
+        decoded["original_sha256"],
+        decoded["original_truncated"],
+    ) == (None, None, False)
     bounded = bound_dead_letter(decoded, 1024)
     assert bounded["original_length"] == 505
     assert bounded["original_sha256"] == hashlib.sha256(decoded["original"]).hexdigest()
@@ -98,7 +112,8 @@ def test_texts_from_the_input_are_bounded_deterministically_and_stay_distinct() 
     assert a["event_id"] == bound_dead_letter(_dead_letter(event_id=huge_a), 1024)["event_id"]
     digest = hashlib.sha256(huge_a.encode()).hexdigest()
     assert a["event_id"].startswith("AAAA") and a["event_id"].endswith(
-        f"…[1000000 characters, sha256:{digest}]")
+        f"…[1000000 characters, sha256:{digest}]"
+    )
     assert dead_letter_id(a) == f"event:{a['event_id']}"
     assert bounded_text("79001", IDENTIFIER_MAX_CHARS) == "79001"
     assert bounded_text(None, 10) is None
@@ -108,8 +123,13 @@ def test_the_largest_dead_letter_stays_well_below_the_producers_limit() -> None:
     """Every field at its worst (4-byte UTF-8 characters, a huge original) at the setting's
     upper limit: the encoded dead letter and its key fit with room to spare."""
     worst = "𝔸" * 2_000_000
-    record = _dead_letter(original=b"\xff" * 8_000_000, message=worst, event_id=worst,
-                          ma_cskcb=worst, source_topic="t" * 249)
+    record = _dead_letter(
+        original=b"\xff" * 8_000_000,
+        message=worst,
+        event_id=worst,
+        ma_cskcb=worst,
+        source_topic="t" * 249,
+    )
     bounded = bound_dead_letter(record, MAX_ORIGINAL_MAX_BYTES)
     value = AvroCodec().encode(SUBJECTS.DEAD_LETTER, bounded)
     key = bounded["ma_cskcb"].encode()
@@ -127,8 +147,13 @@ def test_the_setting_has_a_safe_default_and_range(monkeypatch: pytest.MonkeyPatc
 
 
 def _intake(max_bytes: int = DEFAULT_ORIGINAL_MAX_BYTES) -> Intake:
-    return Intake(AvroCodec(), FacilityRegistry.from_reference(), CitizenKeyer(b"k" * 32), 4,
-                  original_max_bytes=max_bytes)
+    return Intake(
+        AvroCodec(),
+        FacilityRegistry.from_reference(),
+        CitizenKeyer(b"k" * 32),
+        4,
+        original_max_bytes=max_bytes,
+    )
 
 
 def test_the_intake_bounds_its_dead_letters_and_their_keys() -> None:
@@ -136,11 +161,16 @@ def test_the_intake_bounds_its_dead_letters_and_their_keys() -> None:
     huge_facility = "7" * 1_000_000
     event = f.exam(ma_khoa="K" * 1_000_000)
     stranger = f.exam(facility=huge_facility)
-    batch = codec.encode(SUBJECTS.EXAMINATION_BATCH,
-                         {"ma_cskcb": "79001", "events": [stranger, f.exam()]})
+    batch = codec.encode(
+        SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": [stranger, f.exam()]}
+    )
     single = codec.encode(SUBJECTS.EXAMINATION_EVENT, event)
-    result = _intake().process([SourceMessage(single, "ehb.examinations", 0, 10, 0),
-                                SourceMessage(batch, "ehb.examinations", 0, 11, 0)])
+    result = _intake().process(
+        [
+            SourceMessage(single, "ehb.examinations", 0, 10, 0),
+            SourceMessage(batch, "ehb.examinations", 0, 11, 0),
+        ]
+    )
     assert result.accepted == 1
     (key1, first), (key2, second) = result.dead_letters
     assert (first["reason"], first["source_offset"], key1) == ("text_too_long", 10, "79001")

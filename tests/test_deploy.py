@@ -39,8 +39,20 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_of_the_stack(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("kafka-1", "kafka-2", "kafka-3", "schema-registry", "postgres", "prometheus",
-                 "grafana", "worker", "sink", "simulator", "ehb-init", "kafka-init"):
+    for name in (
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "schema-registry",
+        "postgres",
+        "prometheus",
+        "grafana",
+        "worker",
+        "sink",
+        "simulator",
+        "ehb-init",
+        "kafka-init",
+    ):
         assert name in services, name
     assert services["worker"]["deploy"]["replicas"] == 2
     assert "ports" not in services["worker"]  # replicas cannot share host ports
@@ -72,8 +84,7 @@ def test_every_ehb_variable_is_a_setting(compose: dict[str, Any]) -> None:
             target = secret["target"] if isinstance(secret, dict) else secret
             if target.startswith("ehb_"):
                 assert target[4:] in SETTINGS, f"{name}: secret {target} names no setting"
-            assert (secret["source"] if isinstance(secret, dict) else secret) in compose[
-                "secrets"]
+            assert (secret["source"] if isinstance(secret, dict) else secret) in compose["secrets"]
 
 
 def test_production_services_get_every_required_secret(compose: dict[str, Any]) -> None:
@@ -86,11 +97,16 @@ def test_production_services_get_every_required_secret(compose: dict[str, Any]) 
         for variable in set(env) - {"EHB_SECRETS_DIR"}:
             assert not re.search("PASSWORD|SECRET|DATABASE_URL", variable), variable
         targets = {s["target"] for s in service["secrets"]}
-        assert {"ehb_database_url", "ehb_citizen_key_secret",
-                "ehb_kafka_sasl_password"} <= targets, name
+        assert {
+            "ehb_database_url",
+            "ehb_citizen_key_secret",
+            "ehb_kafka_sasl_password",
+        } <= targets, name
     # the sink writes, the workers read, only the one-shot init owns the schema
-    sources = {n: {s["target"]: s["source"] for s in compose["services"][n]["secrets"]}
-               for n in ("worker", "sink", "ehb-init")}
+    sources = {
+        n: {s["target"]: s["source"] for s in compose["services"][n]["secrets"]}
+        for n in ("worker", "sink", "ehb-init")
+    }
     assert sources["sink"]["ehb_database_url"] == "database_url_sink"
     assert sources["worker"]["ehb_database_url"] == "database_url_worker"
     assert sources["ehb-init"]["ehb_database_url"] == "database_url_owner"
@@ -123,27 +139,45 @@ def test_dependencies_and_healthchecks(compose: dict[str, Any]) -> None:
         for dependency, spec in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} -> {dependency}"
             condition = spec["condition"]
-            assert condition in ("service_healthy", "service_completed_successfully",
-                                 "service_started")
+            assert condition in (
+                "service_healthy",
+                "service_completed_successfully",
+                "service_started",
+            )
             if condition == "service_healthy":
                 assert "healthcheck" in services[dependency], dependency
-    for name in ("kafka-1", "kafka-2", "kafka-3", "schema-registry", "postgres", "worker",
-                 "sink", "prometheus", "grafana"):
+    for name in (
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "schema-registry",
+        "postgres",
+        "worker",
+        "sink",
+        "prometheus",
+        "grafana",
+    ):
         assert "healthcheck" in services[name], name
 
 
 def test_kafka_is_a_replicated_scram_cluster(compose: dict[str, Any]) -> None:
     entrypoint = (DEPLOY / "kafka" / "entrypoint.sh").read_text()
-    for line in ("default.replication.factor=3", "min.insync.replicas=2",
-                 "offsets.topic.replication.factor=3", "sasl.enabled.mechanisms=SCRAM-SHA-512",
-                 "process.roles=broker,controller", "auto.create.topics.enable=false",
-                 "allow.everyone.if.no.acl.found=false"):
+    for line in (
+        "default.replication.factor=3",
+        "min.insync.replicas=2",
+        "offsets.topic.replication.factor=3",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "process.roles=broker,controller",
+        "auto.create.topics.enable=false",
+        "allow.everyone.if.no.acl.found=false",
+    ):
         assert line in entrypoint, line
     assert "--add-scram" in entrypoint
     listeners = re.search(r"listener.security.protocol.map=(\S+)", entrypoint).group(1)
     assert all(p.split(":")[1].startswith("SASL_") for p in listeners.split(","))
-    voters = {_env(compose["services"][f"kafka-{i}"])["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-              for i in (1, 2, 3)}
+    voters = {
+        _env(compose["services"][f"kafka-{i}"])["KAFKA_CONTROLLER_QUORUM_VOTERS"] for i in (1, 2, 3)
+    }
     assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
     env = _env(compose["services"]["sink"])
     assert env["EHB_KAFKA_REPLICATION_FACTOR"] == "3"
@@ -165,12 +199,16 @@ def _targets(prometheus: dict[str, Any]) -> set[tuple[str, int]]:
     return found
 
 
-def test_prometheus_scrapes_every_metrics_endpoint(compose: dict[str, Any],
-                                                   prometheus: dict[str, Any]) -> None:
+def test_prometheus_scrapes_every_metrics_endpoint(
+    compose: dict[str, Any], prometheus: dict[str, Any]
+) -> None:
     targets = _targets(prometheus)
     services = compose["services"]
-    endpoints = {(name, int(_env(s)["EHB_METRICS_PORT"])) for name, s in services.items()
-                 if int(_env(s).get("EHB_METRICS_PORT", "0"))}
+    endpoints = {
+        (name, int(_env(s)["EHB_METRICS_PORT"]))
+        for name, s in services.items()
+        if int(_env(s).get("EHB_METRICS_PORT", "0"))
+    }
     assert {("worker", 9400), ("sink", 9400), ("simulator", 9400)} <= endpoints
     simulate = services["simulator"]["command"]  # `ehb simulate` serves /metrics when asked
     assert simulate[simulate.index("--metrics-port") + 1] == "9400"
@@ -201,9 +239,18 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
         assert panel["datasource"]["uid"] == uid, panel["title"]
         assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
     titles = {p["title"] for p in panels}
-    for wanted in ("Examinations", "Out-of-province examinations", "Health books integrated",
-                   "Referrals", "Follow-up appointments", "Throughput",
-                   "End-to-end latency (facility publish -> PostgreSQL commit)",
-                   "Dead letters by reason", "Consumer lag per topic", "Facilities reporting",
-                   "Facilities silent", "Outbox backlog"):
+    for wanted in (
+        "Examinations",
+        "Out-of-province examinations",
+        "Health books integrated",
+        "Referrals",
+        "Follow-up appointments",
+        "Throughput",
+        "End-to-end latency (facility publish -> PostgreSQL commit)",
+        "Dead letters by reason",
+        "Consumer lag per topic",
+        "Facilities reporting",
+        "Facilities silent",
+        "Outbox backlog",
+    ):
         assert wanted in titles, wanted

@@ -13,8 +13,11 @@ from ehb.commands.docs import PAGES, marked, render
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-PAGES_WITH_LINKS = [README, ROOT / "benchmarks" / "README.md",
-                    *sorted((ROOT / "docs").glob("*.md"))]
+PAGES_WITH_LINKS = [
+    README,
+    ROOT / "benchmarks" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 
 
 def test_settings_table_is_the_generated_one() -> None:
@@ -22,7 +25,8 @@ def test_settings_table_is_the_generated_one() -> None:
     match = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", text, re.S)
     assert match, "docs/settings.md lacks the settings markers"
     assert match.group(1).strip() == settings_markdown().strip(), (
-        "docs/settings.md is stale: run `make docs`")
+        "docs/settings.md is stale: run `make docs`"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))
@@ -30,7 +34,8 @@ def test_generated_sections_are_up_to_date(name: str) -> None:
     text = (ROOT / PAGES[name]).read_text(encoding="utf-8")
     assert marked(text, name), f"{PAGES[name]} lacks the {name} markers"
     assert render(text, [name]) == text, (
-        f"{PAGES[name]}: the {name} table is stale: run `make docs`")
+        f"{PAGES[name]}: the {name} table is stale: run `make docs`"
+    )
 
 
 def test_readme_quickstart_shows_the_two_commands() -> None:
@@ -47,8 +52,10 @@ def test_readme_is_a_five_minute_read() -> None:
 def _anchors(page: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
     text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-            for heading in re.findall(r"^#+ (.+)$", text, re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", text, re.M)
+    }
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_LINKS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -27,7 +27,8 @@ INSTALLED = fp.install()
 TP_IN = TP("in", 0)
 #: Faust's own ``_new_offset``, kept by the patch in its closure (itself when not patched)
 ORIGINAL_NEW_OFFSET = inspect.getclosurevars(Consumer._new_offset).nonlocals.get(
-    "new_offset", Consumer._new_offset)
+    "new_offset", Consumer._new_offset
+)
 
 
 def _count(name: str, **labels: str) -> float:
@@ -87,11 +88,14 @@ def test_add_gap_acknowledges_nothing() -> None:
     assert _count("ehb_worker_offset_gaps_total", topic="in") == before + 1
 
 
-@pytest.mark.parametrize(("committed", "start", "acked", "faust_says"), [
-    (100, None, [101, 102], 103),  # one missing message at the head is tolerated by Faust
-    (0, None, [1, 2], 3),  # committed 0 is falsy: no head check at all
-    (None, 100, [101], 102),  # committed unknown: Faust has nothing to compare with
-])
+@pytest.mark.parametrize(
+    ("committed", "start", "acked", "faust_says"),
+    [
+        (100, None, [101, 102], 103),  # one missing message at the head is tolerated by Faust
+        (0, None, [1, 2], 3),  # committed 0 is falsy: no head check at all
+        (None, 100, [101], 102),  # committed unknown: Faust has nothing to compare with
+    ],
+)
 def test_new_offset_waits_for_the_head(committed, start, acked, faust_says) -> None:
     """Faust commits past an unacknowledged message at the committed offset (see faust_says)."""
     assert _run(lambda: ORIGINAL_NEW_OFFSET(_consumer(committed, acked), TP_IN)) == faust_says
@@ -132,8 +136,11 @@ def test_failed_commit_is_not_recorded(monkeypatch, committed) -> None:
         monkeypatch.setattr(consumer.app.producer, "flush", lambda: _call(lambda: None))
         assert await consumer.commit() is False
         assert consumer._committed_offset.get(TP_IN) == committed
-        assert sorted(consumer._acked[TP_IN]) == [100, 101, 102] == sorted(
-            consumer._acked_index[TP_IN])
+        assert (
+            sorted(consumer._acked[TP_IN])
+            == [100, 101, 102]
+            == sorted(consumer._acked_index[TP_IN])
+        )
         assert reached == []
         outcome = True
         assert await consumer.commit() is True
@@ -176,8 +183,10 @@ def _msg(offset: int, topic: str = "in") -> SimpleNamespace:
 def test_guard_delivers_in_offset_order(monkeypatch) -> None:
     """Faust delivers whatever the fetch returns past its read offset, skips included."""
     guard, consumer, delivered = _guard()
-    skips = {k: _count("ehb_worker_offset_skips_total", topic="in", kind=k)
-             for k in ("fenced", "redelivered", "skip")}
+    skips = {
+        k: _count("ehb_worker_offset_skips_total", topic="in", kind=k)
+        for k in ("fenced", "redelivered", "skip")
+    }
 
     async def scenario() -> None:
         await guard.deliver(_msg(100))  # fenced: no seek yet in this generation
@@ -198,8 +207,9 @@ def test_guard_delivers_in_offset_order(monkeypatch) -> None:
     asyncio.run(scenario())
     assert delivered == [("in", 100), ("in", 101), ("in", 102)]
     assert guard.expected[TP_IN] == 103 and guard.start[TP_IN] == 100
-    after = {k: _count("ehb_worker_offset_skips_total", topic="in", kind=k) - v
-             for k, v in skips.items()}
+    after = {
+        k: _count("ehb_worker_offset_skips_total", topic="in", kind=k) - v for k, v in skips.items()
+    }
     assert after == {"fenced": 1, "redelivered": 1, "skip": 4}
 
 
@@ -268,8 +278,18 @@ def test_batch_whose_agent_raised_is_not_acknowledged(monkeypatch) -> None:
         while not channel._subscribers:
             await asyncio.sleep(0)
         for offset in range(4):
-            message = ConsumerMessage("in", 0, offset, 0.0, 0, {}, b"k", b"v", None,
-                                      generation_id=app.consumer_generation_id)
+            message = ConsumerMessage(
+                "in",
+                0,
+                offset,
+                0.0,
+                0,
+                {},
+                b"k",
+                b"v",
+                None,
+                generation_id=app.consumer_generation_id,
+            )
             message.refcount = 1
             await channel.put(app.create_event(b"k", offset, {}, message))
         with pytest.raises(RuntimeError, match="failed on this batch"):

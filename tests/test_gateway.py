@@ -51,7 +51,8 @@ def _sha(path: Path) -> str:
 
 
 def test_dossiers_become_exactly_their_episodes_and_a_restart_publishes_nothing_twice(
-        deploy: DeploymentFactory) -> None:
+    deploy: DeploymentFactory,
+) -> None:
     d = deploy()
     drop = d.tmp / "drop"
     exported = export_simulation(SimulationConfig(events=300, invalid_share=0, seed=11), drop)
@@ -66,8 +67,11 @@ def test_dossiers_become_exactly_their_episodes_and_a_restart_publishes_nothing_
 
     wait_until(lambda: d.count("health_book_entries") == 300, 120, message="300 episodes")
     assert set(d.query("SELECT ma_cskcb, ma_lk FROM health_book_entries")) == keys
-    wait_until(lambda: (d.count("referrals"), d.count("appointments")) ==
-               (referrals, appointments), 60, message="referrals and appointments")
+    wait_until(
+        lambda: (d.count("referrals"), d.count("appointments")) == (referrals, appointments),
+        60,
+        message="referrals and appointments",
+    )
     assert d.count("dead_letters") == 0
     names = {row[0] for row in d.query("SELECT ho_ten FROM health_book_entries")}
     assert any(any(ch in name for ch in "ĐđƯưẮắỆệ") for name in names)  # UTF-8 kept
@@ -84,7 +88,8 @@ def test_dossiers_become_exactly_their_episodes_and_a_restart_publishes_nothing_
 
 
 def test_corrupt_dossiers_are_moved_aside_with_a_reason_and_the_good_ones_published(
-        deploy: DeploymentFactory) -> None:
+    deploy: DeploymentFactory,
+) -> None:
     d = deploy(workers=0, sink=False)
     drop = d.tmp / "drop"
     export_simulation(SimulationConfig(events=60, invalid_share=0, seed=3), drop)
@@ -92,17 +97,26 @@ def test_corrupt_dossiers_are_moved_aside_with_a_reason_and_the_good_ones_publis
     sample = good[0].read_bytes()
     start = sample.index(b"<NOIDUNGFILE>") + len(b"<NOIDUNGFILE>")
     corrupt = {
-        "20240111_79001_900.xml": (sample[:start] + b"%%%" + sample[start + 3:],
-                                   "base64_invalid"),
+        "20240111_79001_900.xml": (sample[:start] + b"%%%" + sample[start + 3 :], "base64_invalid"),
         "20240111_79001_901.xml": (sample[: len(sample) // 2], "xml_malformed"),
-        "20240111_79001_902.xml": (sample.replace(b"?>", b"?>" + f.BOMB.encode(), 1).replace(
-            b"<NGAYLAP>", b"<NGAYLAP>&d;"), "xml_forbidden"),
-        "20240111_79001_903.xml": (sample.replace(b"<SOLUONGHOSO>", b"<SOLUONGHOSO>9"),
-                                   "count_mismatch"),
-        "20240111_79001_904.xml": (encode_dossier("79002", [f.exam(1, facility="79001")]),
-                                   "facility_mismatch"),
-        "20240111_79001_905.xml": (encode_dossier("79001", [f.exam(i) for i in range(200)]),
-                                   "dossier_too_large"),
+        "20240111_79001_902.xml": (
+            sample.replace(b"?>", b"?>" + f.BOMB.encode(), 1).replace(
+                b"<NGAYLAP>", b"<NGAYLAP>&d;"
+            ),
+            "xml_forbidden",
+        ),
+        "20240111_79001_903.xml": (
+            sample.replace(b"<SOLUONGHOSO>", b"<SOLUONGHOSO>9"),
+            "count_mismatch",
+        ),
+        "20240111_79001_904.xml": (
+            encode_dossier("79002", [f.exam(1, facility="79001")]),
+            "facility_mismatch",
+        ),
+        "20240111_79001_905.xml": (
+            encode_dossier("79001", [f.exam(i) for i in range(200)]),
+            "dossier_too_large",
+        ),
     }
     for name, (content, _) in corrupt.items():
         (drop / name).write_bytes(content)
@@ -141,7 +155,8 @@ class _CrashAfterAck(Gateway):
 
 
 def test_a_crash_between_acknowledgement_and_ledger_publishes_nothing_twice(
-        deploy: DeploymentFactory) -> None:
+    deploy: DeploymentFactory,
+) -> None:
     d = deploy(workers=0, sink=False)
     drop = d.tmp / "drop"
     export_simulation(SimulationConfig(events=80, invalid_share=0, seed=5), drop)
@@ -154,9 +169,15 @@ def test_a_crash_between_acknowledgement_and_ledger_publishes_nothing_twice(
         # and a gateway that died after writing `pending` but before producing the next file
         facility = parse_dossier(unsent.read_bytes()).facility
         partition = gateway._probe.partition_of(facility)
-        gateway.ledger.begin(gateway.topic, _sha(unsent), unsent.name, facility=facility,
-                             episodes=1, partition=partition,
-                             scan_from=gateway._probe.next_offset_bound(partition))
+        gateway.ledger.begin(
+            gateway.topic,
+            _sha(unsent),
+            unsent.name,
+            facility=facility,
+            episodes=1,
+            partition=partition,
+            scan_from=gateway._probe.next_offset_bound(partition),
+        )
     assert victim.exists() and unsent.exists()
     assert len(d.read_topic(EXAMINATIONS)) == 3
 
@@ -203,8 +224,13 @@ def test_cli_simulate_xml_out_gateway_and_publish_xml(deploy: DeploymentFactory)
     env = d.children.env()
 
     def ehb(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ehb", *args], env=env, text=True,
-                              capture_output=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "ehb", *args],
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     made = ehb("simulate", "--events", "40", "--invalid-share", "0", "--xml-out", str(drop))
     assert made.returncode == 0, made.stderr

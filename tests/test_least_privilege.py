@@ -67,8 +67,10 @@ def test_reader_cannot_write_and_writer_cannot_alter(deploy: DeploymentFactory) 
             assert _refused(reader, sql), sql
     with _connect(_login(d, "ehb_writer")) as writer:
         with writer.cursor() as cur:
-            cur.execute("INSERT INTO campaign_counters (metric, label, value) "
-                        "VALUES ('privilege_test', '', 1)")
+            cur.execute(
+                "INSERT INTO campaign_counters (metric, label, value) "
+                "VALUES ('privilege_test', '', 1)"
+            )
             cur.execute("UPDATE campaign_counters SET value = 2 WHERE metric = 'privilege_test'")
         for sql in (
             "DELETE FROM health_book_entries",
@@ -82,11 +84,16 @@ def test_reader_cannot_write_and_writer_cannot_alter(deploy: DeploymentFactory) 
 
 def test_pipeline_runs_as_reader_worker_and_writer_sink(deploy: DeploymentFactory) -> None:
     d = deploy(workers=0, sink=False)
-    worker = d.children.start("worker-reader", "worker", free_port(),
-                              extra_env={"EHB_DATABASE_URL": _login(d, "ehb_reader")})
+    worker = d.children.start(
+        "worker-reader",
+        "worker",
+        free_port(),
+        extra_env={"EHB_DATABASE_URL": _login(d, "ehb_reader")},
+    )
     d.workers.append(worker)
-    d.sink = d.children.start("sink-writer", "sink", free_port(),
-                              extra_env={"EHB_DATABASE_URL": _login(d, "ehb_writer")})
+    d.sink = d.children.start(
+        "sink-writer", "sink", free_port(), extra_env={"EHB_DATABASE_URL": _login(d, "ehb_writer")}
+    )
     wait_until(lambda: d._scrapes(d.sink), 60, message="sink as ehb_writer serving metrics")
     d.wait_for_workers()
     d.publish([f.exam(70 + i) for i in range(4)] + [f.exam(80, facility="79999")])

@@ -46,7 +46,8 @@ def test_acknowledged_rows_are_deleted_and_sequence_numbers_never_reused(tmp_pat
     outbox.commit()
     rows = outbox.rows()
     assert [(r.seq, r.kind, r.events, r.headers) for r in rows] == [
-        (message, MESSAGE, 3, [("h", b"\x01\x02")])]
+        (message, MESSAGE, 3, [("h", b"\x01\x02")])
+    ]
     outbox.acknowledge([message], 3)
     outbox.close()
     again = Outbox.open(tmp_path, "p")
@@ -103,10 +104,12 @@ def test_a_batch_composed_from_stored_events_is_the_encoded_batch(tmp_path: Path
     producer = Producer({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
     publisher = ExaminationPublisher(settings, codec=codec, producer=producer, durable=False)
     events = [f.exam(i, name="Nguyễn Thị Ánh 😷") for i in range(3)] + [
-        f.with_appointment(f.exam(9), when=f.BASE_TIME + f.timedelta(days=9))]
+        f.with_appointment(f.exam(9), when=f.BASE_TIME + f.timedelta(days=9))
+    ]
     values = [codec.encode(SUBJECTS.EXAMINATION_EVENT, e) for e in events]
     assert publisher._compose_batch("79001", values) == codec.encode(
-        SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": events})
+        SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": events}
+    )
     publisher.outbox.close()
 
 
@@ -118,8 +121,9 @@ def test_an_outage_and_a_crashed_producer_lose_nothing(deploy: DeploymentFactory
     events = [f.exam(i, facility=("79001", "79002")[i % 2]) for i in range(300)]
     try:
         doomed = Producer(producer_config(via_proxy, log_level=0))  # quiet once it is "dead"
-        publisher = ExaminationPublisher(via_proxy, codec=d.codec, identity="clinic",
-                                         linger_s=60, producer=doomed)
+        publisher = ExaminationPublisher(
+            via_proxy, codec=d.codec, identity="clinic", linger_s=60, producer=doomed
+        )
         publisher.add_all(events[:100])
         assert publisher.flush(30) == 0
         proxy.cut()
@@ -138,10 +142,19 @@ def test_an_outage_and_a_crashed_producer_lose_nothing(deploy: DeploymentFactory
         restarted.close()
     finally:
         proxy.close()
-    ids = wait_until(lambda: {e["event_id"] for m in d.read_topic(EXAMINATIONS)
-                              for e in d.codec.decode(m.value()).record["events"]}
-                     >= {e["event_id"] for e in events} or None, 30,
-                     message="every event on the topic")
+    ids = wait_until(
+        lambda: (
+            {
+                e["event_id"]
+                for m in d.read_topic(EXAMINATIONS)
+                for e in d.codec.decode(m.value()).record["events"]
+            }
+            >= {e["event_id"] for e in events}
+            or None
+        ),
+        30,
+        message="every event on the topic",
+    )
     assert ids
 
 

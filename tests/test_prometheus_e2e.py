@@ -31,18 +31,26 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                               for job, target in targets.items()],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                for job, target in targets.items()
+            ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [binary, f"--config.file={workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup())
+                [
+                    binary,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_child_setup(),
+            )
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
@@ -62,7 +70,8 @@ class Prometheus:
             raise AssertionError(f"prometheus exited:\n{self.log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(  # noqa: S310 - loopback
-                    f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as response:
+                f"http://127.0.0.1:{self.port}/-/ready", timeout=2
+            ) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -77,8 +86,10 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus_server(prometheus_bin: str, tmp_path: Path  # noqa: F811
-                      ) -> Iterator[Any]:
+def prometheus_server(
+    prometheus_bin: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> Iterator[Any]:
     servers: list[Prometheus] = []
 
     def start(targets: dict[str, str]) -> Prometheus:
@@ -92,8 +103,9 @@ def prometheus_server(prometheus_bin: str, tmp_path: Path  # noqa: F811
         server.stop()
 
 
-def test_prometheus_counts_equal_postgresql(deploy: DeploymentFactory,
-                                            prometheus_server: Any) -> None:
+def test_prometheus_counts_equal_postgresql(
+    deploy: DeploymentFactory, prometheus_server: Any
+) -> None:
     d = deploy(partitions=2)
     events = [f.exam(100 + i, registration="74001" if i < 3 else "79005") for i in range(20)]
     events += [f.exam(130, facility="79999"), f.exam(131, ma_benh_chinh="12345")]
@@ -105,9 +117,11 @@ def test_prometheus_counts_equal_postgresql(deploy: DeploymentFactory,
     dead = d.count("dead_letters")
 
     def settled() -> bool:
-        return (prom.value('up{job="ehb-sink"}') == 1
-                and prom.value("sum(ehb_examinations_total)") == rows
-                and prom.value("sum(ehb_dead_letters_total)") == dead)
+        return (
+            prom.value('up{job="ehb-sink"}') == 1
+            and prom.value("sum(ehb_examinations_total)") == rows
+            and prom.value("sum(ehb_dead_letters_total)") == dead
+        )
 
     wait_until(settled, 60, interval=0.5, message="Prometheus reports PostgreSQL's counts")
     assert rows == 20 and dead == 2
@@ -116,14 +130,27 @@ def test_prometheus_counts_equal_postgresql(deploy: DeploymentFactory,
     assert prom.value('ehb_examinations_total{scope="out_of_province"}') == out_of_province
     assert prom.value("sum(ehb_health_books_integrated_total)") == d.count("health_books")
     # the consumer lag of the sink's group is scraped too, and has drained
-    lag = wait_until(lambda: prom.value(
-        f'sum(kafka_consumergroup_lag_sum{{consumergroup="{d.settings.sink_group}"}})') == 0,
-        30, interval=0.5, message="sink lag 0 in Prometheus")
+    lag = wait_until(
+        lambda: (
+            prom.value(
+                f'sum(kafka_consumergroup_lag_sum{{consumergroup="{d.settings.sink_group}"}})'
+            )
+            == 0
+        ),
+        30,
+        interval=0.5,
+        message="sink lag 0 in Prometheus",
+    )
     assert lag
     # the server loaded the alert rules without errors
     groups = prom.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
     assert rules and all(r["health"] in ("ok", "unknown") for r in rules), rules
     assert {r["name"] for r in rules if r["type"] == "alerting"} >= {
-        "EhbDeadLetterRateHigh", "EhbNoExaminations", "EhbConsumerLagGrowing",
-        "EhbFacilitySilent", "EhbSinkErrors", "EhbOutboxBacklogGrowing"}
+        "EhbDeadLetterRateHigh",
+        "EhbNoExaminations",
+        "EhbConsumerLagGrowing",
+        "EhbFacilitySilent",
+        "EhbSinkErrors",
+        "EhbOutboxBacklogGrowing",
+    }

@@ -16,8 +16,12 @@ from schemas.reference import REFERENCE_DIR, load_facilities, read_registry_csv
 from tests.support import factories as f
 
 NEW_CODE = "79901"
-NEW_ROW = {"code": NEW_CODE, "name": "Phòng khám Đa khoa Sài Gòn Mới", "level": "private",
-           "district": "Thủ Đức"}
+NEW_ROW = {
+    "code": NEW_CODE,
+    "name": "Phòng khám Đa khoa Sài Gòn Mới",
+    "level": "private",
+    "district": "Thủ Đức",
+}
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -38,13 +42,16 @@ def test_reference_file_reads_back() -> None:
     assert read_registry_csv(REFERENCE_DIR / "facilities.csv") == load_facilities()
 
 
-@pytest.mark.parametrize(("row", "problem"), [
-    ({"code": "7990", "name": "X", "level": "private", "district": ""}, "5-digit"),
-    ({"code": "99001", "name": "X", "level": "private", "district": ""}, "5-digit"),
-    ({"code": "７９９０１", "name": "X", "level": "private", "district": ""}, "5-digit"),
-    ({"code": "79901", "name": " ", "level": "private", "district": ""}, "no name"),
-    ({"code": "79901", "name": "X", "level": "clinic", "district": ""}, "level"),
-])
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"code": "7990", "name": "X", "level": "private", "district": ""}, "5-digit"),
+        ({"code": "99001", "name": "X", "level": "private", "district": ""}, "5-digit"),
+        ({"code": "７９９０１", "name": "X", "level": "private", "district": ""}, "5-digit"),
+        ({"code": "79901", "name": " ", "level": "private", "district": ""}, "no name"),
+        ({"code": "79901", "name": "X", "level": "clinic", "district": ""}, "level"),
+    ],
+)
 def test_a_bad_line_is_named(tmp_path: Path, row: dict[str, str], problem: str) -> None:
     path = _write_csv(tmp_path / "registry.csv", [NEW_ROW | {"code": "79902"}, row])
     with pytest.raises(RegistryFileError, match=rf"registry.csv:3: .*{problem}"):
@@ -62,16 +69,22 @@ def test_duplicates_and_missing_columns_are_refused(tmp_path: Path) -> None:
 # -- live update ----------------------------------------------------------------------------
 def _ehb(d: Deployment, *args: str) -> str:
     assert d.settings.database_url is not None
-    result = CliRunner().invoke(app, list(args), env={
-        "EHB_DATABASE_URL": d.settings.database_url.get_secret_value(),
-        "EHB_DATA_DIR": str(d.tmp)})
+    result = CliRunner().invoke(
+        app,
+        list(args),
+        env={
+            "EHB_DATABASE_URL": d.settings.database_url.get_secret_value(),
+            "EHB_DATA_DIR": str(d.tmp),
+        },
+    )
     assert result.exit_code == 0, result.output
     return " ".join(result.output.split())
 
 
 @pytest.mark.integration
 def test_registry_update_applies_without_restarting_the_worker(
-        deploy: DeploymentFactory, tmp_path: Path) -> None:
+    deploy: DeploymentFactory, tmp_path: Path
+) -> None:
     d = deploy(registry_refresh_s=1)
     worker = d.workers[0]
     pid = worker.proc.pid
@@ -89,23 +102,34 @@ def test_registry_update_applies_without_restarting_the_worker(
 
     output = _ehb(d, "registry", "load", str(_write_csv(tmp_path / "add.csv", [NEW_ROW])))
     assert "1 facilities loaded" in output
-    wait_until(lambda: registry_size() == len(reference) + 1, 30,
-               message="the worker's registry to include the new facility")
+    wait_until(
+        lambda: registry_size() == len(reference) + 1,
+        30,
+        message="the worker's registry to include the new facility",
+    )
     d.publish([f.exam(702, facility=NEW_CODE)])
-    wait_until(lambda: d.count("health_book_entries", f"ma_cskcb = '{NEW_CODE}'") == 1, 60,
-               message="the second event accepted")
+    wait_until(
+        lambda: d.count("health_book_entries", f"ma_cskcb = '{NEW_CODE}'") == 1,
+        60,
+        message="the second event accepted",
+    )
 
     # deactivate one facility by leaving it out of a full file
     kept = [r for r in reference if r["code"] != "79005"] + [NEW_ROW]
-    output = _ehb(d, "registry", "load", "--deactivate-missing",
-                  str(_write_csv(tmp_path / "full.csv", kept)))
+    output = _ehb(
+        d, "registry", "load", "--deactivate-missing", str(_write_csv(tmp_path / "full.csv", kept))
+    )
     assert "1 deactivated" in output
     wait_until(lambda: registry_size() == len(reference), 30, message="79005 leaves the registry")
     d.publish([f.exam(703, facility="79005")])
-    wait_until(lambda: d.count("dead_letters", "ma_cskcb = '79005'") == 1, 60,
-               message="79005's event dead-lettered")
-    assert d.scalar("SELECT reason FROM dead_letters WHERE ma_cskcb = '79005'") == \
-        "facility_unknown"
+    wait_until(
+        lambda: d.count("dead_letters", "ma_cskcb = '79005'") == 1,
+        60,
+        message="79005's event dead-lettered",
+    )
+    assert (
+        d.scalar("SELECT reason FROM dead_letters WHERE ma_cskcb = '79005'") == "facility_unknown"
+    )
 
     listed = _ehb(d, "registry", "list")
     assert NEW_CODE in listed and "79005" not in listed

@@ -19,8 +19,14 @@ from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("health_book_entries", "health_books", "referrals", "appointments", "dead_letters",
-          "campaign_counters")
+TABLES = (
+    "health_book_entries",
+    "health_books",
+    "referrals",
+    "appointments",
+    "dead_letters",
+    "campaign_counters",
+)
 
 
 def snapshot(d: Deployment) -> dict[str, Any]:
@@ -50,10 +56,14 @@ def wait_for_sink_caught_up(d: Deployment, timeout: float = 60) -> None:
         ends += [TopicPartition(name, p, o + 1) for p, o in last.items()]
     probe = Consumer(consumer_config(d.settings, d.settings.sink_group))
     try:
+
         def committed() -> bool:
-            got = {(tp.topic, tp.partition): tp.offset
-                   for tp in probe.committed([TopicPartition(e.topic, e.partition)
-                                              for e in ends], timeout=10)}
+            got = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in probe.committed(
+                    [TopicPartition(e.topic, e.partition) for e in ends], timeout=10
+                )
+            }
             return all(got[(e.topic, e.partition)] >= e.offset for e in ends)
 
         wait_until(committed, timeout, message="the sink to commit every record")
@@ -69,7 +79,7 @@ def records_in(d: Deployment, topic: str) -> float:
 def replay(d: Deployment, *args: str) -> dict[str, Any]:
     result = CliRunner().invoke(app, ["replay", *args], env=d.children.env())
     assert result.exit_code == 0, (result.output, result.exception)
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    return json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFactory) -> None:
@@ -80,35 +90,48 @@ def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFac
     first += [
         f.with_referral(f.exam(710, admitted=at), destination="79002"),
         f.with_appointment(f.exam(711, admitted=at), when=at + timedelta(days=14)),
-        f.exam(712, facility="79999"),                       # dead letter: facility_unknown
-        f.exam(713, ma_benh_chinh="12345"),                  # dead letter: icd10_main_invalid
+        f.exam(712, facility="79999"),  # dead letter: facility_unknown
+        f.exam(713, ma_benh_chinh="12345"),  # dead letter: icd10_main_invalid
     ]
     d.publish(first)
     d.wait_for_events(len(first))
     boundary = newest_timestamp(d, "examinations") + timedelta(milliseconds=1)
     second = [
-        f.exam(710, facility="79002", admitted=at + timedelta(days=2)),    # referral completed
-        f.exam(711, facility="79001", admitted=at + timedelta(days=14)),   # appointment kept
+        f.exam(710, facility="79002", admitted=at + timedelta(days=2)),  # referral completed
+        f.exam(711, facility="79001", admitted=at + timedelta(days=14)),  # appointment kept
     ]
     d.publish(second)
     d.wait_for_events(len(first) + len(second))
-    wait_until(lambda: d.count("referrals", "status = 'completed'") == 1, 60,
-               message="the referral completed")
-    wait_until(lambda: d.count("appointments", "status = 'kept'") == 1, 60,
-               message="the appointment kept")
+    wait_until(
+        lambda: d.count("referrals", "status = 'completed'") == 1,
+        60,
+        message="the referral completed",
+    )
+    wait_until(
+        lambda: d.count("appointments", "status = 'kept'") == 1, 60, message="the appointment kept"
+    )
     # The last timer: the reminder (24 h before the appointment, which the visit kept) fires
     # once the input partitions have been idle for partition_idle_s and release the
     # event-time clock. Taken before that, the snapshot is not the final state, and the
     # replay (which outlasts the idle time) would then seem to change it.
-    wait_until(lambda: d.count("appointments", "reminded_at IS NOT NULL") == 1, 60,
-               message="the appointment's reminder sent")
+    wait_until(
+        lambda: d.count("appointments", "reminded_at IS NOT NULL") == 1,
+        60,
+        message="the appointment's reminder sent",
+    )
     wait_for_sink_caught_up(d)
     state = snapshot(d)
     assert len(state["health_book_entries"]) == 10 and len(state["dead_letters"]) == 2
 
     # --dry-run and --to-time bound the range: only the first publication
-    dry = replay(d, "--from-time", before_everything.isoformat(), "--to-time",
-                 boundary.isoformat(), "--dry-run")
+    dry = replay(
+        d,
+        "--from-time",
+        before_everything.isoformat(),
+        "--to-time",
+        boundary.isoformat(),
+        "--dry-run",
+    )
     assert (dry["events"], dry["accepted"], dry["dead_letters"]) == (10, 8, 2)
     assert dry["rejected"] == {"facility_unknown": 1, "icd10_main_invalid": 1}
     later = replay(d, "--from-time", boundary.isoformat(), "--dry-run")
@@ -119,8 +142,13 @@ def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFac
     summary = replay(d, "--from-time", before_everything.isoformat())
     assert (summary["events"], summary["accepted"], summary["dead_letters"]) == (12, 10, 2)
     # the workers re-emit an EXAMINATION record per replayed valid event, and the dead letters
-    wait_until(lambda: records_in(d, "health-book") >= health_book_in + 10
-               and records_in(d, "dead-letter") >= dead_letters_in + 2, 90,
-               message="the replayed records consumed by the sink")
+    wait_until(
+        lambda: (
+            records_in(d, "health-book") >= health_book_in + 10
+            and records_in(d, "dead-letter") >= dead_letters_in + 2
+        ),
+        90,
+        message="the replayed records consumed by the sink",
+    )
     wait_for_sink_caught_up(d)
     assert snapshot(d) == state

@@ -29,16 +29,19 @@ def _at(day: date, hour: int = 9) -> datetime:
     return datetime(day.year, day.month, day.day, hour, tzinfo=VN_TZ)
 
 
-def _report(code: str, day: date, count: int, sent_at: datetime | None = None
-            ) -> dict[str, Any]:
-    return {"ma_cskcb": code, "report_date": day, "episodes_sent": count,
-            "sent_at": sent_at or datetime.now(UTC)}
+def _report(code: str, day: date, count: int, sent_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "ma_cskcb": code,
+        "report_date": day,
+        "episodes_sent": count,
+        "sent_at": sent_at or datetime.now(UTC),
+    }
 
 
 # -- the facility side (pure) ---------------------------------------------------------------
 def test_an_episode_belongs_to_its_discharge_day_in_vietnam_time() -> None:
-    late_evening = f.exam(admitted=_at(D1, 22), hours=1.5)        # discharged 23:30 on D1
-    after_midnight = f.exam(admitted=_at(D1, 23), hours=1.5)      # discharged 00:30 on D2
+    late_evening = f.exam(admitted=_at(D1, 22), hours=1.5)  # discharged 23:30 on D1
+    after_midnight = f.exam(admitted=_at(D1, 23), hours=1.5)  # discharged 00:30 on D2
     assert episode_day(late_evening) == D1
     assert episode_day(after_midnight) == D2
     assert episode_day(f.exam(ngay_ra="2024-03-04")) is None
@@ -48,16 +51,21 @@ def test_every_facility_reports_every_day_including_days_without_data() -> None:
     book = DailyReportBook(["79001", "79002"], D1)
     book.sent(f.exam(facility="79001", admitted=_at(D1)))
     book.sent(f.exam(facility="79001", admitted=_at(D1)))
-    book.sent(f.exam(facility="79999", admitted=_at(D1)))       # not one of ours: not counted
-    assert book.close_before(_at(D1, 23)) == []                 # the day is not over
+    book.sent(f.exam(facility="79999", admitted=_at(D1)))  # not one of ours: not counted
+    assert book.close_before(_at(D1, 23)) == []  # the day is not over
     reports = book.close_before(_at(D2, 0))
     assert [(r["ma_cskcb"], r["report_date"], r["episodes_sent"]) for r in reports] == [
-        ("79001", D1, 2), ("79002", D1, 0)]
+        ("79001", D1, 2),
+        ("79002", D1, 0),
+    ]
     book.sent(f.exam(facility="79002", admitted=_at(D2 + timedelta(days=1))))
     reports = book.close_all()
     assert [(r["ma_cskcb"], r["report_date"], r["episodes_sent"]) for r in reports] == [
-        ("79001", D2, 0), ("79002", D2, 0),
-        ("79001", D2 + timedelta(days=1), 0), ("79002", D2 + timedelta(days=1), 1)]
+        ("79001", D2, 0),
+        ("79002", D2, 0),
+        ("79001", D2 + timedelta(days=1), 0),
+        ("79002", D2 + timedelta(days=1), 1),
+    ]
     assert book.late == 0
 
 
@@ -78,8 +86,11 @@ def test_silent_facilities_never_report_and_inconsistent_ones_misreport() -> Non
 
 def test_the_simulator_horizon_bounds_every_later_discharge() -> None:
     """Days the book closes at the simulator's horizon can receive no more episodes."""
-    simulator = CitySimulator(SimulationConfig(events=4000, days=6, invalid_share=0.05,
-                                               appointment_share=0.3, referral_share=0.1))
+    simulator = CitySimulator(
+        SimulationConfig(
+            events=4000, days=6, invalid_share=0.05, appointment_share=0.3, referral_share=0.1
+        )
+    )
     horizons, discharges = [], []
     for event in simulator.events():
         horizons.append(simulator.horizon)
@@ -103,9 +114,10 @@ def test_simulated_reports_match_what_was_sent() -> None:
         reports += book.close_before(simulator.horizon)
     reports += book.close_all()
     days = {r["report_date"] for r in reports}
-    assert len(reports) == len(codes) * len(days)              # zero days included
+    assert len(reports) == len(codes) * len(days)  # zero days included
     assert {(r["ma_cskcb"], r["report_date"]): r["episodes_sent"] for r in reports} == {
-        (c, d): sent[c, d] for c in codes for d in days}
+        (c, d): sent[c, d] for c in codes for d in days
+    }
     assert book.late == 0
 
 
@@ -129,7 +141,10 @@ def test_the_episode_of_a_dead_letter_is_decoded_from_its_original_bytes() -> No
     codec = AvroCodec()
     event = f.exam(facility="79002", admitted=_at(D1, 23), hours=2)
     assert episode_of_dead_letter(codec, codec.encode(SUBJECTS.EXAMINATION_EVENT, event)) == (
-        "79002", event["ma_lk"], D2)
+        "79002",
+        event["ma_lk"],
+        D2,
+    )
     broken = codec.encode(SUBJECTS.EXAMINATION_EVENT, {**event, "ngay_ra": "2024-03-05"})
     assert episode_of_dead_letter(codec, broken) == ("79002", event["ma_lk"], None)
     assert episode_of_dead_letter(codec, b"\x89PNG") == (None, None, None)
@@ -146,24 +161,40 @@ def _insert_episode(d: Deployment, facility: str, ma_lk: str, discharged: dateti
         "'Nguyễn Văn An', '198506150000', 1, 'GD479000000001', '79005', '79', '79', "
         "'in_province', '01', 'outpatient exam', 'J06.9', %s, %s, 1, 1, 1, 1, 1, false, false, "
         "now(), now()) RETURNING 1",
-        facility, ma_lk, f"e-{facility}-{ma_lk}", discharged - timedelta(hours=1), discharged)
+        facility,
+        ma_lk,
+        f"e-{facility}-{ma_lk}",
+        discharged - timedelta(hours=1),
+        discharged,
+    )
 
 
-def _insert_dead_letter(d: Deployment, event: dict[str, Any], reason: str = "icd10_main_invalid"
-                        ) -> None:
+def _insert_dead_letter(
+    d: Deployment, event: dict[str, Any], reason: str = "icd10_main_invalid"
+) -> None:
     original = d.codec.encode(SUBJECTS.EXAMINATION_EVENT, event)
     d.query(
         "INSERT INTO dead_letters (dead_letter_id, reason, message, stage, source_topic, "
         "source_partition, source_offset, event_index, event_id, ma_cskcb, original, "
         "published_at, failed_at) VALUES (%s, %s, 'm', 'validate', 't', 0, 0, NULL, %s, %s, "
         "%s, now(), now()) RETURNING 1",
-        f"event:{event['event_id']}", reason, event["event_id"], event["ma_cskcb"], original)
+        f"event:{event['event_id']}",
+        reason,
+        event["event_id"],
+        event["ma_cskcb"],
+        original,
+    )
 
 
 def _rows(d: Deployment, *codes: str) -> dict[tuple[str, date], tuple[Any, int, str]]:
-    return {(c, day): (reported, received, status) for c, day, reported, received, status in
-            d.query("SELECT ma_cskcb, report_day, reported, received, status "
-                    "FROM facility_reports WHERE ma_cskcb = ANY(%s)", list(codes))}
+    return {
+        (c, day): (reported, received, status)
+        for c, day, reported, received, status in d.query(
+            "SELECT ma_cskcb, report_day, reported, received, status "
+            "FROM facility_reports WHERE ma_cskcb = ANY(%s)",
+            list(codes),
+        )
+    }
 
 
 @pytest.mark.integration
@@ -176,29 +207,36 @@ def test_reconciliation_rules_on_postgresql(deploy: DeploymentFactory) -> None:
     bad = f.exam(facility="79001", admitted=_at(D1), ma_benh_chinh="XX")
     _insert_dead_letter(d, bad)
     _insert_dead_letter(d, {**f.exam(facility="79001", admitted=_at(D1)), "ma_lk": "A1"})
-    _insert_episode(d, "79001", "A3", _at(D2, 0))                 # after midnight: D2
+    _insert_episode(d, "79001", "A3", _at(D2, 0))  # after midnight: D2
     _insert_episode(d, "79002", "B1", _at(D1))
     _insert_episode(d, "79003", "C1", _at(D1))
     old = datetime(2024, 3, 5, tzinfo=UTC)
-    write_reports(d.db, [_report("79001", D1, 3), _report("79002", D1, 2, old),
-                         _report("79004", D1, 0), _report("79002", D1, 1, old - timedelta(1))])
+    write_reports(
+        d.db,
+        [
+            _report("79001", D1, 3),
+            _report("79002", D1, 2, old),
+            _report("79004", D1, 0),
+            _report("79002", D1, 1, old - timedelta(1)),
+        ],
+    )
 
     day_end = _at(D1 + timedelta(days=1), 0)
     early = Reconciler(d.codec, clock=lambda: (day_end + timedelta(hours=11)).timestamp())
     result = early.run(d.db)
     assert result.dead_letters_decoded == 2 and result.days == (D1, D2)
     assert _rows(d, "79001", "79003")[("79001", D1)] == (3, 3, "pending")  # grace not over
-    assert ("79003", D1) not in _rows(d, "79003")       # no silent row before the day passed
+    assert ("79003", D1) not in _rows(d, "79003")  # no silent row before the day passed
 
     later = Reconciler(d.codec, clock=lambda: (day_end + timedelta(hours=12)).timestamp())
     later.run(d.db)
     rows = _rows(d, "79001", "79002", "79003", "79004", "79005", "79999")
-    assert rows[("79001", D1)] == (3, 3, "ok")      # A1 accepted and dead-lettered: once
+    assert rows[("79001", D1)] == (3, 3, "ok")  # A1 accepted and dead-lettered: once
     assert rows[("79002", D1)] == (2, 1, "mismatch")  # the older resend did not win
     assert rows[("79003", D1)] == (None, 1, "silent")
     assert rows[("79004", D1)] == (0, 0, "ok")
     assert rows[("79005", D1)] == (None, 0, "silent")
-    assert ("79001", D2) not in rows    # D2 has not passed and 79001 has not reported it yet
+    assert ("79001", D2) not in rows  # D2 has not passed and 79001 has not reported it yet
     assert not [k for k in rows if k[0] == "79999"]
     active = d.scalar("SELECT count(*) FROM facilities WHERE active")
     assert d.count("facility_reports", f"report_day = '{D1}'") == active
@@ -211,13 +249,19 @@ def test_reconciliation_rules_on_postgresql(deploy: DeploymentFactory) -> None:
 
     # a resend that moves an episode's discharge to another day moves its count (the sink's
     # upsert updates the row: the UPDATE trigger), and deleted rows stop counting
-    d.query("UPDATE health_book_entries SET ngay_ra = %s, event_id = 'resent' "
-            "WHERE ma_cskcb = '79002' AND ma_lk = 'B1' RETURNING 1", _at(D2))
+    d.query(
+        "UPDATE health_book_entries SET ngay_ra = %s, event_id = 'resent' "
+        "WHERE ma_cskcb = '79002' AND ma_lk = 'B1' RETURNING 1",
+        _at(D2),
+    )
     d.query("DELETE FROM health_book_entries WHERE ma_cskcb = '79003' RETURNING 1")
     later.run(d.db)
-    assert dict(d.query("SELECT ma_cskcb || ':' || episode_day, accepted FROM "
-                        "facility_day_counts WHERE ma_cskcb IN ('79002', '79003')")) == {
-        f"79002:{D1}": 0, f"79002:{D2}": 1, f"79003:{D1}": 0}
+    assert dict(
+        d.query(
+            "SELECT ma_cskcb || ':' || episode_day, accepted FROM "
+            "facility_day_counts WHERE ma_cskcb IN ('79002', '79003')"
+        )
+    ) == {f"79002:{D1}": 0, f"79002:{D2}": 1, f"79003:{D1}": 0}
     assert _rows(d, "79002", "79003")[("79002", D1)] == (1, 0, "mismatch")
     assert _rows(d, "79002", "79003")[("79003", D1)] == (None, 0, "silent")
     assert d.count("facility_day_count_deltas") == 0
@@ -232,34 +276,48 @@ def test_reconciliation_rules_on_postgresql(deploy: DeploymentFactory) -> None:
 # -- end to end -----------------------------------------------------------------------------
 @pytest.mark.integration
 def test_reconciliation_flags_a_silent_facility_and_a_mismatched_count(
-        deploy: DeploymentFactory) -> None:
+    deploy: DeploymentFactory,
+) -> None:
     d = deploy(reports_reconcile_s=0.5)
     events = [
         f.exam(facility="79001", admitted=_at(D1)),
         f.exam(facility="79001", admitted=_at(D1, 10)),
         f.exam(facility="79001", admitted=_at(D1, 11), ma_benh_chinh="12345"),  # dead letter
         f.exam(facility="79002", admitted=_at(D1)),
-        f.exam(facility="79003", admitted=_at(D1)),                            # never reports
+        f.exam(facility="79003", admitted=_at(D1)),  # never reports
         f.exam(facility="79001", admitted=_at(D2)),
     ]
     d.publish(events)
     reports = ReportPublisher(d.settings, codec=d.codec)
-    reports.publish([
-        _report("79001", D1, 3), _report("79002", D1, 2), _report("79004", D1, 0),  # 79002 off
-        _report("79001", D2, 1), _report("79002", D2, 0), _report("79004", D2, 0),
-    ])
+    reports.publish(
+        [
+            _report("79001", D1, 3),
+            _report("79002", D1, 2),
+            _report("79004", D1, 0),  # 79002 off
+            _report("79001", D2, 1),
+            _report("79002", D2, 0),
+            _report("79004", D2, 0),
+        ]
+    )
     assert reports.flush() == 0 and not reports.errors
     reports.close()
     d.wait_for_events(len(events))
 
     expected = {
-        ("79001", D1): (3, 3, "ok"), ("79002", D1): (2, 1, "mismatch"),
-        ("79003", D1): (None, 1, "silent"), ("79004", D1): (0, 0, "ok"),
-        ("79001", D2): (1, 1, "ok"), ("79002", D2): (0, 0, "ok"),
-        ("79003", D2): (None, 0, "silent"), ("79004", D2): (0, 0, "ok"),
+        ("79001", D1): (3, 3, "ok"),
+        ("79002", D1): (2, 1, "mismatch"),
+        ("79003", D1): (None, 1, "silent"),
+        ("79004", D1): (0, 0, "ok"),
+        ("79001", D2): (1, 1, "ok"),
+        ("79002", D2): (0, 0, "ok"),
+        ("79003", D2): (None, 0, "silent"),
+        ("79004", D2): (0, 0, "ok"),
     }
-    wait_until(lambda: _rows(d, "79001", "79002", "79003", "79004") == expected, 60,
-               message="the reconciliation")
+    wait_until(
+        lambda: _rows(d, "79001", "79002", "79003", "79004") == expected,
+        60,
+        message="the reconciliation",
+    )
     active = int(d.scalar("SELECT count(*) FROM facilities WHERE active"))
 
     def gauges() -> dict[str, float] | None:
@@ -267,7 +325,7 @@ def test_reconciliation_flags_a_silent_facility_and_a_mismatched_count(
         return m if m.get("ehb_facilities_reporting") == 3 else None
 
     m = wait_until(gauges, 20, message="the facility report gauges")
-    assert m["ehb_facilities_silent"] == active - 3          # the newest passed day: D2
+    assert m["ehb_facilities_silent"] == active - 3  # the newest passed day: D2
     assert m["ehb_facility_report_mismatches"] == 0
     assert m['ehb_facility_report_days{status="mismatch"}'] == 1
     assert m['ehb_facility_report_days{status="silent"}'] == 2 * active - 6
@@ -279,8 +337,14 @@ def test_the_simulated_city_reports_and_reconciles(deploy: DeploymentFactory) ->
     """The simulator's reports through the real pipeline: only the facilities it made silent
     or inconsistent are flagged, on every day; every other facility-day is ok."""
     d = deploy(reports_reconcile_s=0.5)
-    config = SimulationConfig(events=600, days=3, invalid_share=0.05, silent_facilities=2,
-                              inconsistent_facilities=3, seed=7)
+    config = SimulationConfig(
+        events=600,
+        days=3,
+        invalid_share=0.05,
+        silent_facilities=2,
+        inconsistent_facilities=3,
+        seed=7,
+    )
     publisher = d.publisher(linger_s=60)
     try:
         summary = run_simulation(d.settings, config, publisher=publisher)
@@ -300,10 +364,10 @@ def test_the_simulated_city_reports_and_reconciles(deploy: DeploymentFactory) ->
         return rows if flagged == expected else None
 
     rows = wait_until(settled, 60, message="the reconciliation to settle")
-    assert {n for _, _, n in rows} == {reports["days"]}          # every facility, every day
+    assert {n for _, _, n in rows} == {reports["days"]}  # every facility, every day
     received = d.scalar("SELECT sum(received) FROM facility_reports")
     unknown = summary["invalid_expected"].get("facility_unknown", 0)
-    assert received == summary["events_published"] - unknown   # 79999 is nobody's
+    assert received == summary["events_published"] - unknown  # 79999 is nobody's
 
 
 @pytest.mark.integration
@@ -324,8 +388,9 @@ def test_reconciliation_runs_with_the_sinks_least_privileges(deploy: DeploymentF
         conn.commit()
         write_reports(conn, [_report("79001", D1, 1)])
         _insert_episode_as(conn, "79001", "W1", _at(D1))
-        result = Reconciler(d.codec, clock=lambda: _at(D2 + timedelta(days=1)).timestamp()
-                            ).run(conn)
+        result = Reconciler(d.codec, clock=lambda: _at(D2 + timedelta(days=1)).timestamp()).run(
+            conn
+        )
         assert not result.skipped and result.days == (D1,)
     finally:
         conn.close()
@@ -344,5 +409,6 @@ def _insert_episode_as(conn: Any, facility: str, ma_lk: str, discharged: datetim
             "'k', '079085000001', 'An', '198506150000', 1, 'GD479000000001', '79005', '79', "
             "'79', 'in_province', '01', 'outpatient exam', 'J06.9', %s, %s, 1, 1, 1, 1, 1, "
             "false, false, now(), now())",
-            (facility, ma_lk, f"e-{ma_lk}", discharged - timedelta(hours=1), discharged))
+            (facility, ma_lk, f"e-{ma_lk}", discharged - timedelta(hours=1), discharged),
+        )
     conn.commit()

@@ -56,7 +56,8 @@ def test_released_schemas_are_never_edited() -> None:
     actual = {i: _fingerprint(catalog, i) for i in catalog.by_id}
     assert actual == RELEASED, (
         "a released schema changed, or a new one is not listed in RELEASED: publish a change "
-        "as a new version (see docs/schema-evolution.md)")
+        "as a new version (see docs/schema-evolution.md)"
+    )
 
 
 def test_version_1_records_decode_with_the_newest_schemas() -> None:
@@ -73,8 +74,9 @@ def test_version_1_records_decode_with_the_newest_schemas() -> None:
     single = codec.decode(encode_v1(SUBJECTS.EXAMINATION_EVENT, event))
     assert (single.entry.version, single.schema_id) == (1, 1)
     assert single.record == {**event, "can_nang": None}
-    batch = codec.decode(encode_v1(SUBJECTS.EXAMINATION_BATCH,
-                                   {"ma_cskcb": "79001", "events": [event, event]}))
+    batch = codec.decode(
+        encode_v1(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": [event, event]})
+    )
     assert [e["can_nang"] for e in batch.record["events"]] == [None, None]
     assert batch.record["events"][0]["ho_ten"] == "Lê Thị Hồng Nhung"
     # the newest writers emit version 2, which carries the new field
@@ -84,12 +86,16 @@ def test_version_1_records_decode_with_the_newest_schemas() -> None:
 
 # -- the check itself, on deliberately (in)compatible catalogs ----------------------------------
 BASE = {
-    "type": "record", "name": "Visit", "namespace": "test",
+    "type": "record",
+    "name": "Visit",
+    "namespace": "test",
     "fields": [
         {"name": "facility", "type": "string"},
         {"name": "days", "type": "int"},
-        {"name": "kind", "type": {"type": "enum", "name": "Kind",
-                                  "symbols": ["OUTPATIENT", "INPATIENT"]}},
+        {
+            "name": "kind",
+            "type": {"type": "enum", "name": "Kind", "symbols": ["OUTPATIENT", "INPATIENT"]},
+        },
         {"name": "note", "type": ["null", "string"], "default": None},
     ],
 }
@@ -128,28 +134,43 @@ def _catalog(tmp_path: Path, *versions: dict[str, Any]) -> Catalog:
     entries = []
     for number, schema in enumerate(versions, 1):
         (tmp_path / f"visit.v{number}.avsc").write_text(json.dumps(schema))
-        entries.append({"id": 100 + number, "subject": "test.Visit", "version": number,
-                        "file": f"visit.v{number}.avsc"})
+        entries.append(
+            {
+                "id": 100 + number,
+                "subject": "test.Visit",
+                "version": number,
+                "file": f"visit.v{number}.avsc",
+            }
+        )
     (tmp_path / "catalog.json").write_text(json.dumps({"schemas": entries}))
     return Catalog(_read_entries(tmp_path / "catalog.json"))
 
 
-@pytest.mark.parametrize("change", ["add_optional_field", "promote_int_to_long", "enum_grows",
-                                    "remove_field"])
+@pytest.mark.parametrize(
+    "change", ["add_optional_field", "promote_int_to_long", "enum_grows", "remove_field"]
+)
 def test_safe_changes_pass(tmp_path: Path, change: str) -> None:
     assert check_catalog(_catalog(tmp_path, BASE, _evolve(change))) == []
 
 
-@pytest.mark.parametrize("change", ["add_field_without_default", "change_type",
-                                    "enum_loses_symbol", "rename_record", "union_loses_branch"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "add_field_without_default",
+        "change_type",
+        "enum_loses_symbol",
+        "rename_record",
+        "union_loses_branch",
+    ],
+)
 def test_breaking_changes_fail(tmp_path: Path, change: str) -> None:
     problems = check_catalog(_catalog(tmp_path, BASE, _evolve(change)))
     assert (2, 1) in {(p.reader_version, p.writer_version) for p in problems}, (
-        f"{change} must be refused: {problems}")
+        f"{change} must be refused: {problems}"
+    )
 
 
-def test_a_change_safe_against_the_previous_version_only_fails_transitively(
-        tmp_path: Path) -> None:
+def test_a_change_safe_against_the_previous_version_only_fails_transitively(tmp_path: Path) -> None:
     v2 = _evolve("add_optional_field")
     v2["fields"][-1] = {"name": "weight", "type": "double", "default": 0.0}
     v3 = copy.deepcopy(v2)
@@ -172,8 +193,14 @@ def test_the_real_event_schema_with_a_breaking_v3_fails(tmp_path: Path) -> None:
     entries = []
     for number, schema in enumerate((v1, v2, v3), 1):
         (tmp_path / f"e{number}.avsc").write_text(json.dumps(schema))
-        entries.append({"id": number, "subject": SUBJECTS.EXAMINATION_EVENT,
-                        "version": number, "file": f"e{number}.avsc"})
+        entries.append(
+            {
+                "id": number,
+                "subject": SUBJECTS.EXAMINATION_EVENT,
+                "version": number,
+                "file": f"e{number}.avsc",
+            }
+        )
     (tmp_path / "catalog.json").write_text(json.dumps({"schemas": entries}))
     problems = check_catalog(Catalog(_read_entries(tmp_path / "catalog.json")))
     assert {(p.reader_version, p.writer_version) for p in problems} == {(3, 1), (3, 2)}
@@ -196,8 +223,11 @@ def test_version_1_messages_from_a_third_party_are_accepted(deploy: DeploymentFa
         return wire_header(entry.id) + body.getvalue()
 
     d.produce_raw("examinations", [v1(SUBJECTS.EXAMINATION_EVENT, single)], key=b"79003")
-    d.produce_raw("examinations", [v1(SUBJECTS.EXAMINATION_BATCH,
-                                      {"ma_cskcb": "79004", "events": batched})], key=b"79004")
+    d.produce_raw(
+        "examinations",
+        [v1(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79004", "events": batched})],
+        key=b"79004",
+    )
     wait_until(lambda: d.count("health_book_entries") == 4, 90, message="4 episodes")
     assert d.count("dead_letters") == 0
     names = {r[0] for r in d.query("SELECT ho_ten FROM health_book_entries")}

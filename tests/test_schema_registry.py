@@ -34,14 +34,14 @@ def registry() -> Iterator[FakeRegistry]:
         yield server
 
 
-def test_register_every_subject_version_with_backward_transitive(registry: FakeRegistry
-                                                                  ) -> None:
+def test_register_every_subject_version_with_backward_transitive(registry: FakeRegistry) -> None:
     catalog = load_catalog()
     result = CliRunner().invoke(app, ["schemas", "register", "--url", registry.url])
     assert result.exit_code == 0, result.output
     assert registry.state.config == {s: "BACKWARD_TRANSITIVE" for s in catalog.subjects}
-    registered = {(s, v.version) for s, versions in registry.state.subjects.items()
-                  for v in versions}
+    registered = {
+        (s, v.version) for s, versions in registry.state.subjects.items() for v in versions
+    }
     assert registered == {(e.subject, e.version) for e in catalog.entries}
     # compatibility is set before the first version of each subject is registered
     for subject in catalog.subjects:
@@ -102,8 +102,9 @@ def test_incompatible_new_version_is_refused(registry: FakeRegistry) -> None:
     raw = copy.deepcopy(latest.raw)
     raw["fields"].append({"name": "operator_note", "type": "string"})  # no default
     entries = [dataclasses.replace(e, parsed=None) for e in catalog.entries]
-    entries.append(dataclasses.replace(latest, id=999, version=latest.version + 1, raw=raw,
-                                       parsed=None))
+    entries.append(
+        dataclasses.replace(latest, id=999, version=latest.version + 1, raw=raw, parsed=None)
+    )
     with pytest.raises(RegistryError, match="incompatible|409"):
         register_catalog(registry_client(registry.url), Catalog(entries))
 

@@ -33,8 +33,10 @@ BY_DESIGN = ("examinations", "health-book", "dead-letter", "examinations-by-citi
 
 
 def _metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",  # noqa: S310 - loopback
-                                timeout=5) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics",  # noqa: S310 - loopback
+        timeout=5,
+    ) as response:
         return response.read().decode()
 
 
@@ -68,8 +70,7 @@ def test_no_names_or_citizen_ids_outside_their_topics(deploy: DeploymentFactory)
 
     # every log line of the workers and the sink
     logs = sorted(d.children.log_dir.glob("*.log"))
-    assert logs and any("worker" in p.name for p in logs) and any("sink" in p.name
-                                                                   for p in logs)
+    assert logs and any("worker" in p.name for p in logs) and any("sink" in p.name for p in logs)
     for path in logs:
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             assert not leaks(line), f"{path.name}:{number}: {line[:300]!r}"
@@ -88,8 +89,11 @@ def test_no_names_or_citizen_ids_outside_their_topics(deploy: DeploymentFactory)
 
     # every topic of this deployment but the ones that carry personal data by design
     admin = AdminClient(base_config(d.settings))
-    names = [t for t in admin.list_topics(timeout=10).topics
-             if t.startswith(d.settings.topic_prefix) or t.startswith(d.settings.worker_group)]
+    names = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(d.settings.topic_prefix) or t.startswith(d.settings.worker_group)
+    ]
     exempt = {d.settings.topic(t) for t in BY_DESIGN}
     scanned = sorted(set(names) - exempt)
     assert d.settings.topic(REFERRALS) in scanned
@@ -97,7 +101,7 @@ def test_no_names_or_citizen_ids_outside_their_topics(deploy: DeploymentFactory)
     assert any(t.endswith("-changelog") for t in scanned), names
     prefix = d.settings.topic_prefix
     for topic in scanned:
-        logical = topic[len(prefix):] if topic.startswith(prefix) else None
+        logical = topic[len(prefix) :] if topic.startswith(prefix) else None
         messages = d.read_topic(logical) if logical else _read_raw(d, topic)
         for m in messages:
             for part in (m.key() or b"", m.value() or b""):

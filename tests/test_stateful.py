@@ -42,10 +42,13 @@ def snapshot(d: Deployment) -> dict[str, Any]:
     return {
         "entries": d.count("health_book_entries"),
         "books": [(k,) for (k,) in d.query("SELECT citizen_key FROM health_books ORDER BY 1")],
-        "referrals": d.query("SELECT referral_id, status, arrival_event_id FROM referrals "
-                             "ORDER BY 1"),
-        "appointments": d.query("SELECT appointment_id, status, reminded_at IS NOT NULL, "
-                                "visit_event_id FROM appointments ORDER BY 1"),
+        "referrals": d.query(
+            "SELECT referral_id, status, arrival_event_id FROM referrals ORDER BY 1"
+        ),
+        "appointments": d.query(
+            "SELECT appointment_id, status, reminded_at IS NOT NULL, "
+            "visit_event_id FROM appointments ORDER BY 1"
+        ),
         "dead_letters": Counter(r for (r,) in d.query("SELECT reason FROM dead_letters")),
         "counters": d.query("SELECT metric, label, value FROM campaign_counters ORDER BY 1, 2"),
     }
@@ -56,8 +59,13 @@ def settle(d: Deployment, timeout: float = 180) -> dict[str, Any]:
     than ``partition_idle_s`` (the last timers fire only then: a shorter wait of 3 s once
     returned the state from just before, and the comparison with the reference failed)."""
     d.wait_for_events(EVENTS, timeout)
-    return wait_stable(lambda: snapshot(d), d.settings.partition_idle_s + 3, timeout,
-                       interval=1.0, message="a stable final state")
+    return wait_stable(
+        lambda: snapshot(d),
+        d.settings.partition_idle_s + 3,
+        timeout,
+        interval=1.0,
+        message="a stable final state",
+    )
 
 
 def assert_same_state(actual: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -77,8 +85,9 @@ def assert_same_state(actual: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(services: Settings, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[dict[str, Any]]:
+def reference(
+    services: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """The final state of one worker that ran undisturbed."""
     factory = DeploymentFactory(services, Path(tmp_path_factory.mktemp("reference")))
     try:
@@ -104,20 +113,25 @@ def test_reference_run_exercises_every_decision(reference: dict[str, Any]) -> No
     assert reference["entries"] > len(reference["books"])
 
 
-def test_two_workers_give_the_same_result_as_one(deploy: DeploymentFactory,
-                                                 reference: dict[str, Any]) -> None:
+def test_two_workers_give_the_same_result_as_one(
+    deploy: DeploymentFactory, reference: dict[str, Any]
+) -> None:
     d = deploy(workers=2)
     d.publish(_events())
     assert_same_state(settle(d), reference)
 
 
-def test_worker_killed_and_restarted_gives_the_same_result(deploy: DeploymentFactory,
-                                                           reference: dict[str, Any]) -> None:
+def test_worker_killed_and_restarted_gives_the_same_result(
+    deploy: DeploymentFactory, reference: dict[str, Any]
+) -> None:
     d = deploy(workers=0)
     d.start_worker(instance_id="worker-a")
     d.publish(_events())
-    wait_until(lambda: d.count("health_book_entries") >= EVENTS // 3, 120,
-               message="a third of the events persisted")
+    wait_until(
+        lambda: d.count("health_book_entries") >= EVENTS // 3,
+        120,
+        message="a third of the events persisted",
+    )
     d.kill(d.workers[0])
     killed_at = time.monotonic()
     d.start_worker(wait=False, instance_id="worker-a")  # the same static member comes back

@@ -22,14 +22,24 @@ from tests.support import factories as f
 pytestmark = pytest.mark.integration
 
 
-def run_ehb(d: Deployment | None, *args: str, settings: Settings | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_ehb(
+    d: Deployment | None, *args: str, settings: Settings | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = d.children.env() if d is not None else {}
     if settings is not None:
-        env = {**env, "EHB_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-               "EHB_DATA_DIR": str(settings.state_dir)}
-    return subprocess.run([sys.executable, "-m", "ehb", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, check=False)
+        env = {
+            **env,
+            "EHB_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "EHB_DATA_DIR": str(settings.state_dir),
+        }
+    return subprocess.run(
+        [sys.executable, "-m", "ehb", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _lines(d: Deployment, topic: str, start: Start, **kwargs: object) -> list[dict]:
@@ -44,8 +54,11 @@ def test_tail_health_book_prints_masked_json_lines(deploy: DeploymentFactory) ->
     events.append(f.exam(499, facility="79999"))  # dead-lettered: facility_unknown
     d.publish(events)
     # 4 EXAMINATION + 4 BOOK_INTEGRATED records
-    wait_until(lambda: len(_lines(d, "health-book", Start("beginning"), idle_s=0.2)) >= 8,
-               90, message="8 health-book records")
+    wait_until(
+        lambda: len(_lines(d, "health-book", Start("beginning"), idle_s=0.2)) >= 8,
+        90,
+        message="8 health-book records",
+    )
 
     result = run_ehb(d, "tail", "--from-beginning", "--count", "5", "health-book")
     assert result.returncode == 0, result.stderr
@@ -67,8 +80,9 @@ def test_tail_health_book_prints_masked_json_lines(deploy: DeploymentFactory) ->
     assert all(e["so_cccd"] not in result.stdout for e in events)
 
     # --show-personal-data: in clear, verbatim Vietnamese
-    result = run_ehb(d, "tail", "--from-beginning", "-n", "1", "--show-personal-data",
-                     "health-book")
+    result = run_ehb(
+        d, "tail", "--from-beginning", "-n", "1", "--show-personal-data", "health-book"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["value"]["ho_ten"] == "Trần Thị Bích"
 
@@ -86,21 +100,25 @@ def test_tail_start_positions(deploy: DeploymentFactory) -> None:
 
     def publish(events: list[dict]) -> None:  # one event a message, spread by key
         for event in events:
-            d.produce_raw("examinations", [d.codec.encode(SUBJECTS.EXAMINATION_EVENT, event)],
-                          key=event["event_id"].encode())
+            d.produce_raw(
+                "examinations",
+                [d.codec.encode(SUBJECTS.EXAMINATION_EVENT, event)],
+                key=event["event_id"].encode(),
+            )
 
     first = [f.exam(500 + i) for i in range(6)]
     publish(first)
-    newest = max(datetime.fromisoformat(e["timestamp"])
-                 for e in _lines(d, "examinations", Start("beginning")))
+    newest = max(
+        datetime.fromisoformat(e["timestamp"])
+        for e in _lines(d, "examinations", Start("beginning"))
+    )
     between = newest + timedelta(milliseconds=1)
     second = [f.exam(600 + i) for i in range(3)]
     publish(second)
 
     everything = _lines(d, "examinations", Start("beginning"))
     assert len(everything) == 9
-    assert {e["value"]["event_id"] for e in everything} == {
-        e["event_id"] for e in first + second}
+    assert {e["value"]["event_id"] for e in everything} == {e["event_id"] for e in first + second}
     since = _lines(d, "examinations", Start("time", time=between))
     assert {e["value"]["event_id"] for e in since} == {e["event_id"] for e in second}
     from_offset = _lines(d, "examinations", Start("offset", offset=2))
@@ -115,9 +133,16 @@ def test_tail_start_positions(deploy: DeploymentFactory) -> None:
     # something undecodable is reported, not fatal
     d.produce_raw("examinations", [b"not avro"], key=b"79001")
     raw = [e for e in _lines(d, "examinations", Start("beginning")) if e["format"] != "avro"]
-    assert raw == [{**raw[0], "format": "undecodable",
-                    "error": {"reason": "bad_magic_byte",
-                              "message": "neither the Confluent wire format nor JSON"}}]
+    assert raw == [
+        {
+            **raw[0],
+            "format": "undecodable",
+            "error": {
+                "reason": "bad_magic_byte",
+                "message": "neither the Confluent wire format nor JSON",
+            },
+        }
+    ]
     assert "value_base64" not in raw[0]
 
 
@@ -165,6 +190,12 @@ def test_json_line_of_a_changelog_style_message() -> None:
     from schemas import AvroCodec
 
     entry = json.loads(to_json_line(Message(), AvroCodec()))  # type: ignore[arg-type]
-    assert entry == {"topic": "ehb-worker-citizens-changelog", "partition": 0, "offset": 7,
-                     "timestamp": "2023-11-14T22:13:20.123Z", "key": '"abc"', "format": "json",
-                     "value": {"i": 1}}
+    assert entry == {
+        "topic": "ehb-worker-citizens-changelog",
+        "partition": 0,
+        "offset": 7,
+        "timestamp": "2023-11-14T22:13:20.123Z",
+        "key": '"abc"',
+        "format": "json",
+        "value": {"i": 1},
+    }

@@ -92,8 +92,9 @@ def _named_types(catalog: Catalog) -> dict[str, Any]:
     return named
 
 
-def personal_paths(entry: SchemaEntry, catalog: Catalog | None = None,
-                   fields: Iterable[str] = PERSONAL_FIELDS) -> list[str]:
+def personal_paths(
+    entry: SchemaEntry, catalog: Catalog | None = None, fields: Iterable[str] = PERSONAL_FIELDS
+) -> list[str]:
     """Paths of the personal-data fields of a schema: ``ho_ten``, ``events[].so_cccd``, ..."""
     catalog = catalog or load_catalog()
     named = _named_types(catalog)
@@ -151,15 +152,27 @@ def _channels(settings: Settings) -> list[_Channel]:
     for spec in topic_specs(settings):
         # a spec's description says "Input: ..." for what the facilities write
         is_input = re.match(r"\s*input\s*:", spec.description, re.IGNORECASE) is not None
-        channels.append(_Channel(
-            key=spec.name, address=f"{{topicPrefix}}{spec.name}", parameter="topicPrefix",
-            spec=spec, received=is_input or spec.internal, sent=not is_input or spec.internal,
-        ))
+        channels.append(
+            _Channel(
+                key=spec.name,
+                address=f"{{topicPrefix}}{spec.name}",
+                parameter="topicPrefix",
+                spec=spec,
+                received=is_input or spec.internal,
+                sent=not is_input or spec.internal,
+            )
+        )
     changelog = changelog_spec(settings)
-    channels.append(_Channel(
-        key=f"worker-{changelog.name}", address=f"{{workerGroup}}-{changelog.name}",
-        parameter="workerGroup", spec=changelog, received=True, sent=True,
-    ))
+    channels.append(
+        _Channel(
+            key=f"worker-{changelog.name}",
+            address=f"{{workerGroup}}-{changelog.name}",
+            parameter="workerGroup",
+            spec=changelog,
+            received=True,
+            sent=True,
+        )
+    )
     return channels
 
 
@@ -173,8 +186,11 @@ def _retention(config: Mapping[str, str]) -> str:
     value = config.get("retention.ms")
     if value is None:
         policy = config.get("cleanup.policy", "delete")
-        return ("compacted: the latest value of every key is kept" if "compact" in policy
-                else "the broker's default retention")
+        return (
+            "compacted: the latest value of every key is kept"
+            if "compact" in policy
+            else "the broker's default retention"
+        )
     ms = int(value)
     if ms < 0:
         return "kept forever"
@@ -201,13 +217,17 @@ def _topic_configuration(config: Mapping[str, str]) -> dict[str, Any]:
 
 def _ordering(spec: TopicSpec) -> str:
     if spec.key.lower().startswith("none"):
-        return ("Messages carry no key; the producer chooses the partition explicitly "
-                f"({spec.key.split('(', 1)[-1].rstrip(')')}), so all messages of one "
-                "partitioning value are on one partition, in the order they were written. No "
-                "order across partitions.")
-    return (f"Key: {spec.key}. Messages with the same key land on the same partition (murmur2, "
-            "the Java client's default partitioner, also used by librdkafka here) and are read "
-            "in the order they were written; there is no order across keys.")
+        return (
+            "Messages carry no key; the producer chooses the partition explicitly "
+            f"({spec.key.split('(', 1)[-1].rstrip(')')}), so all messages of one "
+            "partitioning value are on one partition, in the order they were written. No "
+            "order across partitions."
+        )
+    return (
+        f"Key: {spec.key}. Messages with the same key land on the same partition (murmur2, "
+        "the Java client's default partitioner, also used by librdkafka here) and are read "
+        "in the order they were written; there is no order across keys."
+    )
 
 
 def _key_schema(spec: TopicSpec) -> dict[str, Any]:
@@ -217,8 +237,7 @@ def _key_schema(spec: TopicSpec) -> dict[str, Any]:
     if "when known" in key or "optional" in key:
         return {"type": ["string", "null"], "description": f"UTF-8 {spec.key}."}
     if key.startswith("json"):
-        return {"type": "string", "contentMediaType": "application/json",
-                "description": spec.key}
+        return {"type": "string", "contentMediaType": "application/json", "description": spec.key}
     return {"type": "string", "description": f"UTF-8 {spec.key}."}
 
 
@@ -230,19 +249,28 @@ def _message_avro(entry: SchemaEntry, spec: TopicSpec, catalog: Catalog) -> dict
     lines.append(
         f"Value: Avro in the Confluent wire format (byte 0 = 0, bytes 1-4 = schema id "
         f"{entry.id} big-endian when no schema registry is configured, else the registry's id "
-        f"of subject {entry.subject} version {entry.version}; then the Avro binary body).")
+        f"of subject {entry.subject} version {entry.version}; then the Avro binary body)."
+    )
     if personal:
-        lines.append("Personal data (masked by `ehb tail` unless `--show-personal-data`): "
-                     + ", ".join(f"`{p}`" for p in personal) + ".")
+        lines.append(
+            "Personal data (masked by `ehb tail` unless `--show-personal-data`): "
+            + ", ".join(f"`{p}`" for p in personal)
+            + "."
+        )
     else:
         lines.append("Personal data: none of the identifying fields.")
     if "citizen_key" in entry.field_names():
-        lines[-1] += (" `citizen_key` is a pseudonym (keyed HMAC of the citizen ID); the health "
-                      "data stays sensitive.")
+        lines[-1] += (
+            " `citizen_key` is a pseudonym (keyed HMAC of the citizen ID); the health "
+            "data stays sensitive."
+        )
     if embedded:
-        lines[-1] += (" " + ", ".join(f"`{p}`" for p in embedded)
-                      + " holds the original input bytes, which embed the personal data of "
-                      "the input event.")
+        lines[-1] += (
+            " "
+            + ", ".join(f"`{p}`" for p in embedded)
+            + " holds the original input bytes, which embed the personal data of "
+            "the input event."
+        )
     versions = catalog.versions(entry.subject)
     message: dict[str, Any] = {
         "name": name,
@@ -254,13 +282,15 @@ def _message_avro(entry: SchemaEntry, spec: TopicSpec, catalog: Catalog) -> dict
             "schemaFormat": AVRO_SCHEMA_FORMAT,
             "schema": {"$ref": "./" + entry.file.relative_to(ROOT).as_posix()},
         },
-        "bindings": {"kafka": {
-            "key": _key_schema(spec),
-            "schemaIdLocation": "payload",
-            "schemaIdPayloadEncoding": "4",
-            "schemaLookupStrategy": "RecordNameStrategy",
-            "bindingVersion": KAFKA_BINDING_VERSION,
-        }},
+        "bindings": {
+            "kafka": {
+                "key": _key_schema(spec),
+                "schemaIdLocation": "payload",
+                "schemaIdPayloadEncoding": "4",
+                "schemaLookupStrategy": "RecordNameStrategy",
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
         "x-schema-subject": entry.subject,
         "x-schema-versions": [
             {"version": v.version, "id": v.id, "file": v.file.relative_to(ROOT).as_posix()}
@@ -270,8 +300,12 @@ def _message_avro(entry: SchemaEntry, spec: TopicSpec, catalog: Catalog) -> dict
     }
     if entry.references:
         message["x-schema-references"] = [
-            {"name": r.name, "subject": r.subject, "version": r.version,
-             "file": catalog.get(r.subject, r.version).file.relative_to(ROOT).as_posix()}
+            {
+                "name": r.name,
+                "subject": r.subject,
+                "version": r.version,
+                "file": catalog.get(r.subject, r.version).file.relative_to(ROOT).as_posix(),
+            }
             for r in entry.references
         ]
     if embedded:
@@ -287,10 +321,11 @@ def _message_untyped(spec: TopicSpec) -> dict[str, Any]:
         "summary": _first_sentence(spec.description),
         "description": f"Value: {spec.value}.",
         "contentType": "application/json" if json_value else "application/octet-stream",
-        "payload": {"type": ["object", "null"] if json_value else "string",
-                    "description": spec.value},
-        "bindings": {"kafka": {"key": _key_schema(spec),
-                               "bindingVersion": KAFKA_BINDING_VERSION}},
+        "payload": {
+            "type": ["object", "null"] if json_value else "string",
+            "description": spec.value,
+        },
+        "bindings": {"kafka": {"key": _key_schema(spec), "bindingVersion": KAFKA_BINDING_VERSION}},
         "x-personal-data": [],
     }
 
@@ -306,8 +341,9 @@ def _first_sentence(text: str) -> str:
     return head + "." if dot else text
 
 
-def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
-                 ) -> tuple[dict[str, Any], list[str]]:
+def _channel_doc(
+    channel: _Channel, settings: Settings, catalog: Catalog
+) -> tuple[dict[str, Any], list[str]]:
     spec = channel.spec
     entries = _subjects_for(spec, catalog)
     messages: dict[str, Any] = {}
@@ -318,21 +354,27 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
         message = _message_untyped(spec)
         messages[message["name"]] = message
     personal = sorted({p for m in messages.values() for p in m["x-personal-data"]})
-    embedded = sorted({p for m in messages.values()
-                       for p in m.get("x-personal-data-embedded", ())})
+    embedded = sorted({p for m in messages.values() for p in m.get("x-personal-data-embedded", ())})
     retention = _retention(spec.config)
     if channel.parameter == "topicPrefix":
-        partitions_note = (f"{spec.partitions} partitions with the default "
-                           f"EHB_KAFKA_PARTITIONS={settings.kafka_partitions} (the count "
-                           "follows that setting).")
+        partitions_note = (
+            f"{spec.partitions} partitions with the default "
+            f"EHB_KAFKA_PARTITIONS={settings.kafka_partitions} (the count "
+            "follows that setting)."
+        )
     else:
-        partitions_note = (f"{spec.partitions} partitions: Faust creates it with the table's "
-                           "partition count, EHB_KAFKA_PARTITIONS.")
-    who = ("Written by the facilities, read by the pipeline." if channel.received
-           and not channel.sent else
-           "Written by the pipeline; downstream services consume it with a consumer group of "
-           "their own." if channel.sent and not channel.received else
-           "Written and read by the stream workers only: not a contract, do not consume it.")
+        partitions_note = (
+            f"{spec.partitions} partitions: Faust creates it with the table's "
+            "partition count, EHB_KAFKA_PARTITIONS."
+        )
+    who = (
+        "Written by the facilities, read by the pipeline."
+        if channel.received and not channel.sent
+        else "Written by the pipeline; downstream services consume it with a consumer group of "
+        "their own."
+        if channel.sent and not channel.received
+        else "Written and read by the stream workers only: not a contract, do not consume it."
+    )
     paragraphs = [
         spec.description,
         who,
@@ -345,11 +387,14 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
             "(`event_id`; `referral_id` or `appointment_id` with `record_type`). A replay can "
             "also re-emit the life of a referral or appointment whose state was already closed: "
             "the first terminal record of an id (COMPLETED or EXPIRED, KEPT or MISSED) is "
-            "final, as in the PostgreSQL sink.")
+            "final, as in the PostgreSQL sink."
+        )
     paragraphs += [
         f"Retention: {retention}.",
-        "Personal data: " + (", ".join(f"`{p}`" for p in personal) if personal else "none")
-        + "." + ("".join(f" `{p}` embeds the original input's personal data." for p in embedded)),
+        "Personal data: "
+        + (", ".join(f"`{p}`" for p in personal) if personal else "none")
+        + "."
+        + ("".join(f" `{p}` embeds the original input's personal data." for p in embedded)),
     ]
     description = _paragraphs(paragraphs)
     doc: dict[str, Any] = {
@@ -358,14 +403,15 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
         "summary": _first_sentence(spec.description),
         "description": description,
         "messages": messages,
-        "parameters": {channel.parameter: {"$ref": f"#/components/parameters/"
-                                                   f"{channel.parameter}"}},
-        "bindings": {"kafka": {
-            "partitions": spec.partitions,
-            "replicas": settings.kafka_replication_factor,
-            "topicConfiguration": _topic_configuration(spec.config),
-            "bindingVersion": KAFKA_BINDING_VERSION,
-        }},
+        "parameters": {channel.parameter: {"$ref": f"#/components/parameters/{channel.parameter}"}},
+        "bindings": {
+            "kafka": {
+                "partitions": spec.partitions,
+                "replicas": settings.kafka_replication_factor,
+                "topicConfiguration": _topic_configuration(spec.config),
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
         "x-internal": spec.internal,
         "x-key": spec.key,
         "x-value": spec.value,
@@ -377,22 +423,25 @@ def _channel_doc(channel: _Channel, settings: Settings, catalog: Catalog
     return doc, list(messages)
 
 
-def _operations(channels: list[_Channel], message_names: dict[str, list[str]]
-                ) -> dict[str, Any]:
+def _operations(channels: list[_Channel], message_names: dict[str, list[str]]) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for channel in channels:
         for action, wanted in (("receive", channel.received), ("send", channel.sent)):
             if not wanted:
                 continue
-            refs = [{"$ref": f"#/channels/{channel.key}/messages/{m}"}
-                    for m in message_names[channel.key]]
+            refs = [
+                {"$ref": f"#/channels/{channel.key}/messages/{m}"}
+                for m in message_names[channel.key]
+            ]
             op: dict[str, Any] = {
                 "action": action,
                 "channel": {"$ref": f"#/channels/{channel.key}"},
                 "title": f"{action} {channel.spec.name}",
-                "summary": (f"The pipeline reads {channel.spec.name}."
-                            if action == "receive" else
-                            f"The pipeline writes {channel.spec.name}."),
+                "summary": (
+                    f"The pipeline reads {channel.spec.name}."
+                    if action == "receive"
+                    else f"The pipeline writes {channel.spec.name}."
+                ),
                 "messages": refs,
             }
             operations[f"{action}{_camel(channel.key)}"] = op
@@ -431,8 +480,9 @@ Partition counts follow EHB_KAFKA_PARTITIONS; the figures here are for the defau
 """
 
 
-def build_document(settings: Settings | None = None,
-                   catalog: Catalog | None = None) -> dict[str, Any]:
+def build_document(
+    settings: Settings | None = None, catalog: Catalog | None = None
+) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document as a mapping (deterministic for given inputs)."""
     settings = settings or documented_settings()
     catalog = catalog or load_catalog()
@@ -441,7 +491,8 @@ def build_document(settings: Settings | None = None,
     message_names: dict[str, list[str]] = {}
     for channel in channels:
         channel_docs[channel.key], message_names[channel.key] = _channel_doc(
-            channel, settings, catalog)
+            channel, settings, catalog
+        )
     return {
         "asyncapi": "3.0.0",
         "id": "urn:vn:hcmc:ehb:event-streams",
@@ -449,8 +500,7 @@ def build_document(settings: Settings | None = None,
             "title": "HCMC electronic health book: event streams",
             "version": __version__,
             "description": _INFO,
-            "license": {"name": "Apache-2.0",
-                        "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+            "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
             "tags": [{"name": "health"}, {"name": "personal-data"}],
         },
         "defaultContentType": "avro/binary",
@@ -463,13 +513,20 @@ def build_document(settings: Settings | None = None,
                     "The brokers named by EHB_KAFKA_BOOTSTRAP. Development: `ehb up` starts "
                     "an embedded broker and prints its address. Security follows "
                     "EHB_KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) "
-                    "and EHB_KAFKA_SASL_MECHANISM (default SCRAM-SHA-512)."),
-                "variables": {"bootstrap": {
-                    "description": "host:port of a bootstrap broker (EHB_KAFKA_BOOTSTRAP).",
-                    "default": "localhost:9092",
-                }},
-                "bindings": {"kafka": {"schemaRegistryVendor": "confluent",
-                                       "bindingVersion": KAFKA_BINDING_VERSION}},
+                    "and EHB_KAFKA_SASL_MECHANISM (default SCRAM-SHA-512)."
+                ),
+                "variables": {
+                    "bootstrap": {
+                        "description": "host:port of a bootstrap broker (EHB_KAFKA_BOOTSTRAP).",
+                        "default": "localhost:9092",
+                    }
+                },
+                "bindings": {
+                    "kafka": {
+                        "schemaRegistryVendor": "confluent",
+                        "bindingVersion": KAFKA_BINDING_VERSION,
+                    }
+                },
             },
         },
         "channels": channel_docs,
@@ -483,7 +540,7 @@ def build_document(settings: Settings | None = None,
                 },
                 "workerGroup": {
                     "description": "EHB_WORKER_GROUP: the stream workers' consumer group and "
-                                   "Faust app id, which names the changelog topic.",
+                    "Faust app id, which names the changelog topic.",
                     "default": settings.worker_group,
                     "examples": [settings.worker_group],
                 },
@@ -509,8 +566,14 @@ _Dumper.add_representer(str, _str_representer)
 def render(document: Mapping[str, Any] | None = None) -> str:
     """The document as YAML text, with the "generated" header."""
     document = document if document is not None else build_document()
-    body = yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     width=100, default_flow_style=False)
+    body = yaml.dump(
+        dict(document),
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
+        default_flow_style=False,
+    )
     return _HEADER + body
 
 
@@ -534,7 +597,12 @@ def check(path: Path = DEFAULT_OUTPUT) -> list[str]:
         return [f"{path} does not exist; run `ehb asyncapi`"]
     if actual == expected:
         return []
-    return list(difflib.unified_diff(actual.splitlines(), expected.splitlines(),
-                                     f"{path.name} (committed)", f"{path.name} (generated)",
-                                     lineterm=""))
-
+    return list(
+        difflib.unified_diff(
+            actual.splitlines(),
+            expected.splitlines(),
+            f"{path.name} (committed)",
+            f"{path.name} (generated)",
+            lineterm="",
+        )
+    )

@@ -57,7 +57,7 @@ def _settings_epilog() -> str:
 app = typer.Typer(
     name="ehb",
     help="Event-streaming backbone of Ho Chi Minh City's electronic health book: facilities "
-         "-> Kafka -> Faust -> PostgreSQL + Prometheus.",
+    "-> Kafka -> Faust -> PostgreSQL + Prometheus.",
     epilog=_settings_epilog(),
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -110,8 +110,10 @@ def up(
         conn.close()
         out.print(f"export EHB_KAFKA_BOOTSTRAP={info.bootstrap}")
         out.print(f"export EHB_DATABASE_URL={info.database_url}")
-        console.print("[green]embedded stack running[/] (other ehb commands on this machine "
-                      "find it without the variables); Ctrl-C to stop")
+        console.print(
+            "[green]embedded stack running[/] (other ehb commands on this machine "
+            "find it without the variables); Ctrl-C to stop"
+        )
         _wait_for_signal()
     finally:
         stack.stop()
@@ -140,8 +142,13 @@ def topics(
     for spec in topic_specs(settings):
         name = settings.topic(spec.name)
         partitions = len(metadata[name].partitions) if name in metadata else 0
-        table.add_row(name, str(partitions), spec.key, spec.value,
-                      status.get(name, "exists" if name in metadata else "missing"))
+        table.add_row(
+            name,
+            str(partitions),
+            spec.key,
+            spec.value,
+            status.get(name, "exists" if name in metadata else "missing"),
+        )
     out.print(table)
 
 
@@ -162,8 +169,10 @@ def migrate() -> None:
 
 @app.command("settings")
 def show_settings(
-    markdown: Annotated[bool, typer.Option(
-        "--markdown", help="Print the defaults as docs/settings.md's Markdown table.")] = False,
+    markdown: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print the defaults as docs/settings.md's Markdown table."),
+    ] = False,
 ) -> None:
     """Show every setting, its environment variable and its current value (secrets masked)."""
     if markdown:
@@ -192,17 +201,26 @@ def worker(metrics_port: MetricsPort = None) -> None:
     settings = load_settings(metrics_port=metrics_port)
     resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
     if settings.worker_instance_id and not settings.kafka_bootstrap:
-        log.warning("EHB_WORKER_INSTANCE_ID is set on the embedded broker: Tansu stalls static "
-                    "members that rejoin (docs/reliability.md, Limits); leave it unset there")
+        log.warning(
+            "EHB_WORKER_INSTANCE_ID is set on the embedded broker: Tansu stalls static "
+            "members that rejoin (docs/reliability.md, Limits); leave it unset there"
+        )
     registry = initial_registry(settings)
     faust_app = create_app(settings, registry=registry)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    log.info("worker %s starting (group %s, %d facilities in registry)",
-             faust_app.conf.id, settings.worker_group, len(registry))
-    faust_worker = faust.Worker(faust_app, loglevel=settings.log_level.lower()
-                                .replace("warning", "warn"), quiet=True,
-                                redirect_stdouts=False)
+    log.info(
+        "worker %s starting (group %s, %d facilities in registry)",
+        faust_app.conf.id,
+        settings.worker_group,
+        len(registry),
+    )
+    faust_worker = faust.Worker(
+        faust_app,
+        loglevel=settings.log_level.lower().replace("warning", "warn"),
+        quiet=True,
+        redirect_stdouts=False,
+    )
     tune_gc(settings.gc_young_threshold)
     try:
         faust_worker.execute_from_commandline()
@@ -230,34 +248,58 @@ def simulate(
     rate: Annotated[float, typer.Option(help="Events per second (0: as fast as possible).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same city).")] = 79,
     invalid_share: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.01,
-    days: Annotated[float | None, typer.Option(
-        help="Simulated days the events span. Default: the city's real pace, "
-             "3,789,912 exams a year.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
-    xml_out: Annotated[Path | None, typer.Option(
-        "--xml-out", file_okay=False,
-        help="Write the events as hospital XML dossiers (GIAMDINHHS files, one per facility "
-             "per day) into this directory instead of publishing them; see `ehb gateway`.")
+    days: Annotated[
+        float | None,
+        typer.Option(
+            help="Simulated days the events span. Default: the city's real pace, "
+            "3,789,912 exams a year."
+        ),
     ] = None,
-    reports: Annotated[bool, typer.Option(
-        "--reports/--no-reports",
-        help="Each facility also sends its daily report (topic facility-reports).")] = True,
-    silent_facilities: Annotated[int, typer.Option(
-        help="Facilities that never send their daily report.", min=0)] = 0,
-    inconsistent_facilities: Annotated[int, typer.Option(
-        help="Facilities whose daily report misstates the episodes sent.", min=0)] = 0,
-    metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", help="Serve /metrics (the producer's outbox backlog) on this port. "
-        "Default: none.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
+    xml_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--xml-out",
+            file_okay=False,
+            help="Write the events as hospital XML dossiers (GIAMDINHHS files, one per facility "
+            "per day) into this directory instead of publishing them; see `ehb gateway`.",
+        ),
+    ] = None,
+    reports: Annotated[
+        bool,
+        typer.Option(
+            "--reports/--no-reports",
+            help="Each facility also sends its daily report (topic facility-reports).",
+        ),
+    ] = True,
+    silent_facilities: Annotated[
+        int, typer.Option(help="Facilities that never send their daily report.", min=0)
+    ] = 0,
+    inconsistent_facilities: Annotated[
+        int, typer.Option(help="Facilities whose daily report misstates the episodes sent.", min=0)
+    ] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve /metrics (the producer's outbox backlog) on this port. Default: none.",
+        ),
+    ] = None,
 ) -> None:
     """Publish a simulated city's examination events (and the facilities' daily reports)."""
     from ehb.commands.simulate import run_simulation
     from simulation.simulator import SimulationConfig
 
     settings = load_settings()
-    config = SimulationConfig(events=events, seed=seed, invalid_share=invalid_share, days=days,
-                              reports=reports, silent_facilities=silent_facilities,
-                              inconsistent_facilities=inconsistent_facilities)
+    config = SimulationConfig(
+        events=events,
+        seed=seed,
+        invalid_share=invalid_share,
+        days=days,
+        reports=reports,
+        silent_facilities=silent_facilities,
+        inconsistent_facilities=inconsistent_facilities,
+    )
     if xml_out is not None:
         from ehb.commands.xml_export import export_simulation
 
@@ -267,16 +309,22 @@ def simulate(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=settings.metrics_host)
-    summary = run_simulation(settings, config, rate=rate, batch_size=batch_size,
-                             progress=console)
+    summary = run_simulation(settings, config, rate=rate, batch_size=batch_size, progress=console)
     out.print_json(json.dumps(summary))
 
 
 @app.command()
 def publish(
-    file: Annotated[Path, typer.Argument(help="JSON Lines file, one examination event a line "
-                                              "(or a .xml dossier file, see `ehb gateway`).",
-                                         exists=True, dir_okay=False, readable=True)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON Lines file, one examination event a line "
+            "(or a .xml dossier file, see `ehb gateway`).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
     batch_size: Annotated[int, typer.Option(help="Events per Kafka message.")] = 100,
 ) -> None:
     """Publish examination events from a JSON Lines file (fields: the schema's field names).
@@ -293,61 +341,91 @@ def publish(
 
         outcome = publish_dossier_file(settings, file)
         if outcome.status == "rejected":
-            console.print(f"{file}: rejected: {outcome.reason} ({outcome.detail})",
-                          markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"{file}: rejected: {outcome.reason} ({outcome.detail})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(1)
-        out.print(f"{outcome.status} {outcome.episodes} episodes from {file}"
-                  + (f" ({outcome.detail})" if outcome.detail else ""), markup=False,
-                  highlight=False)
+        out.print(
+            f"{outcome.status} {outcome.episodes} episodes from {file}"
+            + (f" ({outcome.detail})" if outcome.detail else ""),
+            markup=False,
+            highlight=False,
+        )
         return
     report = publish_jsonl(settings, file, batch_size=batch_size)
     for line_no, reason in report.bad_lines:
-        console.print(f"{file}:{line_no}: {reason}", markup=False, highlight=False,
-                      soft_wrap=True)
-    out.print(f"published {report.published} events from {file}"
-              f" ({len(report.bad_lines)} bad lines)")
+        console.print(f"{file}:{line_no}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    out.print(
+        f"published {report.published} events from {file} ({len(report.bad_lines)} bad lines)"
+    )
     if report.bad_lines:
         raise typer.Exit(1)
 
 
 @app.command()
 def demo(
-    events: Annotated[int | None, typer.Option(
-        help="Publish exactly this many events, wait until each is persisted or "
-             "dead-lettered, print a summary and exit. Unset: run until Ctrl-C.")] = None,
-    rate: Annotated[float, typer.Option(
-        help="Events per second (0: as fast as possible). Default: 0 with --events, "
-             "else 200.")] = -1,
+    events: Annotated[
+        int | None,
+        typer.Option(
+            help="Publish exactly this many events, wait until each is persisted or "
+            "dead-lettered, print a summary and exit. Unset: run until Ctrl-C."
+        ),
+    ] = None,
+    rate: Annotated[
+        float,
+        typer.Option(
+            help="Events per second (0: as fast as possible). Default: 0 with --events, else 200."
+        ),
+    ] = -1,
     workers: Annotated[int, typer.Option(help="Stream worker processes.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed of the simulated city.")] = 79,
     invalid_share: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.01,
-    days: Annotated[float | None, typer.Option(
-        help="Simulated days of event time the events span, compressed so that referrals "
-             "complete and expire and appointments are reminded, kept and missed. Default: "
-             "with --events, 90 (or the city's real pace of 10,400 exams a day when longer); "
-             "without, a simulated day a second (at --rate) until the simulated city "
-             "reaches today.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh/--keep",
-                                        help="Start with an empty database.")] = True,
+    days: Annotated[
+        float | None,
+        typer.Option(
+            help="Simulated days of event time the events span, compressed so that referrals "
+            "complete and expire and appointments are reminded, kept and missed. Default: "
+            "with --events, 90 (or the city's real pace of 10,400 exams a day when longer); "
+            "without, a simulated day a second (at --rate) until the simulated city "
+            "reaches today."
+        ),
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh/--keep", help="Start with an empty database.")
+    ] = True,
 ) -> None:
     """Run the whole system: broker, PostgreSQL, workers, sink, a simulated city, live counters."""
     from ehb.commands.demo import run_demo
 
     settings = load_settings()
-    code = run_demo(settings, events=events, rate=rate, workers=workers, seed=seed,
-                    invalid_share=invalid_share, days=days, fresh=fresh, console=out)
+    code = run_demo(
+        settings,
+        events=events,
+        rate=rate,
+        workers=workers,
+        seed=seed,
+        invalid_share=invalid_share,
+        days=days,
+        fresh=fresh,
+        console=out,
+    )
     raise typer.Exit(code)
 
 
-schemas_app = typer.Typer(help="The schema catalog and a Confluent-compatible registry.",
-                          no_args_is_help=True)
+schemas_app = typer.Typer(
+    help="The schema catalog and a Confluent-compatible registry.", no_args_is_help=True
+)
 app.add_typer(schemas_app, name="schemas")
 
 
 @schemas_app.command("register")
 def schemas_register(
-    url: Annotated[str | None, typer.Option(
-        help="Registry URL. [env: EHB_SCHEMA_REGISTRY_URL]")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Registry URL. [env: EHB_SCHEMA_REGISTRY_URL]")
+    ] = None,
 ) -> None:
     """Register every subject/version of the catalog (compatibility BACKWARD_TRANSITIVE)."""
     from schemas.registry import register_catalog, registry_client
@@ -357,8 +435,12 @@ def schemas_register(
         raise EhbError("no registry: set EHB_SCHEMA_REGISTRY_URL or pass --url")
     table = Table("subject", "version", "registry version", "id")
     for entry in register_catalog(registry_client(settings.schema_registry_url)):
-        table.add_row(entry.subject, str(entry.catalog_version), str(entry.registry_version),
-                      str(entry.schema_id))
+        table.add_row(
+            entry.subject,
+            str(entry.catalog_version),
+            str(entry.registry_version),
+            str(entry.schema_id),
+        )
     out.print(table)
 
 
@@ -371,27 +453,45 @@ def lag() -> None:
     settings = load_settings()
     table = Table("group", "topic", "partition", "committed", "end", "lag")
     for p in lag_table(settings):
-        table.add_row(p.group, p.topic, str(p.partition),
-                      "-" if p.committed < 0 else str(p.committed), str(p.end), str(p.lag))
+        table.add_row(
+            p.group,
+            p.topic,
+            str(p.partition),
+            "-" if p.committed < 0 else str(p.committed),
+            str(p.end),
+            str(p.lag),
+        )
     out.print(table)
 
 
 @app.command()
 def gateway(
-    directory: Annotated[Path, typer.Argument(help="Drop directory of the hospital systems' "
-                                                   "GIAMDINHHS *.xml files.",
-                                              exists=True, file_okay=False)],
-    watch: Annotated[bool, typer.Option(help="Keep watching for new files until Ctrl-C.")]
-    = False,
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Drop directory of the hospital systems' GIAMDINHHS *.xml files.",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    watch: Annotated[bool, typer.Option(help="Keep watching for new files until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 2.0,
-    settle: Annotated[float, typer.Option(
-        help="A file is complete once unmodified for this many seconds.")] = 2.0,
-    max_message_bytes: Annotated[int, typer.Option(
-        help="Largest encoded dossier (one Kafka message); larger files are rejected.")]
-    = 900_000,
-    metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", help="Serve /metrics (the producer's outbox backlog) on this port. "
-        "Default: none.")] = None,
+    settle: Annotated[
+        float, typer.Option(help="A file is complete once unmodified for this many seconds.")
+    ] = 2.0,
+    max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest encoded dossier (one Kafka message); larger files are rejected."
+        ),
+    ] = 900_000,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve /metrics (the producer's outbox backlog) on this port. Default: none.",
+        ),
+    ] = None,
 ) -> None:
     """Publish XML dossier files (QĐ 130/4750 GIAMDINHHS envelopes), each whole or not at all.
 
@@ -406,8 +506,15 @@ def gateway(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=settings.metrics_host)
-    report = run_gateway(settings, directory, watch=watch, interval=interval, settle_s=settle,
-                         max_message_bytes=max_message_bytes, console=console)
+    report = run_gateway(
+        settings,
+        directory,
+        watch=watch,
+        interval=interval,
+        settle_s=settle,
+        max_message_bytes=max_message_bytes,
+        console=console,
+    )
     print_report(report, out)
     if report.count("rejected"):
         raise typer.Exit(1)
@@ -415,8 +522,9 @@ def gateway(
 
 @app.command()
 def reasons(
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/reference.md's "
-                                                              "Markdown table.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print docs/reference.md's Markdown table.")
+    ] = False,
 ) -> None:
     """Every dead-letter reason code: what it means and what the facility should fix."""
     from schemas.reasons import REASONS, reason_stage, reasons_markdown
@@ -432,20 +540,32 @@ def reasons(
 
 registry_app = typer.Typer(
     help="The facility registry in PostgreSQL. Workers reload it every "
-         "EHB_REGISTRY_REFRESH_S seconds: changes apply without restarting them.",
-    no_args_is_help=True)
+    "EHB_REGISTRY_REFRESH_S seconds: changes apply without restarting them.",
+    no_args_is_help=True,
+)
 app.add_typer(registry_app, name="registry")
 
 
 @registry_app.command("load")
 def registry_load(
-    file: Annotated[Path, typer.Argument(help="CSV file with columns code,name,level,district "
-                                              "(the format of schemas/reference/facilities.csv).",
-                                         exists=True, dir_okay=False, readable=True)],
-    deactivate_missing: Annotated[bool, typer.Option(
-        "--deactivate-missing",
-        help="Deactivate every facility the file does not list (its events are then "
-             "dead-lettered facility_unknown).")] = False,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV file with columns code,name,level,district "
+            "(the format of schemas/reference/facilities.csv).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    deactivate_missing: Annotated[
+        bool,
+        typer.Option(
+            "--deactivate-missing",
+            help="Deactivate every facility the file does not list (its events are then "
+            "dead-lettered facility_unknown).",
+        ),
+    ] = False,
 ) -> None:
     """Add or update facilities from a CSV file, in one transaction."""
     from ehb.commands.registry import load_registry_file
@@ -454,19 +574,23 @@ def registry_load(
     settings = load_settings()
     conn = connect(settings, application_name="ehb-registry")
     try:
-        upserted, deactivated = load_registry_file(conn, file,
-                                                   deactivate_missing=deactivate_missing)
+        upserted, deactivated = load_registry_file(
+            conn, file, deactivate_missing=deactivate_missing
+        )
     finally:
         conn.close()
-    out.print(f"{upserted} facilities loaded from {file}, {deactivated} deactivated; workers "
-              f"apply it within {settings.registry_refresh_s:g}s (EHB_REGISTRY_REFRESH_S)",
-              soft_wrap=True)
+    out.print(
+        f"{upserted} facilities loaded from {file}, {deactivated} deactivated; workers "
+        f"apply it within {settings.registry_refresh_s:g}s (EHB_REGISTRY_REFRESH_S)",
+        soft_wrap=True,
+    )
 
 
 @registry_app.command("list")
 def registry_list(
-    include_inactive: Annotated[bool, typer.Option("--all", help="Include inactive facilities.")]
-    = False,
+    include_inactive: Annotated[
+        bool, typer.Option("--all", help="Include inactive facilities.")
+    ] = False,
 ) -> None:
     """List the registry's facilities (active ones unless --all)."""
     from ehb.db import connect
@@ -480,8 +604,9 @@ def registry_list(
         conn.close()
     table = Table("code", "name", "level", "district", "active")
     for row in rows:
-        table.add_row(row.code, row.name, row.level, row.district or "",
-                      "yes" if row.active else "no")
+        table.add_row(
+            row.code, row.name, row.level, row.district or "", "yes" if row.active else "no"
+        )
     out.print(table)
     out.print(f"{len(rows)} facilities")
 
@@ -489,11 +614,18 @@ def registry_list(
 # -- downstream services: topic contracts, tail, replay -----------------------------------
 @app.command()
 def asyncapi(
-    check: Annotated[bool, typer.Option(
-        "--check", help="Write nothing; exit 1 with a diff when the file differs from the "
-                        "generated document.")] = False,
-    output: Annotated[Path | None, typer.Option(
-        help="The document's path (default: asyncapi.yaml at the repository root).")] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Write nothing; exit 1 with a diff when the file differs from the "
+            "generated document.",
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="The document's path (default: asyncapi.yaml at the repository root)."),
+    ] = None,
 ) -> None:
     """Generate asyncapi.yaml, the AsyncAPI 3 contract of every topic, from the schemas and
     settings (keys, Avro payloads, partitioning, retention, personal data)."""
@@ -514,28 +646,51 @@ def asyncapi(
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Argument(
-        help="Logical topic (examinations, health-book, referrals, appointments, dead-letter, "
-             "examinations-by-citizen, citizens-changelog, ...) or a full topic name.")],
-    from_beginning: Annotated[bool, typer.Option(
-        "--from-beginning", help="Start at the oldest record of every partition.")] = False,
-    from_offset: Annotated[int | None, typer.Option(
-        "--from-offset", help="Start at this offset of every partition (or of --partition).")]
-    = None,
-    from_time: Annotated[str | None, typer.Option(
-        "--from-time", help="Start at the first record at or after this ISO 8601 time "
-                            "(Vietnam time, UTC+7, when it has no offset).")] = None,
-    count: Annotated[int | None, typer.Option("--count", "-n", help="Exit after N records.")]
-    = None,
+    topic: Annotated[
+        str,
+        typer.Argument(
+            help="Logical topic (examinations, health-book, referrals, appointments, dead-letter, "
+            "examinations-by-citizen, citizens-changelog, ...) or a full topic name."
+        ),
+    ],
+    from_beginning: Annotated[
+        bool,
+        typer.Option("--from-beginning", help="Start at the oldest record of every partition."),
+    ] = False,
+    from_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--from-offset", help="Start at this offset of every partition (or of --partition)."
+        ),
+    ] = None,
+    from_time: Annotated[
+        str | None,
+        typer.Option(
+            "--from-time",
+            help="Start at the first record at or after this ISO 8601 time "
+            "(Vietnam time, UTC+7, when it has no offset).",
+        ),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", help="Exit after N records.")
+    ] = None,
     partition: Annotated[int | None, typer.Option(help="Read only this partition.")] = None,
-    follow: Annotated[bool, typer.Option(
-        "--follow/--no-follow", help="Wait for new records (default) or exit at the end.")]
-    = True,
-    show_personal_data: Annotated[bool, typer.Option(
-        "--show-personal-data", help="Print names, citizen IDs, card numbers... in clear "
-                                     "(masked by default).")] = False,
-    timeout: Annotated[float, typer.Option(
-        help="Seconds to wait for the broker before giving up.")] = 5.0,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow/--no-follow", help="Wait for new records (default) or exit at the end."
+        ),
+    ] = True,
+    show_personal_data: Annotated[
+        bool,
+        typer.Option(
+            "--show-personal-data",
+            help="Print names, citizen IDs, card numbers... in clear (masked by default).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the broker before giving up.")
+    ] = 5.0,
 ) -> None:
     """Follow a topic and print its records decoded, as JSON Lines (for jq): from the end by
     default; bytes as base64, timestamps ISO 8601; personal data masked."""
@@ -557,9 +712,17 @@ def tail(
         start = Start("end")
     settings = load_settings()
     try:
-        run_tail(settings, topic, sys.stdout, start=start, count=count,
-                 show_personal_data=show_personal_data, follow=follow, partition=partition,
-                 connect_timeout=timeout)
+        run_tail(
+            settings,
+            topic,
+            sys.stdout,
+            start=start,
+            count=count,
+            show_personal_data=show_personal_data,
+            follow=follow,
+            partition=partition,
+            connect_timeout=timeout,
+        )
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `ehb tail ... | head`
@@ -568,13 +731,20 @@ def tail(
 
 @app.command()
 def replay(
-    from_time: Annotated[str, typer.Option(
-        "--from-time", help="Re-process the input messages published at or after this ISO "
-                            "8601 time (Vietnam time, UTC+7, when it has no offset).")],
-    to_time: Annotated[str | None, typer.Option(
-        "--to-time", help="... and before this time (default: now).")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Read and validate the range, report, send nothing.")] = False,
+    from_time: Annotated[
+        str,
+        typer.Option(
+            "--from-time",
+            help="Re-process the input messages published at or after this ISO "
+            "8601 time (Vietnam time, UTC+7, when it has no offset).",
+        ),
+    ],
+    to_time: Annotated[
+        str | None, typer.Option("--to-time", help="... and before this time (default: now).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read and validate the range, report, send nothing.")
+    ] = False,
 ) -> None:
     """Re-process the input topic from a point in time into the outputs, beside the running
     workers; idempotent: an already-processed range leaves the persisted state unchanged.
@@ -595,7 +765,8 @@ def replay(
 
 #: click's base exception as typer ships it (typer >= 0.20 vendors its own copy of click)
 _CLICK_ERROR: type[Exception] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 def one_line(text: str) -> str:

@@ -62,8 +62,9 @@ class DemoTimeline:
         return self.start + timedelta(days=self.days) * min(1.0, published / self.events)
 
 
-def demo_timeline(events: int | None, rate: float, days: float | None,
-                  now: datetime | None = None) -> DemoTimeline:
+def demo_timeline(
+    events: int | None, rate: float, days: float | None, now: datetime | None = None
+) -> DemoTimeline:
     """The demo's event time: long enough for every lifecycle counter to move.
 
     ``--events N``: ``days`` or at least ``DEMO_MIN_DAYS`` (the city's real pace when that is
@@ -87,15 +88,16 @@ def read_counters(conn: Any) -> dict[str, Any]:
     with conn.cursor() as cur:
         cur.execute("SELECT metric, label, value FROM campaign_counters")
         rows = cur.fetchall()
-        cur.execute("SELECT greatest((SELECT max(persisted_at) FROM health_book_entries),"
-                    " (SELECT max(persisted_at) FROM dead_letters))")
+        cur.execute(
+            "SELECT greatest((SELECT max(persisted_at) FROM health_book_entries),"
+            " (SELECT max(persisted_at) FROM dead_letters))"
+        )
         last = cur.fetchone()[0]
         # daily facility reports, reconciled by the sink (sinks/reconcile.py)
         cur.execute("SELECT status, count(*) FROM facility_reports GROUP BY status")
         reports = dict(cur.fetchall())
     conn.rollback()
-    counters: dict[str, Any] = {"dead_letters": {}, "last_commit": last,
-                                "facility_days": reports}
+    counters: dict[str, Any] = {"dead_letters": {}, "last_commit": last, "facility_days": reports}
     for metric, label, value in rows:
         if metric == "dead_letters":
             counters["dead_letters"][label] = value
@@ -103,20 +105,28 @@ def read_counters(conn: Any) -> dict[str, Any]:
             counters[f"examinations_{label}"] = value
         else:
             counters[metric] = value
-    counters["examinations"] = (counters.get("examinations_in_province", 0)
-                                + counters.get("examinations_out_of_province", 0))
+    counters["examinations"] = counters.get("examinations_in_province", 0) + counters.get(
+        "examinations_out_of_province", 0
+    )
     counters["dead_letters_total"] = sum(counters["dead_letters"].values())
     return counters
 
 
-def render(counters: dict[str, Any], published: int, target: int | None, elapsed: float,
-           timeline: DemoTimeline | None = None) -> Group:
+def render(
+    counters: dict[str, Any],
+    published: int,
+    target: int | None,
+    elapsed: float,
+    timeline: DemoTimeline | None = None,
+) -> Group:
     table = Table(title="Ho Chi Minh City electronic health book (live)", min_width=60)
     table.add_column("counter")
     table.add_column("value", justify="right")
     if timeline is not None:
-        table.add_row("event time reached (simulated)",
-                      f"{timeline.reached(published):%Y-%m-%d} of {timeline.end:%Y-%m-%d}")
+        table.add_row(
+            "event time reached (simulated)",
+            f"{timeline.reached(published):%Y-%m-%d} of {timeline.end:%Y-%m-%d}",
+        )
     rows = [
         ("events published", published),
         ("examinations persisted", counters.get("examinations", 0)),
@@ -145,9 +155,18 @@ def render(counters: dict[str, Any], published: int, target: int | None, elapsed
     return Group(table, Panel(footer, expand=False))
 
 
-def run_demo(settings: Settings, *, events: int | None, rate: float, workers: int, seed: int,
-             invalid_share: float, fresh: bool, console: Console,
-             days: float | None = None) -> int:
+def run_demo(
+    settings: Settings,
+    *,
+    events: int | None,
+    rate: float,
+    workers: int,
+    seed: int,
+    invalid_share: float,
+    fresh: bool,
+    console: Console,
+    days: float | None = None,
+) -> int:
     from simulation.simulator import SimulationConfig
 
     if rate < 0:
@@ -159,18 +178,35 @@ def run_demo(settings: Settings, *, events: int | None, rate: float, workers: in
         settings = demo.start_services(settings, fresh, console)
         demo.start_children(settings, workers, console)
         timeline = demo_timeline(events, rate, days)
-        config = SimulationConfig(events=timeline.events, seed=seed,
-                                  invalid_share=invalid_share, days=timeline.days)
-        console.print(f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
-                      f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
-                      + ("" if events else ", then the counters stay until Ctrl-C"))
+        config = SimulationConfig(
+            events=timeline.events, seed=seed, invalid_share=invalid_share, days=timeline.days
+        )
+        console.print(
+            f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
+            f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
+            + ("" if events else ", then the counters stay until Ctrl-C")
+        )
         publisher = demo.open_publisher(settings, rate)
         simulation = _Simulation.start(settings, config, rate, publisher)
-        counters = _watch(console, demo, simulation, events, timeline, interrupted,
-                          timers_after=settings.partition_idle_s + 2.0)
+        counters = _watch(
+            console,
+            demo,
+            simulation,
+            events,
+            timeline,
+            interrupted,
+            timers_after=settings.partition_idle_s + 2.0,
+        )
         simulation.stop.set()
-        _print_summary(console, counters, simulation.summary, publisher, timeline, settings,
-                       complete=not interrupted.is_set())
+        _print_summary(
+            console,
+            counters,
+            simulation.summary,
+            publisher,
+            timeline,
+            settings,
+            complete=not interrupted.is_set(),
+        )
         return 0
     except KeyboardInterrupt:
         return 0
@@ -210,14 +246,22 @@ class _DemoResources:
         self.children = children = ChildProcesses(settings, settings.state_dir / "demo-logs")
         base_port = settings.metrics_port or 9400
         sink_child = children.start("sink", "sink", base_port)
-        worker_children = [children.start(f"worker-{i + 1}", "worker", base_port + 1 + i,
-                                          {"EHB_WORKER_INSTANCE_ID": f"demo-worker-{i + 1}"})
-                           for i in range(workers)]
+        worker_children = [
+            children.start(
+                f"worker-{i + 1}",
+                "worker",
+                base_port + 1 + i,
+                {"EHB_WORKER_INSTANCE_ID": f"demo-worker-{i + 1}"},
+            )
+            for i in range(workers)
+        ]
         with console.status(f"starting {workers} worker(s) and the sink..."):
             wait_for_workers(worker_children, settings.kafka_partitions)
-        console.print(f"metrics: sink :{sink_child.metrics_port}/metrics, workers "
-                      + ", ".join(f":{c.metrics_port}" for c in worker_children)
-                      + f"; logs in {children.log_dir}")
+        console.print(
+            f"metrics: sink :{sink_child.metrics_port}/metrics, workers "
+            + ", ".join(f":{c.metrics_port}" for c in worker_children)
+            + f"; logs in {children.log_dir}"
+        )
 
     def open_publisher(self, settings: Settings, rate: float) -> Any:
         from producers.outbox import Outbox
@@ -226,8 +270,9 @@ class _DemoResources:
         outbox = Outbox.open_first_free(settings.state_dir / "outbox", "demo")
         if self.stack is not None:  # a new, empty embedded broker: older events belong to no one
             outbox.discard()
-        self.publisher = ExaminationPublisher(settings, linger_s=0.2 if rate else 5.0,
-                                              outbox=outbox)
+        self.publisher = ExaminationPublisher(
+            settings, linger_s=0.2 if rate else 5.0, outbox=outbox
+        )
         return self.publisher
 
     def check_alive(self, summary: dict[str, Any]) -> None:
@@ -235,8 +280,9 @@ class _DemoResources:
         dead = self.children.dead() if self.children is not None else []
         if dead:
             child = dead[0]
-            raise EhbError(f"{child.name} exited with code {child.proc.returncode}; "
-                           f"see {child.log}")
+            raise EhbError(
+                f"{child.name} exited with code {child.proc.returncode}; see {child.log}"
+            )
         if "error" in summary:
             raise EhbError(f"simulator failed: {summary['error']}")
 
@@ -269,8 +315,9 @@ class _Simulation:
 
         def simulate() -> None:
             try:
-                summary.update(run_simulation(settings, config, rate=rate, stop=stop,
-                                              publisher=publisher))
+                summary.update(
+                    run_simulation(settings, config, rate=rate, stop=stop, publisher=publisher)
+                )
             except Exception as exc:  # reported by the main loop
                 summary["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -303,13 +350,21 @@ class _Settling:
         if current != self.lifecycle:
             self.lifecycle, self.settled_at = current, now
         # then a few more frames: the sink reconciles the last daily reports
-        return ((now - self.done_at >= self.timers_after and now - self.settled_at >= 3.0)
-                or now - self.done_at >= self.timers_after + 30.0)
+        return (
+            now - self.done_at >= self.timers_after and now - self.settled_at >= 3.0
+        ) or now - self.done_at >= self.timers_after + 30.0
 
 
-def _watch(console: Console, demo: _DemoResources, simulation: _Simulation,
-           target: int | None, timeline: DemoTimeline, interrupted: threading.Event, *,
-           timers_after: float) -> dict[str, Any]:
+def _watch(
+    console: Console,
+    demo: _DemoResources,
+    simulation: _Simulation,
+    target: int | None,
+    timeline: DemoTimeline,
+    interrupted: threading.Event,
+    *,
+    timers_after: float,
+) -> dict[str, Any]:
     """Show the counters live until the demo is over or interrupted; the last counters."""
     counters: dict[str, Any] = {}
     settling = _Settling(timers_after)
@@ -317,12 +372,23 @@ def _watch(console: Console, demo: _DemoResources, simulation: _Simulation,
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while not interrupted.is_set():
                 counters = read_counters(demo.conn)
-                live.update(render(counters, demo.publisher.events_delivered, target,
-                                   time.monotonic() - simulation.started, timeline))
+                live.update(
+                    render(
+                        counters,
+                        demo.publisher.events_delivered,
+                        target,
+                        time.monotonic() - simulation.started,
+                        timeline,
+                    )
+                )
                 demo.check_alive(simulation.summary)
                 accounted = counters["examinations"] + counters["dead_letters_total"]
-                if (target and not simulation.thread.is_alive() and accounted >= target
-                        and settling.over(counters)):
+                if (
+                    target
+                    and not simulation.thread.is_alive()
+                    and accounted >= target
+                    and settling.over(counters)
+                ):
                     break
                 time.sleep(0.25)
     except KeyboardInterrupt:  # Ctrl-C: the summary of what was counted so far
@@ -342,8 +408,14 @@ LIFECYCLE: tuple[tuple[str, str], ...] = (
 )
 
 
-def lifecycle_notes(counters: dict[str, Any], timeline: DemoTimeline, settings: Settings,
-                    *, complete: bool = True, reached: datetime | None = None) -> list[str]:
+def lifecycle_notes(
+    counters: dict[str, Any],
+    timeline: DemoTimeline,
+    settings: Settings,
+    *,
+    complete: bool = True,
+    reached: datetime | None = None,
+) -> list[str]:
     """Why each lifecycle counter that stayed at 0 did (empty: every counter moved)."""
     days = ((reached or timeline.end) - timeline.start).total_seconds() / 86400
     span = f"the events span {days:.1f} days of event time"
@@ -365,45 +437,64 @@ def lifecycle_notes(counters: dict[str, Any], timeline: DemoTimeline, settings: 
     if has_referrals:
         reasons["referrals_completed"] = (
             f"a letter is completed by the patient's exam at the destination within {window:g} "
-            f"days; the simulated patients arrive within 10 days: {more}")
+            f"days; the simulated patients arrive within 10 days: {more}"
+        )
         needed = window + lateness
         reasons["referrals_expired"] = (
             f"a letter expires when the watermark (event-time clock - {lateness:g} days of "
             f"allowed lateness) passes its {window:g}-day deadline, more than {needed:g} days "
-            f"after it was issued; {span}: {longer}" if days <= needed else
-            f"every letter was matched before its deadline (about 20% of referred patients "
-            f"never arrive): {more}")
+            f"after it was issued; {span}: {longer}"
+            if days <= needed
+            else f"every letter was matched before its deadline (about 20% of referred patients "
+            f"never arrive): {more}"
+        )
     if has_appointments:
         reasons["appointment_reminders"] = (
             f"a reminder goes out when the event-time clock reaches {lead_days:g} day(s) before "
             f"the appointment, booked {soonest}-{latest} days after the exam; {span}: {longer}"
-            if days <= soonest - lead_days else
-            f"every appointment was kept before its reminder time: {more}")
+            if days <= soonest - lead_days
+            else f"every appointment was kept before its reminder time: {more}"
+        )
         reasons["appointments_kept"] = (
             f"an appointment is kept by an exam at its facility within {grace:g} days of the "
             f"date, {soonest}-{latest} days after the exam; {span}: {longer}"
-            if days <= soonest - grace else f"no patient came back in time: {more}")
+            if days <= soonest - grace
+            else f"no patient came back in time: {more}"
+        )
         needed = soonest + grace + lateness
         reasons["appointments_missed"] = (
             f"an appointment is missed when the watermark (clock - {lateness:g} days) passes "
             f"its date + {grace:g} days of grace, at least {needed:g} days after the exam; "
-            f"{span}: {longer}" if days <= needed else
-            f"every appointment whose window has passed was kept (about 25% are not): {more}")
+            f"{span}: {longer}"
+            if days <= needed
+            else f"every appointment whose window has passed was kept (about 25% are not): {more}"
+        )
     notes = []
     for key, label in LIFECYCLE:
         if counters.get(key, 0) == 0:
             referral = key.startswith("referral")
-            why = reasons.get(key, "no referral letter was issued" if referral
-                              else "no appointment was booked")
-            name = label.strip() if not label.startswith(" ") else (
-                ("referrals " if referral else "appointments ") + label.strip())
+            why = reasons.get(
+                key, "no referral letter was issued" if referral else "no appointment was booked"
+            )
+            name = (
+                label.strip()
+                if not label.startswith(" ")
+                else (("referrals " if referral else "appointments ") + label.strip())
+            )
             notes.append(f"{name} stayed at 0: {why}.")
     return notes
 
 
-def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str, Any],
-                   publisher: Any, timeline: DemoTimeline, settings: Settings,
-                   *, complete: bool = True) -> None:
+def _print_summary(
+    console: Console,
+    counters: dict[str, Any],
+    summary: dict[str, Any],
+    publisher: Any,
+    timeline: DemoTimeline,
+    settings: Settings,
+    *,
+    complete: bool = True,
+) -> None:
     first = publisher.first_publish
     last = counters.get("last_commit")
     published = publisher.events_delivered
@@ -412,9 +503,11 @@ def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("events published", f"{published:,}")
-    table.add_row("event time (simulated)",
-                  f"{timeline.start:%Y-%m-%d} to {reached:%Y-%m-%d}, "
-                  f"{(reached - timeline.start).total_seconds() / 86400:.0f} days")
+    table.add_row(
+        "event time (simulated)",
+        f"{timeline.start:%Y-%m-%d} to {reached:%Y-%m-%d}, "
+        f"{(reached - timeline.start).total_seconds() / 86400:.0f} days",
+    )
     table.add_row("examinations persisted", f"{counters.get('examinations', 0):,}")
     table.add_row("  in province", f"{counters.get('examinations_in_province', 0):,}")
     table.add_row("  out of province", f"{counters.get('examinations_out_of_province', 0):,}")
@@ -435,5 +528,7 @@ def _print_summary(console: Console, counters: dict[str, Any], summary: dict[str
     if notes:
         console.print("\n".join(["Lifecycle counters that did not move:"] + notes))
     else:
-        console.print("Every lifecycle counter moved: referrals issued, completed and expired; "
-                      "appointments scheduled, reminded, kept and missed.")
+        console.print(
+            "Every lifecycle counter moved: referrals issued, completed and expired; "
+            "appointments scheduled, reminded, kept and missed."
+        )

@@ -14,16 +14,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 #: generated table -> the page that holds it, relative to the repository
-PAGES = {"settings": "docs/settings.md", "reasons": "docs/reference.md",
-         "gateway-reasons": "docs/gateway.md"}
+PAGES = {
+    "settings": "docs/settings.md",
+    "reasons": "docs/reference.md",
+    "gateway-reasons": "docs/gateway.md",
+}
 
 
 def generators() -> dict[str, Callable[[], str]]:
     from ehb.commands.cli import settings_markdown
     from schemas.reasons import gateway_reasons_markdown, reasons_markdown
 
-    return {"settings": settings_markdown, "gateway-reasons": gateway_reasons_markdown,
-            "reasons": reasons_markdown}
+    return {
+        "settings": settings_markdown,
+        "gateway-reasons": gateway_reasons_markdown,
+        "reasons": reasons_markdown,
+    }
 
 
 def _pattern(name: str) -> re.Pattern[str]:

@@ -61,8 +61,9 @@ _counter = itertools.count(1)
 
 
 # -- services -----------------------------------------------------------------------------
-def local_services(settings: Settings, *, fresh: bool = False
-                   ) -> tuple[Settings, EmbeddedStack | None]:
+def local_services(
+    settings: Settings, *, fresh: bool = False
+) -> tuple[Settings, EmbeddedStack | None]:
     """The settings pointed at a broker and a database, and the embedded stack started for
     them (``None`` when ``settings`` name both; the caller stops it). ``fresh``: the embedded
     database starts empty."""
@@ -83,8 +84,9 @@ def local_services(settings: Settings, *, fresh: bool = False
 def session_services(root: Path) -> tuple[Settings, EmbeddedStack | None]:
     """:func:`local_services` for a session of deployments (tests, benchmarks) whose files
     live under ``root``."""
-    return local_services(Settings(data_dir=root, kafka_session_timeout_s=LOCAL_SESSION_TIMEOUT_S,
-                                   log_level="INFO"))
+    return local_services(
+        Settings(data_dir=root, kafka_session_timeout_s=LOCAL_SESSION_TIMEOUT_S, log_level="INFO")
+    )
 
 
 # -- child processes ----------------------------------------------------------------------
@@ -122,8 +124,9 @@ class ChildProcesses:
         env.update(self.extra_env)
         return env
 
-    def start(self, name: str, command: str, metrics_port: int,
-              extra_env: dict[str, str] | None = None) -> Child:
+    def start(
+        self, name: str, command: str, metrics_port: int, extra_env: dict[str, str] | None = None
+    ) -> Child:
         from ehb.embedded import _child_setup
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +136,12 @@ class ChildProcesses:
         env.update(extra_env or {})
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ehb", command], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup(),
+                [sys.executable, "-m", "ehb", command],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_child_setup(),
             )
         child = Child(name, proc, log, metrics_port)
         self.children.append(child)
@@ -189,8 +196,12 @@ def wait_for_workers(children: list[Child], partitions: int, timeout: float = 12
     raise ServiceUnavailable(f"workers did not own the {partitions} partitions in {timeout:.0f}s")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 60.0, interval: float = 0.1,
-               message: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> T:
     """Poll ``condition`` until it returns a truthy value; :class:`WaitTimeout` after
     ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -222,16 +233,21 @@ class Deployment:
     _conn: psycopg2.extensions.connection | None = None
 
     # -- processes ------------------------------------------------------------------------
-    def start_worker(self, wait: bool = True, instance_id: str | None = None,
-                     extra_env: dict[str, str] | None = None) -> Child:
+    def start_worker(
+        self,
+        wait: bool = True,
+        instance_id: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> Child:
         """A worker process; ``instance_id``: its static group membership (a worker restarted
         with the same id takes its partitions back without waiting for a rebalance);
         ``extra_env``: more variables for this process only (``EHB_FAULT_KILL``...)."""
         extra = dict(extra_env or {})
         if instance_id:
             extra["EHB_WORKER_INSTANCE_ID"] = instance_id
-        child = self.children.start(f"worker-{len(self.workers) + 1}", "worker", free_port(),
-                                    extra_env=extra)
+        child = self.children.start(
+            f"worker-{len(self.workers) + 1}", "worker", free_port(), extra_env=extra
+        )
         self.workers.append(child)
         if wait:
             self.wait_for_workers()
@@ -242,16 +258,16 @@ class Deployment:
         return wait_for_workers(alive, self.settings.kafka_partitions, timeout)
 
     def start_sink(self, extra_env: dict[str, str] | None = None) -> Child:
-        sink = self.children.start(f"sink-{len(self.children.children)}", "sink", free_port(),
-                                   extra_env=extra_env)
+        sink = self.children.start(
+            f"sink-{len(self.children.children)}", "sink", free_port(), extra_env=extra_env
+        )
         self.sink = sink
         wait_until(lambda: self._scrapes(sink), 60, message="sink metrics endpoint")
         return sink
 
     def _scrapes(self, child: Child) -> bool:
         if child.proc.poll() is not None:
-            raise ServiceUnavailable(f"{child.name} exited; log:\n"
-                                     f"{child.log.read_text()[-3000:]}")
+            raise ServiceUnavailable(f"{child.name} exited; log:\n{child.log.read_text()[-3000:]}")
         try:
             scrape(child.metrics_port)
             return True
@@ -278,12 +294,14 @@ class Deployment:
         publisher.flush(30)
         publisher.close()
         if publisher.errors:
-            raise ServiceUnavailable(f"{len(publisher.errors)} deliveries failed: "
-                                     f"{publisher.errors[0]}")
+            raise ServiceUnavailable(
+                f"{len(publisher.errors)} deliveries failed: {publisher.errors[0]}"
+            )
         return publisher.events_delivered
 
-    def produce_raw(self, topic: str, values: Iterable[bytes | None], key: bytes | None = None
-                    ) -> None:
+    def produce_raw(
+        self, topic: str, values: Iterable[bytes | None], key: bytes | None = None
+    ) -> None:
         producer = Producer(producer_config(self.settings))
         for value in values:
             producer.produce(self.settings.topic(topic), value, key)
@@ -345,8 +363,11 @@ class Deployment:
         return self.count("health_book_entries") + self.count("dead_letters")
 
     def wait_for_events(self, expected: int, timeout: float = 90.0) -> None:
-        wait_until(lambda: self.accounted_events() >= expected, timeout,
-                   message=f"{expected} events persisted or dead-lettered")
+        wait_until(
+            lambda: self.accounted_events() >= expected,
+            timeout,
+            message=f"{expected} events persisted or dead-lettered",
+        )
 
 
 class DeploymentFactory:
@@ -364,8 +385,9 @@ class DeploymentFactory:
         self.tmp_root = tmp_root
         self.created: list[Deployment] = []
 
-    def __call__(self, *, partitions: int = 4, workers: int = 1, sink: bool = True,
-                 **settings_overrides: Any) -> Deployment:
+    def __call__(
+        self, *, partitions: int = 4, workers: int = 1, sink: bool = True, **settings_overrides: Any
+    ) -> Deployment:
         n = next(_counter)
         tag = f"t{n}{uuid.uuid4().hex[:6]}"
         database = f"ehb_{tag}"
@@ -376,24 +398,30 @@ class DeploymentFactory:
         tmp = self.tmp_root / tag
         tmp.mkdir(parents=True)
         database_url = _with_database(self.admin_url, database)
-        settings = self.base.model_copy(update={
-            "topic_prefix": f"{tag}.",
-            "kafka_partitions": partitions,
-            "database_url": SecretStr(database_url),
-            "worker_group": f"{tag}-worker",
-            "sink_group": f"{tag}-sink",
-            "data_dir": tmp,
-            **settings_overrides,
-        })
+        settings = self.base.model_copy(
+            update={
+                "topic_prefix": f"{tag}.",
+                "kafka_partitions": partitions,
+                "database_url": SecretStr(database_url),
+                "worker_group": f"{tag}-worker",
+                "sink_group": f"{tag}-sink",
+                "data_dir": tmp,
+                **settings_overrides,
+            }
+        )
         create_topics(settings)
         with contextlib.closing(psycopg2.connect(database_url)) as conn:
             migrate(conn)
         extra = {"EHB_CITIZEN_KEY_SECRET": self.CITIZEN_KEY_SECRET}
-        extra.update({f"EHB_{name.upper()}": str(value)
-                      for name, value in settings_overrides.items()})
+        extra.update(
+            {f"EHB_{name.upper()}": str(value) for name, value in settings_overrides.items()}
+        )
         children = ChildProcesses(settings, tmp / "logs", extra_env=extra)
-        deployment = Deployment(settings.model_copy(update={
-            "citizen_key_secret": SecretStr(self.CITIZEN_KEY_SECRET)}), tmp, children)
+        deployment = Deployment(
+            settings.model_copy(update={"citizen_key_secret": SecretStr(self.CITIZEN_KEY_SECRET)}),
+            tmp,
+            children,
+        )
         self.created.append(deployment)
         for _ in range(workers):
             deployment.start_worker(wait=False)

@@ -23,7 +23,8 @@ from schemas.reference import read_registry_csv
 __all__ = ["load_registry_file"]
 
 
-def load_registry_file(conn: psycopg2.extensions.connection, path: Path, *,
-                       deactivate_missing: bool = False) -> tuple[int, int]:
+def load_registry_file(
+    conn: psycopg2.extensions.connection, path: Path, *, deactivate_missing: bool = False
+) -> tuple[int, int]:
     """Upsert the file's facilities; returns (upserted, deactivated)."""
     return load_registry(conn, read_registry_csv(path), deactivate_missing=deactivate_missing)

@@ -16,28 +16,43 @@ from simulation.simulator import CitySimulator, SimulationConfig
 __all__ = ["run_simulation"]
 
 
-def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float = 0,
-                   batch_size: int = 100, progress: Console | None = None,
-                   stop: Any = None, publisher: ExaminationPublisher | None = None
-                   ) -> dict[str, Any]:
+def run_simulation(
+    settings: Settings,
+    config: SimulationConfig,
+    *,
+    rate: float = 0,
+    batch_size: int = 100,
+    progress: Console | None = None,
+    stop: Any = None,
+    publisher: ExaminationPublisher | None = None,
+) -> dict[str, Any]:
     """Publish ``config.events`` events; returns a summary (counts, times)."""
     simulator = CitySimulator(config)
     publisher = publisher or ExaminationPublisher(
-        settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0, identity="simulate")
+        settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0, identity="simulate"
+    )
     book: DailyReportBook | None = None
     reports: ReportPublisher | None = None
     if config.reports:
         codes = [f.code for f in simulator.facilities]
-        silent, inconsistent = pick_facilities(codes, config.silent_facilities,
-                                               config.inconsistent_facilities, config.seed)
-        book = DailyReportBook(codes, config.start.date(), silent=silent,
-                               inconsistent=inconsistent, seed=config.seed)
+        silent, inconsistent = pick_facilities(
+            codes, config.silent_facilities, config.inconsistent_facilities, config.seed
+        )
+        book = DailyReportBook(
+            codes, config.start.date(), silent=silent, inconsistent=inconsistent, seed=config.seed
+        )
         reports = ReportPublisher(settings, codec=publisher.codec)
     started = time.monotonic()
     bar = None
     if progress is not None:
-        bar = Progress(TextColumn("publishing"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), console=progress, transient=True)
+        bar = Progress(
+            TextColumn("publishing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=progress,
+            transient=True,
+        )
         bar.start()
         task = bar.add_task("events", total=config.events)
     try:
@@ -77,7 +92,9 @@ def run_simulation(settings: Settings, config: SimulationConfig, *, rate: float 
         "first_publish": publisher.first_publish,
         "seconds": round(elapsed, 3),
         "events_per_second": round(publisher.events_delivered / elapsed, 1) if elapsed else None,
-        "daily_reports": None if book is None or reports is None else {
+        "daily_reports": None
+        if book is None or reports is None
+        else {
             "published": reports.delivered,
             "days": len({day for (_, day) in book.truth}),
             "silent_facilities": sorted(book.silent),

@@ -80,13 +80,16 @@ def resolve_topic(settings: Settings, name: str, existing: set[str]) -> str:
     full = logical.get(name)
     if full is not None:
         if full not in existing:
-            raise UnknownTopic(f"topic {full} ({name}) does not exist on the broker yet; "
-                               "create the topics with `ehb topics` (or start `ehb up`)")
+            raise UnknownTopic(
+                f"topic {full} ({name}) does not exist on the broker yet; "
+                "create the topics with `ehb topics` (or start `ehb up`)"
+            )
         return full
     if name in existing:
         return name
-    raise UnknownTopic(f"unknown topic {name!r} (known: {', '.join(logical)}; or a full topic "
-                       "name)")
+    raise UnknownTopic(
+        f"unknown topic {name!r} (known: {', '.join(logical)}; or a full topic name)"
+    )
 
 
 def parse_time(text: str) -> datetime:
@@ -94,8 +97,7 @@ def parse_time(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise EhbError(f"not an ISO 8601 time: {text!r} (e.g. 2024-03-04T08:00:00+07:00)"
-                       ) from None
+        raise EhbError(f"not an ISO 8601 time: {text!r} (e.g. 2024-03-04T08:00:00+07:00)") from None
     return when if when.tzinfo is not None else when.replace(tzinfo=VN_TZ)
 
 
@@ -144,16 +146,26 @@ def _decode_value(codec: AvroCodec, data: bytes | None) -> dict[str, Any]:
         try:
             decoded = codec.decode(data)
         except DecodeError as exc:
-            return {"format": "undecodable", "error": {"reason": exc.reason,
-                                                       "message": exc.message}}
-        return {"format": "avro", "subject": decoded.subject, "schema_id": decoded.schema_id,
-                "value": decoded.record}
+            return {
+                "format": "undecodable",
+                "error": {"reason": exc.reason, "message": exc.message},
+            }
+        return {
+            "format": "avro",
+            "subject": decoded.subject,
+            "schema_id": decoded.schema_id,
+            "value": decoded.record,
+        }
     try:
         return {"format": "json", "value": json.loads(data)}
     except ValueError:
-        return {"format": "undecodable",
-                "error": {"reason": "bad_magic_byte",
-                          "message": "neither the Confluent wire format nor JSON"}}
+        return {
+            "format": "undecodable",
+            "error": {
+                "reason": "bad_magic_byte",
+                "message": "neither the Confluent wire format nor JSON",
+            },
+        }
 
 
 def to_json_line(message: Message, codec: AvroCodec, show_personal: bool = False) -> str:
@@ -176,8 +188,7 @@ def to_json_line(message: Message, codec: AvroCodec, show_personal: bool = False
     if decoded["format"] == "undecodable" and show_personal:
         decoded["value_base64"] = base64.b64encode(message.value() or b"").decode("ascii")
     entry.update(decoded)
-    return json.dumps(_jsonable(entry, show_personal), ensure_ascii=False,
-                      separators=(", ", ": "))
+    return json.dumps(_jsonable(entry, show_personal), ensure_ascii=False, separators=(", ", ": "))
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -188,32 +199,46 @@ class TopicReader:
     ``for message in reader.messages(): ...``
     """
 
-    def __init__(self, settings: Settings, topic: str, start: Start | None = None, *,
-                 partition: int | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        start: Start | None = None,
+        *,
+        partition: int | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self.settings = settings
         self.start = start or Start()
         bootstrap = resolve_bootstrap(settings)
-        conf = consumer_config(settings, f"ehb-tail-{int(time.time() * 1000)}",
-                               **{"enable.auto.offset.store": False,
-                                  "socket.connection.setup.timeout.ms":
-                                      max(1000, int(connect_timeout * 1000)),
-                                  # unreachable brokers are reported once, by us
-                                  "log_level": 0})
+        conf = consumer_config(
+            settings,
+            f"ehb-tail-{int(time.time() * 1000)}",
+            **{
+                "enable.auto.offset.store": False,
+                "socket.connection.setup.timeout.ms": max(1000, int(connect_timeout * 1000)),
+                # unreachable brokers are reported once, by us
+                "log_level": 0,
+            },
+        )
         self._consumer = Consumer(conf, logger=log)
         try:
             metadata = self._consumer.list_topics(timeout=connect_timeout)
         except KafkaException as exc:
             self._consumer.close()
             log.debug("metadata request failed: %s", exc)
-            raise ServiceUnavailable(f"Kafka broker {bootstrap} unreachable "
-                                     f"(no answer in {connect_timeout:g} s)") from None
+            raise ServiceUnavailable(
+                f"Kafka broker {bootstrap} unreachable (no answer in {connect_timeout:g} s)"
+            ) from None
         try:
             self.topic = resolve_topic(settings, topic, set(metadata.topics))
             partitions = sorted(metadata.topics[self.topic].partitions)
             if partition is not None:
                 if partition not in partitions:
-                    raise EhbError(f"{self.topic} has no partition {partition} "
-                                   f"(partitions 0-{len(partitions) - 1})")
+                    raise EhbError(
+                        f"{self.topic} has no partition {partition} "
+                        f"(partitions 0-{len(partitions) - 1})"
+                    )
                 partitions = [partition]
             self.partitions = partitions
             self._assign()
@@ -225,7 +250,8 @@ class TopicReader:
         start, name = self.start, self.topic
         self._watermarks = {
             p: self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-            for p in self.partitions}
+            for p in self.partitions
+        }
         offsets: dict[int, int] = {}
         if start.kind == "beginning":
             offsets = {p: OFFSET_BEGINNING for p in self.partitions}
@@ -233,26 +259,34 @@ class TopicReader:
             offsets = {p: OFFSET_END for p in self.partitions}
         elif start.kind == "offset":
             assert start.offset is not None
-            offsets = {p: min(max(start.offset, low), high)
-                       for p, (low, high) in self._watermarks.items()}
+            offsets = {
+                p: min(max(start.offset, low), high) for p, (low, high) in self._watermarks.items()
+            }
         elif start.kind == "time":
             time_ms = start.time_ms
             assert time_ms is not None
             wanted = [TopicPartition(name, p, time_ms) for p in self.partitions]
             found = self._consumer.offsets_for_times(wanted, timeout=10)
             # -1: no record at or after that time on the partition -> its end
-            offsets = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_END
-                       for tp in found}
+            offsets = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_END for tp in found}
         else:
             raise ValueError(f"unknown start {start.kind!r}")
         # where each partition starts, as a number (for the end-of-topic test)
-        self._next = {p: (self._watermarks[p][0] if o == OFFSET_BEGINNING else
-                          self._watermarks[p][1] if o == OFFSET_END else o)
-                      for p, o in offsets.items()}
+        self._next = {
+            p: (
+                self._watermarks[p][0]
+                if o == OFFSET_BEGINNING
+                else self._watermarks[p][1]
+                if o == OFFSET_END
+                else o
+            )
+            for p, o in offsets.items()
+        }
         self._consumer.assign([TopicPartition(name, p, o) for p, o in offsets.items()])
 
-    def messages(self, *, follow: bool = True, idle_s: float = 1.0,
-                 poll_s: float = 0.5) -> Iterator[Message]:
+    def messages(
+        self, *, follow: bool = True, idle_s: float = 1.0, poll_s: float = 0.5
+    ) -> Iterator[Message]:
         """Messages in arrival order. Without ``follow``: stop at the end of the topic, i.e.
         once every partition is past the end offset seen at the start and the topic has
         been quiet for ``idle_s`` (some brokers report end offsets approximately)."""
@@ -279,7 +313,8 @@ class TopicReader:
             if got:
                 quiet_since = now
             elif now - quiet_since >= idle_s and all(
-                    self._next[p] >= high for p, (_, high) in self._watermarks.items()):
+                self._next[p] >= high for p, (_, high) in self._watermarks.items()
+            ):
                 return
 
     def close(self) -> None:
@@ -295,18 +330,29 @@ class TopicReader:
         self.close()
 
 
-def tail(settings: Settings, topic: str, out: TextIO, *, start: Start | None = None,
-         count: int | None = None, show_personal_data: bool = False, follow: bool = True,
-         partition: int | None = None, connect_timeout: float = 5.0, idle_s: float = 1.0,
-         stop: Any = None) -> int:
+def tail(
+    settings: Settings,
+    topic: str,
+    out: TextIO,
+    *,
+    start: Start | None = None,
+    count: int | None = None,
+    show_personal_data: bool = False,
+    follow: bool = True,
+    partition: int | None = None,
+    connect_timeout: float = 5.0,
+    idle_s: float = 1.0,
+    stop: Any = None,
+) -> int:
     """Print the records of ``topic`` as JSON Lines to ``out``; returns how many. Without
     ``follow``, stop at the end of the topic (quiet for ``idle_s``)."""
     codec = codec_for(settings)
     printed = 0
     if count is not None and count <= 0:
         return 0
-    with TopicReader(settings, topic, start, partition=partition,
-                     connect_timeout=connect_timeout) as reader:
+    with TopicReader(
+        settings, topic, start, partition=partition, connect_timeout=connect_timeout
+    ) as reader:
         for message in reader.messages(follow=follow, idle_s=idle_s):
             out.write(to_json_line(message, codec, show_personal_data) + "\n")
             out.flush()

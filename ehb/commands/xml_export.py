@@ -58,11 +58,10 @@ class _Exporter:
 
     def write(self, facility: str, day: str, events: list[dict[str, Any]]) -> None:
         for start in range(0, len(events), self.max_episodes):
-            chunk = events[start:start + self.max_episodes]
+            chunk = events[start : start + self.max_episodes]
             self._seq[(day, facility)] += 1
             created = max(e["ngay_ra"] for e in chunk)
-            data = encode_dossier(facility, chunk, created=created,
-                                  qd3176=facility[-1:] in "13579")
+            data = encode_dossier(facility, chunk, created=created, qd3176=facility[-1:] in "13579")
             name = f"{day}_{facility}_{self._seq[(day, facility)]:03d}.xml"
             self.files.append(write_dossier(self.directory, name, data))
             self.episodes += len(chunk)
@@ -72,8 +71,7 @@ class _Exporter:
             self.tables["XML14"] += sum(1 for e in chunk if e.get("appointment"))
 
 
-def _days(events: Iterable[dict[str, Any]], exporter: _Exporter,
-          on_event: Any = None) -> None:
+def _days(events: Iterable[dict[str, Any]], exporter: _Exporter, on_event: Any = None) -> None:
     """Group per (facility, day); a day is written once events are two days past it."""
     open_days: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for i, event in enumerate(events, 1):
@@ -90,8 +88,13 @@ def _days(events: Iterable[dict[str, Any]], exporter: _Exporter,
             exporter.write(facility, old, group)
 
 
-def export_simulation(config: SimulationConfig, directory: Path, *, max_episodes: int = 2000,
-                      progress: Console | None = None) -> dict[str, Any]:
+def export_simulation(
+    config: SimulationConfig,
+    directory: Path,
+    *,
+    max_episodes: int = 2000,
+    progress: Console | None = None,
+) -> dict[str, Any]:
     """Write ``config.events`` simulated episodes as dossier files; returns a summary."""
     directory.mkdir(parents=True, exist_ok=True)
     simulator = CitySimulator(config)
@@ -100,14 +103,21 @@ def export_simulation(config: SimulationConfig, directory: Path, *, max_episodes
     bar = None
     on_event = None
     if progress is not None:
-        bar = Progress(TextColumn("writing dossiers"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), console=progress, transient=True)
+        bar = Progress(
+            TextColumn("writing dossiers"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=progress,
+            transient=True,
+        )
         bar.start()
         task = bar.add_task("events", total=config.events)
 
         def on_event(i: int) -> None:
             if i % 1000 == 0:
                 bar.update(task, completed=i)
+
     try:
         _days(simulator.events(), exporter, on_event)
     finally:

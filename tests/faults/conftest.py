@@ -61,12 +61,12 @@ class FaultReport:
         stem = REPORTS / ("faults" if full else "faults-quick")
         document = {
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": os.environ.get("EHB_FAULTS_COMMAND",
-                                      "make faults" if full else "make test"),
-            "events_per_scenario": os.environ.get("EHB_FAULTS_EVENTS", "200000" if full
-                                                  else "3000"),
+            "command": os.environ.get("EHB_FAULTS_COMMAND", "make faults" if full else "make test"),
+            "events_per_scenario": os.environ.get(
+                "EHB_FAULTS_EVENTS", "200000" if full else "3000"
+            ),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                       f"{platform.python_version()}",
+            f"{platform.python_version()}",
             "seconds": round(time.time() - self.started, 1),
             "scenarios": [row.as_dict() for row in self.rows],
             "crash_points": self.crash_points,
@@ -89,22 +89,24 @@ def _seconds(values: list[float | None]) -> str:
 
 def markdown(document: dict[str, Any]) -> str:
     lines = [
-        "# Fault suite: reconciliation report", "",
+        "# Fault suite: reconciliation report",
+        "",
         f"Generated {document['generated_at']} by `{document['command']}` on "
         f"{document['machine']}, {document['events_per_scenario']} simulated events per "
-        f"scenario, {document['seconds']} s in all.", "",
+        f"scenario, {document['seconds']} s in all.",
+        "",
         "| scenario | accepted | persisted | dead-lettered | lost | duplicated | misrouted | "
         "counters = tables | time to recover (s, worst) | drain (s) | result |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for row in document["scenarios"]:
-        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else (
-            "NO")
+        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else ("NO")
         lines.append(
             f"| {row['scenario']} | {row['accepted']:,} | {row['persisted']:,} | "
             f"{row['dead_lettered']:,} | {row['lost']} | {row['duplicated']} | "
             f"{row['misrouted']} | {counters} | {_seconds(row['recover_seconds'])} | "
-            f"{row['drain_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |")
+            f"{row['drain_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |"
+        )
     lines += ["", "## Faults injected", ""]
     for row in document["scenarios"]:
         lines.append(f"### {row['scenario']}")
@@ -112,9 +114,11 @@ def markdown(document: dict[str, Any]) -> str:
         for fault in row["faults"]:
             detail = ", ".join(f"{k}={v}" for k, v in fault["detail"].items())
             recover = "never" if fault["recover"] is None else f"{fault['recover']:.1f}s"
-            lines.append(f"- {fault['kind']} at +{fault['at']:.1f}s, lasted "
-                         f"{fault['lasted']:.1f}s, recovered in {recover}"
-                         + (f" ({detail})" if detail else ""))
+            lines.append(
+                f"- {fault['kind']} at +{fault['at']:.1f}s, lasted "
+                f"{fault['lasted']:.1f}s, recovered in {recover}"
+                + (f" ({detail})" if detail else "")
+            )
         for note in row["notes"]:
             lines.append(f"- {note}")
         if row["counter_mismatches"] or row["derived_mismatches"]:
@@ -127,12 +131,18 @@ def markdown(document: dict[str, Any]) -> str:
         corpus = document["bad_input_corpus"]
         lines += ["## Bad input", ""]
         for name, section in corpus.items():
-            lines.append(f"- {name}: {section['kinds']} kinds, {section['cases']} cases, "
-                         f"{section['ok']} handled as expected")
+            lines.append(
+                f"- {name}: {section['kinds']} kinds, {section['cases']} cases, "
+                f"{section['ok']} handled as expected"
+            )
         lines.append("")
     if document["fuzz_cases"]:
-        lines += ["## Property-based fuzzing (hypothesis)", "",
-                  "| target | generated cases |", "|---|---:|"]
+        lines += [
+            "## Property-based fuzzing (hypothesis)",
+            "",
+            "| target | generated cases |",
+            "|---|---:|",
+        ]
         for target, n in document["fuzz_cases"].items():
             lines.append(f"| {target} | {n:,} |")
         lines.append(f"| total | {sum(document['fuzz_cases'].values()):,} |")
@@ -144,27 +154,33 @@ def _crash_points(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "## Crash points", "",
+        "## Crash points",
+        "",
         "Each point: the process SIGKILLs itself the N-th time it reaches the point "
-        "(`EHB_FAULT_KILL=point:N`), is restarted without it, and the run is reconciled.", "",
+        "(`EHB_FAULT_KILL=point:N`), is restarted without it, and the run is reconciled.",
+        "",
         "| point | process | killed at | committed when killed | time to recover (s) | "
         "accepted | lost | duplicated | counters = tables | seconds | result |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for row in rows:
-        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else (
-            "NO")
+        counters = "yes" if not (row["counter_mismatches"] or row["derived_mismatches"]) else ("NO")
         died = row.get("committed_at_kill")
         lines.append(
             f"| `{row['point']}` | {row['process']} | #{row['kill_at']} | "
             f"{'-' if died is None else f'{died:,}'} | {_seconds(row['recover_seconds'])} | "
             f"{row['accepted']:,} | {row['lost']} | {row['duplicated']} | {counters} | "
-            f"{row['total_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |")
+            f"{row['total_seconds']:.1f} | {'PASS' if row['ok'] else 'FAIL'} |"
+        )
     lines.append("")
     for row in rows:
         if row["error"] or row["counter_mismatches"] or row["derived_mismatches"]:
-            problems = [row["error"], *row["counter_mismatches"], *row["derived_mismatches"],
-                        *row["notes"]]
+            problems = [
+                row["error"],
+                *row["counter_mismatches"],
+                *row["derived_mismatches"],
+                *row["notes"],
+            ]
             lines.append(f"- `{row['point']}`: {'; '.join(p for p in problems if p)}")
     return [*lines, ""]
 
@@ -174,21 +190,31 @@ def _loops(loops: list[dict[str, Any]]) -> list[str]:
     for loop in loops:
         seconds = loop["seconds_per_run"]
         lines += [
-            f"## {loop['scenario']}, {loop['runs']} runs in a row", "",
+            f"## {loop['scenario']}, {loop['runs']} runs in a row",
+            "",
             f"{loop['runs']} runs of {loop['asked']} asked ({loop['runs'] - loop['static']} "
             f"with dynamic group membership, {loop['static']} static; run n draws its kills "
             f"with seed "
             f"{loop['seed_base']} + n), {len(loop['failures'])} failed; seconds per run: "
-            + (f"median {sorted(seconds)[len(seconds) // 2]:.1f}, max {max(seconds):.1f}"
-               if seconds else "-") + ".", "",
+            + (
+                f"median {sorted(seconds)[len(seconds) // 2]:.1f}, max {max(seconds):.1f}"
+                if seconds
+                else "-"
+            )
+            + ".",
+            "",
         ]
         if loop["failures"]:
-            lines += ["| run | membership | seed | lost | duplicated | error |",
-                      "|---:|---|---:|---:|---:|---|"]
+            lines += [
+                "| run | membership | seed | lost | duplicated | error |",
+                "|---:|---|---:|---:|---:|---|",
+            ]
             for f in loop["failures"]:
                 error = " ".join(str(f["error"] or "-").split()).replace("|", "/")[:300]
-                lines.append(f"| {f['run']} | {f['membership']} | {f['seed']} | {f['lost']} | "
-                             f"{f['duplicated']} | {error} |")
+                lines.append(
+                    f"| {f['run']} | {f['membership']} | {f['seed']} | {f['lost']} | "
+                    f"{f['duplicated']} | {error} |"
+                )
             lines.append("")
     return lines
 

@@ -58,10 +58,12 @@ class Expectation:
     appointments: int = 0
 
     @classmethod
-    def for_simulation(cls, events: int, seed: int = 79, invalid_share: float = 0.01
-                       ) -> Expectation:
-        sim = _RecordingSimulator(SimulationConfig(events=events, seed=seed,
-                                                   invalid_share=invalid_share))
+    def for_simulation(
+        cls, events: int, seed: int = 79, invalid_share: float = 0.01
+    ) -> Expectation:
+        sim = _RecordingSimulator(
+            SimulationConfig(events=events, seed=seed, invalid_share=invalid_share)
+        )
         outcome: dict[str, str | None] = {}
         citizens: set[str] = set()
         referrals = appointments = 0
@@ -91,28 +93,52 @@ def expected_for(events: int) -> Expectation:
     if events not in _EXPECTATIONS:
         _EXPECTATIONS[events] = Expectation.for_simulation(events)
     cached = _EXPECTATIONS[events]
-    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals,
-                       cached.appointments)
+    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals, cached.appointments)
 
 
 # -- the load -----------------------------------------------------------------------------------
 class LoadProcess:
     """``python -m tests.faults.load`` for one deployment; killable, resumable."""
 
-    def __init__(self, d: Deployment, *, events: int, identity: str = "load",
-                 bootstrap: str | None = None, rate: float = 0, shuffle: int = 0,
-                 resend: str = "", seed: int = 79) -> None:
+    def __init__(
+        self,
+        d: Deployment,
+        *,
+        events: int,
+        identity: str = "load",
+        bootstrap: str | None = None,
+        rate: float = 0,
+        shuffle: int = 0,
+        resend: str = "",
+        seed: int = 79,
+    ) -> None:
         self.d = d
         self.identity = identity
         self.status_file = d.tmp / f"{identity}.status.json"
         self.log = d.tmp / "logs" / f"{identity}.log"
         self.args = [
-            "--bootstrap", bootstrap or str(d.settings.kafka_bootstrap),
-            "--prefix", d.settings.topic_prefix, "--data-dir", str(d.tmp / "producer"),
-            "--identity", identity, "--events", str(events), "--seed", str(seed),
-            "--rate", str(rate), "--shuffle", str(shuffle), "--resend", resend,
-            "--partitions", str(d.settings.kafka_partitions),
-            "--status", str(self.status_file),
+            "--bootstrap",
+            bootstrap or str(d.settings.kafka_bootstrap),
+            "--prefix",
+            d.settings.topic_prefix,
+            "--data-dir",
+            str(d.tmp / "producer"),
+            "--identity",
+            identity,
+            "--events",
+            str(events),
+            "--seed",
+            str(seed),
+            "--rate",
+            str(rate),
+            "--shuffle",
+            str(shuffle),
+            "--resend",
+            resend,
+            "--partitions",
+            str(d.settings.kafka_partitions),
+            "--status",
+            str(self.status_file),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -124,15 +150,20 @@ class LoadProcess:
     def start(self, extra_env: dict[str, str] | None = None) -> LoadProcess:
         """Start (or resume) the load; ``extra_env``: variables for this start only."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-               **(extra_env or {})}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.load", *self.args],
-                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.load", *self.args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.starts += 1
-        wait_until(lambda: self.status().get("pid") == self.proc.pid, 60,
-                   message="load process status")
+        wait_until(
+            lambda: self.status().get("pid") == self.proc.pid, 60, message="load process status"
+        )
         return self
 
     def status(self) -> dict[str, Any]:
@@ -151,8 +182,9 @@ class LoadProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"load still running after {timeout:.0f}s; log:\n"
-                                 f"{self.log.read_text()[-3000:]}") from None
+            raise AssertionError(
+                f"load still running after {timeout:.0f}s; log:\n{self.log.read_text()[-3000:]}"
+            ) from None
         if code != 0:
             raise AssertionError(f"load exited {code}; log:\n{self.log.read_text()[-3000:]}")
         return self.status()
@@ -210,8 +242,10 @@ class Monitor:
                 self._conn = psycopg2.connect(self.url, connect_timeout=2)
                 self._conn.autocommit = True
             with self._conn.cursor() as cur:
-                cur.execute("SELECT coalesce(sum(value), 0) FROM campaign_counters "
-                            "WHERE metric IN ('examinations', 'dead_letters')")
+                cur.execute(
+                    "SELECT coalesce(sum(value), 0) FROM campaign_counters "
+                    "WHERE metric IN ('examinations', 'dead_letters')"
+                )
                 return int(cur.fetchone()[0])
         except psycopg2.Error:
             with contextlib.suppress(Exception):
@@ -300,8 +334,12 @@ def dispose(factory: DeploymentFactory) -> None:
         assert d.settings.database_url is not None
         database = d.settings.database_url.get_secret_value().rpartition("/")[2]
         assert factory.base.database_url is not None
-        with contextlib.suppress(psycopg2.Error), contextlib.closing(
-                psycopg2.connect(factory.base.database_url.get_secret_value())) as conn:
+        with (
+            contextlib.suppress(psycopg2.Error),
+            contextlib.closing(
+                psycopg2.connect(factory.base.database_url.get_secret_value())
+            ) as conn,
+        ):
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -314,8 +352,10 @@ def _pipeline_lag(d: Deployment) -> int | None:
     from sinks.lag import pipeline_groups, read_lag
 
     try:
-        return sum(p.lag for p in read_lag(admin_client(d.settings),
-                                           pipeline_groups(d.settings), timeout=5))
+        return sum(
+            p.lag
+            for p in read_lag(admin_client(d.settings), pipeline_groups(d.settings), timeout=5)
+        )
     except Exception:  # a broker hiccup: ask again
         return None
 
@@ -325,38 +365,51 @@ def check_alive(d: Deployment) -> None:
     for child in d.children.children:
         code = child.proc.poll()
         if code is not None and code not in (-signal.SIGKILL, -signal.SIGTERM):
-            raise AssertionError(f"{child.name} exited with code {code}; log:\n"
-                                 f"{child.log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"{child.name} exited with code {code}; log:\n{child.log.read_text()[-4000:]}"
+            )
 
 
 def worker_owns_partitions(child: Child) -> bool:
     """The worker owns input partitions (its /metrics say so); fails if it died."""
     if child.proc.poll() is not None:
-        raise AssertionError(f"{child.name} exited with {child.proc.returncode}; log:\n"
-                             f"{child.log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"{child.name} exited with {child.proc.returncode}; log:\n"
+            f"{child.log.read_text()[-3000:]}"
+        )
     try:
         return scrape(child.metrics_port).get("ehb_worker_assigned_partitions", 0) > 0
     except OSError:
         return False
 
 
-def wait_committed(d: Deployment, monitor: Monitor, at_least: float, timeout: float,
-                   stall_s: float | None = None) -> None:
+def wait_committed(
+    d: Deployment, monitor: Monitor, at_least: float, timeout: float, stall_s: float | None = None
+) -> None:
     """Until ``at_least`` events are committed; ``stall_s``: fail as soon as nothing has been
     committed for that long (a stalled pipeline, rather than waiting out ``timeout``)."""
+
     def reached() -> bool:
         check_alive(d)
         if monitor.committed >= at_least:
             return True
         if stall_s is not None and monitor.unchanged_for() > stall_s:
-            raise AssertionError(f"stalled: nothing committed for {stall_s:.0f}s "
-                                 f"({monitor.committed} events, waiting for {at_least:.0f})")
+            raise AssertionError(
+                f"stalled: nothing committed for {stall_s:.0f}s "
+                f"({monitor.committed} events, waiting for {at_least:.0f})"
+            )
         return False
+
     wait_until(reached, timeout, interval=0.05, message=f"{at_least:.0f} events committed")
 
 
-def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3.0,
-           stall_s: float | None = None) -> float:
+def settle(
+    d: Deployment,
+    expected_rows: int,
+    timeout: float,
+    quiet_s: float = 3.0,
+    stall_s: float | None = None,
+) -> float:
     """Wait until ``expected_rows`` are committed, no consumer group lags and the counters have
     not moved for ``quiet_s``; returns the seconds it took. ``stall_s``: fail as soon as no
     event has been accounted for that long while some are missing."""
@@ -373,12 +426,18 @@ def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3
         if value != progress[0]:
             progress = (value, time.monotonic())
         elif stall_s is not None and time.monotonic() - progress[1] > stall_s:
-            raise AssertionError(f"stalled: {value} of {expected_rows} events persisted or "
-                                 f"dead-lettered, none for {stall_s:.0f}s")
+            raise AssertionError(
+                f"stalled: {value} of {expected_rows} events persisted or "
+                f"dead-lettered, none for {stall_s:.0f}s"
+            )
         return False
 
-    wait_until(accounted, timeout, interval=0.5,
-               message=f"{expected_rows} events persisted or dead-lettered")
+    wait_until(
+        accounted,
+        timeout,
+        interval=0.5,
+        message=f"{expected_rows} events persisted or dead-lettered",
+    )
     last = (int(d.scalar(counters)), time.monotonic())
 
     def quiet() -> bool:
@@ -389,8 +448,12 @@ def settle(d: Deployment, expected_rows: int, timeout: float, quiet_s: float = 3
             return False
         return time.monotonic() - last[1] >= quiet_s and _pipeline_lag(d) == 0
 
-    wait_until(quiet, max(60.0, timeout - (time.monotonic() - started)), interval=0.5,
-               message="pipeline quiet (no lag, counters still)")
+    wait_until(
+        quiet,
+        max(60.0, timeout - (time.monotonic() - started)),
+        interval=0.5,
+        message="pipeline quiet (no lag, counters still)",
+    )
     return time.monotonic() - started
 
 
@@ -418,8 +481,15 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.misrouted or self.unexpected
-                    or self.counter_mismatches or self.derived_mismatches or self.error)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.misrouted
+            or self.unexpected
+            or self.counter_mismatches
+            or self.derived_mismatches
+            or self.error
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -427,22 +497,38 @@ class Reconciliation:
         return out
 
     def failure(self) -> str:
-        return json.dumps({k: v for k, v in self.as_dict().items()
-                           if k in ("lost", "duplicated", "misrouted", "unexpected",
-                                    "counter_mismatches", "derived_mismatches", "examples",
-                                    "error")},
-                          indent=1)
+        return json.dumps(
+            {
+                k: v
+                for k, v in self.as_dict().items()
+                if k
+                in (
+                    "lost",
+                    "duplicated",
+                    "misrouted",
+                    "unexpected",
+                    "counter_mismatches",
+                    "derived_mismatches",
+                    "examples",
+                    "error",
+                )
+            },
+            indent=1,
+        )
 
 
-def reconcile(d: Deployment, scenario: str, expectation: Expectation,
-              *, check_derived: bool = True) -> Reconciliation:
+def reconcile(
+    d: Deployment, scenario: str, expectation: Expectation, *, check_derived: bool = True
+) -> Reconciliation:
     """Every expected event exactly once, where it belongs; the counters equal the tables."""
-    entries = Counter(dict(d.query(
-        "SELECT event_id, count(*) FROM health_book_entries GROUP BY event_id")))
+    entries = Counter(
+        dict(d.query("SELECT event_id, count(*) FROM health_book_entries GROUP BY event_id"))
+    )
     dead: dict[str, list[str]] = {}
     anonymous_dead = 0
     for event_id, reason, n in d.query(
-            "SELECT event_id, reason, count(*) FROM dead_letters GROUP BY 1, 2"):
+        "SELECT event_id, reason, count(*) FROM dead_letters GROUP BY 1, 2"
+    ):
         if event_id is None:
             anonymous_dead += n
         else:
@@ -456,19 +542,20 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
         elif rows + len(reasons) > 1:
             duplicated.append(event_id)
         elif (reason is None and rows != 1) or (reason is not None and reasons != [reason]):
-            misrouted.append(f"{event_id}: expected {reason or 'a row'}, got "
-                             f"{reasons or 'a row'}")
+            misrouted.append(f"{event_id}: expected {reason or 'a row'}, got {reasons or 'a row'}")
     unexpected = [e for e in set(entries) | set(dead) if e not in expectation.outcome]
     unexpected_total = sum(entries.get(e, 0) + len(dead.get(e, [])) for e in unexpected)
     # a record counted twice shows as a counter above its table (same transaction otherwise)
     unexpected_total += anonymous_dead
 
     counters: dict[tuple[str, str], int] = {
-        (m, lbl): v for m, lbl, v in d.query("SELECT metric, label, value FROM campaign_counters")}
+        (m, lbl): v for m, lbl, v in d.query("SELECT metric, label, value FROM campaign_counters")
+    }
     tables = {
         ("examinations", "in_province"): d.count("health_book_entries", "scope = 'in_province'"),
-        ("examinations", "out_of_province"): d.count("health_book_entries",
-                                                     "scope = 'out_of_province'"),
+        ("examinations", "out_of_province"): d.count(
+            "health_book_entries", "scope = 'out_of_province'"
+        ),
         ("health_books_integrated", ""): d.count("health_books"),
         ("referrals", ""): d.count("referrals"),
         ("appointments", ""): d.count("appointments"),
@@ -476,12 +563,19 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
     reasons = Counter(dict(d.query("SELECT reason, count(*) FROM dead_letters GROUP BY 1")))
     for reason, n in reasons.items():
         tables[("dead_letters", reason)] = n
-    mismatches = [f"{m}{{{lbl}}}: counter {counters.get((m, lbl), 0)} != table {n}"
-                  for (m, lbl), n in tables.items() if counters.get((m, lbl), 0) != n]
-    mismatches += [f"{m}{{{lbl}}}: counter {v} without rows" for (m, lbl), v in counters.items()
-                   if m == "dead_letters" and (m, lbl) not in tables and v]
+    mismatches = [
+        f"{m}{{{lbl}}}: counter {counters.get((m, lbl), 0)} != table {n}"
+        for (m, lbl), n in tables.items()
+        if counters.get((m, lbl), 0) != n
+    ]
+    mismatches += [
+        f"{m}{{{lbl}}}: counter {v} without rows"
+        for (m, lbl), v in counters.items()
+        if m == "dead_letters" and (m, lbl) not in tables and v
+    ]
     # the sink's /metrics serve the same numbers
     if d.sink is not None and d.sink.proc.poll() is None:
+
         def scraped() -> dict[str, float] | None:
             with contextlib.suppress(OSError):
                 m = scrape(d.sink.metrics_port)
@@ -489,6 +583,7 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
                 if exams == sum(n for (k, _), n in tables.items() if k == "examinations"):
                     return m
             return None
+
         with contextlib.suppress(WaitTimeout):
             wait_until(scraped, 15, interval=0.5, message="sink metrics")
         metrics = scraped() or {}
@@ -496,21 +591,25 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
             "ehb_health_books_integrated_total": tables[("health_books_integrated", "")],
             "ehb_referrals_total": tables[("referrals", "")],
             "ehb_appointments_total": tables[("appointments", "")],
-            'ehb_examinations_total{scope="in_province"}':
-                tables[("examinations", "in_province")],
-            'ehb_examinations_total{scope="out_of_province"}':
-                tables[("examinations", "out_of_province")],
+            'ehb_examinations_total{scope="in_province"}': tables[("examinations", "in_province")],
+            'ehb_examinations_total{scope="out_of_province"}': tables[
+                ("examinations", "out_of_province")
+            ],
             **{f'ehb_dead_letters_total{{reason="{r}"}}': n for r, n in reasons.items()},
         }
-        mismatches += [f"/metrics {name} = {metrics.get(name)} != {n}"
-                       for name, n in checks.items() if metrics.get(name) != n]
+        mismatches += [
+            f"/metrics {name} = {metrics.get(name)} != {n}"
+            for name, n in checks.items()
+            if metrics.get(name) != n
+        ]
     overcount = sum(max(0, counters.get(key, 0) - n) for key, n in tables.items())
     derived: list[str] = []
     if check_derived:
-        for name, table, expected in (("health books", "health_books", expectation.citizens),
-                                      ("referrals", "referrals", expectation.referrals),
-                                      ("appointments", "appointments",
-                                       expectation.appointments)):
+        for name, table, expected in (
+            ("health books", "health_books", expectation.citizens),
+            ("referrals", "referrals", expectation.referrals),
+            ("appointments", "appointments", expectation.appointments),
+        ):
             got = d.count(table)
             if got != expected:
                 derived.append(f"{name}: {got} rows, expected {expected}")
@@ -526,20 +625,36 @@ def reconcile(d: Deployment, scenario: str, expectation: Expectation,
         counter_mismatches=mismatches,
         derived_mismatches=derived,
         dead_letter_reasons=dict(sorted(reasons.items())),
-        examples={"lost": lost[:5], "duplicated": duplicated[:5], "misrouted": misrouted[:5],
-                  "unexpected": unexpected[:5]},
+        examples={
+            "lost": lost[:5],
+            "duplicated": duplicated[:5],
+            "misrouted": misrouted[:5],
+            "unexpected": unexpected[:5],
+        },
     )
 
 
-def finish(result: Reconciliation, monitor: Monitor, total: int, *, drain_seconds: float,
-           notes: list[str] | None = None) -> Reconciliation:
+def finish(
+    result: Reconciliation,
+    monitor: Monitor,
+    total: int,
+    *,
+    drain_seconds: float,
+    notes: list[str] | None = None,
+) -> Reconciliation:
     """Attach the faults (relative times, time to recover) and timings to a reconciliation."""
     for fault in monitor.faults:
         recover = monitor.recovery_seconds(fault, total)
         result.recover_seconds.append(recover)
-        result.faults.append({"kind": fault.kind, "at": round(fault.started - monitor.started, 1),
-                              "lasted": round(fault.ended - fault.started, 1),
-                              "recover": recover, "detail": fault.detail})
+        result.faults.append(
+            {
+                "kind": fault.kind,
+                "at": round(fault.started - monitor.started, 1),
+                "lasted": round(fault.ended - fault.started, 1),
+                "recover": recover,
+                "detail": fault.detail,
+            }
+        )
     result.drain_seconds = round(drain_seconds, 1)
     result.total_seconds = round(time.time() - monitor.started, 1)
     result.notes.extend(notes or [])
@@ -548,5 +663,6 @@ def finish(result: Reconciliation, monitor: Monitor, total: int, *, drain_second
 
 def reconcile_nothing(scenario: str, expectation: Expectation) -> Reconciliation:
     """The row of a scenario whose database could not even be read."""
-    return Reconciliation(scenario, len(expectation.outcome), 0, 0, len(expectation.outcome),
-                          0, 0, 0, [], [], {})
+    return Reconciliation(
+        scenario, len(expectation.outcome), 0, 0, len(expectation.outcome), 0, 0, 0, [], [], {}
+    )

@@ -40,8 +40,9 @@ def simulation(events: int, seed: int, invalid_share: float) -> CitySimulator:
     return CitySimulator(SimulationConfig(events=events, seed=seed, invalid_share=invalid_share))
 
 
-def ordered(events: list[dict[str, Any]] | Iterator[dict[str, Any]], shuffle: int, seed: int
-            ) -> Iterator[tuple[int, dict[str, Any]]]:
+def ordered(
+    events: list[dict[str, Any]] | Iterator[dict[str, Any]], shuffle: int, seed: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(position, event): in order, or shuffled within windows of ``shuffle`` events."""
     if shuffle <= 1:
         yield from enumerate(events)
@@ -82,17 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
 
-    settings = Settings(kafka_bootstrap=args.bootstrap, topic_prefix=args.prefix,
-                        data_dir=args.data_dir, kafka_partitions=args.partitions)
+    settings = Settings(
+        kafka_bootstrap=args.bootstrap,
+        topic_prefix=args.prefix,
+        data_dir=args.data_dir,
+        kafka_partitions=args.partitions,
+    )
     publisher = ExaminationPublisher(settings, identity=args.identity, linger_s=0.2)
     start = int(publisher.outbox.mark(MARK) or 0)
-    status: dict[str, Any] = {"pid": os.getpid(), "resumed_at": start,
-                              "resent": publisher.resent_events, "accepted": start,
-                              "done": False}
+    status: dict[str, Any] = {
+        "pid": os.getpid(),
+        "resumed_at": start,
+        "resent": publisher.resent_events,
+        "accepted": start,
+        "done": False,
+    }
 
     def write_status() -> None:
-        status.update(delivered=publisher.events_delivered,
-                      pending=publisher.outbox.pending_events, at=time.time())
+        status.update(
+            delivered=publisher.events_delivered,
+            pending=publisher.outbox.pending_events,
+            at=time.time(),
+        )
         tmp = args.status.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, args.status)
@@ -106,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     begun = time.monotonic()
     last_commit = last_status = 0.0
     write_status()
-    stream = ordered(simulation(total, args.seed, args.invalid_share).events(), args.shuffle,
-                     args.seed)
+    stream = ordered(
+        simulation(total, args.seed, args.invalid_share).events(), args.shuffle, args.seed
+    )
     replay: dict[int, dict[str, Any]] = {}
     wanted = set(extra)
     # positions [0, total): the run; [total, total + len(extra)): the re-sent day

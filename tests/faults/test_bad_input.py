@@ -52,8 +52,13 @@ def test_broker_case_in_the_intake(case: BadInput) -> None:
         assert dead["source_offset"] == 7
         encode_dead_letter(dead)
     # the next good event goes through the same intake
-    after = intake.process([SourceMessage(codec.encode(SUBJECTS.EXAMINATION_EVENT, f.exam()),
-                                          "ehb.examinations", 0, 8, 0)])
+    after = intake.process(
+        [
+            SourceMessage(
+                codec.encode(SUBJECTS.EXAMINATION_EVENT, f.exam()), "ehb.examinations", 0, 8, 0
+            )
+        ]
+    )
     assert after.accepted == 1 and not after.dead_letters
 
 
@@ -75,8 +80,9 @@ def test_gateway_case_in_the_parser(case: BadFile) -> None:
 
 
 @pytest.mark.integration
-def test_broker_corpus_through_the_pipeline(deploy: DeploymentFactory,
-                                            fault_report: FaultReport) -> None:
+def test_broker_corpus_through_the_pipeline(
+    deploy: DeploymentFactory, fault_report: FaultReport
+) -> None:
     """Every bad message followed by a good one on ONE partition: the good ones all land, so
     no bad message stalled the partition; each bad one has its dead letter(s)."""
     d = deploy(partitions=1)
@@ -87,17 +93,25 @@ def test_broker_corpus_through_the_pipeline(deploy: DeploymentFactory,
     d.produce_raw("examinations", values, key=b"79001")
     dead_expected = sum(c.dead for c in BROKER)
     rows_expected = len(good) + sum(c.accepted for c in BROKER)
-    wait_until(lambda: d.count("dead_letters") >= dead_expected
-               and d.count("health_book_entries") >= rows_expected, 120,
-               message="every case dead-lettered and every good event persisted")
+    wait_until(
+        lambda: (
+            d.count("dead_letters") >= dead_expected
+            and d.count("health_book_entries") >= rows_expected
+        ),
+        120,
+        message="every case dead-lettered and every good event persisted",
+    )
     offsets = [m.offset() for m in sorted(d.read_topic(EXAMINATIONS), key=lambda m: m.offset())]
     case_at = {offsets[2 * i]: case for i, case in enumerate(BROKER)}
     got: dict[str, list[str]] = defaultdict(list)
     for offset, reason in d.query("SELECT source_offset, reason FROM dead_letters"):
         assert offset in case_at, f"a dead letter for offset {offset}, a good event"
         got[case_at[offset].kind].append(reason)
-    wrong = {c.kind: got.get(c.kind, []) for c in BROKER
-             if len(got.get(c.kind, [])) != c.dead or not set(got.get(c.kind, [])) <= c.reasons}
+    wrong = {
+        c.kind: got.get(c.kind, [])
+        for c in BROKER
+        if len(got.get(c.kind, [])) != c.dead or not set(got.get(c.kind, [])) <= c.reasons
+    }
     assert not wrong
     persisted = {row[0] for row in d.query("SELECT event_id FROM health_book_entries")}
     assert {e["event_id"] for e in good} <= persisted
@@ -105,13 +119,17 @@ def test_broker_corpus_through_the_pipeline(deploy: DeploymentFactory,
     names = {row[0] for row in d.query("SELECT ho_ten FROM health_book_entries")}
     assert any("DROP TABLE" in n and "\u202e" in n for n in names)  # stored verbatim
     fault_report.corpus["broker boundary (examinations topic)"] = {
-        "kinds": len(BROKER), "cases": len(BROKER), "ok": len(BROKER) - len(wrong),
-        "dead_letters": dict(Counter(r for rs in got.values() for r in rs))}
+        "kinds": len(BROKER),
+        "cases": len(BROKER),
+        "ok": len(BROKER) - len(wrong),
+        "dead_letters": dict(Counter(r for rs in got.values() for r in rs)),
+    }
 
 
 @pytest.mark.integration
-def test_gateway_corpus_through_the_gateway(deploy: DeploymentFactory,
-                                            fault_report: FaultReport, tmp_path: Path) -> None:
+def test_gateway_corpus_through_the_gateway(
+    deploy: DeploymentFactory, fault_report: FaultReport, tmp_path: Path
+) -> None:
     """Bad files interleaved with good ones in one drop directory: each bad file is moved aside
     with its reason, every good (and hostile-but-valid) file is published and persisted."""
     d = deploy()
@@ -135,14 +153,20 @@ def test_gateway_corpus_through_the_gateway(deploy: DeploymentFactory,
         assert outcomes[f"{i:03d}-b-good.xml"].status == "published"
     assert not wrong
     published = len(good_events) + sum(c.episodes for c in GATEWAY)
-    wait_until(lambda: d.count("health_book_entries") >= published, 120,
-               message="the published files' episodes persisted")
+    wait_until(
+        lambda: d.count("health_book_entries") >= published,
+        120,
+        message="the published files' episodes persisted",
+    )
     persisted = set(d.query("SELECT ma_cskcb, ma_lk FROM health_book_entries"))
     assert {(e["ma_cskcb"], e["ma_lk"]) for e in good_events} <= persisted
     assert d.count("health_book_entries") == published
     fault_report.corpus["XML gateway (dossier files)"] = {
-        "kinds": len(GATEWAY), "cases": len(GATEWAY), "ok": len(GATEWAY) - len(wrong),
-        "rejections": dict(Counter(o.reason for o in report.outcomes if o.reason))}
+        "kinds": len(GATEWAY),
+        "cases": len(GATEWAY),
+        "ok": len(GATEWAY) - len(wrong),
+        "rejections": dict(Counter(o.reason for o in report.outcomes if o.reason)),
+    }
 
 
 def test_a_json_line_with_a_number_beyond_a_long_is_a_bad_line_not_a_crash() -> None:

@@ -48,8 +48,7 @@ SPAN_S = 6.0
 TIMEOUT = 120.0
 
 #: the process that reaches each point, by the point's prefix
-PROCESS = {"producer": "producer", "intake": "worker", "health_book": "worker",
-           "sink": "sink"}
+PROCESS = {"producer": "producer", "intake": "worker", "health_book": "worker", "sink": "sink"}
 
 #: N of ``EHB_FAULT_KILL=point:N``: a kill a good way into the run (10-30 % of the events
 #: committed), never at the first batch. A rate-limited load sends about one message, and
@@ -73,8 +72,7 @@ QUICK = ("sink.db_committed", "producer.message_acknowledged")
 
 def _points() -> Iterator[Any]:
     for point in faultpoints.POINTS:
-        marks = [pytest.mark.faults] if point in QUICK else [pytest.mark.faults,
-                                                               pytest.mark.slow]
+        marks = [pytest.mark.faults] if point in QUICK else [pytest.mark.faults, pytest.mark.slow]
         yield pytest.param(point, marks=marks, id=point)
 
 
@@ -88,27 +86,34 @@ class Victim:
 
 
 def _committed(d: Deployment) -> int:
-    return int(d.scalar("SELECT coalesce(sum(value), 0) FROM campaign_counters "
-                        "WHERE metric IN ('examinations', 'dead_letters')"))
+    return int(
+        d.scalar(
+            "SELECT coalesce(sum(value), 0) FROM campaign_counters "
+            "WHERE metric IN ('examinations', 'dead_letters')"
+        )
+    )
 
 
-def _wait_for_death(d: Deployment, victim: Victim, point: str, kill_at: int, total: int
-                    ) -> None:
+def _wait_for_death(d: Deployment, victim: Victim, point: str, kill_at: int, total: int) -> None:
     """Until the victim has exited; fails at once if the run ends with it still alive."""
+
     def died() -> bool:
         if victim.proc.poll() is not None:
             return True
         check_alive(d)
         if _committed(d) >= total:
-            raise AssertionError(f"{point} was not reached {kill_at} times while the "
-                                 f"{total} events went through: the {victim.process} is alive")
+            raise AssertionError(
+                f"{point} was not reached {kill_at} times while the "
+                f"{total} events went through: the {victim.process} is alive"
+            )
         return False
 
     wait_until(died, TIMEOUT, interval=0.02, message=f"the {victim.process} killed at {point}")
     code = victim.proc.returncode
     log = victim.log.read_text(errors="replace")
     assert code == -signal.SIGKILL and f"EHB_FAULT_KILL: {point} reached" in log, (
-        f"the {victim.process} exited with {code}, not SIGKILL at {point}; log:\n{log[-3000:]}")
+        f"the {victim.process} exited with {code}, not SIGKILL at {point}; log:\n{log[-3000:]}"
+    )
 
 
 def _lag(d: Deployment) -> str:
@@ -121,8 +126,14 @@ def _lag(d: Deployment) -> str:
     except Exception as exc:  # noqa: BLE001 - a diagnostic only
         return f"unknown ({type(exc).__name__})"
     prefix = d.settings.topic_prefix
-    return ", ".join(f"{p.group.rsplit('-', 1)[-1]} {p.topic.removeprefix(prefix)}"
-                     f"[{p.partition}]: {p.lag}" for p in lags if p.lag) or "none"
+    return (
+        ", ".join(
+            f"{p.group.rsplit('-', 1)[-1]} {p.topic.removeprefix(prefix)}[{p.partition}]: {p.lag}"
+            for p in lags
+            if p.lag
+        )
+        or "none"
+    )
 
 
 def _workers(d: Deployment) -> str:
@@ -137,9 +148,13 @@ def _workers(d: Deployment) -> str:
         except OSError:
             out.append(f"{worker.name}: no metrics")
             continue
-        shown = {k.removeprefix("ehb_worker_"): v for k, v in metrics.items()
-                 if k.startswith(("ehb_worker_assigned_partitions", "ehb_worker_offset_",
-                                  "ehb_worker_commit_"))}
+        shown = {
+            k.removeprefix("ehb_worker_"): v
+            for k, v in metrics.items()
+            if k.startswith(
+                ("ehb_worker_assigned_partitions", "ehb_worker_offset_", "ehb_worker_commit_")
+            )
+        }
         out.append(f"{worker.name}: {shown}")
     return "; ".join(out) or "none alive"
 
@@ -156,14 +171,22 @@ def test_crash_point(deploy: DeploymentFactory, fault_report: FaultReport, point
         d.start_worker(wait=False, extra_env=kill)
         d.start_worker(wait=False)
         # both own partitions before the load starts: no rebalance but the crash's
-        wait_until(lambda: all(worker_owns_partitions(w) for w in d.workers), 120,
-                   interval=0.25, message="both workers own partitions")
+        wait_until(
+            lambda: all(worker_owns_partitions(w) for w in d.workers),
+            120,
+            interval=0.25,
+            message="both workers own partitions",
+        )
     expectation = expected_for(EVENTS)
     total = len(expectation.outcome)
     monitor = Monitor(d).start()
     load = LoadProcess(d, events=EVENTS, rate=EVENTS / SPAN_S)
-    detail: dict[str, Any] = {"point": point, "process": process, "kill_at": kill_at,
-                              "durable": faultpoints.POINTS[point]}
+    detail: dict[str, Any] = {
+        "point": point,
+        "process": process,
+        "kill_at": kill_at,
+        "durable": faultpoints.POINTS[point],
+    }
     try:
         load.start(extra_env=kill if process == "producer" else None)
         assert load.proc is not None
@@ -179,8 +202,11 @@ def test_crash_point(deploy: DeploymentFactory, fault_report: FaultReport, point
         detail["committed_at_kill"] = committed = _committed(d)
         detail["accepted_at_kill"] = load.status().get("accepted")
         assert committed < total, f"the kill at {point} landed after the run: lower N"
-        fault = monitor.fault(f"SIGKILL of the {process} at {point} (#{kill_at})",
-                              committed=committed, accepted=detail["accepted_at_kill"])
+        fault = monitor.fault(
+            f"SIGKILL of the {process} at {point} (#{kill_at})",
+            committed=committed,
+            accepted=detail["accepted_at_kill"],
+        )
         if process == "producer":
             load.start()
         elif process == "sink":
@@ -189,8 +215,12 @@ def test_crash_point(deploy: DeploymentFactory, fault_report: FaultReport, point
             fresh = d.start_worker(wait=False)
         fault.ended = time.time()
         if process == "worker":
-            wait_until(lambda: worker_owns_partitions(fresh), TIMEOUT, interval=0.25,
-                       message="restarted worker joined")
+            wait_until(
+                lambda: worker_owns_partitions(fresh),
+                TIMEOUT,
+                interval=0.25,
+                message="restarted worker joined",
+            )
             fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
 
         status = load.wait(TIMEOUT)
@@ -198,10 +228,16 @@ def test_crash_point(deploy: DeploymentFactory, fault_report: FaultReport, point
         settle(d, total, TIMEOUT)
         drain = time.monotonic() - drained_from
         monitor.stop()
-        result = finish(reconcile(d, f"crash point {point}", expectation), monitor, total,
-                        drain_seconds=drain,
-                        notes=[f"load: {load.starts} process(es), {status.get('resent', 0)} "
-                               "events resent from the outbox at the last start"])
+        result = finish(
+            reconcile(d, f"crash point {point}", expectation),
+            monitor,
+            total,
+            drain_seconds=drain,
+            notes=[
+                f"load: {load.starts} process(es), {status.get('resent', 0)} "
+                "events resent from the outbox at the last start"
+            ],
+        )
         fault_report.add_crash_point(result, **detail)
         assert result.ok, result.failure()
     except BaseException as exc:
@@ -214,8 +250,7 @@ def test_crash_point(deploy: DeploymentFactory, fault_report: FaultReport, point
             result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             result.notes.append(f"consumer lag at the failure: {_lag(d)}")
             result.notes.append(f"workers at the failure: {_workers(d)}")
-            fault_report.add_crash_point(finish(result, monitor, total, drain_seconds=0),
-                                         **detail)
+            fault_report.add_crash_point(finish(result, monitor, total, drain_seconds=0), **detail)
         raise
     finally:
         load.stop()

@@ -39,14 +39,16 @@ if os.environ.get("EHB_FAUST_PATCHES_DISABLE"):  # to show what the patches prev
 
 
 def _sizes() -> list[object]:
-    full = pytest.param(20_000, marks=[pytest.mark.faults, pytest.mark.slow,
-                                       pytest.mark.timeout(900)], id="full")
+    full = pytest.param(
+        20_000, marks=[pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(900)], id="full"
+    )
     return [pytest.param(3000, id="quick"), full]
 
 
 @pytest.mark.parametrize("events", _sizes())
-def test_rebalance_while_the_seek_is_slow(deploy: DeploymentFactory, fault_report: FaultReport,
-                                          events: int) -> None:
+def test_rebalance_while_the_seek_is_slow(
+    deploy: DeploymentFactory, fault_report: FaultReport, events: int
+) -> None:
     d = deploy(workers=0, partitions=4)
     first = d.start_worker(extra_env=RACE_ENV)
     expectation = expected_for(events)
@@ -57,15 +59,23 @@ def test_rebalance_while_the_seek_is_slow(deploy: DeploymentFactory, fault_repor
         wait_committed(d, monitor, 0.2 * total, 120)
         fault = monitor.fault("a second worker joins (seek held 2 s)")
         second = d.start_worker(wait=False, extra_env=RACE_ENV)
-        wait_until(lambda: worker_owns_partitions(second), 120, interval=0.25,
-                   message="the second worker owns partitions")
+        wait_until(
+            lambda: worker_owns_partitions(second),
+            120,
+            interval=0.25,
+            message="the second worker owns partitions",
+        )
         fault.ended = time.time()
         wait_committed(d, monitor, 0.5 * total, 120)
         fault = monitor.fault("kill -9 of the first worker (seek held 2 s)")
         d.kill(first)
         third = d.start_worker(wait=False, extra_env=RACE_ENV)
-        wait_until(lambda: worker_owns_partitions(third), 120, interval=0.25,
-                   message="the restarted worker owns partitions")
+        wait_until(
+            lambda: worker_owns_partitions(third),
+            120,
+            interval=0.25,
+            message="the restarted worker owns partitions",
+        )
         fault.ended = time.time()
         load.wait(300)
         drained_from = time.monotonic()
@@ -79,19 +89,27 @@ def test_rebalance_while_the_seek_is_slow(deploy: DeploymentFactory, fault_repor
     finally:
         load.stop()
         monitor.stop()
-    result = finish(reconcile(d, f"rebalance race, seek held 2 s [{events}]", expectation),
-                    monitor, total, drain_seconds=drain, notes=notes)
+    result = finish(
+        reconcile(d, f"rebalance race, seek held 2 s [{events}]", expectation),
+        monitor,
+        total,
+        drain_seconds=drain,
+        notes=notes,
+    )
     fault_report.add(result)
     assert result.ok, result.failure()
 
 
-@pytest.mark.parametrize("point", [
-    "intake.batch_received",
-    pytest.param("health_book.batch_received", marks=[pytest.mark.faults, pytest.mark.slow]),
-])
-def test_an_exception_in_a_batch_acknowledges_nothing(deploy: DeploymentFactory,
-                                                      fault_report: FaultReport,
-                                                      point: str) -> None:
+@pytest.mark.parametrize(
+    "point",
+    [
+        "intake.batch_received",
+        pytest.param("health_book.batch_received", marks=[pytest.mark.faults, pytest.mark.slow]),
+    ],
+)
+def test_an_exception_in_a_batch_acknowledges_nothing(
+    deploy: DeploymentFactory, fault_report: FaultReport, point: str
+) -> None:
     d = deploy(workers=0, partitions=4)
     failing = d.start_worker(extra_env={"EHB_FAULT_RAISE": f"{point}:5"})
     expectation = expected_for(2000)
@@ -100,8 +118,12 @@ def test_an_exception_in_a_batch_acknowledges_nothing(deploy: DeploymentFactory,
     load = LoadProcess(d, events=2000, rate=2000 / 6).start()
     try:
         fault = monitor.fault(f"exception in a batch at {point}")
-        wait_until(lambda: failing.proc.poll() is not None, 120, interval=0.1,
-                   message="the worker stops after the exception")
+        wait_until(
+            lambda: failing.proc.poll() is not None,
+            120,
+            interval=0.1,
+            message="the worker stops after the exception",
+        )
         log = failing.log.read_text()
         assert f"EHB_FAULT_RAISE: {point}" in log
         assert failing.proc.returncode == 70, log[-3000:]
@@ -115,7 +137,11 @@ def test_an_exception_in_a_batch_acknowledges_nothing(deploy: DeploymentFactory,
     finally:
         load.stop()
         monitor.stop()
-    result = finish(reconcile(d, f"exception in a batch at {point}", expectation), monitor,
-                    total, drain_seconds=drain)
+    result = finish(
+        reconcile(d, f"exception in a batch at {point}", expectation),
+        monitor,
+        total,
+        drain_seconds=drain,
+    )
     fault_report.add(result)
     assert result.ok, result.failure()

@@ -40,9 +40,17 @@ from tests.support import factories as f
 CODEC = AvroCodec()
 REGISTRY = FacilityRegistry.from_reference()
 KEYER = CitizenKeyer(b"fuzz" * 8)
-DECODE_REASONS = frozenset({"empty_message", "bad_magic_byte", "truncated_header",
-                            "unknown_schema_id", "unexpected_schema", "malformed_avro",
-                            "trailing_bytes"})
+DECODE_REASONS = frozenset(
+    {
+        "empty_message",
+        "bad_magic_byte",
+        "truncated_header",
+        "unknown_schema_id",
+        "unexpected_schema",
+        "malformed_avro",
+        "trailing_bytes",
+    }
+)
 #: no hang: a case takes well under a millisecond; the bound leaves room for a shared machine
 PER_CASE_S = 5.0
 
@@ -57,26 +65,51 @@ COUNTS = {
     "ehb publish JSON lines": (60, 5_000),
 }
 
-SAMPLE_EVENTS = list(CitySimulator(SimulationConfig(
-    events=400, seed=17, invalid_share=0, referral_share=0.1, appointment_share=0.3)).events())
+SAMPLE_EVENTS = list(
+    CitySimulator(
+        SimulationConfig(
+            events=400, seed=17, invalid_share=0, referral_share=0.1, appointment_share=0.3
+        )
+    ).events()
+)
 SAMPLE_MESSAGES = (
     [CODEC.encode(SUBJECTS.EXAMINATION_EVENT, e) for e in SAMPLE_EVENTS[:40]]
-    + [CODEC.encode(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": e["ma_cskcb"], "events": [e]})
-       for e in SAMPLE_EVENTS[40:80]]
-    + [CODEC.encode(SUBJECTS.EXAMINATION_BATCH, {
-        "ma_cskcb": "79001", "events": [dict(e, ma_cskcb="79001") for e in SAMPLE_EVENTS[i:i + 5]]})
-       for i in range(80, 120, 5)])
+    + [
+        CODEC.encode(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": e["ma_cskcb"], "events": [e]})
+        for e in SAMPLE_EVENTS[40:80]
+    ]
+    + [
+        CODEC.encode(
+            SUBJECTS.EXAMINATION_BATCH,
+            {
+                "ma_cskcb": "79001",
+                "events": [dict(e, ma_cskcb="79001") for e in SAMPLE_EVENTS[i : i + 5]],
+            },
+        )
+        for i in range(80, 120, 5)
+    ]
+)
 GOOD = CODEC.encode(SUBJECTS.EXAMINATION_EVENT, f.exam())
 
 
-def fuzz(target: str, strategy: st.SearchStrategy[Any], check: Callable[[Any], None],
-         report: FaultReport, full: bool) -> None:
+def fuzz(
+    target: str,
+    strategy: st.SearchStrategy[Any],
+    check: Callable[[Any], None],
+    report: FaultReport,
+    full: bool,
+) -> None:
     """Run ``check`` on ``COUNTS[target]`` generated cases; count them in the report."""
     n = COUNTS[target][1 if full else 0]
     ran = [0]
 
-    @settings(max_examples=n, deadline=None, database=None, print_blob=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def run(case: Any) -> None:
         ran[0] += 1
@@ -91,14 +124,18 @@ def fuzz(target: str, strategy: st.SearchStrategy[Any], check: Callable[[Any], N
         report.fuzz[target] = report.fuzz.get(target, 0) + ran[0]
 
 
-MODES = [pytest.param(False, id="quick"),
-         pytest.param(True, marks=[pytest.mark.faults, pytest.mark.slow,
-                                   pytest.mark.timeout(1800)], id="full")]
+MODES = [
+    pytest.param(False, id="quick"),
+    pytest.param(
+        True, marks=[pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1800)], id="full"
+    ),
+]
 
 
 # -- strategies ---------------------------------------------------------------------------------
 def _mutated(base: list[bytes]) -> st.SearchStrategy[bytes]:
     """A valid message damaged by a few byte-level edits."""
+
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
         data = bytearray(draw(st.sampled_from(base)))
@@ -110,29 +147,52 @@ def _mutated(base: list[bytes]) -> st.SearchStrategy[bytes]:
             elif op == "set" and data:
                 data[at] = draw(st.sampled_from((0, 1, 0x7F, 0x80, 0xFF, 0x3F)))
             elif op == "delete":
-                del data[at:at + draw(st.integers(1, 16))]
+                del data[at : at + draw(st.integers(1, 16))]
             elif op == "insert":
                 data[at:at] = draw(st.binary(min_size=1, max_size=16))
             elif op == "truncate":
                 del data[at:]
             elif op == "dup":
-                data[at:at] = data[at:at + draw(st.integers(1, 32))]
+                data[at:at] = data[at : at + draw(st.integers(1, 32))]
         return bytes(data)
+
     return build()
 
 
 def _with_header() -> st.SearchStrategy[bytes]:
     ids = st.sampled_from(sorted(CODEC.catalog.by_id)) | st.integers(-(2**31), 2**31 - 1)
-    return st.builds(lambda i, body: b"\x00" + struct.pack(">i", i) + body, ids,
-                     st.binary(max_size=1024))
+    return st.builds(
+        lambda i, body: b"\x00" + struct.pack(">i", i) + body, ids, st.binary(max_size=1024)
+    )
 
 
 TEXT = st.one_of(
     st.text(max_size=24),
     st.text(alphabet="0123456789", min_size=0, max_size=14),
-    st.sampled_from(["", " ", "0", "01", "11", "1.1", "79001", "79999", "J06.9", "XYZ",
-                     "202403040800", "202402300800", "20240304", "209901010800", "2024-03-04",
-                     "079085000001", "GD479000000001", "\x00", "٠٧٩", "２０２４"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "01",
+            "11",
+            "1.1",
+            "79001",
+            "79999",
+            "J06.9",
+            "XYZ",
+            "202403040800",
+            "202402300800",
+            "20240304",
+            "209901010800",
+            "2024-03-04",
+            "079085000001",
+            "GD479000000001",
+            "\x00",
+            "٠٧٩",
+            "２０２４",
+        ]
+    ),
     st.text(min_size=90, max_size=300),
 )
 INT = st.one_of(st.integers(-5, 12), st.integers(-(2**31), 2**31 - 1))
@@ -144,13 +204,21 @@ def _avro(schema: Any) -> st.SearchStrategy[Any]:
     if isinstance(schema, list):
         return st.one_of([_avro(s) for s in schema])
     if isinstance(schema, str):
-        return {"null": st.none(), "string": TEXT, "int": INT, "long": LONG,
-                "boolean": st.booleans(), "double": st.floats(allow_nan=True),
-                "float": st.floats(width=32), "bytes": st.binary(max_size=64)}[schema]
+        return {
+            "null": st.none(),
+            "string": TEXT,
+            "int": INT,
+            "long": LONG,
+            "boolean": st.booleans(),
+            "double": st.floats(allow_nan=True),
+            "float": st.floats(width=32),
+            "bytes": st.binary(max_size=64),
+        }[schema]
     kind = schema["type"]
     if kind == "record":
-        return st.fixed_dictionaries({field["name"]: _avro(field["type"])
-                                      for field in schema["fields"]})
+        return st.fixed_dictionaries(
+            {field["name"]: _avro(field["type"]) for field in schema["fields"]}
+        )
     if kind == "enum":
         return st.sampled_from(schema["symbols"])
     if kind == "array":
@@ -220,8 +288,12 @@ def _check_validator(event: dict[str, Any]) -> None:
     _check_intake(encoded)
 
 
-SINK_SUBJECTS = (SUBJECTS.HEALTH_BOOK_RECORD, SUBJECTS.REFERRAL_RECORD,
-                 SUBJECTS.APPOINTMENT_RECORD, SUBJECTS.DEAD_LETTER)
+SINK_SUBJECTS = (
+    SUBJECTS.HEALTH_BOOK_RECORD,
+    SUBJECTS.REFERRAL_RECORD,
+    SUBJECTS.APPOINTMENT_RECORD,
+    SUBJECTS.DEAD_LETTER,
+)
 WRITER = PostgresWriter(lambda: None)  # type: ignore[arg-type, return-value]
 
 
@@ -248,7 +320,8 @@ def _check_sink_row(case: tuple[str, dict[str, Any]]) -> None:
 
 
 DOSSIERS = [encode_dossier(e["ma_cskcb"], [e]) for e in SAMPLE_EVENTS[:10]] + [
-    encode_dossier("79001", [dict(e, ma_cskcb="79001") for e in SAMPLE_EVENTS[10:16]])]
+    encode_dossier("79001", [dict(e, ma_cskcb="79001") for e in SAMPLE_EVENTS[10:16]])
+]
 
 
 @st.composite
@@ -274,9 +347,16 @@ def mutated_dossiers(draw: st.DrawFn) -> bytes:
             at = draw(st.integers(0, len(content) - 1))
             content[at] = draw(st.sampled_from(b"A=+/!*\n \x00\xc3"))
         return text[:start].encode() + bytes(content) + text[end:].encode()
-    prolog = draw(st.sampled_from(('<!DOCTYPE GIAMDINHHS [<!ENTITY a "x">]>',
-                                   '<!DOCTYPE GIAMDINHHS SYSTEM "http://127.0.0.1:1/x.dtd">',
-                                   "<!-- comment -->", "<?pi data?>")))
+    prolog = draw(
+        st.sampled_from(
+            (
+                '<!DOCTYPE GIAMDINHHS [<!ENTITY a "x">]>',
+                '<!DOCTYPE GIAMDINHHS SYSTEM "http://127.0.0.1:1/x.dtd">',
+                "<!-- comment -->",
+                "<?pi data?>",
+            )
+        )
+    )
     return text.replace("?>", "?>" + prolog, 1).encode()
 
 
@@ -292,9 +372,12 @@ def _check_dossier(data: bytes) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
-    lambda inner: st.lists(inner, min_size=1, max_size=3)
-    | st.dictionaries(TEXT, inner, min_size=1, max_size=3),
-    max_leaves=8)
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=3)
+        | st.dictionaries(TEXT, inner, min_size=1, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -324,38 +407,38 @@ def _check_json_line(line: str) -> None:
 # -- the tests ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("full", MODES)
 def test_decoder_on_arbitrary_bytes(fault_report: FaultReport, full: bool) -> None:
-    fuzz("decoder, arbitrary bytes", st.binary(max_size=2048) | _with_header(), _check_decode,
-         fault_report, full)
+    fuzz(
+        "decoder, arbitrary bytes",
+        st.binary(max_size=2048) | _with_header(),
+        _check_decode,
+        fault_report,
+        full,
+    )
 
 
 @pytest.mark.parametrize("full", MODES)
 def test_decoder_on_mutated_messages(fault_report: FaultReport, full: bool) -> None:
-    fuzz("decoder, mutated messages", _mutated(SAMPLE_MESSAGES), _check_decode, fault_report,
-         full)
+    fuzz("decoder, mutated messages", _mutated(SAMPLE_MESSAGES), _check_decode, fault_report, full)
 
 
 @pytest.mark.parametrize("full", MODES)
 def test_validator_on_near_valid_events(fault_report: FaultReport, full: bool) -> None:
-    fuzz("validator, near-valid events", near_valid_events(), _check_validator, fault_report,
-         full)
+    fuzz("validator, near-valid events", near_valid_events(), _check_validator, fault_report, full)
 
 
 @pytest.mark.parametrize("full", MODES)
 def test_intake_on_mutated_messages(fault_report: FaultReport, full: bool) -> None:
-    fuzz("intake, mutated messages", _mutated(SAMPLE_MESSAGES), _check_intake, fault_report,
-         full)
+    fuzz("intake, mutated messages", _mutated(SAMPLE_MESSAGES), _check_intake, fault_report, full)
 
 
 @pytest.mark.parametrize("full", MODES)
 def test_sink_rows_from_any_schema_valid_record(fault_report: FaultReport, full: bool) -> None:
-    fuzz("sink rows, schema-generated records", sink_records(), _check_sink_row, fault_report,
-         full)
+    fuzz("sink rows, schema-generated records", sink_records(), _check_sink_row, fault_report, full)
 
 
 @pytest.mark.parametrize("full", MODES)
 def test_gateway_parser_on_mutated_dossiers(fault_report: FaultReport, full: bool) -> None:
-    fuzz("gateway parser, mutated dossiers", mutated_dossiers(), _check_dossier, fault_report,
-         full)
+    fuzz("gateway parser, mutated dossiers", mutated_dossiers(), _check_dossier, fault_report, full)
 
 
 @pytest.mark.parametrize("full", MODES)

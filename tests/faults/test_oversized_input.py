@@ -54,8 +54,12 @@ def _produce(d: Deployment, values: list[bytes], key: bytes) -> None:
     producer = Producer(producer_config(d.settings, **{"message.max.bytes": 2 * LARGEST}))
     errors: list[str] = []
     for value in values:
-        producer.produce(d.settings.topic(EXAMINATIONS), value, key,
-                         on_delivery=lambda err, _msg: err and errors.append(str(err)))
+        producer.produce(
+            d.settings.topic(EXAMINATIONS),
+            value,
+            key,
+            on_delivery=lambda err, _msg: err and errors.append(str(err)),
+        )
     assert producer.flush(60) == 0
     assert not errors, errors
 
@@ -74,10 +78,12 @@ def test_oversized_inputs_each_get_one_bounded_dead_letter(deploy: DeploymentFac
 
     def batch_of(n: int) -> bytes:
         stranger.clear()
-        stranger.update(f.exam(9001, facility="7" * MIB, event_id="E" * MIB,
-                               ma_khoa="K" * max(n, 0)))
-        return codec.encode(SUBJECTS.EXAMINATION_BATCH,
-                            {"ma_cskcb": "79001", "events": [stranger, batched_good]})
+        stranger.update(
+            f.exam(9001, facility="7" * MIB, event_id="E" * MIB, ma_khoa="K" * max(n, 0))
+        )
+        return codec.encode(
+            SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": [stranger, batched_good]}
+        )
 
     batched_good = f.exam(facility="79001")
     batch = _sized(batch_of, LARGEST)
@@ -100,16 +106,25 @@ def test_oversized_inputs_each_get_one_bounded_dead_letter(deploy: DeploymentFac
         values += [value, encode_event(event)]
     _produce(d, values, key=b"79001")
 
-    wait_until(lambda: d.count("dead_letters") >= len(cases)
-               and d.count("health_book_entries") >= len(good) + 1, 60,
-               message="a dead letter per oversized input and every good event persisted")
+    wait_until(
+        lambda: (
+            d.count("dead_letters") >= len(cases)
+            and d.count("health_book_entries") >= len(good) + 1
+        ),
+        60,
+        message="a dead letter per oversized input and every good event persisted",
+    )
 
     by_offset = {m.offset(): m.value() for m in d.read_topic("examinations", timeout=30)}
     offsets = sorted(by_offset)
     assert len(offsets) == 2 * len(cases)
-    rows = {r[0]: r[1:] for r in d.query(
-        "SELECT source_offset, reason, event_index, length(original), original,"
-        " original_length, original_sha256, original_truncated FROM dead_letters")}
+    rows = {
+        r[0]: r[1:]
+        for r in d.query(
+            "SELECT source_offset, reason, event_index, length(original), original,"
+            " original_length, original_sha256, original_truncated FROM dead_letters"
+        )
+    }
     topic = {}
     for message in d.read_topic(DEAD_LETTER):
         assert len(message.value()) < DEFAULT_ORIGINAL_MAX_BYTES + 10_000
@@ -128,8 +143,11 @@ def test_oversized_inputs_each_get_one_bounded_dead_letter(deploy: DeploymentFac
         assert (length, sha256, truncated) == (len(original), digest, True)
         message_key, record = topic[offset]
         assert record["reason"] == reason and record["original"] == prefix
-        assert (record["original_length"], record["original_sha256"],
-                record["original_truncated"]) == (len(original), digest, True)
+        assert (
+            record["original_length"],
+            record["original_sha256"],
+            record["original_truncated"],
+        ) == (len(original), digest, True)
         assert len(record["message"]) <= 1000
         if key is not None:
             assert message_key == key

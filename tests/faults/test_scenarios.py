@@ -73,20 +73,44 @@ class Size:
     timeout: float
 
 
-FULL = Size("full", int(os.environ.get("EHB_FAULTS_EVENTS", "200000")), worker_kills=5,
-            sink_kills=3, db_outage_s=30, broker_outage_s=60, span_s=80, timeout=900)
-QUICK = Size("quick", 3000, worker_kills=1, sink_kills=1, db_outage_s=5, broker_outage_s=5,
-             span_s=8, timeout=120)
+FULL = Size(
+    "full",
+    int(os.environ.get("EHB_FAULTS_EVENTS", "200000")),
+    worker_kills=5,
+    sink_kills=3,
+    db_outage_s=30,
+    broker_outage_s=60,
+    span_s=80,
+    timeout=900,
+)
+QUICK = Size(
+    "quick",
+    3000,
+    worker_kills=1,
+    sink_kills=1,
+    db_outage_s=5,
+    broker_outage_s=5,
+    span_s=8,
+    timeout=120,
+)
 
 
 def sizes(quick: bool) -> list[Any]:
-    full = pytest.param(FULL, marks=[pytest.mark.faults, pytest.mark.slow,
-                                     pytest.mark.timeout(1500)], id="full")
+    full = pytest.param(
+        FULL, marks=[pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1500)], id="full"
+    )
     return [pytest.param(QUICK, id="quick"), full] if quick else [full]
 
 
-def _record_failure(d: Deployment, name: str, size: Size, expectation: Expectation,
-                    monitor: Monitor, report: FaultReport, exc: BaseException) -> None:
+def _record_failure(
+    d: Deployment,
+    name: str,
+    size: Size,
+    expectation: Expectation,
+    monitor: Monitor,
+    report: FaultReport,
+    exc: BaseException,
+) -> None:
     """A scenario that did not reach its end still gets its row: what the database holds."""
     scenario = f"{name} [{size.name}]"
     if any(row.scenario == scenario for row in report.rows):
@@ -101,8 +125,15 @@ def _record_failure(d: Deployment, name: str, size: Size, expectation: Expectati
 
 
 @contextlib.contextmanager
-def _scenario(d: Deployment, name: str, size: Size, expectation: Expectation, monitor: Monitor,
-              report: FaultReport, load: LoadProcess) -> Iterator[None]:
+def _scenario(
+    d: Deployment,
+    name: str,
+    size: Size,
+    expectation: Expectation,
+    monitor: Monitor,
+    report: FaultReport,
+    load: LoadProcess,
+) -> Iterator[None]:
     """One scenario's run: if it fails, the report still gets its row (what the database
     holds); the load and the monitor stop either way."""
     try:
@@ -115,28 +146,49 @@ def _scenario(d: Deployment, name: str, size: Size, expectation: Expectation, mo
         monitor.stop()
 
 
-def _run_end(d: Deployment, name: str, size: Size, expectation: Expectation,
-             monitor: Monitor, load: LoadProcess, report: FaultReport,
-             notes: list[str] | None = None) -> None:
+def _run_end(
+    d: Deployment,
+    name: str,
+    size: Size,
+    expectation: Expectation,
+    monitor: Monitor,
+    load: LoadProcess,
+    report: FaultReport,
+    notes: list[str] | None = None,
+) -> None:
     result = _reconciled_end(d, name, size, expectation, monitor, load, notes)
     report.add(result)
     assert result.ok, result.failure()
 
 
-def _reconciled_end(d: Deployment, name: str, size: Size, expectation: Expectation,
-                    monitor: Monitor, load: LoadProcess, notes: list[str] | None = None,
-                    stall_s: float | None = None) -> Reconciliation:
+def _reconciled_end(
+    d: Deployment,
+    name: str,
+    size: Size,
+    expectation: Expectation,
+    monitor: Monitor,
+    load: LoadProcess,
+    notes: list[str] | None = None,
+    stall_s: float | None = None,
+) -> Reconciliation:
     """The load's end, the pipeline settled, then every event reconciled."""
     status = load.wait(size.timeout)
     drained_from = time.monotonic()
     settle(d, len(expectation.outcome), size.timeout, stall_s=stall_s)
     drain = time.monotonic() - drained_from
     monitor.stop()
-    notes = [f"load: {status.get('accept_seconds')} s to accept, {load.starts} process(es), "
-             f"{status.get('resent', 0)} events resent from the outbox at the last start",
-             *(notes or [])]
-    return finish(reconcile(d, f"{name} [{size.name}]", expectation), monitor,
-                  len(expectation.outcome), drain_seconds=drain, notes=notes)
+    notes = [
+        f"load: {status.get('accept_seconds')} s to accept, {load.starts} process(es), "
+        f"{status.get('resent', 0)} events resent from the outbox at the last start",
+        *(notes or []),
+    ]
+    return finish(
+        reconcile(d, f"{name} [{size.name}]", expectation),
+        monitor,
+        len(expectation.outcome),
+        drain_seconds=drain,
+        notes=notes,
+    )
 
 
 # -- 1. kill -9 of a stream worker at random moments --------------------------------------------
@@ -157,9 +209,15 @@ def _two_workers(deploy: DeploymentFactory, static: bool) -> tuple[Deployment, d
     return d, ids
 
 
-def _kill_workers_at_random(d: Deployment, size: Size, seed: int, monitor: Monitor,
-                            total: int, instance_ids: dict[str, str],
-                            stall_s: float | None = None) -> list[str]:
+def _kill_workers_at_random(
+    d: Deployment,
+    size: Size,
+    seed: int,
+    monitor: Monitor,
+    total: int,
+    instance_ids: dict[str, str],
+    stall_s: float | None = None,
+) -> list[str]:
     """``size.worker_kills`` kills of a random worker at random shares of the committed
     events, each followed by a restart (with the victim's instance id, if it had one);
     returns the report's notes."""
@@ -169,8 +227,7 @@ def _kill_workers_at_random(d: Deployment, size: Size, seed: int, monitor: Monit
         wait_committed(d, monitor, moment * total, size.timeout, stall_s)
         alive = [w for w in d.workers if w.proc.poll() is None]
         victim = rng.choice(alive)
-        fault = monitor.fault(f"kill -9 worker #{n} ({victim.name})",
-                              committed=monitor.committed)
+        fault = monitor.fault(f"kill -9 worker #{n} ({victim.name})", committed=monitor.committed)
         d.kill(victim)
         instance_id = instance_ids.get(victim.name)
         fresh = d.start_worker(wait=False, instance_id=instance_id)
@@ -178,18 +235,24 @@ def _kill_workers_at_random(d: Deployment, size: Size, seed: int, monitor: Monit
             instance_ids[fresh.name] = instance_id
         fault.ended = time.time()
         # a stalled group may never give the restarted worker partitions: bounded by stall_s
-        wait_until(lambda child=fresh: worker_owns_partitions(child),
-                   180 if stall_s is None else 2 * stall_s, interval=0.25,
-                   message="restarted worker joined")
+        wait_until(
+            lambda child=fresh: worker_owns_partitions(child),
+            180 if stall_s is None else 2 * stall_s,
+            interval=0.25,
+            message="restarted worker joined",
+        )
         fault.detail["rejoined_after_s"] = round(time.time() - fault.ended, 1)
     membership = "static" if instance_ids else "dynamic"
-    return [f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)} of the "
-            f"committed events (seed {seed}, {membership} group membership)"]
+    return [
+        f"{len(moments)} kills at {', '.join(f'{m:.0%}' for m in moments)} of the "
+        f"committed events (seed {seed}, {membership} group membership)"
+    ]
 
 
 @pytest.mark.parametrize("size", sizes(quick=True))
-def test_worker_killed_at_random_moments(deploy: DeploymentFactory, fault_report: FaultReport,
-                                         size: Size) -> None:
+def test_worker_killed_at_random_moments(
+    deploy: DeploymentFactory, fault_report: FaultReport, size: Size
+) -> None:
     d, instance_ids = _two_workers(deploy, static=False)
     expectation = expected_for(size.events)
     total = len(expectation.outcome)
@@ -221,8 +284,9 @@ def _static_run(run: int) -> bool:
     return LOOP_MEMBERSHIP == "alternate" and run % 2 == 0
 
 
-def _prepare_run(services: Settings, root: Path, run: int
-                 ) -> tuple[DeploymentFactory, Deployment, dict[str, str]]:
+def _prepare_run(
+    services: Settings, root: Path, run: int
+) -> tuple[DeploymentFactory, Deployment, dict[str, str]]:
     """Run ``run``'s deployment (static group membership if :func:`_static_run`)."""
     factory = DeploymentFactory(services, root / f"run{run}")
     try:
@@ -236,8 +300,9 @@ def _prepare_run(services: Settings, root: Path, run: int
 @pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.timeout(300 + 120 * LOOP_RUNS)
-def test_worker_killed_at_random_moments_in_a_loop(services: Settings, tmp_path: Path,
-                                                   fault_report: FaultReport) -> None:
+def test_worker_killed_at_random_moments_in_a_loop(
+    services: Settings, tmp_path: Path, fault_report: FaultReport
+) -> None:
     """Scenario 1 [quick], ``EHB_FAULTS_LOOP_RUNS`` times (default 50), with dynamic group
     membership, or static on even runs (``EHB_FAULTS_LOOP_MEMBERSHIP=alternate``); run n
     draws its kill moments and victims with seed ``EHB_FAULTS_SEED + n``. Each run has its
@@ -272,15 +337,16 @@ def test_worker_killed_at_random_moments_in_a_loop(services: Settings, tmp_path:
                 monitor = Monitor(d).start()
                 load = LoadProcess(d, events=size.events, rate=size.events / size.span_s)
                 load.start()
-                notes = _kill_workers_at_random(d, size, seed, monitor,
-                                                len(expectation.outcome), instance_ids,
-                                                LOOP_STALL_S)
+                notes = _kill_workers_at_random(
+                    d, size, seed, monitor, len(expectation.outcome), instance_ids, LOOP_STALL_S
+                )
                 phases["killed"] = round(time.monotonic() - started, 1)
                 if run < LOOP_RUNS:  # the next deployment starts while this one drains
                     upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
                     next_submitted = True
-                result = _reconciled_end(d, S1, size, expectation, monitor, load, notes,
-                                         LOOP_STALL_S)
+                result = _reconciled_end(
+                    d, S1, size, expectation, monitor, load, notes, LOOP_STALL_S
+                )
                 phases["reconciled"] = round(time.monotonic() - started, 1)
             except Exception as exc:  # noqa: BLE001 - a failed run is counted, the loop goes on
                 error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -298,29 +364,45 @@ def test_worker_killed_at_random_moments_in_a_loop(services: Settings, tmp_path:
                     upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
             seconds.append(round(time.monotonic() - started, 1))
             ok = not error and result is not None and result.ok
-            print(f"run {run} ({'static' if static else 'dynamic'}, seed {seed}): "
-                  f"{'ok' if ok else 'FAILED'}, {phases}, {seconds[-1]} s", flush=True)
+            print(
+                f"run {run} ({'static' if static else 'dynamic'}, seed {seed}): "
+                f"{'ok' if ok else 'FAILED'}, {phases}, {seconds[-1]} s",
+                flush=True,
+            )
             if not ok:
-                failures.append({
-                    "run": run, "membership": "static" if static else "dynamic", "seed": seed,
-                    "lost": result.lost if result else None,
-                    "duplicated": result.duplicated if result else None,
-                    "error": error or (result.failure() if result else ""),
-                    "logs": str(d.tmp / "logs") if d is not None else None,
-                })
+                failures.append(
+                    {
+                        "run": run,
+                        "membership": "static" if static else "dynamic",
+                        "seed": seed,
+                        "lost": result.lost if result else None,
+                        "duplicated": result.duplicated if result else None,
+                        "error": error or (result.failure() if result else ""),
+                        "logs": str(d.tmp / "logs") if d is not None else None,
+                    }
+                )
     runs = len(seconds)
-    fault_report.loops.append({
-        "scenario": f"{S1} [quick]", "runs": runs, "asked": LOOP_RUNS,
-        "static": sum(_static_run(n) for n in range(1, runs + 1)), "seed_base": SEED,
-        "failures": failures, "seconds_per_run": seconds,
-    })
+    fault_report.loops.append(
+        {
+            "scenario": f"{S1} [quick]",
+            "runs": runs,
+            "asked": LOOP_RUNS,
+            "static": sum(_static_run(n) for n in range(1, runs + 1)),
+            "seed_base": SEED,
+            "failures": failures,
+            "seconds_per_run": seconds,
+        }
+    )
     assert not failures, failures
-    assert runs == LOOP_RUNS, (f"only {runs} of {LOOP_RUNS} runs within the loop's "
-                               f"{LOOP_BUDGET_S:.0f}s (EHB_FAULTS_LOOP_BUDGET_S)")
+    assert runs == LOOP_RUNS, (
+        f"only {runs} of {LOOP_RUNS} runs within the loop's "
+        f"{LOOP_BUDGET_S:.0f}s (EHB_FAULTS_LOOP_BUDGET_S)"
+    )
 
 
-def dispose_prepared(upcoming: Future[tuple[DeploymentFactory, Deployment, dict[str, str]]]
-                     ) -> None:
+def dispose_prepared(
+    upcoming: Future[tuple[DeploymentFactory, Deployment, dict[str, str]]],
+) -> None:
     """Tear down a deployment prepared for a run that will not happen."""
     with contextlib.suppress(Exception):
         dispose(upcoming.result()[0])
@@ -329,14 +411,18 @@ def dispose_prepared(upcoming: Future[tuple[DeploymentFactory, Deployment, dict[
 # -- 2. kill -9 of the sink while it writes a batch ----------------------------------------------
 def _sink_writing(d: Deployment) -> bool:
     """The sink's connection is inside a transaction that has written (an xid)."""
-    return bool(d.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'ehb-sink' AND backend_xid IS NOT NULL"))
+    return bool(
+        d.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'ehb-sink' AND backend_xid IS NOT NULL"
+        )
+    )
 
 
 @pytest.mark.parametrize("size", sizes(quick=False))
-def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
-                                           fault_report: FaultReport, size: Size) -> None:
+def test_sink_killed_while_writing_a_batch(
+    deploy: DeploymentFactory, fault_report: FaultReport, size: Size
+) -> None:
     rng = random.Random(SEED + 2)
     d = deploy(workers=1, partitions=4)
     expectation = expected_for(size.events)
@@ -345,37 +431,57 @@ def test_sink_killed_while_writing_a_batch(deploy: DeploymentFactory,
     load = LoadProcess(d, events=size.events).start()
     caught = 0
     with _scenario(d, S2, size, expectation, monitor, fault_report, load):
-        for n, moment in enumerate(sorted(rng.uniform(0.1, 0.8)
-                                          for _ in range(size.sink_kills)), 1):
+        for n, moment in enumerate(
+            sorted(rng.uniform(0.1, 0.8) for _ in range(size.sink_kills)), 1
+        ):
             wait_committed(d, monitor, moment * total, size.timeout)
             try:
-                wait_until(lambda: _sink_writing(d), 30, interval=0.002,
-                           message="the sink inside a write transaction")
+                wait_until(
+                    lambda: _sink_writing(d),
+                    30,
+                    interval=0.002,
+                    message="the sink inside a write transaction",
+                )
                 in_transaction = True
             except WaitTimeout:
                 in_transaction = False
             assert d.sink is not None
-            fault = monitor.fault(f"kill -9 sink #{n}", in_write_transaction=in_transaction,
-                                  committed=monitor.committed)
+            fault = monitor.fault(
+                f"kill -9 sink #{n}",
+                in_write_transaction=in_transaction,
+                committed=monitor.committed,
+            )
             d.kill(d.sink)
             caught += in_transaction
             d.start_sink()
             fault.ended = time.time()
-        _run_end(d, S2, size, expectation, monitor,
-                 load, fault_report,
-                 [f"{caught} of {size.sink_kills} kills landed inside a write transaction "
-                  "(pg_stat_activity.backend_xid set)"])
+        _run_end(
+            d,
+            S2,
+            size,
+            expectation,
+            monitor,
+            load,
+            fault_report,
+            [
+                f"{caught} of {size.sink_kills} kills landed inside a write transaction "
+                "(pg_stat_activity.backend_xid set)"
+            ],
+        )
         assert caught >= 1  # at least one kill landed mid-transaction (all, at full size)
 
 
 # -- 3. PostgreSQL stopped mid-run, then restarted ----------------------------------------------
 @pytest.fixture
-def own_database(services: Settings, tmp_path: Path) -> Iterator[tuple[DeploymentFactory,
-                                                                       EmbeddedPostgres]]:
+def own_database(
+    services: Settings, tmp_path: Path
+) -> Iterator[tuple[DeploymentFactory, EmbeddedPostgres]]:
     """A PostgreSQL server of its own (it is stopped mid-test) and deployments on it."""
     server = EmbeddedPostgres(tmp_path / "pg").start()
-    factory = DeploymentFactory(services.model_copy(update={
-        "database_url": SecretStr(server.url)}), tmp_path / "deployments")
+    factory = DeploymentFactory(
+        services.model_copy(update={"database_url": SecretStr(server.url)}),
+        tmp_path / "deployments",
+    )
     try:
         yield factory, server
     finally:
@@ -384,9 +490,9 @@ def own_database(services: Settings, tmp_path: Path) -> Iterator[tuple[Deploymen
 
 
 @pytest.mark.parametrize("size", sizes(quick=True))
-def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
-                                                             EmbeddedPostgres],
-                                         fault_report: FaultReport, size: Size) -> None:
+def test_postgres_stopped_then_restarted(
+    own_database: tuple[DeploymentFactory, EmbeddedPostgres], fault_report: FaultReport, size: Size
+) -> None:
     factory, server = own_database
     d = factory(workers=1, partitions=4)
     expectation = expected_for(size.events)
@@ -403,8 +509,7 @@ def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
         fault.detail["committed_before"] = monitor.committed
         server.start()
         fault.ended = time.time()
-        _run_end(d, S3, size, expectation, monitor,
-                 load, fault_report)
+        _run_end(d, S3, size, expectation, monitor, load, fault_report)
         sink_log = d.sink.log.read_text() if d.sink else ""
         assert "PostgreSQL unavailable" in sink_log  # the sink did wait and retry
 
@@ -412,26 +517,35 @@ def test_postgres_stopped_then_restarted(own_database: tuple[DeploymentFactory,
 # -- 4. the broker unreachable from the producers; a producer killed meanwhile ----------------
 @pytest.mark.parametrize("size", sizes(quick=True))
 def test_broker_unreachable_from_producers_and_producer_killed(
-        deploy: DeploymentFactory, fault_report: FaultReport, size: Size) -> None:
+    deploy: DeploymentFactory, fault_report: FaultReport, size: Size
+) -> None:
     d = deploy(workers=1, partitions=4)
     expectation = expected_for(size.events)
     total = len(expectation.outcome)
     proxy = KafkaProxy.for_bootstrap(str(d.settings.kafka_bootstrap)).start()
     monitor = Monitor(d).start()
-    load = LoadProcess(d, events=size.events, bootstrap=proxy.bootstrap,
-                       rate=size.events / size.span_s).start()
-    with contextlib.closing(proxy), _scenario(d, S4, size, expectation, monitor,
-                                                 fault_report, load):
-        wait_until(lambda: load.status().get("accepted", 0) >= 0.25 * total, size.timeout,
-                   interval=0.05, message="25% accepted")
-        fault = monitor.fault("broker unreachable from the producers",
-                              seconds=size.broker_outage_s)
+    load = LoadProcess(
+        d, events=size.events, bootstrap=proxy.bootstrap, rate=size.events / size.span_s
+    ).start()
+    with (
+        contextlib.closing(proxy),
+        _scenario(d, S4, size, expectation, monitor, fault_report, load),
+    ):
+        wait_until(
+            lambda: load.status().get("accepted", 0) >= 0.25 * total,
+            size.timeout,
+            interval=0.05,
+            message="25% accepted",
+        )
+        fault = monitor.fault("broker unreachable from the producers", seconds=size.broker_outage_s)
         proxy.cut()
         time.sleep(size.broker_outage_s / 2)
-        held = wait_until(lambda: outbox_pending(load.outbox_file), 30,
-                          message="events held in the outbox")
-        kill = monitor.fault("kill -9 of the producer", outbox_events=held,
-                             accepted=load.status().get("accepted"))
+        held = wait_until(
+            lambda: outbox_pending(load.outbox_file), 30, message="events held in the outbox"
+        )
+        kill = monitor.fault(
+            "kill -9 of the producer", outbox_events=held, accepted=load.status().get("accepted")
+        )
         load.kill()
         kill.detail["outbox_events_after_kill"] = outbox_pending(load.outbox_file)
         load.start()
@@ -441,9 +555,16 @@ def test_broker_unreachable_from_producers_and_producer_killed(
         fault.detail["outbox_events_at_restore"] = outbox_pending(load.outbox_file)
         proxy.restore()
         fault.ended = kill.ended = time.time()  # the resend can only be seen from here on
-        _run_end(d, S4, size,
-                 expectation, monitor, load, fault_report,
-                 [f"the outbox held {held:,} events when the producer was killed"])
+        _run_end(
+            d,
+            S4,
+            size,
+            expectation,
+            monitor,
+            load,
+            fault_report,
+            [f"the outbox held {held:,} events when the producer was killed"],
+        )
         assert kill.detail["outbox_events_after_kill"] >= held
         assert outbox_pending(load.outbox_file) == 0
 
@@ -452,16 +573,37 @@ def test_broker_unreachable_from_producers_and_producer_killed(
 def _health_book(event_id: str, **changes: Any) -> dict[str, Any]:
     now = int(time.time() * 1000)
     record = {
-        "record_type": "EXAMINATION", "event_id": event_id,
-        "citizen_key": f"poison-{event_id[:8]}", "so_cccd": "079085000001", "ho_ten": "Poison",
-        "ngay_sinh": "198506150000", "gioi_tinh": 1, "ma_the_bhyt": "GD479000000001",
-        "ma_lk": f"POISON{event_id[:12]}", "ma_cskcb": "79001", "facility_name": "Poison",
-        "facility_level": "central", "facility_district": None, "facility_province": "79",
-        "ma_dkbd": "79005", "registration_province": "79", "scope": "IN_PROVINCE",
-        "ma_loai_kcb": "01", "visit_type": "outpatient_exam", "ma_benh_chinh": "J06.9",
-        "ma_benh_kt": None, "ngay_vao": "202403040800", "ngay_ra": "202403041000",
-        "ket_qua_dtri": 1, "ma_loai_rv": 1, "t_tongchi_bv": 1000, "t_tongchi_bh": 0,
-        "t_bhtt": 0, "has_referral": False, "has_appointment": False, "published_at": now,
+        "record_type": "EXAMINATION",
+        "event_id": event_id,
+        "citizen_key": f"poison-{event_id[:8]}",
+        "so_cccd": "079085000001",
+        "ho_ten": "Poison",
+        "ngay_sinh": "198506150000",
+        "gioi_tinh": 1,
+        "ma_the_bhyt": "GD479000000001",
+        "ma_lk": f"POISON{event_id[:12]}",
+        "ma_cskcb": "79001",
+        "facility_name": "Poison",
+        "facility_level": "central",
+        "facility_district": None,
+        "facility_province": "79",
+        "ma_dkbd": "79005",
+        "registration_province": "79",
+        "scope": "IN_PROVINCE",
+        "ma_loai_kcb": "01",
+        "visit_type": "outpatient_exam",
+        "ma_benh_chinh": "J06.9",
+        "ma_benh_kt": None,
+        "ngay_vao": "202403040800",
+        "ngay_ra": "202403041000",
+        "ket_qua_dtri": 1,
+        "ma_loai_rv": 1,
+        "t_tongchi_bv": 1000,
+        "t_tongchi_bh": 0,
+        "t_bhtt": 0,
+        "has_referral": False,
+        "has_appointment": False,
+        "published_at": now,
         "processed_at": now,
     }
     record.update(changes)
@@ -478,43 +620,94 @@ def poison_records(codec: AvroCodec) -> list[tuple[str, str, bytes, str]]:
 
     hb = SUBJECTS.HEALTH_BOOK_RECORD
     for what, changes in (
-            ("negative T_TONGCHI_BV (CHECK constraint)", {"t_tongchi_bv": -1}),
-            ("GIOI_TINH beyond smallint", {"gioi_tinh": 70_000}),
-            ("NUL character in HO_TEN", {"ho_ten": "Nguyễn\x00Văn"}),
-            ("impossible NGAY_VAO (31 February)", {"ngay_vao": "202402310800"}),
-            ("NGAY_RA not a date at all", {"ngay_ra": "not-a-date"}),
+        ("negative T_TONGCHI_BV (CHECK constraint)", {"t_tongchi_bv": -1}),
+        ("GIOI_TINH beyond smallint", {"gioi_tinh": 70_000}),
+        ("NUL character in HO_TEN", {"ho_ten": "Nguyễn\x00Văn"}),
+        ("impossible NGAY_VAO (31 February)", {"ngay_vao": "202402310800"}),
+        ("NGAY_RA not a date at all", {"ngay_ra": "not-a-date"}),
     ):
         event_id = str(uuid.uuid4())
         add(what, "health-book", hb, _health_book(event_id, **changes), event_id)
     event_id = str(uuid.uuid4())
-    add("NUL in the event id and a negative amount", "health-book", hb,
+    add(
+        "NUL in the event id and a negative amount",
+        "health-book",
+        hb,
         _health_book(event_id[:8] + "\x00" + event_id[9:], t_tongchi_bv=-5),
-        event_id[:8] + "\ufffd" + event_id[9:])
+        event_id[:8] + "\ufffd" + event_id[9:],
+    )
     event_id = str(uuid.uuid4())
-    add("referral reason beyond smallint", "referrals", SUBJECTS.REFERRAL_RECORD, {
-        "record_type": "ISSUED", "referral_id": f"poison:{event_id}", "event_id": event_id,
-        "citizen_key": "poison", "origin": "79001", "destination": "79002",
-        "ma_lydo_ct": 70_000, "ma_benh_chinh": "J06.9", "issued_at": now, "deadline": now,
-        "event_time": now, "arrival_event_id": None, "arrived_at": None,
-        "days_to_arrival": None, "published_at": now}, event_id)
+    add(
+        "referral reason beyond smallint",
+        "referrals",
+        SUBJECTS.REFERRAL_RECORD,
+        {
+            "record_type": "ISSUED",
+            "referral_id": f"poison:{event_id}",
+            "event_id": event_id,
+            "citizen_key": "poison",
+            "origin": "79001",
+            "destination": "79002",
+            "ma_lydo_ct": 70_000,
+            "ma_benh_chinh": "J06.9",
+            "issued_at": now,
+            "deadline": now,
+            "event_time": now,
+            "arrival_event_id": None,
+            "arrived_at": None,
+            "days_to_arrival": None,
+            "published_at": now,
+        },
+        event_id,
+    )
     event_id = str(uuid.uuid4())
-    add("NUL in an appointment's diagnosis", "appointments", SUBJECTS.APPOINTMENT_RECORD, {
-        "record_type": "SCHEDULED", "appointment_id": f"poison:{event_id}",
-        "event_id": event_id, "citizen_key": "poison", "ma_cskcb": "79001",
-        "ma_benh_chinh": "J0\x006.9", "appointment_at": now, "event_time": now,
-        "visit_event_id": None, "published_at": now}, event_id)
+    add(
+        "NUL in an appointment's diagnosis",
+        "appointments",
+        SUBJECTS.APPOINTMENT_RECORD,
+        {
+            "record_type": "SCHEDULED",
+            "appointment_id": f"poison:{event_id}",
+            "event_id": event_id,
+            "citizen_key": "poison",
+            "ma_cskcb": "79001",
+            "ma_benh_chinh": "J0\x006.9",
+            "appointment_at": now,
+            "event_time": now,
+            "visit_event_id": None,
+            "published_at": now,
+        },
+        event_id,
+    )
     event_id = str(uuid.uuid4())
-    add("NUL in a dead letter's message", "dead-letter", SUBJECTS.DEAD_LETTER, {
-        "reason": "facility_unknown", "message": "bad\x00message", "stage": "validate",
-        "source_topic": "x", "source_partition": 0, "source_offset": 0, "event_index": None,
-        "event_id": event_id, "ma_cskcb": "79999", "schema_id": 1, "original": b"\x00",
-        "published_at": now, "failed_at": now}, event_id)
+    add(
+        "NUL in a dead letter's message",
+        "dead-letter",
+        SUBJECTS.DEAD_LETTER,
+        {
+            "reason": "facility_unknown",
+            "message": "bad\x00message",
+            "stage": "validate",
+            "source_topic": "x",
+            "source_partition": 0,
+            "source_offset": 0,
+            "event_index": None,
+            "event_id": event_id,
+            "ma_cskcb": "79999",
+            "schema_id": 1,
+            "original": b"\x00",
+            "published_at": now,
+            "failed_at": now,
+        },
+        event_id,
+    )
     return out
 
 
 @pytest.mark.parametrize("size", sizes(quick=False))
 def test_poison_records_are_dead_lettered_and_the_rest_flows(
-        deploy: DeploymentFactory, fault_report: FaultReport, size: Size) -> None:
+    deploy: DeploymentFactory, fault_report: FaultReport, size: Size
+) -> None:
     d = deploy(workers=1, partitions=4)
     expectation = expected_for(size.events)
     total = len(expectation.outcome)
@@ -529,26 +722,49 @@ def test_poison_records_are_dead_lettered_and_the_rest_flows(
         for n, (_, topic, value, _) in enumerate(poison):
             d.produce_raw(topic, [value], key=f"poison-{n}".encode())
         fault.ended = time.time()
-        wait_until(lambda: check_alive(d) or d.count("dead_letters", "reason = 'db_rejected'")
-                   >= len(poison), size.timeout, interval=0.2, message="poison dead-lettered")
+        wait_until(
+            lambda: (
+                check_alive(d) or d.count("dead_letters", "reason = 'db_rejected'") >= len(poison)
+            ),
+            size.timeout,
+            interval=0.2,
+            message="poison dead-lettered",
+        )
         fault.detail["all_dead_lettered_after_s"] = round(time.time() - fault.ended, 1)
-        _run_end(d, S5, size,
-                 expectation, monitor, load, fault_report,
-                 ["poison: " + "; ".join(what for what, *_ in poison)])
+        _run_end(
+            d,
+            S5,
+            size,
+            expectation,
+            monitor,
+            load,
+            fault_report,
+            ["poison: " + "; ".join(what for what, *_ in poison)],
+        )
 
 
 # -- 6. the same events twice, and out of order -------------------------------------------------
 @pytest.mark.parametrize("size", sizes(quick=False))
-def test_events_published_twice_and_out_of_order(deploy: DeploymentFactory,
-                                                 fault_report: FaultReport, size: Size) -> None:
+def test_events_published_twice_and_out_of_order(
+    deploy: DeploymentFactory, fault_report: FaultReport, size: Size
+) -> None:
     d = deploy(workers=1, partitions=4)
     expectation = expected_for(size.events)
     monitor = Monitor(d).start()
     # shuffled within windows of ~half a simulated day; the 40-50 % slice (two days) re-sent
     load = LoadProcess(d, events=size.events, shuffle=5000, resend="0.4:0.5").start()
-    fault = monitor.fault("out of order (windows of 5,000) + 10% of the events re-sent",
-                          resent=size.events // 10)
+    fault = monitor.fault(
+        "out of order (windows of 5,000) + 10% of the events re-sent", resent=size.events // 10
+    )
     fault.ended = fault.started
     with _scenario(d, S6, size, expectation, monitor, fault_report, load):
-        _run_end(d, S6, size, expectation, monitor, load,
-                 fault_report, [f"{size.events // 10:,} events published a second time"])
+        _run_end(
+            d,
+            S6,
+            size,
+            expectation,
+            monitor,
+            load,
+            fault_report,
+            [f"{size.events // 10:,} events published a second time"],
+        )

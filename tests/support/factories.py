@@ -25,9 +25,18 @@ def citizen_id(n: int, sex: int = 1, year: int = 1985, province: str = "79") -> 
     return f"0{province}{century_digit}{year % 100:02d}{n:06d}"
 
 
-def exam(n: int | None = None, *, facility: str = "79001", admitted: datetime | None = None,
-         hours: float = 2, sex: int = 1, year: int = 1985, registration: str = "79005",
-         name: str = "Nguyễn Văn An", **overrides: Any) -> dict[str, Any]:
+def exam(
+    n: int | None = None,
+    *,
+    facility: str = "79001",
+    admitted: datetime | None = None,
+    hours: float = 2,
+    sex: int = 1,
+    year: int = 1985,
+    registration: str = "79005",
+    name: str = "Nguyễn Văn An",
+    **overrides: Any,
+) -> dict[str, Any]:
     """A valid exam of citizen ``n`` at ``facility``. ``registration`` is MA_DKBD."""
     n = next(_seq) if n is None else n
     k = next(_seq)
@@ -78,8 +87,12 @@ def exam(n: int | None = None, *, facility: str = "79001", admitted: datetime | 
     return event
 
 
-def with_referral(event: dict[str, Any], destination: str = "79002", number: str | None = None,
-                  issued: datetime | None = None) -> dict[str, Any]:
+def with_referral(
+    event: dict[str, Any],
+    destination: str = "79002",
+    number: str | None = None,
+    issued: datetime | None = None,
+) -> dict[str, Any]:
     event = copy.deepcopy(event)
     event["ma_loai_rv"] = 2
     event["ma_noi_den"] = destination
@@ -101,8 +114,9 @@ def with_referral(event: dict[str, Any], destination: str = "79002", number: str
     return event
 
 
-def with_appointment(event: dict[str, Any], when: datetime, number: str | None = None
-                     ) -> dict[str, Any]:
+def with_appointment(
+    event: dict[str, Any], when: datetime, number: str | None = None
+) -> dict[str, Any]:
     event = copy.deepcopy(event)
     event["appointment"] = {
         "so_giayhen_kl": number or f"HK{next(_seq):07d}",
@@ -115,5 +129,7 @@ def with_appointment(event: dict[str, Any], when: datetime, number: str | None =
 
 
 #: an XML entity expansion bomb (a dossier's prolog)
-BOMB = ('<!DOCTYPE GIAMDINHHS [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
-        '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>')
+BOMB = (
+    '<!DOCTYPE GIAMDINHHS [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
+    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>'
+)

@@ -14,8 +14,13 @@ __all__ = ["wait_stable"]
 T = TypeVar("T")
 
 
-def wait_stable(value: Callable[[], T | None], hold_s: float, timeout: float = 120.0,
-                interval: float = 0.5, message: str = "a stable value") -> T:
+def wait_stable(
+    value: Callable[[], T | None],
+    hold_s: float,
+    timeout: float = 120.0,
+    interval: float = 0.5,
+    message: str = "a stable value",
+) -> T:
     """Poll ``value`` until it is not None and has not changed for ``hold_s`` seconds.
 
     For the pipeline's final state, ``hold_s`` must outlast ``partition_idle_s``: the last

@@ -26,12 +26,24 @@ def _apt_install() -> str | None:
     if os.geteuid() != 0:
         return "not root, cannot apt-get install"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q",
-               "--no-install-recommends", "prometheus"]
+    command = [
+        "apt-get",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "prometheus",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     if result.returncode != 0:  # package lists missing or stale: update once, retry
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"],
-                       capture_output=True, env=env, timeout=600)
+        subprocess.run(
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"],
+            capture_output=True,
+            env=env,
+            timeout=600,
+        )
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     if result.returncode != 0:
         return f"apt-get install prometheus failed: {result.stderr.strip()[-300:]}"

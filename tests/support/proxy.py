@@ -107,8 +107,9 @@ class KafkaProxy:
             if self._cut.is_set():
                 self.refused += 1
                 with contextlib.suppress(OSError):
-                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                      struct.pack("ii", 1, 0))  # RST, not a polite close
+                    client.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )  # RST, not a polite close
                     client.close()
                 continue
             try:
@@ -125,10 +126,15 @@ class KafkaProxy:
             self._spawn(self._pipe_requests, client, upstream)
             self._spawn(self._pipe_responses, upstream, client)
 
-    def _spawn(self, target: Callable[[socket.socket, socket.socket], None],
-               src: socket.socket, dst: socket.socket) -> None:
-        threading.Thread(target=target, args=(src, dst), daemon=True,
-                         name="kafka-proxy-pipe").start()
+    def _spawn(
+        self,
+        target: Callable[[socket.socket, socket.socket], None],
+        src: socket.socket,
+        dst: socket.socket,
+    ) -> None:
+        threading.Thread(
+            target=target, args=(src, dst), daemon=True, name="kafka-proxy-pipe"
+        ).start()
 
     def _pipe_requests(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -102,8 +102,7 @@ class FakeRegistry:
 
     def _parsed_into(self, version: _Version, named: dict[str, Any]) -> None:
         for ref in version.references:
-            self._parsed_into(self.state.subjects[ref["subject"]][int(ref["version"]) - 1],
-                              named)
+            self._parsed_into(self.state.subjects[ref["subject"]][int(ref["version"]) - 1], named)
         fastavro.parse_schema(json.loads(version.schema), named_schemas=named)
 
     def _readable(self, new: Any, old: _Version) -> bool:
@@ -141,12 +140,16 @@ class FakeRegistry:
                 new = self._parsed(body["schema"], refs)
                 rule = s.config.get(subject, "BACKWARD")
                 older = versions if rule.endswith("TRANSITIVE") else versions[-1:]
-                if rule.startswith("BACKWARD") and not all(self._readable(new, v)
-                                                           for v in older):
+                if rule.startswith("BACKWARD") and not all(self._readable(new, v) for v in older):
                     return h._reply(409, {"error_code": 409, "message": "incompatible"})
-                existing = next((v for v in s.by_id.values()
-                                 if _same(v.schema, body["schema"]) and v.references == refs),
-                                None)
+                existing = next(
+                    (
+                        v
+                        for v in s.by_id.values()
+                        if _same(v.schema, body["schema"]) and v.references == refs
+                    ),
+                    None,
+                )
                 schema_id = existing.id if existing else s.next_id
                 if existing is None:
                     s.next_id += 1
@@ -161,16 +164,22 @@ class FakeRegistry:
                 refs = body.get("references") or []
                 for v in s.subjects[subject]:
                     if _same(v.schema, body["schema"]) and v.references == refs:
-                        return h._reply(200, {"subject": subject, "id": v.id,
-                                              "version": v.version, "schema": v.schema,
-                                              "references": v.references})
+                        return h._reply(
+                            200,
+                            {
+                                "subject": subject,
+                                "id": v.id,
+                                "version": v.version,
+                                "schema": v.schema,
+                                "references": v.references,
+                            },
+                        )
                 return h._reply(404, {"error_code": 40403, "message": "Schema not found"})
             if m := re.fullmatch(r"/schemas/ids/(\d+)", path):
                 version = s.by_id.get(int(m.group(1)))
                 if version is None:
                     return h._reply(404, {"error_code": 40403, "message": "Schema not found"})
-                return h._reply(200, {"schema": version.schema,
-                                      "references": version.references})
+                return h._reply(200, {"schema": version.schema, "references": version.references})
             if path == "/subjects":
                 return h._reply(200, sorted(s.subjects))
             return h._reply(404, {"error_code": 404, "message": f"no route {method} {path}"})
