@@ -4,7 +4,7 @@ The codec returns plain dicts; these ``TypedDict`` s say what is in them, so tha
 service can write ``Record[AppointmentRecord]`` and have ``record.value["appointment_at"]``
 checked. ``timestamp-millis`` fields decode to timezone-aware UTC ``datetime`` s, enums to
 their symbol. Each type has the fields of the *newest* version of its subject (the codec
-resolves every record to it); ``tests/test_consumer_api.py`` fails when a schema gains a field
+resolves every record to it); ``tests/ehb/test_consumer_api.py`` fails when a schema gains a field
 that is not here.
 """
 

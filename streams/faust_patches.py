@@ -6,8 +6,8 @@ invariant instead: *the messages of an input partition reach the agents exactly 
 order, from the committed offset on, and an offset is committed only once every message
 before it was processed*. The patches below enforce it; :func:`install` applies them once per
 process, before the app starts. Each has a name (``PATCHES``) and a test in
-``tests/test_faust_patches.py``; ``EHB_FAUST_PATCHES_DISABLE=name,...`` turns named patches off
-(for the tests that show what each one prevents; never in production).
+``tests/streams/test_faust_patches.py``; ``EHB_FAUST_PATCHES_DISABLE=name,...`` turns named
+patches off (for the tests that show what each one prevents; never in production).
 
 ``in_order_delivery``
     Faust's fetch loop (``Consumer._drain_messages``) hands messages to the agents' queues and

@@ -1,7 +1,7 @@
 """Regenerate the documentation's generated tables (``make docs``): in the page ``PAGES`` names
 for each table, the text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` is replaced
-by the generator's output, so the tables cannot drift from the code (tests/test_docs.py checks
-it)."""
+by the generator's output, so the tables cannot drift from the code
+(tests/commands/test_docs.py checks it)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from tests.support import factories as f
 
 pytestmark = pytest.mark.integration
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def third_party_encode(record: dict) -> bytes:

@@ -349,7 +349,7 @@ def test_fields_added_by_schema_evolution_are_read_by_their_upper_case_name() ->
 
 
 def test_every_reason_is_documented() -> None:
-    page = (Path(__file__).resolve().parent.parent / "docs" / "gateway.md").read_text("utf-8")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text("utf-8")
     match = re.search(
         r"<!-- gateway-reasons:begin -->\n(.*?)<!-- gateway-reasons:end -->", page, re.S
     )

@@ -15,7 +15,7 @@ import yaml
 
 from ehb.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SETTINGS = set(Settings.model_fields)
 

@@ -27,7 +27,7 @@ from streams.intake import Intake, SourceMessage
 from streams.validation import Validator
 from tests.support import factories as f
 
-REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=VN_TZ)
 AT = f.BASE_TIME
 

@@ -21,7 +21,7 @@ from tests.support.fixtures import wait_stable
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointment_reminders.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "appointment_reminders.py"
 REMINDER = re.compile(
     r"^REMINDER appointment=(\S+) facility=(\d{5}) facility_name=\"([^\"]+)\" "
     r"date=(\d{4}-\d\d-\d\dT\d\d:\d\d\+0700) citizen_key=([0-9a-f]{32})$"

@@ -11,7 +11,7 @@ cannot do, measured here and read in its source (tansu-io/tansu at 510f3e2):
   FeatureNotEnabled) implements SCRAM credentials as no-ops (``upsert_user_scram_credential``
   returns Ok without storing, ``user_scram_credential`` always None). ``tansu user create``
   "succeeds" and stores nothing, so no user, however created, can log in. The pipeline's
-  authenticated path is therefore tested on configuration only (tests/test_secrets.py) and
+  authenticated path is therefore tested on configuration only (tests/ehb/test_secrets.py) and
   runs on Apache Kafka in the compose stack.
 
 To show that a refused client's data is not stored, two Tansu brokers share one S3 store

@@ -15,7 +15,7 @@ from benchmarks.profiling import read_stacks, summarize
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:

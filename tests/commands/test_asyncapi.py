@@ -18,8 +18,8 @@ from ehb.privacy import PERSONAL_FIELDS
 from schemas.catalog import SUBJECTS, load_catalog
 from schemas.topics import TopicSpec, topic_specs
 
-DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

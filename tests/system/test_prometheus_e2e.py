@@ -22,7 +22,7 @@ from tests.support.prometheus_tools import prometheus_bin  # noqa: F401 - fixtur
 
 pytestmark = pytest.mark.integration
 
-ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yml"
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 
 
 class Prometheus:

@@ -11,7 +11,7 @@ import pytest
 from ehb.commands.cli import settings_markdown
 from ehb.commands.docs import PAGES, marked, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES_WITH_LINKS = [
     README,

@@ -14,7 +14,7 @@ import yaml
 
 from tests.support.prometheus_tools import promtool_bin  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ehb-campaign.json"
 
