@@ -231,129 +231,150 @@ def _status(value: float | None, target: float, higher_is_better: bool) -> str:
     return "[green]met[/]" if ok else "[red]not met[/]"
 
 
-def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measurement, figure, target, status) rows; also the table of benchmarks/README.md."""
+Row = tuple[str, str, str, str]
+
+
+def _year_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
+    """The year replay: wall time, rows written, the producer's rate, the generation."""
+    out: list[Row] = [
+        (
+            f"Year replay ({params['events']:,} events), wall time",
+            f"{fig['year_seconds'] / 60:.1f} min ({_fmt(fig['year_events_per_second'])} events/s)",
+            "≤ 10 min",
+            _status(fig["year_seconds"], TARGETS["year_seconds"], False),
+        )
+    ]
+    rows_ = fig.get("year_rows") or {}
+    if rows_:
+        out.append(
+            (
+                "Year: rows (entries / dead letters / books / referrals / appointments)",
+                " / ".join(
+                    f"{rows_.get(t, 0):,}"
+                    for t in (
+                        "health_book_entries",
+                        "dead_letters",
+                        "health_books",
+                        "referrals",
+                        "appointments",
+                    )
+                ),
+                "",
+                "",
+            )
+        )
+    out.append(
+        (
+            "Year: the producer published at (concurrently)",
+            _fmt(fig.get("year_publish_events_per_second"), " events/s"),
+            "",
+            "",
+        )
+    )
+    gen = params.get("generation") or {}
+    if gen:
+        out.append(
+            (
+                "Year generation (simulator, separately)",
+                f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])} events/s)",
+                "",
+                "",
+            )
+        )
+    return out
+
+
+def _throughput_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
+    """Publish only, end to end, drains and their ratios, CPU per event."""
     t = TARGETS
-    out: list[tuple[str, str, str, str]] = []
-    if fig.get("year_seconds") is not None:
-        out.append(
-            (
-                f"Year replay ({params['events']:,} events), wall time",
-                f"{fig['year_seconds'] / 60:.1f} min "
-                f"({_fmt(fig['year_events_per_second'])} events/s)",
-                "≤ 10 min",
-                _status(fig["year_seconds"], t["year_seconds"], False),
-            )
+    return [
+        (
+            "Publish only (producer, outbox on)"
+            if params.get("outbox", True)
+            else "Publish only (producer, outbox off)",
+            _fmt(fig["publish_only_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Pipeline end to end, 1 worker",
+            _fmt(fig["pipeline_events_per_second"], " events/s"),
+            "≥ 10,000 events/s",
+            _status(fig["pipeline_events_per_second"], t["pipeline_events_per_second"], True),
+        ),
+        (
+            "Pipeline end to end, 2 workers",
+            _fmt(fig["pipeline_2_workers_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Raw clients end to end (same producer)",
+            _fmt(fig["raw_end_to_end_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"), "", ""),
+        (
+            "Raw-client ceiling (drain of the published topic)",
+            _fmt(fig["raw_drain_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Pipeline drain, 1 worker (same topic)",
+            _fmt(fig["pipeline_drain_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Pipeline / ceiling (drains)",
+            _fmt(fig.get("ratio_to_ceiling"), "×"),
+            "≥ 0.5×",
+            _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True),
+        ),
+        *_cpu_rows(fig),
+    ]
+
+
+def _cpu_rows(fig: dict[str, Any]) -> list[Row]:
+    """CPU time per event of each process, in the drain and end to end."""
+    return [
+        (
+            "CPU per event, pipeline drain (worker / sink / broker / PostgreSQL)",
+            _fmt_cpu(fig.get("cpu_us_per_event_drain")),
+            "",
+            "",
+        ),
+        (
+            "CPU per event, end to end, 1 worker (worker / sink / broker / PostgreSQL)",
+            _fmt_cpu(fig.get("cpu_us_per_event_end_to_end")),
+            "",
+            "",
+        ),
+    ]
+
+
+def _latency_rows(fig: dict[str, Any]) -> list[Row]:
+    """Latency publish → committed, when it was measured."""
+    if fig.get("latency_p99_ms") is None:
+        return []
+    return [
+        (
+            f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"
+            " (p50 / p95 / p99)",
+            f"{fig['latency_p50_ms']:.0f} / {fig['latency_p95_ms']:.0f} / "
+            f"{fig['latency_p99_ms']:.0f} ms",
+            "p99 ≤ 500 ms",
+            _status(fig["latency_p99_ms"], TARGETS["latency_p99_ms"], False),
         )
-        rows_ = fig.get("year_rows") or {}
-        if rows_:
-            out.append(
-                (
-                    "Year: rows (entries / dead letters / books / referrals / appointments)",
-                    " / ".join(
-                        f"{rows_.get(t, 0):,}"
-                        for t in (
-                            "health_book_entries",
-                            "dead_letters",
-                            "health_books",
-                            "referrals",
-                            "appointments",
-                        )
-                    ),
-                    "",
-                    "",
-                )
-            )
-        out.append(
-            (
-                "Year: the producer published at (concurrently)",
-                _fmt(fig.get("year_publish_events_per_second"), " events/s"),
-                "",
-                "",
-            )
-        )
-        gen = params.get("generation") or {}
-        if gen:
-            out.append(
-                (
-                    "Year generation (simulator, separately)",
-                    f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])} events/s)",
-                    "",
-                    "",
-                )
-            )
-    else:
-        out += [
-            (
-                "Publish only (producer, outbox on)"
-                if params.get("outbox", True)
-                else "Publish only (producer, outbox off)",
-                _fmt(fig["publish_only_events_per_second"], " events/s"),
-                "",
-                "",
-            ),
-            (
-                "Pipeline end to end, 1 worker",
-                _fmt(fig["pipeline_events_per_second"], " events/s"),
-                "≥ 10,000 events/s",
-                _status(fig["pipeline_events_per_second"], t["pipeline_events_per_second"], True),
-            ),
-            (
-                "Pipeline end to end, 2 workers",
-                _fmt(fig["pipeline_2_workers_events_per_second"], " events/s"),
-                "",
-                "",
-            ),
-            (
-                "Raw clients end to end (same producer)",
-                _fmt(fig["raw_end_to_end_events_per_second"], " events/s"),
-                "",
-                "",
-            ),
-            ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"), "", ""),
-            (
-                "Raw-client ceiling (drain of the published topic)",
-                _fmt(fig["raw_drain_events_per_second"], " events/s"),
-                "",
-                "",
-            ),
-            (
-                "Pipeline drain, 1 worker (same topic)",
-                _fmt(fig["pipeline_drain_events_per_second"], " events/s"),
-                "",
-                "",
-            ),
-            (
-                "Pipeline / ceiling (drains)",
-                _fmt(fig.get("ratio_to_ceiling"), "×"),
-                "≥ 0.5×",
-                _status(fig.get("ratio_to_ceiling"), t["ratio_to_ceiling"], True),
-            ),
-            (
-                "CPU per event, pipeline drain (worker / sink / broker / PostgreSQL)",
-                _fmt_cpu(fig.get("cpu_us_per_event_drain")),
-                "",
-                "",
-            ),
-            (
-                "CPU per event, end to end, 1 worker (worker / sink / broker / PostgreSQL)",
-                _fmt_cpu(fig.get("cpu_us_per_event_end_to_end")),
-                "",
-                "",
-            ),
-        ]
-        if fig.get("latency_p99_ms") is not None:
-            out.append(
-                (
-                    f"Latency publish → committed at {_fmt(fig['latency_rate'])} events/s"
-                    " (p50 / p95 / p99)",
-                    f"{fig['latency_p50_ms']:.0f} / {fig['latency_p95_ms']:.0f} / "
-                    f"{fig['latency_p99_ms']:.0f} ms",
-                    "p99 ≤ 500 ms",
-                    _status(fig["latency_p99_ms"], t["latency_p99_ms"], False),
-                )
-            )
-    out += [
+    ]
+
+
+def _rss_rows(fig: dict[str, Any]) -> list[Row]:
+    """Peak memory of the worker, the sink, the producer and the broker."""
+    t = TARGETS
+    return [
         (
             "Peak RSS, worker",
             _fmt(fig["worker_peak_rss_mb"], " MB"),
@@ -374,7 +395,15 @@ def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, st
             "",
         ),
     ]
-    return out
+
+
+def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
+    """(measurement, figure, target, status) rows; also the table of benchmarks/README.md."""
+    if fig.get("year_seconds") is not None:
+        out = _year_rows(fig, params)
+    else:
+        out = _throughput_rows(fig, params) + _latency_rows(fig)
+    return out + _rss_rows(fig)
 
 
 def render(result: dict[str, Any], console: Console) -> None:

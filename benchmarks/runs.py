@@ -206,80 +206,93 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
     """Publish with nothing consuming (publish-only rate), then drain the same topic with the
     raw-client pipeline (the ceiling) and then with the real pipeline (one worker)."""
     deployment = ctx.stack.deploy(workers=0, sink=False)
-    n = ctx.events
     out: dict[str, Any] = {"load_before": loadavg()}
     try:
         raw_topic = deployment.settings.topic("raw-out")
         _create_raw_outputs(deployment, raw_topic)
-        # -- publish only
-        producer = ctx.producer(
-            deployment,
-            f"producer-{deployment.settings.topic_prefix}",
-            "--events-file",
-            str(ctx.events_path),
-        )
-        producer.wait_ready()
-        producer.go()
-        published = producer.result()
-        out["publish"] = {
-            "events": published["events"],
-            "messages": published["messages"],
-            "seconds": published["seconds"],
-            "events_per_second": _eps(published["events"], published["seconds"]),
-            "unpickling_seconds": published["load_s"],
-            "peak_rss_mb": published["peak_rss_mb"],
-            "rss_before_publishing_mb": published["rss_before_mb"],
-            "outbox": published.get("durable", ctx.outbox),
-        }
-        # -- raw-client drain
-        raw = ChildScript.start(
-            f"raw-drain-{deployment.settings.topic_prefix}",
-            "benchmarks.raw_pipeline",
-            [
-                "--group",
-                f"{deployment.settings.worker_group}-raw",
-                "--expected",
-                str(n),
-                "--output-topic",
-                raw_topic,
-                "--prefilled",
-            ],
-            ctx.stack.env(deployment),
-            ctx.log_dir,
-        )
-        raw.wait_ready()
-        raw.go()
-        drained = raw.result()
-        seconds = drained["last_commit"] - drained["first_message"]
-        out["raw_drain"] = {
-            "events": drained["events"],
-            "seconds": round(seconds, 3),
-            "events_per_second": _eps(drained["events"], seconds),
-            "peak_rss_mb": drained["peak_rss_mb"],
-            "seconds_by_step": drained.get("seconds_by_step"),
-        }
-        # -- pipeline drain
-        deployment.start_worker(wait=False)
-        deployment.start_sink()
-        watch = _watch(ctx, deployment).start()
-        wait_accounted(deployment, n, ctx.stall_s, ctx.say)
-        peaks = watch.stop()
-        first = float(deployment.scalar(FIRST_PROCESSED))
-        last = float(deployment.scalar(LAST_COMMIT))
-        exact = _accounted_exactly(deployment)
-        out["pipeline_drain"] = {
-            "events": n,
-            "accounted": exact,
-            "seconds": round(last - first, 3),
-            "events_per_second": _eps(n, last - first),
-            "peak_rss_mb": peaks,
-            "cpu_seconds": watch.cpu_seconds(),
-        }
-        if exact != n:
-            out["pipeline_drain"]["error"] = f"{exact} events accounted for, {n} published"
+        out["publish"] = _publish_only(ctx, deployment)
+        out["raw_drain"] = _raw_drain(ctx, deployment, raw_topic)
+        out["pipeline_drain"] = _pipeline_drain(ctx, deployment)
     finally:
         ctx.stack.teardown(deployment)
     out["load_after"] = loadavg()
+    return out
+
+
+def _publish_only(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    """The producer publishes the events file with nothing consuming."""
+    producer = ctx.producer(
+        deployment,
+        f"producer-{deployment.settings.topic_prefix}",
+        "--events-file",
+        str(ctx.events_path),
+    )
+    producer.wait_ready()
+    producer.go()
+    published = producer.result()
+    return {
+        "events": published["events"],
+        "messages": published["messages"],
+        "seconds": published["seconds"],
+        "events_per_second": _eps(published["events"], published["seconds"]),
+        "unpickling_seconds": published["load_s"],
+        "peak_rss_mb": published["peak_rss_mb"],
+        "rss_before_publishing_mb": published["rss_before_mb"],
+        "outbox": published.get("durable", ctx.outbox),
+    }
+
+
+def _raw_drain(ctx: Context, deployment: Deployment, raw_topic: str) -> dict[str, Any]:
+    """The raw-client pipeline drains the published topic: the ceiling."""
+    raw = ChildScript.start(
+        f"raw-drain-{deployment.settings.topic_prefix}",
+        "benchmarks.raw_pipeline",
+        [
+            "--group",
+            f"{deployment.settings.worker_group}-raw",
+            "--expected",
+            str(ctx.events),
+            "--output-topic",
+            raw_topic,
+            "--prefilled",
+        ],
+        ctx.stack.env(deployment),
+        ctx.log_dir,
+    )
+    raw.wait_ready()
+    raw.go()
+    drained = raw.result()
+    seconds = drained["last_commit"] - drained["first_message"]
+    return {
+        "events": drained["events"],
+        "seconds": round(seconds, 3),
+        "events_per_second": _eps(drained["events"], seconds),
+        "peak_rss_mb": drained["peak_rss_mb"],
+        "seconds_by_step": drained.get("seconds_by_step"),
+    }
+
+
+def _pipeline_drain(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    """The real pipeline (one worker, one sink) drains the same topic."""
+    n = ctx.events
+    deployment.start_worker(wait=False)
+    deployment.start_sink()
+    watch = _watch(ctx, deployment).start()
+    wait_accounted(deployment, n, ctx.stall_s, ctx.say)
+    peaks = watch.stop()
+    first = float(deployment.scalar(FIRST_PROCESSED))
+    last = float(deployment.scalar(LAST_COMMIT))
+    exact = _accounted_exactly(deployment)
+    out: dict[str, Any] = {
+        "events": n,
+        "accounted": exact,
+        "seconds": round(last - first, 3),
+        "events_per_second": _eps(n, last - first),
+        "peak_rss_mb": peaks,
+        "cpu_seconds": watch.cpu_seconds(),
+    }
+    if exact != n:
+        out["error"] = f"{exact} events accounted for, {n} published"
     return out
 
 

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,97 +55,178 @@ RESULTS = ROOT / "benchmarks" / "results"
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+# The command's options, one a line: their help text is the CLI's.
+EventsOption = Annotated[int, typer.Option(help="Events per throughput run.")]
+RepeatOption = Annotated[
+    int, typer.Option(help="Runs of each throughput measurement (the figures are medians).")
+]
+PartitionsOption = Annotated[int, typer.Option(help="Partitions of the pipeline's topics.")]
+SkipLatencyOption = Annotated[bool, typer.Option("--skip-latency", help="Skip the latency run.")]
+LatencySecondsOption = Annotated[float, typer.Option(help="Length of the latency run.")]
+LatencyRateOption = Annotated[float, typer.Option(help="Steady events/s of the latency run.")]
+SkipScaleOption = Annotated[bool, typer.Option("--skip-scale", help="Skip the two-worker runs.")]
+SkipRawOption = Annotated[
+    bool, typer.Option("--skip-raw", help="Skip the raw-client end-to-end runs.")
+]
+ProfileOption = Annotated[
+    bool,
+    typer.Option(
+        "--profile",
+        help="One more 1-worker run under py-spy (worker and sink); needs py-spy installed.",
+    ),
+]
+OutboxOption = Annotated[bool, typer.Option(help="The producer's durable outbox (as deployed).")]
+QuickOption = Annotated[
+    bool, typer.Option("--quick", help="Tiny sizes: a smoke run of the harness.")
+]
+YearOption = Annotated[
+    bool,
+    typer.Option(
+        "--year", help="Replay a synthetic year of Ho Chi Minh City instead (make bench-year)."
+    ),
+]
+YearEventsOption = Annotated[int, typer.Option(help="Events of the year replay.")]
+WorkersOption = Annotated[int, typer.Option(help="Workers of the year replay.")]
+SeedOption = Annotated[int, typer.Option(help="Simulator seed.")]
+RegenerateOption = Annotated[
+    bool, typer.Option("--regenerate", help="Regenerate the cached events.")
+]
+OutputOption = Annotated[Path, typer.Option(help="Directory of the JSON results.")]
+KeepOption = Annotated[
+    bool, typer.Option("--keep", help="Keep the temporary data directory (logs).")
+]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``bench`` was asked to do (its options, as given)."""
+
+    events: int
+    repeat: int
+    partitions: int
+    skip_latency: bool
+    latency_seconds: float
+    latency_rate: float
+    skip_scale: bool
+    skip_raw: bool
+    profile: bool
+    outbox: bool
+    quick: bool
+    year: bool
+    year_events: int
+    workers: int
+    seed: int
+    regenerate: bool
+    output: Path
+    keep: bool
+
+    def sized(self) -> BenchOptions:
+        """The sizes actually run: tiny with ``--quick``, the year's events with ``--year``."""
+        opts = self
+        if opts.quick:
+            opts = replace(
+                opts,
+                events=min(opts.events, 3000),
+                repeat=1,
+                latency_seconds=3.0,
+                latency_rate=200.0,
+                partitions=min(opts.partitions, 2),
+            )
+        if opts.year:
+            opts = replace(opts, events=opts.year_events)
+        return opts
+
+
 @app.command()
 def bench(
-    events: Annotated[int, typer.Option(help="Events per throughput run.")] = 200_000,
-    repeat: Annotated[
-        int, typer.Option(help="Runs of each throughput measurement (the figures are medians).")
-    ] = 3,
-    partitions: Annotated[int, typer.Option(help="Partitions of the pipeline's topics.")] = 8,
-    skip_latency: Annotated[
-        bool, typer.Option("--skip-latency", help="Skip the latency run.")
-    ] = False,
-    latency_seconds: Annotated[float, typer.Option(help="Length of the latency run.")] = 60.0,
-    latency_rate: Annotated[
-        float, typer.Option(help="Steady events/s of the latency run.")
-    ] = 1000.0,
-    skip_scale: Annotated[
-        bool, typer.Option("--skip-scale", help="Skip the two-worker runs.")
-    ] = False,
-    skip_raw: Annotated[
-        bool, typer.Option("--skip-raw", help="Skip the raw-client end-to-end runs.")
-    ] = False,
-    profile: Annotated[
-        bool,
-        typer.Option(
-            "--profile",
-            help="One more 1-worker run under py-spy (worker and sink); needs py-spy installed.",
-        ),
-    ] = False,
-    outbox: Annotated[
-        bool, typer.Option(help="The producer's durable outbox (as deployed).")
-    ] = True,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Tiny sizes: a smoke run of the harness.")
-    ] = False,
-    year: Annotated[
-        bool,
-        typer.Option(
-            "--year", help="Replay a synthetic year of Ho Chi Minh City instead (make bench-year)."
-        ),
-    ] = False,
-    year_events: Annotated[int, typer.Option(help="Events of the year replay.")] = YEAR_EVENTS,
-    workers: Annotated[int, typer.Option(help="Workers of the year replay.")] = 1,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 79,
-    regenerate: Annotated[
-        bool, typer.Option("--regenerate", help="Regenerate the cached events.")
-    ] = False,
-    output: Annotated[Path, typer.Option(help="Directory of the JSON results.")] = RESULTS,
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the temporary data directory (logs).")
-    ] = False,
+    events: EventsOption = 200_000,
+    repeat: RepeatOption = 3,
+    partitions: PartitionsOption = 8,
+    skip_latency: SkipLatencyOption = False,
+    latency_seconds: LatencySecondsOption = 60.0,
+    latency_rate: LatencyRateOption = 1000.0,
+    skip_scale: SkipScaleOption = False,
+    skip_raw: SkipRawOption = False,
+    profile: ProfileOption = False,
+    outbox: OutboxOption = True,
+    quick: QuickOption = False,
+    year: YearOption = False,
+    year_events: YearEventsOption = YEAR_EVENTS,
+    workers: WorkersOption = 1,
+    seed: SeedOption = 79,
+    regenerate: RegenerateOption = False,
+    output: OutputOption = RESULTS,
+    keep: KeepOption = False,
 ) -> None:
     """Throughput, latency and memory of the pipeline, against a raw-client ceiling."""
+    run_bench(
+        BenchOptions(
+            events=events,
+            repeat=repeat,
+            partitions=partitions,
+            skip_latency=skip_latency,
+            latency_seconds=latency_seconds,
+            latency_rate=latency_rate,
+            skip_scale=skip_scale,
+            skip_raw=skip_raw,
+            profile=profile,
+            outbox=outbox,
+            quick=quick,
+            year=year,
+            year_events=year_events,
+            workers=workers,
+            seed=seed,
+            regenerate=regenerate,
+            output=output,
+            keep=keep,
+        )
+    )
+
+
+def _parameters(opts: BenchOptions) -> dict[str, Any]:
+    """The parameters recorded with the results."""
+    latency_off = opts.skip_latency or opts.year
+    return {
+        "events": opts.events,
+        "repeat": 1 if opts.year else opts.repeat,
+        "partitions": opts.partitions,
+        "latency_rate": None if latency_off else opts.latency_rate,
+        "latency_seconds": None if latency_off else opts.latency_seconds,
+        "outbox": opts.outbox,
+        "quick": opts.quick,
+        "year": opts.year,
+        "seed": opts.seed,
+        "publisher_batch_size": 100,
+        "workers": opts.workers if opts.year else None,
+    }
+
+
+def run_bench(opts: BenchOptions) -> None:
+    """The whole bench: events generated, runs on a stack of their own, results written."""
     console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no wrapping
-    if quick:
-        events, repeat, latency_seconds, latency_rate = min(events, 3000), 1, 3.0, 200.0
-        partitions = min(partitions, 2)
-    if year:
-        events = year_events
+    opts = opts.sized()
     started = time.time()
     load_start = loadavg()
-    params: dict[str, Any] = {
-        "events": events,
-        "repeat": 1 if year else repeat,
-        "partitions": partitions,
-        "latency_rate": None if skip_latency or year else latency_rate,
-        "latency_seconds": None if skip_latency or year else latency_seconds,
-        "outbox": outbox,
-        "quick": quick,
-        "year": year,
-        "seed": seed,
-        "publisher_batch_size": 100,
-        "workers": workers if year else None,
-    }
+    params = _parameters(opts)
 
     def say(text: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
-    say(f"load average {load_start}; generating {events:,} events (cached when possible)")
-    path, generation = _generate_events(events, seed, regenerate, say)
+    say(f"load average {load_start}; generating {opts.events:,} events (cached when possible)")
+    path, generation = _generate_events(opts.events, opts.seed, opts.regenerate, say)
     runs: dict[str, Any] = {}
     result_versions, failure = _run_in_a_stack(
         path,
         params,
         runs,
         say,
-        keep=keep,
-        workers=workers,
+        keep=opts.keep,
+        workers=opts.workers,
         suite={
-            "skip_scale": skip_scale,
-            "skip_raw": skip_raw,
-            "skip_latency": skip_latency,
-            "profile": profile,
+            "skip_scale": opts.skip_scale,
+            "skip_raw": opts.skip_raw,
+            "skip_latency": opts.skip_latency,
+            "profile": opts.profile,
         },
     )
     result: dict[str, Any] = {
@@ -161,7 +243,7 @@ def bench(
     }
     if failure:
         result["figures"].setdefault("errors", []).append(failure)
-    _write_and_show(result, console, output, started, quick=quick, year=year)
+    _write_and_show(result, console, opts.output, started, quick=opts.quick, year=opts.year)
     if result["figures"].get("errors"):
         raise typer.Exit(1)
 

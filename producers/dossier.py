@@ -289,6 +289,91 @@ def _episode(
     return event
 
 
+@dataclass
+class _Envelope:
+    """The envelope as it is read: its header, and each HOSO's (LOAIHOSO, table) pairs."""
+
+    limits: Limits
+    facility: str | None = None
+    created: str | None = None
+    declared: str | None = None
+    hoso: list[list[tuple[str, Element | None]]] = field(default_factory=list)
+    other: Counter[str] = field(default_factory=Counter)
+    #: names of the elements open, outermost first
+    stack: list[str] = field(default_factory=list)
+
+    def start(self, element: Element) -> None:
+        name = _local(element.tag)
+        if not self.stack and name != ROOT:
+            raise DossierRejected("envelope_invalid", f"root is {name}, not {ROOT}")
+        if name == "HOSO" and self.stack[-1:] == ["DANHSACHHOSO"]:
+            self.hoso.append([])
+        self.stack.append(name)
+
+    def end(self, element: Element) -> None:
+        stack = self.stack
+        name = stack.pop()
+        parent = stack[-1] if stack else None
+        if name == "MACSKCB" and parent == "THONGTINDONVI":
+            self.facility = (element.text or "").strip()
+        elif name == "NGAYLAP" and parent == "THONGTINHOSO":
+            self.created = (element.text or "").strip() or None
+        elif name == "SOLUONGHOSO" and parent == "THONGTINHOSO":
+            self.declared = (element.text or "").strip()
+        elif name == "FILEHOSO" and stack[-2:] == ["DANHSACHHOSO", "HOSO"]:
+            self._file(element)
+            element.clear()
+        elif name == "HOSO" and parent == "DANHSACHHOSO":
+            element.clear()  # keep memory bounded by one episode's tables
+
+    def _file(self, element: Element) -> None:
+        """One FILEHOSO: its table, decoded, joins the current HOSO's."""
+        parts = _children(element)
+        kind = (parts.get("LOAIHOSO") or "").strip().upper()
+        where = f"HOSO {len(self.hoso)}, FILEHOSO {kind or '?'}"
+        if not kind or "NOIDUNGFILE" not in parts:
+            raise DossierRejected("envelope_invalid", f"{where}: LOAIHOSO or NOIDUNGFILE missing")
+        table = _table(kind, parts["NOIDUNGFILE"], where, self.limits)
+        self.hoso[-1].append((kind, table))
+        if kind not in TABLE_ROOTS:
+            self.other[kind] += 1
+
+
+def _read_envelope(data: bytes, limits: Limits) -> _Envelope:
+    """The file's XML read into an :class:`_Envelope`; XML that cannot be read is rejected."""
+    envelope = _Envelope(limits)
+    try:
+        for action, element in iterparse(io.BytesIO(data), ("start", "end"), forbid_dtd=True):
+            if action == "start":
+                envelope.start(element)
+            else:
+                envelope.end(element)
+    except DefusedXmlException as exc:
+        raise DossierRejected("xml_forbidden", type(exc).__name__) from None
+    except ParseError as exc:
+        raise DossierRejected("xml_malformed", str(exc)) from None
+    except (LookupError, ValueError) as exc:  # encoding="ttf-8", "utf-32": expat cannot read it
+        raise DossierRejected("xml_malformed", f"encoding: {exc}") from None
+    return envelope
+
+
+def _checked_header(envelope: _Envelope) -> tuple[str, int]:
+    """The facility and the declared number of HOSO, once they are there and agree."""
+    facility, declared = envelope.facility, envelope.declared
+    if not facility:
+        raise DossierRejected("envelope_invalid", "THONGTINDONVI/MACSKCB is missing or empty")
+    if declared is None or not declared.isdigit():
+        raise DossierRejected(
+            "envelope_invalid", "THONGTINHOSO/SOLUONGHOSO is missing or not a number"
+        )
+    if int(declared) != len(envelope.hoso):
+        raise DossierRejected(
+            "count_mismatch",
+            f"SOLUONGHOSO is {int(declared)}, the file has {len(envelope.hoso)} HOSO",
+        )
+    return facility, int(declared)
+
+
 def parse_dossier(
     data: bytes, limits: Limits | None = None, catalog: Catalog | None = None
 ) -> Dossier:
@@ -299,64 +384,11 @@ def parse_dossier(
             "file_too_large", f"{len(data)} bytes (limit {limits.max_file_bytes})"
         )
     shape = _shape(catalog or load_catalog())
-    facility: str | None = None
-    created: str | None = None
-    declared: str | None = None
-    hoso: list[list[tuple[str, Element | None]]] = []
-    other = Counter[str]()
-    stack: list[str] = []
-    try:
-        for action, element in iterparse(io.BytesIO(data), ("start", "end"), forbid_dtd=True):
-            if action == "start":
-                name = _local(element.tag)
-                if not stack and name != ROOT:
-                    raise DossierRejected("envelope_invalid", f"root is {name}, not {ROOT}")
-                if name == "HOSO" and stack[-1:] == ["DANHSACHHOSO"]:
-                    hoso.append([])
-                stack.append(name)
-                continue
-            name = stack.pop()
-            parent = stack[-1] if stack else None
-            if name == "MACSKCB" and parent == "THONGTINDONVI":
-                facility = (element.text or "").strip()
-            elif name == "NGAYLAP" and parent == "THONGTINHOSO":
-                created = (element.text or "").strip() or None
-            elif name == "SOLUONGHOSO" and parent == "THONGTINHOSO":
-                declared = (element.text or "").strip()
-            elif name == "FILEHOSO" and stack[-2:] == ["DANHSACHHOSO", "HOSO"]:
-                parts = _children(element)
-                kind = (parts.get("LOAIHOSO") or "").strip().upper()
-                where = f"HOSO {len(hoso)}, FILEHOSO {kind or '?'}"
-                if not kind or "NOIDUNGFILE" not in parts:
-                    raise DossierRejected(
-                        "envelope_invalid", f"{where}: LOAIHOSO or NOIDUNGFILE missing"
-                    )
-                table = _table(kind, parts["NOIDUNGFILE"], where, limits)
-                hoso[-1].append((kind, table))
-                if kind not in TABLE_ROOTS:
-                    other[kind] += 1
-                element.clear()
-            elif name == "HOSO" and parent == "DANHSACHHOSO":
-                element.clear()  # keep memory bounded by one episode's tables
-    except DefusedXmlException as exc:
-        raise DossierRejected("xml_forbidden", type(exc).__name__) from None
-    except ParseError as exc:
-        raise DossierRejected("xml_malformed", str(exc)) from None
-    except (LookupError, ValueError) as exc:  # encoding="ttf-8", "utf-32": expat cannot read it
-        raise DossierRejected("xml_malformed", f"encoding: {exc}") from None
-    if not facility:
-        raise DossierRejected("envelope_invalid", "THONGTINDONVI/MACSKCB is missing or empty")
-    if declared is None or not declared.isdigit():
-        raise DossierRejected(
-            "envelope_invalid", "THONGTINHOSO/SOLUONGHOSO is missing or not a number"
-        )
-    if int(declared) != len(hoso):
-        raise DossierRejected(
-            "count_mismatch", f"SOLUONGHOSO is {int(declared)}, the file has {len(hoso)} HOSO"
-        )
-    dossier = Dossier(facility, created, int(declared), other_tables=other)
+    envelope = _read_envelope(data, limits)
+    facility, declared = _checked_header(envelope)
+    dossier = Dossier(facility, envelope.created, declared, other_tables=envelope.other)
     seen: dict[str, int] = {}
-    for index, tables in enumerate(hoso, 1):
+    for index, tables in enumerate(envelope.hoso, 1):
         event = _episode(index, tables, shape, facility)
         first = seen.setdefault(event["ma_lk"], index)
         if first != index:

@@ -427,15 +427,9 @@ class Gateway:
     def publish_file(self, path: Path, *, move: bool = True) -> Outcome:
         """Publish one dossier file; never raises for a bad file (see :class:`Outcome`)."""
         name = path.name
-        limit = self.limits.max_file_bytes
-        try:
-            with open(path, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                data = src.read(limit + 1) if size <= limit else b""
-        except OSError as exc:
-            return self._reject(path, None, "file_unreadable", exc.strerror or str(exc), move)
-        if size > limit:
-            return self._reject(path, None, "file_too_large", f"{size} bytes (limit {limit})", move)
+        data = self._read(path, move)
+        if isinstance(data, Outcome):
+            return data
         sha256 = hashlib.sha256(data).hexdigest()
         entry = self.ledger.get(self.topic, sha256)
         if entry is not None and entry.state == "done":
@@ -456,7 +450,26 @@ class Gateway:
             return Outcome(
                 name, "empty", sha256, facility, moved_to=self._done(path, sha256) if move else None
             )
+        return self._publish_events(path, sha256, facility, events, move)
 
+    def _read(self, path: Path, move: bool) -> bytes | Outcome:
+        """The file's bytes, or its rejection when it cannot be read or is over the limit."""
+        limit = self.limits.max_file_bytes
+        try:
+            with open(path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                data = src.read(limit + 1) if size <= limit else b""
+        except OSError as exc:
+            return self._reject(path, None, "file_unreadable", exc.strerror or str(exc), move)
+        if size > limit:
+            return self._reject(path, None, "file_too_large", f"{size} bytes (limit {limit})", move)
+        return data
+
+    def _publish_events(
+        self, path: Path, sha256: str, facility: str, events: list[dict[str, Any]], move: bool
+    ) -> Outcome:
+        """One parsed dossier's events as one batch: in the ledger, sent, acknowledged."""
+        name = path.name
         partition = self._probe.partition_of(facility)
         self.ledger.begin(
             self.topic,

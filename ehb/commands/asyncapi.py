@@ -341,33 +341,36 @@ def _first_sentence(text: str) -> str:
     return head + "." if dot else text
 
 
-def _channel_doc(
-    channel: _Channel, settings: Settings, catalog: Catalog
-) -> tuple[dict[str, Any], list[str]]:
-    spec = channel.spec
-    entries = _subjects_for(spec, catalog)
+def _channel_messages(spec: TopicSpec, catalog: Catalog) -> dict[str, Any]:
+    """The channel's messages by name: one a subject of its Avro schemas, else one untyped."""
     messages: dict[str, Any] = {}
-    for entry in entries:
+    for entry in _subjects_for(spec, catalog):
         message = _message_avro(entry, spec, catalog)
         messages[message["name"]] = message
     if not messages:
         message = _message_untyped(spec)
         messages[message["name"]] = message
-    personal = sorted({p for m in messages.values() for p in m["x-personal-data"]})
-    embedded = sorted({p for m in messages.values() for p in m.get("x-personal-data-embedded", ())})
-    retention = _retention(spec.config)
+    return messages
+
+
+def _partitions_note(channel: _Channel, settings: Settings) -> str:
+    """How many partitions the channel has, and what sets the count."""
+    spec = channel.spec
     if channel.parameter == "topicPrefix":
-        partitions_note = (
+        return (
             f"{spec.partitions} partitions with the default "
             f"EHB_KAFKA_PARTITIONS={settings.kafka_partitions} (the count "
             "follows that setting)."
         )
-    else:
-        partitions_note = (
-            f"{spec.partitions} partitions: Faust creates it with the table's "
-            "partition count, EHB_KAFKA_PARTITIONS."
-        )
-    who = (
+    return (
+        f"{spec.partitions} partitions: Faust creates it with the table's "
+        "partition count, EHB_KAFKA_PARTITIONS."
+    )
+
+
+def _who(channel: _Channel) -> str:
+    """Who writes the channel and who reads it."""
+    return (
         "Written by the facilities, read by the pipeline."
         if channel.received and not channel.sent
         else "Written by the pipeline; downstream services consume it with a consumer group of "
@@ -375,10 +378,17 @@ def _channel_doc(
         if channel.sent and not channel.received
         else "Written and read by the stream workers only: not a contract, do not consume it."
     )
+
+
+def _channel_description(
+    channel: _Channel, settings: Settings, personal: list[str], embedded: list[str]
+) -> str:
+    """The channel's description: what, who, partitioning, delivery, retention, personal data."""
+    spec = channel.spec
     paragraphs = [
         spec.description,
-        who,
-        "Partitioning and ordering: " + partitions_note + " " + _ordering(spec),
+        _who(channel),
+        "Partitioning and ordering: " + _partitions_note(channel, settings) + " " + _ordering(spec),
     ]
     if not spec.internal:
         paragraphs.append(
@@ -390,18 +400,27 @@ def _channel_doc(
             "final, as in the PostgreSQL sink."
         )
     paragraphs += [
-        f"Retention: {retention}.",
+        f"Retention: {_retention(spec.config)}.",
         "Personal data: "
         + (", ".join(f"`{p}`" for p in personal) if personal else "none")
         + "."
         + ("".join(f" `{p}` embeds the original input's personal data." for p in embedded)),
     ]
-    description = _paragraphs(paragraphs)
+    return _paragraphs(paragraphs)
+
+
+def _channel_doc(
+    channel: _Channel, settings: Settings, catalog: Catalog
+) -> tuple[dict[str, Any], list[str]]:
+    spec = channel.spec
+    messages = _channel_messages(spec, catalog)
+    personal = sorted({p for m in messages.values() for p in m["x-personal-data"]})
+    embedded = sorted({p for m in messages.values() for p in m.get("x-personal-data-embedded", ())})
     doc: dict[str, Any] = {
         "address": channel.address,
         "title": spec.name,
         "summary": _first_sentence(spec.description),
-        "description": description,
+        "description": _channel_description(channel, settings, personal, embedded),
         "messages": messages,
         "parameters": {channel.parameter: {"$ref": f"#/components/parameters/{channel.parameter}"}},
         "bindings": {
@@ -415,7 +434,7 @@ def _channel_doc(
         "x-internal": spec.internal,
         "x-key": spec.key,
         "x-value": spec.value,
-        "x-retention": retention,
+        "x-retention": _retention(spec.config),
         "x-personal-data": personal,
     }
     if embedded:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -694,39 +693,19 @@ def tail(
 ) -> None:
     """Follow a topic and print its records decoded, as JSON Lines (for jq): from the end by
     default; bytes as base64, timestamps ISO 8601; personal data masked."""
-    from ehb.commands.tail import Start, parse_time
-    from ehb.commands.tail import tail as run_tail
+    from ehb.commands.tail import start_from, tail_to_stdout
 
-    starts = [s for s in (from_beginning or None, from_offset, from_time) if s is not None]
-    if len(starts) > 1:
-        raise EhbError("give at most one of --from-beginning, --from-offset, --from-time")
-    if from_beginning:
-        start = Start("beginning")
-    elif from_offset is not None:
-        if from_offset < 0:
-            raise EhbError("--from-offset must be >= 0")
-        start = Start("offset", offset=from_offset)
-    elif from_time is not None:
-        start = Start("time", time=parse_time(from_time))
-    else:
-        start = Start("end")
-    settings = load_settings()
-    try:
-        run_tail(
-            settings,
-            topic,
-            sys.stdout,
-            start=start,
-            count=count,
-            show_personal_data=show_personal_data,
-            follow=follow,
-            partition=partition,
-            connect_timeout=timeout,
-        )
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:  # `ehb tail ... | head`
-        sys.stdout = open(os.devnull, "w")  # silences the flush at exit
+    start = start_from(from_beginning, from_offset, from_time)
+    tail_to_stdout(
+        load_settings(),
+        topic,
+        start=start,
+        count=count,
+        show_personal_data=show_personal_data,
+        follow=follow,
+        partition=partition,
+        connect_timeout=timeout,
+    )
 
 
 @app.command()

@@ -408,6 +408,16 @@ LIFECYCLE: tuple[tuple[str, str], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class _Hint:
+    """How much event time the demo covered, and what to try when that was not enough."""
+
+    days: float
+    span: str
+    more: str = "publish more events (--events)"
+    longer: str = "use a longer event time (--days)"
+
+
 def lifecycle_notes(
     counters: dict[str, Any],
     timeline: DemoTimeline,
@@ -421,54 +431,72 @@ def lifecycle_notes(
     span = f"the events span {days:.1f} days of event time"
     if not complete:
         span += " (the demo was stopped before the end)"
+    hint = _Hint(days, span) if complete else _Hint(days, span, longer="let the demo run longer")
+    reasons: dict[str, str] = {
+        "referrals": f"about 0.6% of exams carry a referral letter: {hint.more}",
+        "appointments": f"about 7% of exams book a follow-up appointment: {hint.more}",
+    }
+    if counters.get("referrals", 0) > 0:
+        reasons.update(_referral_reasons(hint, settings))
+    if counters.get("appointments", 0) > 0:
+        reasons.update(_appointment_reasons(hint, settings))
+    return _zero_counter_notes(counters, reasons)
+
+
+def _referral_reasons(hint: _Hint, settings: Settings) -> dict[str, str]:
+    """Why referrals were neither completed nor expired."""
     lateness = settings.allowed_lateness_hours / 24
     window = settings.referral_window_days
+    needed = window + lateness
+    return {
+        "referrals_completed": (
+            f"a letter is completed by the patient's exam at the destination within {window:g} "
+            f"days; the simulated patients arrive within 10 days: {hint.more}"
+        ),
+        "referrals_expired": (
+            f"a letter expires when the watermark (event-time clock - {lateness:g} days of "
+            f"allowed lateness) passes its {window:g}-day deadline, more than {needed:g} days "
+            f"after it was issued; {hint.span}: {hint.longer}"
+            if hint.days <= needed
+            else f"every letter was matched before its deadline (about 20% of referred patients "
+            f"never arrive): {hint.more}"
+        ),
+    }
+
+
+def _appointment_reasons(hint: _Hint, settings: Settings) -> dict[str, str]:
+    """Why appointments had no reminder, were not kept or not missed."""
+    lateness = settings.allowed_lateness_hours / 24
     grace = settings.appointment_grace_days
     lead_days = settings.appointment_reminder_lead_hours / 24
     soonest, latest = _APPOINTMENT_DAYS_AHEAD
-    more = "publish more events (--events)"
-    longer = "use a longer event time (--days)" if complete else "let the demo run longer"
-    has_referrals = counters.get("referrals", 0) > 0
-    has_appointments = counters.get("appointments", 0) > 0
-    reasons: dict[str, str] = {
-        "referrals": f"about 0.6% of exams carry a referral letter: {more}",
-        "appointments": f"about 7% of exams book a follow-up appointment: {more}",
-    }
-    if has_referrals:
-        reasons["referrals_completed"] = (
-            f"a letter is completed by the patient's exam at the destination within {window:g} "
-            f"days; the simulated patients arrive within 10 days: {more}"
-        )
-        needed = window + lateness
-        reasons["referrals_expired"] = (
-            f"a letter expires when the watermark (event-time clock - {lateness:g} days of "
-            f"allowed lateness) passes its {window:g}-day deadline, more than {needed:g} days "
-            f"after it was issued; {span}: {longer}"
-            if days <= needed
-            else f"every letter was matched before its deadline (about 20% of referred patients "
-            f"never arrive): {more}"
-        )
-    if has_appointments:
-        reasons["appointment_reminders"] = (
+    days, span, more, longer = hint.days, hint.span, hint.more, hint.longer
+    needed = soonest + grace + lateness
+    return {
+        "appointment_reminders": (
             f"a reminder goes out when the event-time clock reaches {lead_days:g} day(s) before "
             f"the appointment, booked {soonest}-{latest} days after the exam; {span}: {longer}"
             if days <= soonest - lead_days
             else f"every appointment was kept before its reminder time: {more}"
-        )
-        reasons["appointments_kept"] = (
+        ),
+        "appointments_kept": (
             f"an appointment is kept by an exam at its facility within {grace:g} days of the "
             f"date, {soonest}-{latest} days after the exam; {span}: {longer}"
             if days <= soonest - grace
             else f"no patient came back in time: {more}"
-        )
-        needed = soonest + grace + lateness
-        reasons["appointments_missed"] = (
+        ),
+        "appointments_missed": (
             f"an appointment is missed when the watermark (clock - {lateness:g} days) passes "
             f"its date + {grace:g} days of grace, at least {needed:g} days after the exam; "
             f"{span}: {longer}"
             if days <= needed
             else f"every appointment whose window has passed was kept (about 25% are not): {more}"
-        )
+        ),
+    }
+
+
+def _zero_counter_notes(counters: dict[str, Any], reasons: dict[str, str]) -> list[str]:
+    """One note a lifecycle counter still at 0, in the order of ``LIFECYCLE``."""
     notes = []
     for key, label in LIFECYCLE:
         if counters.get(key, 0) == 0:

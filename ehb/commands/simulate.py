@@ -6,7 +6,14 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
@@ -31,30 +38,9 @@ def run_simulation(
     publisher = publisher or ExaminationPublisher(
         settings, batch_size=batch_size, linger_s=0.2 if rate else 5.0, identity="simulate"
     )
-    book: DailyReportBook | None = None
-    reports: ReportPublisher | None = None
-    if config.reports:
-        codes = [f.code for f in simulator.facilities]
-        silent, inconsistent = pick_facilities(
-            codes, config.silent_facilities, config.inconsistent_facilities, config.seed
-        )
-        book = DailyReportBook(
-            codes, config.start.date(), silent=silent, inconsistent=inconsistent, seed=config.seed
-        )
-        reports = ReportPublisher(settings, codec=publisher.codec)
+    book, reports = _daily_reports(settings, config, simulator, publisher)
     started = time.monotonic()
-    bar = None
-    if progress is not None:
-        bar = Progress(
-            TextColumn("publishing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=progress,
-            transient=True,
-        )
-        bar.start()
-        task = bar.add_task("events", total=config.events)
+    bar = _progress_bar(progress, config.events)
     try:
         for i, event in enumerate(simulator.events(), 1):
             if stop is not None and stop.is_set():
@@ -73,17 +59,62 @@ def run_simulation(
                     publisher.poll(0)
                     time.sleep(ahead)
             if bar is not None and i % 1000 == 0:
-                bar.update(task, completed=i)
+                bar[0].update(bar[1], completed=i)
         publisher.flush()
         if book is not None and reports is not None:
             reports.publish(book.close_all())
             reports.flush()
     finally:
         if bar is not None:
-            bar.stop()
+            bar[0].stop()
         if reports is not None:
             reports.close()
-    elapsed = time.monotonic() - started
+    return _summary(simulator, publisher, book, reports, time.monotonic() - started)
+
+
+def _daily_reports(
+    settings: Settings,
+    config: SimulationConfig,
+    simulator: CitySimulator,
+    publisher: ExaminationPublisher,
+) -> tuple[DailyReportBook | None, ReportPublisher | None]:
+    """The facilities' daily reports (some silent, some inconsistent), when configured."""
+    if not config.reports:
+        return None, None
+    codes = [f.code for f in simulator.facilities]
+    silent, inconsistent = pick_facilities(
+        codes, config.silent_facilities, config.inconsistent_facilities, config.seed
+    )
+    book = DailyReportBook(
+        codes, config.start.date(), silent=silent, inconsistent=inconsistent, seed=config.seed
+    )
+    return book, ReportPublisher(settings, codec=publisher.codec)
+
+
+def _progress_bar(progress: Console | None, total: int) -> tuple[Progress, TaskID] | None:
+    """A progress bar of the events published, started, on ``progress`` when given."""
+    if progress is None:
+        return None
+    bar = Progress(
+        TextColumn("publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress,
+        transient=True,
+    )
+    bar.start()
+    return bar, bar.add_task("events", total=total)
+
+
+def _summary(
+    simulator: CitySimulator,
+    publisher: ExaminationPublisher,
+    book: DailyReportBook | None,
+    reports: ReportPublisher | None,
+    elapsed: float,
+) -> dict[str, Any]:
+    """What the run published, how fast, and the daily reports' part."""
     return {
         "events_published": publisher.events_delivered,
         "messages": publisher.messages_delivered,

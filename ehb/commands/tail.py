@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -60,7 +62,9 @@ __all__ = [
     "UnknownTopic",
     "parse_time",
     "resolve_topic",
+    "start_from",
     "tail",
+    "tail_to_stdout",
     "to_json_line",
 ]
 
@@ -112,6 +116,22 @@ class Start:
     @property
     def time_ms(self) -> int | None:
         return None if self.time is None else int(self.time.timestamp() * 1000)
+
+
+def start_from(from_beginning: bool, from_offset: int | None, from_time: str | None) -> Start:
+    """Where ``ehb tail`` starts, from its ``--from-*`` options (at most one of them)."""
+    starts = [s for s in (from_beginning or None, from_offset, from_time) if s is not None]
+    if len(starts) > 1:
+        raise EhbError("give at most one of --from-beginning, --from-offset, --from-time")
+    if from_beginning:
+        return Start("beginning")
+    if from_offset is not None:
+        if from_offset < 0:
+            raise EhbError("--from-offset must be >= 0")
+        return Start("offset", offset=from_offset)
+    if from_time is not None:
+        return Start("time", time=parse_time(from_time))
+    return Start("end")
 
 
 # -- JSON ---------------------------------------------------------------------------------
@@ -362,3 +382,14 @@ def tail(
             if stop is not None and stop.is_set():
                 break
     return printed
+
+
+def tail_to_stdout(settings: Settings, topic: str, **options: Any) -> None:
+    """:func:`tail` to standard output, as ``ehb tail`` runs it: quiet on Ctrl-C, and when
+    the reader goes away (``ehb tail ... | head``)."""
+    try:
+        tail(settings, topic, sys.stdout, **options)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `ehb tail ... | head`
+        sys.stdout = open(os.devnull, "w")  # silences the flush at exit
