@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from ehb.commands.local import DeploymentFactory, wait_until
 from ehb.kafka import producer_config
 from ehb.settings import Settings
+from producers import outbox as outbox_module
 from producers.outbox import EVENT, MESSAGE, Outbox, OutboxBusy
 from producers.publisher import ExaminationPublisher, _avro_long
 from schemas import SUBJECTS, AvroCodec
@@ -22,13 +23,20 @@ from tests.support import factories as f
 from tests.support.proxy import KafkaProxy
 
 
+def _crash(outbox: Outbox) -> None:
+    """What a killed process leaves: no commit, no clean close, and (the process being gone)
+    no outbox in this process's gauges."""
+    outbox._db.close()
+    outbox._lock_file.close()
+    outbox_module._open_outboxes.discard(outbox)
+
+
 def test_staged_rows_are_durable_only_after_commit(tmp_path: Path) -> None:
     outbox = Outbox.open(tmp_path, "p")
     first = outbox.stage("79001", EVENT, 1, b"a")
     outbox.commit({"source": "1"})
     outbox.stage("79001", EVENT, 1, b"b")  # staged, never committed: a crash loses it
-    outbox._db.close()  # a crash: no commit, no clean close
-    outbox._lock_file.close()
+    _crash(outbox)
     again = Outbox.open(tmp_path, "p")
     assert [(r.seq, r.body) for r in again.rows()] == [(first, b"a")]
     assert again.recovered_events == again.pending_events == 1
@@ -132,8 +140,7 @@ def test_an_outage_and_a_crashed_producer_lose_nothing(deploy: DeploymentFactory
         assert publisher.outbox.pending_events == 200
         # the producer dies: librdkafka's queue is gone, the outbox file stays
         publisher._producer.purge()
-        publisher.outbox._db.close()
-        publisher.outbox._lock_file.close()
+        _crash(publisher.outbox)
         proxy.restore()
         restarted = ExaminationPublisher(via_proxy, codec=d.codec, identity="clinic")
         assert restarted.resent_events == 200
