@@ -22,7 +22,14 @@ patches off (for the tests that show what each one prevents; never in production
     (``ehb_worker_offset_skips_total``) and the partition is sought back to the offset it
     expects (again at most once a second while the skip persists: nothing past a missing
     offset is ever delivered, so nothing past it is committed). Faust's read offsets are seen
-    through the guard, so its fetch loop drops exactly what the guard has delivered.
+    through the guard, so its fetch loop drops exactly what the guard has delivered. Records
+    can also be lost before the guard: Faust's ``getmany`` drops those the client already
+    handed over when their partition is not active at that moment (flow stopped, generation
+    changed, or taken because the active set was empty: aiokafka then takes every partition,
+    see ``_OnlyThese``). The client is given a view in which an empty set means none, and each
+    time the fetch loop asks for more records, a partition whose client position is past the
+    guard's next offset is sought back to it (``kind="dropped"``): a later record would show
+    the loss as a skip, but when the dropped records were the partition's last none comes.
 ``seek_before_resume``
     ``Recovery.on_recovery_completed`` / ``_resume_streams`` resume the stream partitions
     *before* awaiting ``perform_seek()``. Here: seek first, then clear the queues, then resume
@@ -270,6 +277,34 @@ class DeliveryGuard:
         if self._seeking.get(tp, (None, None))[0] == offset:
             self._seeking[tp] = (offset, time.monotonic())
 
+    def check_positions(self, positions: dict[TP, int]) -> None:
+        """Called by the fetch loop before it takes the next records, when every record it took
+        before has been delivered or dropped: an input partition whose fetch position is past
+        the next offset to deliver lost records between the client and the guard. Faust's
+        ``getmany`` drops the records it has already taken from the client when their
+        partition is not active at that moment, the flow stops or the generation changes;
+        the client's position has moved past them. A later record would show the gap as a
+        skip; when the dropped records were the partition's last, none comes and the partition
+        stalls. Seek back instead."""
+        for tp, expected in self.expected.items():
+            position = positions.get(tp)
+            if expected is None or position is None or position <= expected:
+                continue
+            if tp in self._seeking and self._seeking[tp][1] is None:
+                continue  # a seek back is pending
+            OFFSET_SKIPS.labels(tp.topic, "dropped").inc()
+            log.warning(
+                "input partition %s[%d]: fetched up to %d but %d is next to deliver (records "
+                "dropped by the fetch loop); seeking back to %d",
+                tp.topic,
+                tp.partition,
+                position,
+                expected,
+                expected,
+            )
+            self._seeking[tp] = (expected, None)
+            asyncio.ensure_future(self._seek_back(tp, expected))
+
     def fence(self, tps: set[TP]) -> None:
         """No delivery from ``tps`` until they are sought (a rebalance started)."""
         for tp in tps:
@@ -364,7 +399,56 @@ def _guard(consumer: Consumer) -> DeliveryGuard:
     return guard
 
 
+def fetch_positions(consumer: Consumer) -> dict[TP, int]:
+    """The aiokafka client's fetch positions (the next offset it hands to Faust), read from
+    the consumer thread's state ({} for another driver or before the client started)."""
+    try:
+        assignment = consumer._thread._consumer._subscription.subscription.assignment  # type: ignore[attr-defined]
+        positions = {}
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state.has_valid_position:
+                positions[TP(tp.topic, tp.partition)] = state.position
+        return positions
+    except AttributeError:
+        return {}
+
+
+class _OnlyThese:
+    """Faust's active partitions (a set it keeps changing) as the client thread's
+    ``fetched_records`` reads them: ``if partitions and tp not in partitions`` takes *every*
+    partition when the set is empty, which it becomes while a wait is under way (recovery done,
+    every partition paused until the seek). Here an empty set means none."""
+
+    def __init__(self, tps: set[TP]) -> None:
+        self.tps = tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.tps
+
+    def __iter__(self) -> Any:
+        return iter(list(self.tps))
+
+    def __len__(self) -> int:
+        return len(self.tps)
+
+
 def _patch_in_order_delivery() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    thread_getmany = AIOKafkaConsumerThread.getmany
+
+    async def getmany_only_active(
+        self: AIOKafkaConsumerThread, active_partitions: set[TP] | None, timeout: float
+    ) -> Any:
+        if active_partitions is None:  # a client-only app: every partition
+            return await thread_getmany(self, active_partitions, timeout)
+        return await thread_getmany(self, _OnlyThese(active_partitions), timeout)  # type: ignore[arg-type]
+
+    AIOKafkaConsumerThread.getmany = getmany_only_active  # type: ignore[method-assign]
     drain = Consumer._drain_messages
     revoked = Consumer.on_partitions_revoked
     assigned = Consumer.on_partitions_assigned
@@ -377,6 +461,15 @@ def _patch_in_order_delivery() -> None:
             self.callback = guard.deliver
         if not isinstance(self._read_offset, _ReadOffsets):
             self._read_offset = _ReadOffsets(guard, self._read_offset)
+        getmany = type(self).getmany.__get__(self)
+
+        def getmany_(timeout: float) -> Any:
+            # Faust's loop calls getmany once it has handled every record of the last call
+            if self.flow_active:
+                guard.check_positions(fetch_positions(self))
+            return getmany(timeout=timeout)
+
+        self.getmany = getmany_  # type: ignore[method-assign]
         await drain(self, fetcher)
 
     async def on_partitions_revoked(self: Consumer, revoked_tps: set[TP]) -> None:

@@ -233,6 +233,41 @@ def test_guard_passes_unacked_and_changelog_topics() -> None:
     assert guard.expected == {} and consumer.seeks == []
 
 
+def test_guard_seeks_back_over_records_the_fetch_loop_dropped() -> None:
+    """Faust's getmany drops records the client has handed over when their partition is paused
+    (or the flow stops) at that moment; with no later record the partition stalls."""
+    guard, consumer, delivered = _guard()
+    other, fenced = TP("in", 1), TP("in", 2)
+    before = _count("ehb_worker_offset_skips_total", topic="in", kind="dropped")
+
+    async def scenario() -> None:
+        guard.sought({TP_IN: 95, other: 10})
+        await guard.deliver(_msg(95))
+        # TP_IN: 96..464 taken from the client and dropped; other: caught up; fenced: seeking
+        positions = {TP_IN: 465, other: 10, fenced: 50}
+        guard.check_positions(positions)
+        guard.check_positions(positions)  # the seek back is pending: not twice
+        await asyncio.sleep(0)
+        assert consumer.seeks == [(TP_IN, 96)]
+        guard.check_positions({TP_IN: 96, other: 10})  # landed: nothing to do
+        await guard.deliver(_msg(96))
+
+    asyncio.run(scenario())
+    assert consumer.seeks == [(TP_IN, 96)]
+    assert delivered == [("in", 95), ("in", 96)]
+    assert _count("ehb_worker_offset_skips_total", topic="in", kind="dropped") == before + 1
+
+
+def test_an_empty_active_set_takes_nothing_from_the_client() -> None:
+    """aiokafka's fetched_records takes every partition when Faust's (live) active set is empty:
+    ``if partitions and tp not in partitions``."""
+    live: set[TP] = set()
+    only = fp._OnlyThese(live)
+    assert bool(only) and TP_IN not in only
+    live.add(TP_IN)
+    assert TP_IN in only and list(only) == [TP_IN] and len(only) == 1
+
+
 def test_read_offsets_seen_through_the_guard() -> None:
     """Faust's read offset is the last offset read, so its fetch loop lets a refetch through."""
     guard, _, _ = _guard()
