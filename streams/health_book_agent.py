@@ -84,6 +84,7 @@ class HealthBookOutputs:
 Batch = list[tuple[Any, Any]]  # (items, sources) of the internal messages of one partition
 
 
+@dataclass(eq=False)  # agents are hashed by identity (their bound methods are registered)
 class HealthBookAgent:
     """``run`` is the Faust agent's function.
 
@@ -91,23 +92,13 @@ class HealthBookAgent:
     changelog topic.
     """
 
-    def __init__(
-        self,
-        machine: CitizenStateMachine,
-        codec: AvroCodec,
-        store: Callable[[], MutableMapping[Any, Any]],
-        changelog: str,
-        outputs: HealthBookOutputs,
-        output: OutputProducer,
-        within: float,
-    ) -> None:
-        self.machine = machine
-        self.codec = codec
-        self.store = store
-        self.changelog = changelog
-        self.outputs = outputs
-        self.output = output
-        self.within = within
+    machine: CitizenStateMachine
+    codec: AvroCodec
+    store: Callable[[], MutableMapping[Any, Any]]
+    changelog: str
+    outputs: HealthBookOutputs
+    output: OutputProducer
+    within: float
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
         store = self.store()

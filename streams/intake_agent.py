@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -25,29 +26,20 @@ __all__ = ["IntakeAgent"]
 STAGE = "intake"
 
 
+@dataclass(eq=False)  # agents are hashed by identity (their bound methods are registered)
 class IntakeAgent:
     """``run`` is the Faust agent's function, ``report_idle_partitions`` its 1 s timer.
 
     ``consumer`` returns the app's consumer (it exists only once the app runs).
     """
 
-    def __init__(
-        self,
-        intake: Intake,
-        progress: IntakeProgress,
-        output: OutputProducer,
-        routes: IntakeRoutes,
-        consumer: Callable[[], Any],
-        batch_size: int,
-        within: float,
-    ) -> None:
-        self.intake = intake
-        self.progress = progress
-        self.output = output
-        self.routes = routes
-        self.consumer = consumer
-        self.batch_size = batch_size
-        self.within = within
+    intake: Intake
+    progress: IntakeProgress
+    output: OutputProducer
+    routes: IntakeRoutes
+    consumer: Callable[[], Any]
+    batch_size: int
+    within: float
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
         async for events in faust_patches.take_batches(
