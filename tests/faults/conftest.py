@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,11 @@ def _selected(config: pytest.Config) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _selected(config):
+        # `make faults` (pytest-xdist, --dist loadgroup): the fuzzing, which only computes, on
+        # one worker; on the other, in order, everything that runs deployments and mostly waits
+        for item in items:
+            group = "fuzz" if item.path.name == "test_fuzz.py" else "deployments"
+            item.add_marker(pytest.mark.xdist_group(group))
         return
     skip = pytest.mark.skip(reason="full fault suite: run `make faults` (pytest -m faults)")
     for item in items:
@@ -54,29 +61,49 @@ class FaultReport:
     def add_crash_point(self, row: Reconciliation, **detail: Any) -> None:
         self.crash_points.append({**detail, **row.as_dict()})
 
-    def write(self, full: bool) -> Path | None:
-        if not (self.rows or self.crash_points or self.loops or self.fuzz or self.corpus):
-            return None
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        stem = REPORTS / ("faults" if full else "faults-quick")
-        document = {
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": os.environ.get("EHB_FAULTS_COMMAND", "make faults" if full else "make test"),
-            "events_per_scenario": os.environ.get(
-                "EHB_FAULTS_EVENTS", "200000" if full else "3000"
-            ),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}",
-            "seconds": round(time.time() - self.started, 1),
+    def part(self) -> dict[str, Any]:
+        """What this session (or ``pytest-xdist`` worker) found, as JSON."""
+        return {
+            "started": self.started,
             "scenarios": [row.as_dict() for row in self.rows],
             "crash_points": self.crash_points,
             "loops": self.loops,
             "fuzz_cases": self.fuzz,
             "bad_input_corpus": self.corpus,
         }
-        stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
-        stem.with_suffix(".md").write_text(markdown(document))
-        return stem
+
+
+def write_report(parts: list[dict[str, Any]], full: bool) -> Path | None:
+    """Write ``reports/faults{,-quick}.{md,json}`` from the parts of one run (one per
+    ``pytest-xdist`` worker, or the session's own)."""
+    if not any(
+        p[k]
+        for p in parts
+        for k in ("scenarios", "crash_points", "loops", "fuzz_cases", "bad_input_corpus")
+    ):
+        return None
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    stem = REPORTS / ("faults" if full else "faults-quick")
+    fuzz: dict[str, int] = {}
+    for part in parts:
+        for target, n in part["fuzz_cases"].items():
+            fuzz[target] = fuzz.get(target, 0) + n
+    document = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": os.environ.get("EHB_FAULTS_COMMAND", "make faults" if full else "make test"),
+        "events_per_scenario": os.environ.get("EHB_FAULTS_EVENTS", "200000" if full else "3000"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "seconds": round(time.time() - min(p["started"] for p in parts), 1),
+        "scenarios": [row for p in parts for row in p["scenarios"]],
+        "crash_points": [row for p in parts for row in p["crash_points"]],
+        "loops": [row for p in parts for row in p["loops"]],
+        "fuzz_cases": fuzz,
+        "bad_input_corpus": {k: v for p in parts for k, v in p["bad_input_corpus"].items()},
+    }
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
+    stem.with_suffix(".md").write_text(markdown(document))
+    return stem
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -192,7 +219,9 @@ def _loops(loops: list[dict[str, Any]]) -> list[str]:
         lines += [
             f"## {loop['scenario']}, {loop['runs']} runs in a row",
             "",
-            f"{loop['runs']} runs of {loop['asked']} asked ({loop['runs'] - loop['static']} "
+            f"{loop['runs']} runs of {loop['asked']} asked, {loop.get('lanes', 1)} at a time "
+            f"in {loop.get('loop_seconds', sum(seconds)):.0f} s "
+            f"({loop['runs'] - loop['static']} "
             f"with dynamic group membership, {loop['static']} static; run n draws its kills "
             f"with seed "
             f"{loop['seed_base']} + n), {len(loop['failures'])} failed; seconds per run: "
@@ -219,10 +248,39 @@ def _loops(loops: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: where ``pytest-xdist`` workers leave their parts of the report for the controller
+_PARTS = "EHB_FAULTS_REPORT_PARTS"
+
+
+def _worker(config: pytest.Config) -> str | None:
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    return None if workerinput is None else str(workerinput["workerid"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _worker(config) is None and getattr(config.option, "numprocesses", None):
+        # read by the workers, which inherit this process's environment when they start
+        os.environ[_PARTS] = tempfile.mkdtemp(prefix="ehb-fault-report-")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    parts_dir = os.environ.get(_PARTS)
+    if _worker(session.config) is not None or not parts_dir:
+        return
+    parts = [json.loads(p.read_text()) for p in sorted(Path(parts_dir).glob("*.json"))]
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    if parts and (path := write_report(parts, _selected(session.config))) is not None:
+        print(f"\nfault report: {path}.md / .json")
+
+
 @pytest.fixture(scope="session")
 def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
     report = FaultReport()
     yield report
-    path = report.write(_selected(request.config))
+    worker, parts_dir = _worker(request.config), os.environ.get(_PARTS)
+    if worker is not None and parts_dir:
+        (Path(parts_dir) / f"{worker}.json").write_text(json.dumps(report.part(), default=str))
+        return
+    path = write_report([report.part()], _selected(request.config))
     if path is not None:
         print(f"\nfault report: {path}.md / .json")

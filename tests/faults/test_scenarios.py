@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,17 +284,81 @@ def _static_run(run: int) -> bool:
     return LOOP_MEMBERSHIP == "alternate" and run % 2 == 0
 
 
-def _prepare_run(
-    services: Settings, root: Path, run: int
-) -> tuple[DeploymentFactory, Deployment, dict[str, str]]:
-    """Run ``run``'s deployment (static group membership if :func:`_static_run`)."""
+#: runs in flight at once: each has its own deployment (topics, groups, database) on the
+#: shared broker and PostgreSQL; a run mostly waits (group joins, the kill), so runs overlap
+LOOP_LANES = int(os.environ.get("EHB_FAULTS_LOOP_LANES", "3"))
+
+
+@dataclass
+class LoopRun:
+    run: int
+    static: bool
+    seed: int
+    seconds: float = 0.0
+    error: str = ""
+    result: Reconciliation | None = None
+    logs: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.result is not None and self.result.ok
+
+    def failure(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "membership": "static" if self.static else "dynamic",
+            "seed": self.seed,
+            "lost": self.result.lost if self.result else None,
+            "duplicated": self.result.duplicated if self.result else None,
+            "error": self.error or (self.result.failure() if self.result else ""),
+            "logs": self.logs,
+        }
+
+
+def _loop_run(services: Settings, root: Path, run: int) -> LoopRun:
+    """Run ``run`` of the loop on its own deployment, torn down at once after its
+    reconciliation (processes killed, topics deleted, database dropped)."""
+    size, outcome = QUICK, LoopRun(run, _static_run(run), SEED + run)
+    started = time.monotonic()
+    expectation = expected_for(size.events)
     factory = DeploymentFactory(services, root / f"run{run}")
+    d: Deployment | None = None
+    monitor: Monitor | None = None
+    load: LoadProcess | None = None
+    phases: dict[str, float] = {}
     try:
-        d, instance_ids = _two_workers(factory, static=_static_run(run))
-    except BaseException:
+        d, instance_ids = _two_workers(factory, static=outcome.static)
+        outcome.logs = str(d.tmp / "logs")
+        phases["deployed"] = round(time.monotonic() - started, 1)
+        monitor = Monitor(d).start()
+        load = LoadProcess(d, events=size.events, rate=size.events / size.span_s)
+        load.start()
+        notes = _kill_workers_at_random(
+            d, size, outcome.seed, monitor, len(expectation.outcome), instance_ids, LOOP_STALL_S
+        )
+        phases["killed"] = round(time.monotonic() - started, 1)
+        outcome.result = _reconciled_end(
+            d, S1, size, expectation, monitor, load, notes, LOOP_STALL_S
+        )
+        phases["reconciled"] = round(time.monotonic() - started, 1)
+    except Exception as exc:  # noqa: BLE001 - a failed run is counted, the loop goes on
+        outcome.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if d is not None:
+            with contextlib.suppress(Exception):
+                outcome.result = reconcile(d, S1, expectation)
+    finally:
+        if load is not None:
+            load.stop()
+        if monitor is not None:
+            monitor.stop()
         dispose(factory)
-        raise
-    return factory, d, instance_ids
+    outcome.seconds = round(time.monotonic() - started, 1)
+    print(
+        f"run {run} ({'static' if outcome.static else 'dynamic'}, seed {outcome.seed}): "
+        f"{'ok' if outcome.ok else 'FAILED'}, {phases}, {outcome.seconds} s",
+        flush=True,
+    )
+    return outcome
 
 
 @pytest.mark.faults
@@ -306,91 +370,30 @@ def test_worker_killed_at_random_moments_in_a_loop(
     """Scenario 1 [quick], ``EHB_FAULTS_LOOP_RUNS`` times (default 50), with dynamic group
     membership, or static on even runs (``EHB_FAULTS_LOOP_MEMBERSHIP=alternate``); run n
     draws its kill moments and victims with seed ``EHB_FAULTS_SEED + n``. Each run has its
-    own deployment, started while the previous run drains (its processes only join their own
-    groups meanwhile) and torn down at once after its reconciliation (processes killed, topics
-    deleted, database dropped). Every run must
-    lose and duplicate nothing; the report lists the failed runs."""
-    size = QUICK
-    failures: list[dict[str, Any]] = []
-    seconds: list[float] = []
+    own deployment; ``EHB_FAULTS_LOOP_LANES`` (default 3) runs are in flight at once. Every
+    run must lose and duplicate nothing; the report lists the failed runs."""
     loop_started = time.monotonic()
-    with ThreadPoolExecutor(1, thread_name_prefix="next-run") as pool:
-        upcoming = pool.submit(_prepare_run, services, tmp_path, 1)
-        for run in range(1, LOOP_RUNS + 1):
-            if time.monotonic() - loop_started > LOOP_BUDGET_S:
-                dispose_prepared(upcoming)
-                break
-            static, seed = _static_run(run), SEED + run
-            started = time.monotonic()
-            expectation = expected_for(size.events)
-            result: Reconciliation | None = None
-            error = ""
-            factory: DeploymentFactory | None = None
-            d: Deployment | None = None
-            monitor: Monitor | None = None
-            load: LoadProcess | None = None
-            phases: dict[str, float] = {}
-            current, next_submitted = upcoming, False
-            try:
-                factory, d, instance_ids = current.result()
-                phases["deployed"] = round(time.monotonic() - started, 1)
-                monitor = Monitor(d).start()
-                load = LoadProcess(d, events=size.events, rate=size.events / size.span_s)
-                load.start()
-                notes = _kill_workers_at_random(
-                    d, size, seed, monitor, len(expectation.outcome), instance_ids, LOOP_STALL_S
-                )
-                phases["killed"] = round(time.monotonic() - started, 1)
-                if run < LOOP_RUNS:  # the next deployment starts while this one drains
-                    upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
-                    next_submitted = True
-                result = _reconciled_end(
-                    d, S1, size, expectation, monitor, load, notes, LOOP_STALL_S
-                )
-                phases["reconciled"] = round(time.monotonic() - started, 1)
-            except Exception as exc:  # noqa: BLE001 - a failed run is counted, the loop goes on
-                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                if d is not None:
-                    with contextlib.suppress(Exception):
-                        result = reconcile(d, S1, expectation)
-            finally:
-                if load is not None:
-                    load.stop()
-                if monitor is not None:
-                    monitor.stop()
-                if factory is not None:
-                    dispose(factory)
-                if run < LOOP_RUNS and not next_submitted:
-                    upcoming = pool.submit(_prepare_run, services, tmp_path, run + 1)
-            seconds.append(round(time.monotonic() - started, 1))
-            ok = not error and result is not None and result.ok
-            print(
-                f"run {run} ({'static' if static else 'dynamic'}, seed {seed}): "
-                f"{'ok' if ok else 'FAILED'}, {phases}, {seconds[-1]} s",
-                flush=True,
-            )
-            if not ok:
-                failures.append(
-                    {
-                        "run": run,
-                        "membership": "static" if static else "dynamic",
-                        "seed": seed,
-                        "lost": result.lost if result else None,
-                        "duplicated": result.duplicated if result else None,
-                        "error": error or (result.failure() if result else ""),
-                        "logs": str(d.tmp / "logs") if d is not None else None,
-                    }
-                )
-    runs = len(seconds)
+
+    def lane(run: int) -> LoopRun | None:
+        if time.monotonic() - loop_started > LOOP_BUDGET_S:
+            return None  # counted below as a run that did not happen
+        return _loop_run(services, tmp_path, run)
+
+    with ThreadPoolExecutor(LOOP_LANES, thread_name_prefix="loop-lane") as pool:
+        done = [r for r in pool.map(lane, range(1, LOOP_RUNS + 1)) if r is not None]
+    failures = [r.failure() for r in done if not r.ok]
+    runs = len(done)
     fault_report.loops.append(
         {
             "scenario": f"{S1} [quick]",
             "runs": runs,
             "asked": LOOP_RUNS,
-            "static": sum(_static_run(n) for n in range(1, runs + 1)),
+            "lanes": LOOP_LANES,
+            "static": sum(r.static for r in done),
             "seed_base": SEED,
             "failures": failures,
-            "seconds_per_run": seconds,
+            "seconds_per_run": [r.seconds for r in done],
+            "loop_seconds": round(time.monotonic() - loop_started, 1),
         }
     )
     assert not failures, failures
@@ -398,14 +401,6 @@ def test_worker_killed_at_random_moments_in_a_loop(
         f"only {runs} of {LOOP_RUNS} runs within the loop's "
         f"{LOOP_BUDGET_S:.0f}s (EHB_FAULTS_LOOP_BUDGET_S)"
     )
-
-
-def dispose_prepared(
-    upcoming: Future[tuple[DeploymentFactory, Deployment, dict[str, str]]],
-) -> None:
-    """Tear down a deployment prepared for a run that will not happen."""
-    with contextlib.suppress(Exception):
-        dispose(upcoming.result()[0])
 
 
 # -- 2. kill -9 of the sink while it writes a batch ----------------------------------------------
