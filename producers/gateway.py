@@ -37,8 +37,9 @@ from producers.dossier import Limits, parse_dossier
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError
 from producers.publisher import ExaminationPublisher
 from schemas.partitioning import partition_for
-from schemas.reasons import GATEWAY_REASONS
+from schemas.reasons import REASON_CODES, Language
 from schemas.registry import codec_for
+from schemas.time import VN_TZ
 from schemas.topics import EXAMINATIONS
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "complete_files",
     "print_report",
     "publish_dossier_file",
+    "reason_note",
     "run_gateway",
 ]
 
@@ -576,11 +578,8 @@ class Gateway:
         if move:
             try:
                 moved = _move(path, "rejected", sha256)
-                meaning, fix = GATEWAY_REASONS[reason]
                 moved.with_name(moved.name + ".reason.txt").write_text(
-                    f"file: {name}\nreason: {reason}\ndetail: {detail}\nmeaning: {meaning}\n"
-                    f"fix: {fix}\nsha256: {sha256 or '-'}\n"
-                    f"rejected_at: {datetime.now(UTC).isoformat()}\n",
+                    reason_note(name, reason, detail, sha256, datetime.now(VN_TZ)),
                     encoding="utf-8",
                 )
             except OSError as exc:
@@ -733,6 +732,33 @@ def run_gateway(
         )
 
 
+#: the labels of the meaning and the fix in ``NAME.reason.txt``, Vietnamese first
+_NOTE_LABELS: dict[Language, tuple[str, str]] = {
+    "vi": ("ý nghĩa", "cách khắc phục"),
+    "en": ("meaning", "fix"),
+}
+
+
+def reason_note(
+    file: str, reason: str, detail: str, sha256: str | None, rejected_at: datetime
+) -> str:
+    """The text of ``NAME.reason.txt`` beside a rejected file, one ``key: value`` a line: the
+    file and reason code, what the code means and what to fix in Vietnamese (the language of
+    the people who fix the data at the facility), then in English, the parser's detail, the
+    content's SHA-256 and when it was rejected (Vietnam time)."""
+    code = REASON_CODES[reason]
+    lines = [f"file: {file}", f"reason: {reason}"]
+    for language, (meaning_label, fix_label) in _NOTE_LABELS.items():
+        meaning, fix = code.text(language)
+        lines += [f"{meaning_label}: {meaning}", f"{fix_label}: {fix}"]
+    lines += [
+        f"detail: {detail}",
+        f"sha256: {sha256 or '-'}",
+        f"rejected_at: {rejected_at.astimezone(VN_TZ).isoformat()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def print_report(report: GatewayReport, console: Console) -> None:
     from rich.table import Table
 
@@ -752,7 +778,8 @@ def print_report(report: GatewayReport, console: Console) -> None:
         table.add_row(label, "-" if value is None else str(value))
     console.print(table)
     for reason, n in sorted(summary["rejected"].items()):
-        console.print(f"  rejected {reason}: {n} ({GATEWAY_REASONS[reason][1]})")
+        code = REASON_CODES[reason]
+        console.print(f"  rejected {reason}: {n} ({code.fix_vi} / {code.fix})", markup=False)
     if report.waiting:
         console.print(f"  still being written, left in place: {', '.join(report.waiting)}")
     if report.recovered:

@@ -22,6 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ehb.commands.reasons import Lang
+from ehb.commands.rejected import DEFAULT_LIMIT
+from ehb.commands.rejected import Format as RejectedFormat
 from ehb.logs import configure_logging
 from ehb.runtime import tune_gc
 from ehb.settings import Settings
@@ -519,22 +522,96 @@ def gateway(
         raise typer.Exit(1)
 
 
+LangOption = Annotated[
+    Lang,
+    typer.Option(
+        "--lang",
+        help="Language of the reason texts: vi (Vietnamese), en (English) or both "
+        "(Vietnamese first).",
+    ),
+]
+
+
 @app.command()
 def reasons(
+    lang: LangOption = Lang.both,
     markdown: Annotated[
-        bool, typer.Option("--markdown", help="Print docs/reference.md's Markdown table.")
+        bool,
+        typer.Option(
+            "--markdown", help="Print docs/reference.md's Markdown table (both languages)."
+        ),
     ] = False,
 ) -> None:
-    """Every dead-letter reason code: what it means and what the facility should fix."""
-    from schemas.reasons import REASONS, reason_stage, reasons_markdown
+    """Every dead-letter reason code: what it means and what the facility should fix, in
+    Vietnamese and English."""
+    from ehb.commands.reasons import reasons_table
+    from schemas.reasons import reasons_markdown
 
     if markdown:
         out.print(reasons_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
         return
-    table = Table("code", "stage", "what it means", "what the facility should fix")
-    for code, (meaning, fix) in REASONS.items():
-        table.add_row(code, reason_stage(code), meaning, fix)
-    out.print(table)
+    out.print(reasons_table(lang))
+
+
+@app.command()
+def rejected(
+    facility: Annotated[
+        str,
+        typer.Option(
+            "--facility",
+            "-f",
+            metavar="MA_CSKCB",
+            help="The facility's code (MA_CSKCB, mã cơ sở KCB), e.g. 79001.",
+        ),
+    ],
+    day: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DAY",
+            help="One day, Vietnam time: YYYY-MM-DD, today or yesterday. Default: today.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(metavar="DAY", help="First day of a range (YYYY-MM-DD, Vietnam time)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(metavar="DAY", help="Last day of the range, included (default: today)."),
+    ] = None,
+    output_format: Annotated[
+        RejectedFormat,
+        typer.Option("--format", help="table (terminal), csv (spreadsheet) or json."),
+    ] = RejectedFormat.table,
+    lang: LangOption = Lang.both,
+    limit: Annotated[
+        int,
+        typer.Option(min=0, help="List at most this many dead letters, oldest first (0: all)."),
+    ] = DEFAULT_LIMIT,
+) -> None:
+    """A facility's own rejected episodes (dead letters) of a day or several, in Vietnam time:
+    when, the reason code, what it means and what to fix (Vietnamese and English), the source
+    position and the event id. Never names, citizen IDs or the original bytes."""
+    from ehb.commands.rejected import check_facility, period, print_rejected, today_in_vietnam
+
+    try:
+        code = check_facility(facility)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--facility'") from None
+    try:
+        days = period(day, since, until, today_in_vietnam())
+    except ValueError as exc:
+        raise EhbError(str(exc)) from None
+    print_rejected(
+        load_settings(),
+        code,
+        days,
+        output_format=output_format,
+        languages=lang.languages,
+        limit=limit,
+        out=out,
+        err=console,
+    )
 
 
 registry_app = typer.Typer(

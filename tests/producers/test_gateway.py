@@ -18,6 +18,7 @@ from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.xml_export import export_simulation, write_dossier
 from producers.dossier import Limits, encode_dossier, parse_dossier
 from producers.gateway import HASH_HEADER, Gateway, GatewayReport, Ledger
+from schemas.reasons import REASON_CODES
 from schemas.topics import EXAMINATIONS
 from simulation.simulator import CitySimulator, SimulationConfig
 from tests.support import factories as f
@@ -129,6 +130,10 @@ def test_corrupt_dossiers_are_moved_aside_with_a_reason_and_the_good_ones_publis
         assert (drop / "rejected" / name).read_bytes() == content  # moved, never deleted
         text = (drop / "rejected" / f"{name}.reason.txt").read_text(encoding="utf-8")
         assert f"reason: {reason}\n" in text and f"file: {name}\n" in text
+        # Vietnamese first: the people who fix the data at the facility read it
+        vi, en = REASON_CODES[reason].text("vi"), REASON_CODES[reason].text("en")
+        assert text.index(f"ý nghĩa: {vi[0]}\n") < text.index(f"meaning: {en[0]}\n")
+        assert f"cách khắc phục: {vi[1]}\n" in text and f"fix: {en[1]}\n" in text
     assert sorted(_hashes_on_topic(d)) == sorted(_sha(drop / "done" / p.name) for p in good)
 
     with Gateway(d.settings) as gateway:  # a file that vanished before it could be read
