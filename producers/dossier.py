@@ -37,7 +37,6 @@ import base64
 import binascii
 import io
 import re
-import uuid
 import xml.etree.ElementTree as ET  # noqa: S405 - used only to *write* XML; parsing is defused
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -50,8 +49,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring, iterparse
 
 from producers.errors import DossierRejected
-from producers.jsonl import EVENT_ID_NAMESPACE
 from schemas import SUBJECTS, Catalog, load_catalog
+from schemas.episodes import derived_event_id
 
 __all__ = [
     "Dossier",
@@ -91,12 +90,16 @@ class Dossier:
     other_tables: Counter[str] = field(default_factory=Counter)
 
 
-def event_id_for(facility: str, ma_lk: str) -> str:
-    """The same stable id ``ehb publish FILE.jsonl`` gives: a re-export is recognised."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{facility}:{ma_lk}"))
+def event_id_for(event: dict[str, Any]) -> str:
+    """The same id ``ehb publish FILE.jsonl`` gives an event without one: the same for a
+    re-export of the same content, another for a corrected version (``schemas.episodes``)."""
+    return derived_event_id(event)
 
 
 # -- the shape of an event, read from the newest schema --------------------------------------
+#: the event's fields that are not XML1 columns: ours (event id, sender version) and the
+#: episode's XML13 and XML14 tables
+_NOT_XML1 = ("event_id", "version", "referral", "appointment")
 _KINDS = ("string", "int", "long", "float", "double")
 
 
@@ -148,7 +151,7 @@ def _nested(record: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 def _shape(catalog: Catalog) -> _Shape:
     raw = catalog.latest(SUBJECTS.EXAMINATION_EVENT).raw
     return _Shape(
-        episode=_fields(raw, skip=("event_id", "referral", "appointment")),
+        episode=_fields(raw, skip=_NOT_XML1),
         referral=_fields(_nested(raw, "referral"), aliases=XML13_ALIASES),
         appointment=_fields(_nested(raw, "appointment")),
     )
@@ -272,7 +275,9 @@ def _episode(
                 "facility_mismatch",
                 f"{where} ({ma_lk}): {kind} MA_CSKCB {own!r} in a file of MACSKCB {facility!r}",
             )
-    event: dict[str, Any] = {"event_id": event_id_for(facility, ma_lk)}
+    # the event id is derived from the content once it is complete; the sender's version is
+    # the publisher's to set
+    event: dict[str, Any] = {"event_id": "", "version": None}
     event.update(_convert(shape.episode, summary, f"{where} ({ma_lk}) XML1"))
     if not _filled(summary.get("MA_CSKCB")):
         event["ma_cskcb"] = facility
@@ -286,6 +291,7 @@ def _episode(
         if "XML14" in by_kind
         else None
     )
+    event["event_id"] = event_id_for(event)
     return event
 
 
@@ -494,9 +500,7 @@ def encode_dossier(
     listing = ET.SubElement(info, "DANHSACHHOSO")
     for event in events:
         hoso = ET.SubElement(listing, "HOSO")
-        summary = {
-            k: v for k, v in event.items() if k not in ("event_id", "referral", "appointment")
-        }
+        summary = {k: v for k, v in event.items() if k not in _NOT_XML1}
         _file(hoso, "XML1", _table_xml("TONG_HOP", [k.upper() for k in summary], summary, {}))
         if event.get("referral"):
             _file(

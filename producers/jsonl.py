@@ -2,7 +2,8 @@
 
 Each line is one event whose keys are the schema's field names (schemas/avro/
 examination_event.*.avsc). Optional fields may be left out. ``event_id``, when missing, is
-derived from the facility and MA_LK (stable across resends of the same episode). A line that
+derived from the facility, MA_LK and the content (``schemas.episodes``: the same for a
+re-send, another for a corrected version of the episode). A line that
 is not JSON, not an object, or does not fit the schema is reported with its number and
 reason; the good lines are still published.
 """
@@ -10,7 +11,6 @@ reason; the good lines are still published.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,10 @@ from typing import Any
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
 from schemas import SUBJECTS, AvroCodec, EncodeError
+from schemas.episodes import derived_event_id
 from schemas.registry import codec_for
 
-__all__ = ["JsonlReport", "publish_jsonl", "event_from_json", "EVENT_ID_NAMESPACE"]
-
-EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c1e-3b7a-4c8e-9a51-0e4b7d9c2a79")
+__all__ = ["JsonlReport", "publish_jsonl", "event_from_json"]
 
 
 @dataclass
@@ -44,20 +43,17 @@ def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
     unknown = sorted(set(event) - known)
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(unknown)}")
-    if (
-        not event.get("event_id")
-        and isinstance(event.get("ma_cskcb"), str)
-        and isinstance(event.get("ma_lk"), str)
-    ):
-        event["event_id"] = str(
-            uuid.uuid5(EVENT_ID_NAMESPACE, f"{event['ma_cskcb']}:{event['ma_lk']}")
-        )
+    derive = not event.get("event_id")
+    if derive:
+        event["event_id"] = ""  # derived below, from the content with its defaults
     for name in entry.field_names():
         if name not in event:
             spec = next(f for f in entry.raw["fields"] if f["name"] == name)
             if "default" not in spec:
                 raise ValueError(f"missing required field {name}")
             event[name] = spec["default"]
+    if derive and isinstance(event.get("ma_cskcb"), str) and isinstance(event.get("ma_lk"), str):
+        event["event_id"] = derived_event_id(event)
     try:
         codec.encode(SUBJECTS.EXAMINATION_EVENT, event)
     except EncodeError as exc:
@@ -71,6 +67,18 @@ def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> J
         settings, codec=codec, batch_size=batch_size, linger_s=5, identity="publish"
     )
     report = JsonlReport()
+    try:
+        _publish_lines(path, publisher, codec, report)
+        publisher.flush()
+    finally:
+        publisher.close()
+    report.published = publisher.events_delivered
+    return report
+
+
+def _publish_lines(
+    path: Path, publisher: ExaminationPublisher, codec: AvroCodec, report: JsonlReport
+) -> None:
     with open(path, "rb") as src:
         for line_no, raw in enumerate(src, 1):
             try:
@@ -86,6 +94,3 @@ def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> J
                 report.bad_lines.append((line_no, str(exc)))
                 continue
             publisher.add(event)
-    publisher.flush()
-    report.published = publisher.events_delivered
-    return report

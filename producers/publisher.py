@@ -103,6 +103,7 @@ class ExaminationPublisher:
         self._ready_events = 0
         self._ready_since = 0.0
         self._dispatch_s = min(0.02, linger_s)
+        self._last_version = 0
         self._init_outbox(settings, outbox, identity, durable)
 
     # -- the outbox ---------------------------------------------------------------------
@@ -254,8 +255,18 @@ class ExaminationPublisher:
         self.outbox.commit_due()
 
     # -- publishing ---------------------------------------------------------------------
+    def _versioned(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` with its sender version (``schemas.episodes``): the caller's, or now in
+        microseconds, increasing. Set once, when the event is accepted: the outbox keeps the
+        encoded event, so a resend carries the same version and never supersedes a newer one."""
+        if event.get("version") is not None:
+            return event
+        self._last_version = max(time.time_ns() // 1000, self._last_version + 1)
+        return {**event, "version": self._last_version}
+
     def publish_event(self, event: dict[str, Any]) -> None:
         """One event in its own message (ExaminationEvent)."""
+        event = self._versioned(event)
         value = self._encode_event(event)
         seq = self.outbox.stage(event["ma_cskcb"], EVENT, 1, value)
         self._produce(event["ma_cskcb"].encode(), value, 1, seqs=[seq])
@@ -272,7 +283,8 @@ class ExaminationPublisher:
         """All ``events`` in ONE ExaminationBatch message, delivered whole or not at all (a
         dossier file); returns the message's size. :class:`BatchTooLarge` (nothing sent) when
         the encoded batch exceeds ``max_bytes``. ``flush()`` waits for the acknowledgement."""
-        value = self._encode_batch({"ma_cskcb": facility, "events": events})
+        versioned = [self._versioned(event) for event in events]
+        value = self._encode_batch({"ma_cskcb": facility, "events": versioned})
         if max_bytes is not None and len(value) > max_bytes:
             raise BatchTooLarge(len(value), max_bytes)
         self._produce(facility.encode(), value, len(events), headers, on_delivery)
@@ -281,6 +293,7 @@ class ExaminationPublisher:
     def add(self, event: dict[str, Any]) -> None:
         """Stage an event in the outbox and its facility's batch; full batches are sent at
         once (after the outbox commit that makes their events durable)."""
+        event = self._versioned(event)
         facility = event["ma_cskcb"]
         value = self._encode_event(event)
         buffer = self._buffers[facility]

@@ -83,6 +83,7 @@ def bound_dead_letter(record: Mapping[str, Any], original_max_bytes: int) -> dic
         message=bounded_text(str(record.get("message") or ""), MESSAGE_MAX_CHARS),
         event_id=_identifier(record.get("event_id")),
         ma_cskcb=_identifier(record.get("ma_cskcb")),
+        ma_lk=_identifier(record.get("ma_lk")),
     )
     return bounded
 

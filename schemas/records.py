@@ -66,6 +66,10 @@ class HealthBookRecord(TypedDict):
     has_appointment: bool
     published_at: datetime
     processed_at: datetime
+    #: the episode's version order and identity (docs/corrections.md)
+    version: int | None
+    position: int
+    content_digest: str
 
 
 class ReferralRecord(TypedDict):
@@ -123,6 +127,7 @@ class DeadLetterRecord(TypedDict):
     original_length: int | None
     original_sha256: str | None
     original_truncated: bool
+    ma_lk: str | None
 
 
 #: subject -> its typed view

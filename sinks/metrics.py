@@ -83,6 +83,17 @@ CAMPAIGN_METRICS: dict[str, tuple[str, str, str | None]] = {
     "appointments_kept": ("ehb_appointments_kept", "Follow-up appointments kept.", None),
     "appointments_missed": ("ehb_appointments_missed", "Follow-up appointments missed.", None),
     "dead_letters": ("ehb_dead_letters", "Inputs dead-lettered, by reason code.", "reason"),
+    "corrections": (
+        "ehb_corrections",
+        "Versions of an episode recorded after its first (corrections, and older versions "
+        "that arrived late).",
+        None,
+    ),
+    "dead_letters_superseded": (
+        "ehb_dead_letters_superseded",
+        "Dead letters whose episode a later version made accepted.",
+        None,
+    ),
 }
 _ALWAYS = {"examinations": ("in_province", "out_of_province")}
 

@@ -33,6 +33,7 @@ from ehb.consumer import Record
 from ehb.exceptions import ServiceUnavailable
 from schemas import SUBJECTS
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
+from schemas.episodes import POSITION_SLOTS, version_key, version_order
 from schemas.records import IN_PROVINCE
 from schemas.time import parse_datetime
 from sinks import metrics
@@ -78,7 +79,7 @@ _ENTRY_COLUMNS = (
     "ma_the_bhyt, ma_dkbd, registration_province, facility_province, scope, ma_loai_kcb, "
     "visit_type, ma_benh_chinh, ma_benh_kt, ngay_vao, ngay_ra, ket_qua_dtri, ma_loai_rv, "
     "t_tongchi_bv, t_tongchi_bh, t_bhtt, has_referral, has_appointment, published_at, "
-    "processed_at"
+    "processed_at, version, position, content_digest"
 )
 _ENTRY_UPDATE = ", ".join(
     f"{c.strip()} = EXCLUDED.{c.strip()}" for c in _ENTRY_COLUMNS.split(",")[2:]
@@ -95,23 +96,77 @@ CREATE TEMP TABLE IF NOT EXISTS ehb_stage_entries (
     visit_type text, ma_benh_chinh text, ma_benh_kt text, ngay_vao text, ngay_ra text,
     ket_qua_dtri smallint, ma_loai_rv smallint, t_tongchi_bv bigint, t_tongchi_bh bigint,
     t_bhtt bigint, has_referral boolean, has_appointment boolean, published_ms bigint,
-    processed_ms bigint
+    processed_ms bigint, version bigint, position bigint, content_digest text,
+    version_key text
 ) ON COMMIT DELETE ROWS
 """
 _VN_TIME = "to_timestamp({0} || '+07', 'YYYYMMDDHH24MITZH')"
+_NEWER = (
+    "(coalesce({new}.version, 0), {new}.position) > (coalesce({old}.version, 0), {old}.position)"
+)
+# Every version of an episode is recorded, except a re-send of the current one's content (an
+# identical re-send is a no-op) and a version already recorded (a resend: same version key).
+SQL_VERSIONS = (
+    "INSERT INTO health_book_entry_versions (ma_cskcb, ma_lk, version_key, version, position, "
+    "event_id, content_digest, record, published_at) "
+    "SELECT s.ma_cskcb, s.ma_lk, s.version_key, s.version, s.position, s.event_id, "
+    "s.content_digest, to_jsonb(s) - 'version_key', to_timestamp(s.published_ms / 1000.0) "
+    "FROM ehb_stage_entries s LEFT JOIN health_book_entries e "
+    "ON e.ma_cskcb = s.ma_cskcb AND e.ma_lk = s.ma_lk "
+    "WHERE e.ma_lk IS NULL OR s.content_digest <> e.content_digest OR NOT "
+    + _NEWER.format(new="s", old="e")
+    + " ON CONFLICT DO NOTHING"
+)
+# The entry takes the newest version of the batch if it is newer than the entry's and differs
 SQL_ENTRIES = (
-    f"INSERT INTO health_book_entries ({_ENTRY_COLUMNS}) "
-    "SELECT ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, ho_ten, ngay_sinh, gioi_tinh, "
+    f"INSERT INTO health_book_entries ({_ENTRY_COLUMNS}, counted_scope) "
+    "SELECT DISTINCT ON (ma_cskcb, ma_lk) ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, "
+    "ho_ten, ngay_sinh, gioi_tinh, "
     "ma_the_bhyt, ma_dkbd, registration_province, facility_province, scope, ma_loai_kcb, "
     f"visit_type, ma_benh_chinh, ma_benh_kt, {_VN_TIME.format('ngay_vao')}, "
     f"{_VN_TIME.format('ngay_ra')}, ket_qua_dtri, ma_loai_rv, t_tongchi_bv, t_tongchi_bh, "
     "t_bhtt, has_referral, has_appointment, to_timestamp(published_ms / 1000.0), "
-    "to_timestamp(processed_ms / 1000.0) FROM ehb_stage_entries "
-    f"ON CONFLICT (ma_cskcb, ma_lk) DO UPDATE SET {_ENTRY_UPDATE} "
-    "WHERE health_book_entries.event_id <> EXCLUDED.event_id "
-    "RETURNING (xmax = 0) AS inserted, scope, published_at"
+    "to_timestamp(processed_ms / 1000.0), version, position, content_digest, scope "
+    "FROM ehb_stage_entries "
+    "ORDER BY ma_cskcb, ma_lk, coalesce(version, 0) DESC, position DESC "
+    f"ON CONFLICT (ma_cskcb, ma_lk) DO UPDATE SET {_ENTRY_UPDATE}, "
+    "corrected_at = clock_timestamp() "
+    "WHERE EXCLUDED.content_digest <> health_book_entries.content_digest AND "
+    + _NEWER.format(new="EXCLUDED", old="health_book_entries")
+    + " RETURNING (xmax = 0) AS inserted, counted_scope, published_at"
 )
+# Dead letters of an episode a version accepted after them (on the same input partition)
+SQL_SUPERSEDE = (
+    "UPDATE dead_letters d SET superseded_at = clock_timestamp() "
+    "FROM (VALUES %s) AS k (ma_cskcb, ma_lk) "
+    "WHERE d.ma_cskcb = k.ma_cskcb AND d.ma_lk = k.ma_lk AND d.superseded_at IS NULL "
+    "AND EXISTS (SELECT 1 FROM health_book_entry_versions v "
+    "WHERE v.ma_cskcb = d.ma_cskcb AND v.ma_lk = d.ma_lk "
+    f"AND v.position > d.source_offset * {POSITION_SLOTS} + coalesce(d.event_index, 0)) "
+    "RETURNING 1"
+)
+# where the version columns are in an entry's row (the staging table's order)
+_VERSION, _POSITION, _DIGEST, _KEY = 28, 29, 30, 31
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _versions(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The batch's versions of each episode, oldest first, without a version whose content is
+    the one before it in the batch (an identical re-send) or whose version key came already."""
+    by_episode: dict[tuple[Any, Any], list[tuple[Any, ...]]] = defaultdict(list)
+    for row in entries:
+        by_episode[row[0], row[1]].append(row)
+    kept: list[tuple[Any, ...]] = []
+    for rows in by_episode.values():
+        rows.sort(key=lambda r: version_order(r[_VERSION], r[_POSITION]))
+        seen: set[str] = set()
+        digest = None
+        for row in rows:
+            if row[_DIGEST] != digest and row[_KEY] not in seen:
+                kept.append(row)
+            seen.add(row[_KEY])
+            digest = row[_DIGEST]
+    return kept
 
 
 def _copy_text(rows: Iterable[tuple[Any, ...]]) -> io.StringIO:
@@ -170,7 +225,7 @@ SQL_APPOINTMENTS_CLOSED = (
 SQL_DEAD_LETTERS = (
     "INSERT INTO dead_letters (dead_letter_id, reason, message, stage, source_topic, "
     "source_partition, source_offset, event_index, event_id, ma_cskcb, schema_id, original, "
-    "published_at, failed_at, original_length, original_sha256, original_truncated) "
+    "published_at, failed_at, original_length, original_sha256, original_truncated, ma_lk) "
     "VALUES %s ON CONFLICT (dead_letter_id) DO NOTHING RETURNING reason"
 )
 SQL_COUNTERS = (
@@ -308,6 +363,10 @@ class _Batch:
                 v["has_appointment"],
                 _ms(v["published_at"]),
                 _ms(v["processed_at"]),
+                v["version"],
+                v["position"],
+                v["content_digest"],
+                version_key(v["version"], v["position"]),
             )
         )
 
@@ -385,6 +444,7 @@ class _Batch:
                 v["original_length"],
                 v["original_sha256"],
                 v["original_truncated"],
+                _text(v.get("ma_lk")),
             )
         )
 
@@ -557,6 +617,7 @@ class PostgresWriter:
                     ),
                     deltas,
                 )
+        self._supersede(cur, batch, deltas)
         return deltas, latencies
 
     def _apply_entries(
@@ -566,18 +627,32 @@ class PostgresWriter:
         deltas: Counter[str],
         latencies: list[float],
     ) -> None:
-        """Health-book entries: COPY to the staging table, then one upsert from it."""
+        """Health-book entries: COPY every version to the staging table, record the versions,
+        then one upsert of each episode's newest (``schemas.episodes``)."""
         now = self.clock()
-        cur.copy_expert(
-            "COPY ehb_stage_entries FROM STDIN", _copy_text(_dedupe(entries, lambda r: r[:2]))
-        )
+        cur.copy_expert("COPY ehb_stage_entries FROM STDIN", _copy_text(_versions(entries)))
+        cur.execute(SQL_VERSIONS)
+        recorded = cur.rowcount
         cur.execute(SQL_ENTRIES)
         rows = cur.fetchall()
         cur.execute("TRUNCATE ehb_stage_entries")
-        for inserted, scope, published_at in rows:
-            if inserted:
+        inserted = 0
+        for new, scope, published_at in rows:
+            if new:
+                inserted += 1
                 deltas[f"examinations|{scope}"] += 1
                 latencies.append(now - published_at.timestamp())
+        # every new episode recorded its first version in this batch; the rest are corrections
+        deltas["corrections|"] += recorded - inserted
+
+    @staticmethod
+    def _supersede(cur: psycopg2.extensions.cursor, batch: _Batch, deltas: Counter[str]) -> None:
+        """Mark the dead letters of episodes this batch accepted a later version of."""
+        episodes = {(r[0], r[1]) for r in batch.entries}
+        episodes.update((r[9], r[-1]) for r in batch.dead_letters if r[9] and r[-1])
+        if episodes:
+            rows = execute_values(cur, SQL_SUPERSEDE, sorted(episodes), fetch=True)
+            deltas["dead_letters_superseded|"] += len(rows)
 
     @staticmethod
     def _bump_counters(cur: psycopg2.extensions.cursor, deltas: Counter[str]) -> None:

@@ -566,6 +566,9 @@ def _health_book_record(item: Mapping[str, Any], record_type: str, now_ms: int) 
         "has_appointment": e["appointment"] is not None,
         "published_at": item["published_at"],
         "processed_at": now_ms,
+        "version": e.get("version"),
+        "position": item.get("position", 0),
+        "content_digest": item.get("content_digest", ""),
     }
 
 

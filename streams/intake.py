@@ -20,6 +20,7 @@ from typing import Any
 
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import DEFAULT_ORIGINAL_MAX_BYTES, bound_dead_letter
+from schemas.episodes import episode_digest, position_of
 from schemas.partitioning import citizen_partition
 from schemas.reference import FacilityRegistry
 from schemas.time import NEVER, VN_TZ
@@ -164,6 +165,8 @@ class Intake:
                 continue
             key, partition = self._key_of(event["so_cccd"])
             item = enrich(event, self.registry, key, message.timestamp_ms)
+            item["position"] = position_of(message.offset, index)
+            item["content_digest"] = episode_digest(event)
             result.by_partition[partition].append(item)
             result.accepted += 1
             if item["event_time"] > result.progress.get(message.partition, NEVER):
@@ -187,6 +190,7 @@ class Intake:
         facility = event.get("ma_cskcb") if event is not None else ma_cskcb
         if facility is not None and not isinstance(facility, str):
             facility = None
+        ma_lk = event.get("ma_lk") if event is not None else None
         result.rejected[reason] += 1
         dead_letter = bound_dead_letter(
             {
@@ -199,6 +203,7 @@ class Intake:
                 "event_index": index,
                 "event_id": event.get("event_id") if event is not None else None,
                 "ma_cskcb": facility,
+                "ma_lk": ma_lk if isinstance(ma_lk, str) else None,
                 "schema_id": schema_id,
                 "original": original,
                 "published_at": message.timestamp_ms,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
-import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -20,7 +20,7 @@ from producers.dossier import (
     parse_dossier,
 )
 from producers.gateway import complete_files
-from producers.jsonl import EVENT_ID_NAMESPACE
+from producers.jsonl import event_from_json
 from schemas import SUBJECTS, AvroCodec
 from schemas.reasons import GATEWAY_REASONS, gateway_reasons_markdown
 from simulation.simulator import CitySimulator, SimulationConfig
@@ -113,9 +113,9 @@ def test_round_trip_of_simulated_dossiers_is_exact_and_encodable() -> None:
         )
         assert dossier.facility == facility and dossier.declared == len(group)
         for event in group:
-            event["event_id"] = event_id_for(facility, event["ma_lk"])
             for name, default in DEFAULTS.items():  # fields added by schema evolution
                 event.setdefault(name, default)
+            event["event_id"] = event_id_for(event)
         assert dossier.events == group
         codec.encode(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": facility, "events": dossier.events})
         referrals += sum(1 for e in dossier.events if e["referral"])
@@ -123,8 +123,14 @@ def test_round_trip_of_simulated_dossiers_is_exact_and_encodable() -> None:
     assert referrals and appointments  # the sample exercises XML13 and XML14
 
 
-def test_event_id_is_the_jsonl_publishers() -> None:
-    assert event_id_for("79001", "LK1") == str(uuid.uuid5(EVENT_ID_NAMESPACE, "79001:LK1"))
+def test_event_id_is_the_jsonl_publishers_and_follows_the_content() -> None:
+    codec = AvroCodec()
+    line = f.exam(1)
+    del line["event_id"]
+    from_jsonl = event_from_json(json.dumps(line), codec)
+    assert event_id_for(from_jsonl) == from_jsonl["event_id"]
+    corrected = event_from_json(json.dumps({**line, "ma_benh_chinh": "J18.9"}), codec)
+    assert corrected["event_id"] != from_jsonl["event_id"]
 
 
 def test_vietnamese_text_and_types() -> None:

@@ -36,6 +36,11 @@ RELEASED = {
     10: "38baef94abf054eb",
     11: "9a66aa0e92a0b122",
     12: "8f18e0b3d2b0dede",
+    13: "8203cbd1d1f39dac",
+    14: "636f9b325ae1c785",
+    15: "47c08e457f7e5c92",
+    16: "013b97555aa330da",
+    17: "ad5254409721c726",
 }
 
 
@@ -73,15 +78,18 @@ def test_version_1_records_decode_with_the_newest_schemas() -> None:
 
     single = codec.decode(encode_v1(SUBJECTS.EXAMINATION_EVENT, event))
     assert (single.entry.version, single.schema_id) == (1, 1)
-    assert single.record == {**event, "can_nang": None}
+    assert single.record == {**event, "can_nang": None, "version": None}
     batch = codec.decode(
         encode_v1(SUBJECTS.EXAMINATION_BATCH, {"ma_cskcb": "79001", "events": [event, event]})
     )
     assert [e["can_nang"] for e in batch.record["events"]] == [None, None]
     assert batch.record["events"][0]["ho_ten"] == "Lê Thị Hồng Nhung"
-    # the newest writers emit version 2, which carries the new field
-    weighed = codec.decode(codec.encode(SUBJECTS.EXAMINATION_EVENT, {**event, "can_nang": 52.5}))
-    assert weighed.entry.version == 2 and weighed.record["can_nang"] == 52.5
+    # the newest writers emit the newest version, which carries the new fields
+    weighed = codec.decode(
+        codec.encode(SUBJECTS.EXAMINATION_EVENT, {**event, "can_nang": 52.5, "version": 7})
+    )
+    assert weighed.entry.version == 3 and weighed.record["can_nang"] == 52.5
+    assert weighed.record["version"] == 7
 
 
 # -- the check itself, on deliberately (in)compatible catalogs ----------------------------------

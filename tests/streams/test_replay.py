@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 TABLES = (
     "health_book_entries",
+    "health_book_entry_versions",
     "health_books",
     "referrals",
     "appointments",
@@ -99,9 +100,11 @@ def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFac
     second = [
         f.exam(710, facility="79002", admitted=at + timedelta(days=2)),  # referral completed
         f.exam(711, facility="79001", admitted=at + timedelta(days=14)),  # appointment kept
+        # a correction of the first episode: its newest version stays the newest on replay
+        {**first[0], "event_id": f"{first[0]['event_id']}-fixed", "ma_benh_chinh": "J18.9"},
     ]
     d.publish(second)
-    d.wait_for_events(len(first) + len(second))
+    d.wait_for_events(len(first) + len(second) - 1)  # the correction adds no row
     wait_until(
         lambda: d.count("referrals", "status = 'completed'") == 1,
         60,
@@ -122,6 +125,7 @@ def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFac
     wait_for_sink_caught_up(d)
     state = snapshot(d)
     assert len(state["health_book_entries"]) == 10 and len(state["dead_letters"]) == 2
+    assert len(state["health_book_entry_versions"]) == 11  # with the correction
 
     # --dry-run and --to-time bound the range: only the first publication
     dry = replay(
@@ -135,16 +139,16 @@ def test_replay_of_a_processed_range_leaves_rows_unchanged(deploy: DeploymentFac
     assert (dry["events"], dry["accepted"], dry["dead_letters"]) == (10, 8, 2)
     assert dry["rejected"] == {"facility_unknown": 1, "icd10_main_invalid": 1}
     later = replay(d, "--from-time", boundary.isoformat(), "--dry-run")
-    assert (later["events"], later["accepted"]) == (2, 2)
+    assert (later["events"], later["accepted"]) == (3, 3)
 
     # the real replay of everything
     health_book_in, dead_letters_in = records_in(d, "health-book"), records_in(d, "dead-letter")
     summary = replay(d, "--from-time", before_everything.isoformat())
-    assert (summary["events"], summary["accepted"], summary["dead_letters"]) == (12, 10, 2)
+    assert (summary["events"], summary["accepted"], summary["dead_letters"]) == (13, 11, 2)
     # the workers re-emit an EXAMINATION record per replayed valid event, and the dead letters
     wait_until(
         lambda: (
-            records_in(d, "health-book") >= health_book_in + 10
+            records_in(d, "health-book") >= health_book_in + 11
             and records_in(d, "dead-letter") >= dead_letters_in + 2
         ),
         90,

@@ -1,0 +1,47 @@
+-- Corrections (docs/corrections.md): an episode (ma_cskcb, ma_lk) has versions; its entry
+-- holds the newest, every version stays in health_book_entry_versions with when it arrived.
+ALTER TABLE health_book_entries
+    ADD COLUMN version         bigint,
+    ADD COLUMN position        bigint NOT NULL DEFAULT 0,
+    ADD COLUMN content_digest  text   NOT NULL DEFAULT '',
+    ADD COLUMN corrected_at    timestamptz,
+    -- the scope the episode was counted in when it was first accepted (ehb_examinations_total
+    -- counts episodes, once: a correction that changes the scope does not move it)
+    ADD COLUMN counted_scope   text;
+UPDATE health_book_entries SET counted_scope = scope;
+ALTER TABLE health_book_entries ALTER COLUMN counted_scope SET NOT NULL;
+
+COMMENT ON COLUMN health_book_entries.version IS
+    'The sender''s version of the entry''s episode version (ExaminationEvent.version).';
+COMMENT ON COLUMN health_book_entries.position IS
+    'offset * 2^20 + index of the version on its facility''s input partition; '
+    'the newest version has the highest (coalesce(version, 0), position).';
+
+CREATE TABLE health_book_entry_versions (
+    ma_cskcb        text NOT NULL,
+    ma_lk           text NOT NULL,
+    -- the version's identity: v:<sender version>, or p:<position> when the sender set none
+    version_key     text NOT NULL,
+    version         bigint,
+    position        bigint NOT NULL,
+    event_id        text NOT NULL,
+    content_digest  text NOT NULL,
+    record          jsonb NOT NULL,          -- the version's health-book row as it arrived
+    published_at    timestamptz NOT NULL,
+    arrived_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (ma_cskcb, ma_lk, version_key)
+);
+
+-- Entries written before this migration: their one known version.
+INSERT INTO health_book_entry_versions
+    (ma_cskcb, ma_lk, version_key, version, position, event_id, content_digest, record,
+     published_at, arrived_at)
+SELECT ma_cskcb, ma_lk, 'p:0', NULL, 0, event_id, '',
+       to_jsonb(e) - 'persisted_at' - 'counted_scope', published_at, persisted_at
+  FROM health_book_entries e;
+
+-- A dead-lettered episode later accepted: its dead letters are marked superseded.
+ALTER TABLE dead_letters
+    ADD COLUMN ma_lk          text,
+    ADD COLUMN superseded_at  timestamptz;
+CREATE INDEX dead_letters_episode ON dead_letters (ma_cskcb, ma_lk) WHERE ma_lk IS NOT NULL;

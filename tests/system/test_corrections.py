@@ -1,0 +1,198 @@
+"""Corrections on the real broker and PostgreSQL: a re-sent episode with other content
+supersedes the version before it, through the publisher API, ``ehb publish`` and the XML
+gateway; an identical re-send is a no-op; an older version arriving after a newer one changes
+only the history; an episode dead-lettered then corrected is accepted once and its dead letter
+is marked superseded; the counters equal the tables after all of them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from typer.testing import CliRunner
+
+from ehb.commands.cli import app
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from ehb.commands.tail import Start, TopicReader
+from ehb.kafka import consumer_config
+from producers.dossier import encode_dossier
+from producers.gateway import Gateway
+from schemas import SUBJECTS, AvroCodec
+from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN, HEALTH_BOOK, SINK_TOPICS
+from tests.support import factories as f
+
+pytestmark = pytest.mark.integration
+
+
+def _caught_up(d: Deployment, group: str, topics: tuple[str, ...], timeout: float = 90) -> None:
+    """``group`` has committed everything now in ``topics`` (read to their ends: Tansu's
+    ListOffsets understates the end)."""
+    ends: list[TopicPartition] = []
+    for topic in topics:
+        with TopicReader(d.settings, topic, Start("beginning")) as reader:
+            last: dict[int, int] = {}
+            for message in reader.messages(follow=False, idle_s=0.3):
+                last[message.partition()] = message.offset()
+            ends += [TopicPartition(reader.topic, p, o + 1) for p, o in last.items()]
+    probe = Consumer(consumer_config(d.settings, group))
+    try:
+
+        def committed() -> bool:
+            got = probe.committed([TopicPartition(e.topic, e.partition) for e in ends], timeout=10)
+            done = {(tp.topic, tp.partition): tp.offset for tp in got}
+            return all(done[(e.topic, e.partition)] >= e.offset for e in ends)
+
+        wait_until(committed, timeout, message=f"{group} to commit everything in {topics}")
+    finally:
+        probe.close()
+
+
+def _processed(d: Deployment) -> None:
+    """Everything published so far went through the worker and the sink."""
+    s = d.settings
+    _caught_up(d, s.worker_group, (EXAMINATIONS, EXAMINATIONS_BY_CITIZEN))
+    _caught_up(d, s.sink_group, SINK_TOPICS)
+
+
+def _diagnosis(d: Deployment, event: dict[str, Any]) -> str:
+    return str(
+        d.scalar(
+            "SELECT ma_benh_chinh FROM health_book_entries WHERE ma_cskcb = %s AND ma_lk = %s",
+            event["ma_cskcb"],
+            event["ma_lk"],
+        )
+    )
+
+
+def _versions(d: Deployment, event: dict[str, Any]) -> int:
+    return int(
+        d.scalar(
+            "SELECT count(*) FROM health_book_entry_versions WHERE ma_cskcb = %s AND ma_lk = %s",
+            event["ma_cskcb"],
+            event["ma_lk"],
+        )
+    )
+
+
+def _counters_equal_tables(d: Deployment) -> dict[str, float]:
+    entries = d.count("health_book_entries")
+    corrections = d.count("health_book_entry_versions") - entries
+    superseded = d.count("dead_letters", "superseded_at IS NOT NULL")
+
+    def settled() -> dict[str, float] | None:
+        m = d.sink_metrics()
+        exams = sum(v for k, v in m.items() if k.startswith("ehb_examinations_total{"))
+        ok = (
+            exams == entries
+            and m.get("ehb_corrections_total") == corrections
+            and m.get("ehb_dead_letters_superseded_total", 0) == superseded
+        )
+        return m if ok else None
+
+    return wait_until(settled, 30, message="the sink's counters equal the tables")
+
+
+def test_publisher_corrections_resends_late_versions_and_a_dead_letter_corrected(
+    deploy: DeploymentFactory,
+) -> None:
+    d = deploy()
+    a = f.exam(801)
+    a_fixed = {**a, "event_id": str(uuid.uuid4()), "ma_benh_chinh": "J18.9"}
+    b = f.exam(802)
+    b_again = {**b, "event_id": str(uuid.uuid4())}  # identical content, a new event id
+    c = f.exam(803)
+    c_newer = {**c, "event_id": str(uuid.uuid4()), "ma_benh_chinh": "I10", "version": 20}
+    c_older = {**c, "version": 10}  # published after c_newer
+    e_bad = f.exam(804, ma_benh_chinh="12345")  # icd10_main_invalid
+    e_fixed = {**e_bad, "event_id": str(uuid.uuid4()), "ma_benh_chinh": "J06.9"}
+
+    publisher = d.publisher(batch_size=10, linger_s=60)
+    publisher.add_all([a, b, c_newer, e_bad])
+    publisher.flush(30)
+    d.wait_for_events(4)
+    publisher.add_all([a_fixed, b_again, c_older, e_fixed])
+    publisher.flush(30)
+    publisher.close()
+    wait_until(lambda: d.count("health_book_entries") == 4, 60, message="four episodes")
+    _processed(d)
+
+    assert d.count("health_book_entries") == 4
+    assert _diagnosis(d, a) == "J18.9" and _versions(d, a) == 2
+    assert _diagnosis(d, b) == b["ma_benh_chinh"] and _versions(d, b) == 1
+    assert _diagnosis(d, c) == "I10" and _versions(d, c) == 2  # the older one: history only
+    assert _diagnosis(d, e_bad) == "J06.9" and _versions(d, e_bad) == 1
+    dead = d.query("SELECT reason, ma_lk, superseded_at IS NOT NULL FROM dead_letters")
+    assert dead == [("icd10_main_invalid", e_bad["ma_lk"], True)]
+    corrected = d.scalar("SELECT count(*) FROM health_book_entries WHERE corrected_at IS NOT NULL")
+    assert corrected == 1  # a; c's newest version came first, e's first accepted one last
+
+    m = _counters_equal_tables(d)
+    assert sum(v for k, v in m.items() if k.startswith("ehb_examinations_total{")) == 4
+    assert m["ehb_corrections_total"] == 2  # a's correction, c's late older version
+    assert m["ehb_dead_letters_superseded_total"] == 1
+
+    # the health-book topic carries every version, ordered by (version or 0, position)
+    codec = AvroCodec()
+    records = [
+        codec.decode(m.value(), (SUBJECTS.HEALTH_BOOK_RECORD,)).record
+        for m in d.read_topic(HEALTH_BOOK)
+    ]
+    of_a = [r for r in records if r["ma_lk"] == a["ma_lk"] and r["record_type"] == "EXAMINATION"]
+    assert [r["ma_benh_chinh"] for r in of_a] == [a["ma_benh_chinh"], "J18.9"]
+    assert of_a[0]["version"] < of_a[1]["version"]
+    assert of_a[0]["content_digest"] != of_a[1]["content_digest"]
+    of_c = [r for r in records if r["ma_lk"] == c["ma_lk"] and r["record_type"] == "EXAMINATION"]
+    newest = max(of_c, key=lambda r: ((r["version"] or 0), r["position"]))
+    assert newest["ma_benh_chinh"] == "I10"
+
+
+def _ehb(d: Deployment, *args: str) -> None:
+    result = CliRunner().invoke(app, list(args), env=d.children.env())
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def _jsonl(path: Path, *events: dict[str, Any]) -> Path:
+    lines = []
+    for event in events:
+        line = {k: v for k, v in event.items() if k != "event_id"}  # ids derived
+        lines.append(json.dumps(line, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_corrections_through_ehb_publish_and_the_gateway(deploy: DeploymentFactory) -> None:
+    d = deploy()
+    j = f.exam(811)
+    g = f.exam(812, facility="79002")
+    _ehb(d, "publish", str(_jsonl(d.tmp / "day1.jsonl", j)))
+    drop = d.tmp / "drop"
+    drop.mkdir()
+    (drop / "day1.xml").write_bytes(encode_dossier("79002", [g]))
+    with Gateway(d.settings) as gateway:
+        gateway.run(drop, settle_s=0)
+    d.wait_for_events(2)
+
+    # the same episodes again: identical (a re-export), then corrected
+    _ehb(d, "publish", str(_jsonl(d.tmp / "again.jsonl", j)))
+    _ehb(d, "publish", str(_jsonl(d.tmp / "fixed.jsonl", {**j, "ma_benh_chinh": "E11.9"})))
+    (drop / "day1-fixed.xml").write_bytes(
+        encode_dossier("79002", [{**g, "ma_benh_chinh": "K29.7"}])
+    )
+    with Gateway(d.settings) as gateway:
+        report = gateway.run(drop, settle_s=0)
+    assert report.count("published") == 1
+    wait_until(
+        lambda: (_diagnosis(d, j), _diagnosis(d, g)) == ("E11.9", "K29.7"),
+        60,
+        message="both corrections applied",
+    )
+    _processed(d)
+    assert d.count("health_book_entries") == 2
+    assert (_versions(d, j), _versions(d, g)) == (2, 2)
+    assert d.count("dead_letters") == 0
+    m = _counters_equal_tables(d)
+    assert m["ehb_corrections_total"] == 2
