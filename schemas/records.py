@@ -75,7 +75,7 @@ class HealthBookRecord(TypedDict):
 class ReferralRecord(TypedDict):
     """Topic ``referrals`` (key: citizen_key). Pseudonymous."""
 
-    record_type: Literal["ISSUED", "COMPLETED", "EXPIRED"]
+    record_type: Literal["ISSUED", "COMPLETED", "EXPIRED", "AMENDED", "CANCELLED"]
     referral_id: str
     event_id: str
     citizen_key: str
@@ -90,12 +90,14 @@ class ReferralRecord(TypedDict):
     arrived_at: datetime | None
     days_to_arrival: float | None
     published_at: datetime
+    #: issued, completed, expired or cancelled, after this record
+    status: str
 
 
 class AppointmentRecord(TypedDict):
     """Topic ``appointments`` (key: citizen_key). Pseudonymous."""
 
-    record_type: Literal["SCHEDULED", "REMINDER", "KEPT", "MISSED"]
+    record_type: Literal["SCHEDULED", "REMINDER", "KEPT", "MISSED", "RESCHEDULED", "CANCELLED"]
     appointment_id: str
     event_id: str
     citizen_key: str
@@ -105,6 +107,8 @@ class AppointmentRecord(TypedDict):
     event_time: datetime
     visit_event_id: str | None
     published_at: datetime
+    #: scheduled, kept, missed or cancelled, after this record
+    status: str
 
 
 class DeadLetterRecord(TypedDict):

@@ -83,6 +83,26 @@ CAMPAIGN_METRICS: dict[str, tuple[str, str, str | None]] = {
     "appointments_kept": ("ehb_appointments_kept", "Follow-up appointments kept.", None),
     "appointments_missed": ("ehb_appointments_missed", "Follow-up appointments missed.", None),
     "dead_letters": ("ehb_dead_letters", "Inputs dead-lettered, by reason code.", "reason"),
+    "referrals_amended": (
+        "ehb_referrals_amended",
+        "Referrals a newer version of their episode changed.",
+        None,
+    ),
+    "referrals_cancelled": (
+        "ehb_referrals_cancelled",
+        "Referrals a newer version of their episode no longer has.",
+        None,
+    ),
+    "appointments_rescheduled": (
+        "ehb_appointments_rescheduled",
+        "Appointments a newer version of their episode moved.",
+        None,
+    ),
+    "appointments_cancelled": (
+        "ehb_appointments_cancelled",
+        "Appointments a newer version of their episode no longer has.",
+        None,
+    ),
     "corrections": (
         "ehb_corrections",
         "Versions of an episode recorded after its first (corrections, and older versions "

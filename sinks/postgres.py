@@ -222,6 +222,36 @@ SQL_APPOINTMENTS_CLOSED = (
     "FROM (VALUES %s) AS v (appointment_id, status, visit_event_id) "
     "WHERE a.appointment_id = v.appointment_id AND a.status = 'scheduled' RETURNING a.status"
 )
+# AMENDED and CANCELLED carry the whole letter and the status after them; RETURNING the
+# record type and whether the status changed, for the counters
+SQL_REFERRALS_CHANGED = (
+    "WITH v (referral_id, kind, event_id, origin, destination, ma_lydo_ct, ma_benh_chinh, "
+    "issued_at, deadline, status) AS (VALUES %s), "
+    "old AS (SELECT r.referral_id, r.status FROM referrals r JOIN v USING (referral_id)) "
+    "UPDATE referrals r SET event_id = v.event_id, origin = v.origin, "
+    "destination = v.destination, ma_lydo_ct = v.ma_lydo_ct::smallint, "
+    "ma_benh_chinh = v.ma_benh_chinh, issued_at = v.issued_at::timestamptz, "
+    "deadline = v.deadline::timestamptz, status = v.status, "
+    "arrival_event_id = CASE WHEN v.status = 'issued' THEN NULL ELSE r.arrival_event_id END, "
+    "arrived_at = CASE WHEN v.status = 'issued' THEN NULL ELSE r.arrived_at END, "
+    "days_to_arrival = CASE WHEN v.status = 'issued' THEN NULL ELSE r.days_to_arrival END, "
+    "updated_at = clock_timestamp() FROM v, old "
+    "WHERE r.referral_id = v.referral_id AND old.referral_id = v.referral_id "
+    "RETURNING v.kind, old.status <> v.status"
+)
+SQL_APPOINTMENTS_CHANGED = (
+    "WITH v (appointment_id, kind, event_id, ma_benh_chinh, appointment_at, status) "
+    "AS (VALUES %s), "
+    "old AS (SELECT a.appointment_id, a.status FROM appointments a JOIN v USING (appointment_id)) "
+    "UPDATE appointments a SET event_id = v.event_id, ma_benh_chinh = v.ma_benh_chinh, "
+    "appointment_at = v.appointment_at::timestamptz, status = v.status, "
+    "reminded_at = CASE WHEN v.kind = 'RESCHEDULED' AND v.status = 'scheduled' "
+    "THEN NULL ELSE a.reminded_at END, "
+    "visit_event_id = CASE WHEN v.status = 'scheduled' THEN NULL ELSE a.visit_event_id END, "
+    "updated_at = clock_timestamp() FROM v, old "
+    "WHERE a.appointment_id = v.appointment_id AND old.appointment_id = v.appointment_id "
+    "RETURNING v.kind, old.status <> v.status"
+)
 SQL_DEAD_LETTERS = (
     "INSERT INTO dead_letters (dead_letter_id, reason, message, stage, source_topic, "
     "source_partition, source_offset, event_index, event_id, ma_cskcb, schema_id, original, "
@@ -256,6 +286,18 @@ def _count_by_first_column(key: str) -> Callable[[Rows, Counter[str]], None]:
     return count
 
 
+def _count_changes(kinds: dict[str, str]) -> Callable[[Rows, Counter[str]], None]:
+    """Counter rule of amended/cancelled letters: ``kinds`` maps a record type to its counter;
+    a cancellation counts when it changed the status (not when it is applied again)."""
+
+    def count(rows: Rows, deltas: Counter[str]) -> None:
+        for kind, changed in rows:
+            if kind != "CANCELLED" or changed:
+                deltas[kinds[kind]] += 1
+
+    return count
+
+
 def _count_referrals_closed(rows: Rows, deltas: Counter[str]) -> None:
     """Counter rule of closed referrals: by status, with the days to arrival of completed
     ones observed."""
@@ -275,6 +317,18 @@ _STATEMENTS: tuple[tuple[str, str, Callable[[Rows, Counter[str]], None]], ...] =
     ("appointments_scheduled", SQL_APPOINTMENTS_SCHEDULED, _count_rows("appointments|")),
     ("appointments_reminded", SQL_APPOINTMENTS_REMINDED, _count_rows("appointment_reminders|")),
     ("appointments_closed", SQL_APPOINTMENTS_CLOSED, _count_by_first_column("appointments_{}|")),
+    (
+        "referrals_changed",
+        SQL_REFERRALS_CHANGED,
+        _count_changes({"AMENDED": "referrals_amended|", "CANCELLED": "referrals_cancelled|"}),
+    ),
+    (
+        "appointments_changed",
+        SQL_APPOINTMENTS_CHANGED,
+        _count_changes(
+            {"RESCHEDULED": "appointments_rescheduled|", "CANCELLED": "appointments_cancelled|"}
+        ),
+    ),
     ("dead_letters", SQL_DEAD_LETTERS, _count_by_first_column("dead_letters|{}")),
 )
 
@@ -304,6 +358,8 @@ class _Batch:
         self.appointments_scheduled: list[tuple[Any, ...]] = []
         self.appointments_reminded: list[tuple[Any, ...]] = []
         self.appointments_closed: list[tuple[Any, ...]] = []
+        self.referrals_changed: list[tuple[Any, ...]] = []
+        self.appointments_changed: list[tuple[Any, ...]] = []
         self.dead_letters: list[tuple[Any, ...]] = []
 
     def add(self, record: Record) -> None:
@@ -372,7 +428,22 @@ class _Batch:
 
     def _add_referral(self, v: dict[str, Any]) -> None:
         kind = v["record_type"]
-        if kind == "ISSUED":
+        if kind in ("AMENDED", "CANCELLED"):
+            self.referrals_changed.append(
+                (
+                    v["referral_id"],
+                    kind,
+                    v["event_id"],
+                    v["origin"],
+                    v["destination"],
+                    v["ma_lydo_ct"],
+                    v["ma_benh_chinh"],
+                    _ts(v["issued_at"]),
+                    _ts(v["deadline"]),
+                    v["status"],
+                )
+            )
+        elif kind == "ISSUED":
             self.referrals_issued.append(
                 (
                     v["referral_id"],
@@ -400,7 +471,18 @@ class _Batch:
 
     def _add_appointment(self, v: dict[str, Any]) -> None:
         kind = v["record_type"]
-        if kind == "SCHEDULED":
+        if kind in ("RESCHEDULED", "CANCELLED"):
+            self.appointments_changed.append(
+                (
+                    v["appointment_id"],
+                    kind,
+                    v["event_id"],
+                    v["ma_benh_chinh"],
+                    _ts(v["appointment_at"]),
+                    v["status"],
+                )
+            )
+        elif kind == "SCHEDULED":
             self.appointments_scheduled.append(
                 (
                     v["appointment_id"],
@@ -447,6 +529,41 @@ class _Batch:
                 _text(v.get("ma_lk")),
             )
         )
+
+
+#: record types that change a referral or appointment in a way later records may depend on
+_CHANGES = frozenset({"AMENDED", "CANCELLED", "RESCHEDULED"})
+
+
+def _batches(records: Iterable[Record], original_max_bytes: int) -> list[_Batch]:
+    """``records`` as batches applied one after the other. A batch applies its statements in a
+    fixed order (issued before completed ...), which is the records' order as long as a
+    letter's status only moves forward; an amendment or a cancellation may move it back, so
+    a record of a letter that one of those touched, or one of those for a letter already in
+    the batch, starts a new batch."""
+    batches = [_Batch(original_max_bytes)]
+    seen: set[str] = set()
+    changed: set[str] = set()
+    for record in records:
+        letter = _letter(record)
+        if letter is not None:
+            change = record.value["record_type"] in _CHANGES
+            if letter in changed or (change and letter in seen):
+                batches.append(_Batch(original_max_bytes))
+                seen, changed = set(), set()
+            seen.add(letter)
+            if change:
+                changed.add(letter)
+        batches[-1].add(record)
+    return batches
+
+
+def _letter(record: Record) -> str | None:
+    if record.subject == SUBJECTS.REFERRAL_RECORD:
+        return f"r:{record.value['referral_id']}"
+    if record.subject == SUBJECTS.APPOINTMENT_RECORD:
+        return f"a:{record.value['appointment_id']}"
+    return None
 
 
 class PostgresWriter:
@@ -514,11 +631,10 @@ class PostgresWriter:
     def _write_once(self, records: Sequence[Record]) -> Counter[str]:
         conn = self.conn
         try:
-            batch = _Batch(self.original_max_bytes)
-            for record in records:  # a record that cannot become a row is refused too
-                batch.add(record)
+            # a record that cannot become a row is refused too
+            batches = _batches(records, self.original_max_bytes)
             with conn.cursor() as cur:
-                deltas, latencies = self._apply(cur, batch)
+                deltas, latencies = self._apply_all(cur, batches)
                 self._bump_counters(cur, deltas)
             faultpoints.reach("sink.copy_done")
             conn.commit()
@@ -558,10 +674,7 @@ class PostgresWriter:
         stall behind it."""
         cur.execute("SAVEPOINT isolate")
         try:
-            batch = _Batch(self.original_max_bytes)
-            for record in records:
-                batch.add(record)
-            d, lat = self._apply(cur, batch)
+            d, lat = self._apply_all(cur, _batches(records, self.original_max_bytes))
         except _REFUSED as exc:
             cur.execute("ROLLBACK TO SAVEPOINT isolate")
             cur.execute("RELEASE SAVEPOINT isolate")
@@ -600,6 +713,17 @@ class PostgresWriter:
             "published_at": record.timestamp_ms,
             "failed_at": int(self.clock() * 1000),
         }
+
+    def _apply_all(
+        self, cur: psycopg2.extensions.cursor, batches: list[_Batch]
+    ) -> tuple[Counter[str], list[float]]:
+        deltas: Counter[str] = Counter()
+        latencies: list[float] = []
+        for batch in batches:
+            d, lat = self._apply(cur, batch)
+            deltas.update(d)
+            latencies.extend(lat)
+        return deltas, latencies
 
     def _apply(
         self, cur: psycopg2.extensions.cursor, batch: _Batch

@@ -39,9 +39,14 @@ State of one citizen (compact JSON, the table's value)::
     {"i": 1,                                   # the health book is integrated
      "v": [[facility, admitted_ms, event_id], ...],             # recent visits
      "r": {referral_id: [origin, destination, issued_ms, deadline_ms, status, event_id,
-                         ma_lydo_ct, ma_benh_chinh]},
+                         ma_lydo_ct, ma_benh_chinh, episode, order]},
      "a": {appointment_id: [facility, at_ms, reminded, status, event_id, ma_benh_chinh,
-                            discharged_ms, kept_visit_ms]},
+                            discharged_ms, kept_visit_ms, episode, order]},
+
+(episode: "MA_CSKCB:MA_LK" of the exam that gave the letter; order: [version, position] of
+that exam's version, ``schemas.episodes``.) A newer version of the episode amends the letter
+(a changed destination or date opens it again), and cancels it when it no longer has it; an
+older version changes nothing.
      "d": {"r:" + referral_id | "a:" + appointment_id: forget_after_ms}}   # closed ones
 
 Closed referrals and appointments leave "r"/"a" once the watermark passes them, but their ids
@@ -62,11 +67,16 @@ from schemas.time import DAY_MS, HOUR_MS, NEVER, event_time_ms
 
 __all__ = ["StateConfig", "CitizenStateMachine", "Emitted", "clock_key"]
 
-# referral tuple indexes
+# referral tuple indexes (R_EPISODE, R_ORDER: absent from state written before corrections)
 R_ORIGIN, R_DEST, R_ISSUED, R_DEADLINE, R_STATUS, R_EVENT, R_REASON, R_ICD = range(8)
-# appointment tuple indexes
+R_EPISODE, R_ORDER = 8, 9
+# appointment tuple indexes (A_EPISODE, A_ORDER: likewise)
 A_FACILITY, A_AT, A_REMINDED, A_STATUS, A_EVENT, A_ICD, A_DISCHARGED, A_VISIT = range(8)
+A_EPISODE, A_ORDER = 8, 9
+#: what the letter says (a change of anything else, e.g. the event id, is no amendment)
+_R_LETTER = (R_ORIGIN, R_DEST, R_ISSUED, R_REASON, R_ICD)
 OPEN = "open"
+CANCELLED = "cancelled"
 INTEGRATED_ONLY = {"i": 1}
 
 
@@ -272,45 +282,169 @@ class CitizenStateMachine:
             # this visit may complete open referrals and keep open appointments
             self._match_visit(key, state, facility, admitted, event_id, published, out)
 
+        episode = f"{facility}:{event['ma_lk']}"
+        order = [event.get("version") or 0, item.get("position", 0)]
+        refs = state.get("r", {})
         referral = event.get("referral")
-        if referral is not None:
-            rid = f"{referral['ma_noi_di']}:{referral['so_chuyentuyen']}"
-            refs = state.setdefault("r", {})
-            if rid not in refs and f"r:{rid}" not in state.get("d", ()):
-                issued = event_time_ms(referral["ngay_ct"])
-                r = [
-                    referral["ma_noi_di"],
-                    referral["ma_noi_den"],
-                    issued,
-                    issued + self.config.referral_window_ms,
-                    OPEN,
-                    event_id,
-                    referral["ma_lydo_ct"],
-                    event["ma_benh_chinh"],
-                ]
-                refs[rid] = r
-                out.referrals.append(_referral_record("ISSUED", rid, key, r, issued, published))
-                for v in sorted(visits, key=lambda v: v[1]):  # a visit processed before
-                    if v[2] != event_id and self._referral_matches(r, v[0], v[1]):
-                        self._complete(key, rid, r, v[1], v[2], published, out)
-                        break
+        rid = None if referral is None else f"{referral['ma_noi_di']}:{referral['so_chuyentuyen']}"
+        for other, r in sorted(refs.items()):
+            if other != rid and _of_episode(r, R_EPISODE, episode) and _newer(order, r, R_ORDER):
+                self._cancel_referral(key, other, r, order, admitted, published, out)
+        if referral is not None and rid is not None:
+            self._apply_referral(key, state, event, rid, episode, order, visits, published, out)
 
+        appts = state.get("a", {})
         appointment = event.get("appointment")
-        if appointment is not None:
-            aid = f"{facility}:{appointment['so_giayhen_kl']}"
-            appts = state.setdefault("a", {})
-            if aid not in appts and f"a:{aid}" not in state.get("d", ()):
-                at = event_time_ms(appointment["ngay_hen_kl"])
-                discharged = event_time_ms(event["ngay_ra"])
-                a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged, None]
-                appts[aid] = a
-                out.appointments.append(
-                    _appointment_record("SCHEDULED", aid, key, a, discharged, published)
-                )
-                for v in sorted(visits, key=lambda v: v[1]):
-                    if v[2] != event_id and self._appointment_matches(a, v[0], v[1]):
-                        self._keep(key, aid, a, v[1], v[2], published, out)
-                        break
+        aid = None if appointment is None else f"{facility}:{appointment['so_giayhen_kl']}"
+        for other, a in sorted(appts.items()):
+            if other != aid and _of_episode(a, A_EPISODE, episode) and _newer(order, a, A_ORDER):
+                self._cancel_appointment(key, other, a, order, admitted, published, out)
+        if appointment is not None and aid is not None:
+            self._apply_appointment(key, state, event, aid, episode, order, visits, published, out)
+
+    def _apply_referral(
+        self,
+        key: str,
+        state: dict[str, Any],
+        event: Mapping[str, Any],
+        rid: str,
+        episode: str,
+        order: list[int],
+        visits: list[Sequence[Any]],
+        published: int,
+        out: Emitted,
+    ) -> None:
+        """Issue the episode's referral, or amend it when this version is newer."""
+        referral = event["referral"]
+        event_id = event["event_id"]
+        refs = state.setdefault("r", {})
+        issued = event_time_ms(referral["ngay_ct"])
+        letter = [
+            referral["ma_noi_di"],
+            referral["ma_noi_den"],
+            issued,
+            issued + self.config.referral_window_ms,
+            OPEN,
+            event_id,
+            referral["ma_lydo_ct"],
+            event["ma_benh_chinh"],
+            episode,
+            order,
+        ]
+        r = refs.get(rid)
+        if r is None:
+            if f"r:{rid}" in state.get("d", ()):
+                return  # closed and forgotten: a replay or an old re-send
+            r = refs[rid] = letter
+            out.referrals.append(_referral_record("ISSUED", rid, key, r, issued, published))
+        elif not _newer(order, r, R_ORDER):
+            return  # an older version of the episode, or this one again
+        else:
+            # a new destination or date opens the completion check again
+            reopen = r[R_STATUS] == CANCELLED or (r[R_DEST], r[R_ISSUED]) != (
+                letter[R_DEST],
+                letter[R_ISSUED],
+            )
+            changed = reopen or [r[i] for i in _R_LETTER] != [letter[i] for i in _R_LETTER]
+            status = OPEN if reopen else r[R_STATUS]
+            r[:] = letter
+            r[R_STATUS] = status
+            if not changed:
+                return
+            out.referrals.append(_referral_record("AMENDED", rid, key, r, issued, published))
+        if r[R_STATUS] != OPEN:
+            return
+        for v in sorted(visits, key=lambda v: v[1]):  # a visit processed before
+            if v[2] != event_id and self._referral_matches(r, v[0], v[1]):
+                self._complete(key, rid, r, v[1], v[2], published, out)
+                break
+
+    def _apply_appointment(
+        self,
+        key: str,
+        state: dict[str, Any],
+        event: Mapping[str, Any],
+        aid: str,
+        episode: str,
+        order: list[int],
+        visits: list[Sequence[Any]],
+        published: int,
+        out: Emitted,
+    ) -> None:
+        """Schedule the episode's appointment, or move it when this version is newer."""
+        facility = event["ma_cskcb"]
+        event_id = event["event_id"]
+        appts = state.setdefault("a", {})
+        at = event_time_ms(event["appointment"]["ngay_hen_kl"])
+        discharged = event_time_ms(event["ngay_ra"])
+        a = appts.get(aid)
+        if a is None:
+            if f"a:{aid}" in state.get("d", ()):
+                return
+            a = [facility, at, 0, OPEN, event_id, event["ma_benh_chinh"], discharged, None]
+            a += [episode, order]
+            appts[aid] = a
+            out.appointments.append(
+                _appointment_record("SCHEDULED", aid, key, a, discharged, published)
+            )
+        elif not _newer(order, a, A_ORDER):
+            return
+        else:
+            moved = (a[A_AT], a[A_DISCHARGED]) != (at, discharged)
+            reopen = moved or a[A_STATUS] == CANCELLED
+            changed = reopen or a[A_ICD] != event["ma_benh_chinh"]
+            a[A_EVENT], a[A_ICD], a[A_AT], a[A_DISCHARGED] = (
+                event_id,
+                event["ma_benh_chinh"],
+                at,
+                discharged,
+            )
+            a[A_EPISODE:] = [episode, order]
+            if reopen:  # the reminder and the kept/missed decision start again
+                a[A_REMINDED], a[A_STATUS], a[A_VISIT] = 0, OPEN, None
+            if not changed:
+                return
+            out.appointments.append(
+                _appointment_record("RESCHEDULED", aid, key, a, discharged, published)
+            )
+        if a[A_STATUS] != OPEN:
+            return
+        for v in sorted(visits, key=lambda v: v[1]):
+            if v[2] != event_id and self._appointment_matches(a, v[0], v[1]):
+                self._keep(key, aid, a, v[1], v[2], published, out)
+                break
+
+    def _cancel_referral(
+        self,
+        key: str,
+        rid: str,
+        r: list[Any],
+        order: list[int],
+        at: int,
+        published: int,
+        out: Emitted,
+    ) -> None:
+        """A newer version of the episode no longer has this referral."""
+        r[R_EPISODE:] = [r[R_EPISODE], order]
+        if r[R_STATUS] != CANCELLED:
+            r[R_STATUS] = CANCELLED
+            out.referrals.append(_referral_record("CANCELLED", rid, key, r, at, published))
+
+    def _cancel_appointment(
+        self,
+        key: str,
+        aid: str,
+        a: list[Any],
+        order: list[int],
+        at: int,
+        published: int,
+        out: Emitted,
+    ) -> None:
+        """A newer version of the episode no longer has this appointment."""
+        a[A_EPISODE:] = [a[A_EPISODE], order]
+        if a[A_STATUS] != CANCELLED:
+            a[A_STATUS] = CANCELLED
+            out.appointments.append(_appointment_record("CANCELLED", aid, key, a, at, published))
 
     def _referral_matches(self, r: list[Any], facility: str, admitted: int) -> bool:
         return (
@@ -442,6 +576,17 @@ class CitizenStateMachine:
             due = self._next_due(state)
             if due is not None:
                 heapq.heappush(heap, (due, key))
+
+
+def _of_episode(letter: list[Any], index: int, episode: str) -> bool:
+    """The referral or appointment came from ``episode`` (older state does not say: no)."""
+    return len(letter) > index and letter[index] == episode
+
+
+def _newer(order: list[int], letter: list[Any], index: int) -> bool:
+    """``order`` is a newer version than the one that last set ``letter`` (its order at
+    ``index``; a letter written before versions has none: never)."""
+    return len(letter) > index and tuple(order) > tuple(letter[index])
 
 
 def _copy_progress(progress: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -591,6 +736,7 @@ def _referral_record(
         "arrived_at": None,
         "days_to_arrival": None,
         "published_at": published,
+        "status": "issued" if r[R_STATUS] == OPEN else r[R_STATUS],
     }
 
 
@@ -608,4 +754,5 @@ def _appointment_record(
         "event_time": event_time,
         "visit_event_id": None,
         "published_at": published,
+        "status": "scheduled" if a[A_STATUS] == OPEN else a[A_STATUS],
     }

@@ -45,3 +45,11 @@ ALTER TABLE dead_letters
     ADD COLUMN ma_lk          text,
     ADD COLUMN superseded_at  timestamptz;
 CREATE INDEX dead_letters_episode ON dead_letters (ma_cskcb, ma_lk) WHERE ma_lk IS NOT NULL;
+
+-- A newer version of an episode may no longer have its referral or appointment.
+ALTER TABLE referrals DROP CONSTRAINT referrals_status_check,
+    ADD CONSTRAINT referrals_status_check
+        CHECK (status IN ('issued', 'completed', 'expired', 'cancelled'));
+ALTER TABLE appointments DROP CONSTRAINT appointments_status_check,
+    ADD CONSTRAINT appointments_status_check
+        CHECK (status IN ('scheduled', 'kept', 'missed', 'cancelled'));

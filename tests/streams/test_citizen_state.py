@@ -307,3 +307,77 @@ def test_a_citizen_nobody_touches_again_shrinks_to_integrated_only() -> None:
     run.feed([clock_push(1, T0 + timedelta(days=3))])  # the watermark passes the visit
     assert run.table[key] == 1
     assert _copy(run.table[key]) == {"i": 1}
+
+
+# -- corrections: referrals and appointments follow the newest version of their episode ------
+def version(event: dict[str, Any], position: int, **changes: Any) -> dict[str, Any]:
+    """An item of ``event`` (changed by ``changes``) at ``position`` on the input partition."""
+    it = item({**event, **changes, "event_id": f"{event['event_id']}@{position}"})
+    it["position"] = position
+    return it
+
+
+def test_a_correction_moving_the_destination_reopens_a_completed_referral() -> None:
+    exam = f.with_referral(f.exam(1, admitted=T0), destination="79002", number="CT1")
+    arrival = f.exam(1, facility="79002", admitted=T0 + timedelta(days=2))
+    moved = f.with_referral(exam, destination="79005", number="CT1")
+    run = Run().feed([version(exam, 1), item(arrival)])
+    assert run.kinds(run.referrals) == [("ISSUED", "79001:CT1"), ("COMPLETED", "79001:CT1")]
+    run.feed([version(moved, 3)])
+    amended = run.referrals[-1]
+    assert (amended["record_type"], amended["destination"], amended["status"]) == (
+        "AMENDED",
+        "79005",
+        "issued",
+    )
+    # an exam at the new destination completes it; one at the old does not
+    run.feed([item(f.exam(1, facility="79002", admitted=T0 + timedelta(days=3)))])
+    assert run.referrals[-1]["record_type"] == "AMENDED"
+    run.feed([item(f.exam(1, facility="79005", admitted=T0 + timedelta(days=4)))])
+    assert run.kinds(run.referrals[-1:]) == [("COMPLETED", "79001:CT1")]
+
+
+def test_a_correction_without_the_referral_cancels_it_and_an_older_version_changes_nothing() -> (
+    None
+):
+    exam = f.with_referral(f.exam(1, admitted=T0), number="CT2")
+    without = {**exam, "referral": None, "ma_loai_rv": 1}
+    run = Run().feed([version(exam, 1), version(without, 5)])
+    assert run.kinds(run.referrals) == [("ISSUED", "79001:CT2"), ("CANCELLED", "79001:CT2")]
+    assert run.referrals[-1]["status"] == "cancelled"
+    run.feed([version(exam, 1), version(exam, 4)])  # a redelivery, and an older version late
+    assert len(run.referrals) == 2
+    run.feed([version(exam, 9)])  # a newer version with the referral again
+    assert run.kinds(run.referrals[-1:]) == [("AMENDED", "79001:CT2")]
+    assert run.referrals[-1]["status"] == "issued"
+
+
+def test_a_correction_moving_the_appointment_moves_the_reminder_and_the_decision() -> None:
+    at = T0 + timedelta(days=14)
+    exam = f.with_appointment(f.exam(1, admitted=T0), when=at, number="HK1")
+    moved = f.with_appointment(exam, when=at + timedelta(days=7), number="HK1")
+    run = Run().feed([version(exam, 1), version(moved, 2)])
+    assert run.kinds(run.appointments) == [
+        ("SCHEDULED", "79001:HK1"),
+        ("RESCHEDULED", "79001:HK1"),
+    ]
+    assert run.appointments[-1]["appointment_at"] == int(
+        (at + timedelta(days=7)).timestamp() * 1000
+    )
+    # a visit at the old date keeps nothing; the reminder comes a day before the new date
+    run.feed([item(f.exam(1, admitted=at))])
+    run.feed([clock_push(1, at + timedelta(days=5, hours=23))])
+    assert [r["record_type"] for r in run.appointments[2:]] == []
+    run.feed([clock_push(2, at + timedelta(days=6, hours=1))])
+    assert [r["record_type"] for r in run.appointments[2:]] == ["REMINDER"]
+    run.feed([item(f.exam(1, admitted=at + timedelta(days=7)))])
+    assert run.kinds(run.appointments[-1:]) == [("KEPT", "79001:HK1")]
+
+
+def test_a_correction_without_the_appointment_cancels_it() -> None:
+    exam = f.with_appointment(f.exam(1, admitted=T0), when=T0 + timedelta(days=14), number="HK2")
+    run = Run().feed([version(exam, 1), version({**exam, "appointment": None}, 2)])
+    assert run.kinds(run.appointments) == [("SCHEDULED", "79001:HK2"), ("CANCELLED", "79001:HK2")]
+    # cancelled: no reminder, never missed
+    run.feed([clock_push(3, T0 + timedelta(days=30))])
+    assert len(run.appointments) == 2

@@ -196,3 +196,70 @@ def test_corrections_through_ehb_publish_and_the_gateway(deploy: DeploymentFacto
     assert d.count("dead_letters") == 0
     m = _counters_equal_tables(d)
     assert m["ehb_corrections_total"] == 2
+
+
+def test_referrals_and_appointments_follow_the_newest_version(deploy: DeploymentFactory) -> None:
+    d = deploy()
+    at = f.BASE_TIME
+    moved_ref = f.with_referral(f.exam(821, admitted=at), destination="79002")
+    removed_ref = f.with_referral(f.exam(822, admitted=at))
+    moved_appt = f.with_appointment(f.exam(823, admitted=at), when=at + f.timedelta(days=14))
+    removed_appt = f.with_appointment(f.exam(824, admitted=at), when=at + f.timedelta(days=14))
+    publisher = d.publisher(batch_size=10, linger_s=60)
+    publisher.add_all([moved_ref, removed_ref, moved_appt, removed_appt])
+    publisher.flush(30)
+    wait_until(
+        lambda: (d.count("referrals"), d.count("appointments")) == (2, 2),
+        60,
+        message="two referrals and two appointments",
+    )
+
+    def new_id(event: dict[str, Any]) -> dict[str, Any]:
+        return {**event, "event_id": str(uuid.uuid4())}
+
+    number = moved_ref["referral"]["so_chuyentuyen"]
+    publisher.add_all(
+        [
+            f.with_referral(new_id(moved_ref), destination="79005", number=number),
+            {**new_id(removed_ref), "referral": None, "ma_loai_rv": 1, "ma_noi_den": None},
+            f.with_appointment(
+                new_id(moved_appt),
+                when=at + f.timedelta(days=21),
+                number=moved_appt["appointment"]["so_giayhen_kl"],
+            ),
+            {**new_id(removed_appt), "appointment": None},
+            # the patient arrives at the corrected destination
+            f.exam(821, facility="79005", admitted=at + f.timedelta(days=2)),
+        ]
+    )
+    publisher.flush(30)
+    publisher.close()
+
+    def letters() -> dict[str, tuple[Any, ...]]:
+        rows = d.query("SELECT referral_id, destination, status FROM referrals")
+        rows += d.query(
+            "SELECT appointment_id, appointment_at::date::text, status FROM appointments"
+        )
+        return {r[0]: r[1:] for r in rows}
+
+    rid = f"{moved_ref['ma_cskcb']}:{number}"
+    removed_rid = f"{removed_ref['ma_cskcb']}:{removed_ref['referral']['so_chuyentuyen']}"
+    aid = f"{moved_appt['ma_cskcb']}:{moved_appt['appointment']['so_giayhen_kl']}"
+    removed_aid = f"{removed_appt['ma_cskcb']}:{removed_appt['appointment']['so_giayhen_kl']}"
+    expected = {
+        rid: ("79005", "completed"),
+        removed_rid: (removed_ref["referral"]["ma_noi_den"], "cancelled"),
+        aid: ((at + f.timedelta(days=21)).date().isoformat(), "scheduled"),
+        removed_aid: ((at + f.timedelta(days=14)).date().isoformat(), "cancelled"),
+    }
+    wait_until(lambda: letters() == expected, 60, message=f"letters {expected}")
+    _processed(d)
+    assert letters() == expected
+    m = _counters_equal_tables(d)
+    assert (
+        m["ehb_referrals_amended_total"],
+        m["ehb_referrals_cancelled_total"],
+        m["ehb_appointments_rescheduled_total"],
+        m["ehb_appointments_cancelled_total"],
+        m["ehb_referrals_completed_total"],
+    ) == (1, 1, 1, 1, 1)
