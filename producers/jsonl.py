@@ -5,7 +5,9 @@ examination_event.*.avsc). Optional fields may be left out. ``event_id``, when m
 derived from the facility, MA_LK and the content (``schemas.episodes``: the same for a
 re-send, another for a corrected version of the episode). A line that
 is not JSON, not an object, or does not fit the schema is reported with its number and
-reason; the good lines are still published.
+reason; the good lines are still published. A line with ``"withdraw": true`` withdraws an
+episode sent by mistake (``ma_cskcb``, ``ma_lk``, ``so_cccd``, optional ``ly_do``;
+docs/corrections.md).
 """
 
 from __future__ import annotations
@@ -30,35 +32,62 @@ class JsonlReport:
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
 
+#: a line with ``"withdraw": true`` is an ExaminationWithdrawal (ma_cskcb, ma_lk, so_cccd,
+#: ly_do), not an event
+WITHDRAW = "withdraw"
+
+
 def event_from_json(line: str, codec: AvroCodec) -> dict[str, Any]:
     """Parse and check one line; ValueError with a one-line reason when it is not an event."""
+    return _record(_object(line), codec, SUBJECTS.EXAMINATION_EVENT)
+
+
+def line_from_json(line: str, codec: AvroCodec) -> tuple[str, dict[str, Any]]:
+    """(subject, record) of one line: an event, or a withdrawal (``"withdraw": true``)."""
+    obj = _object(line)
+    if obj.pop(WITHDRAW, False) is True:
+        return SUBJECTS.EXAMINATION_WITHDRAWAL, _record(obj, codec, SUBJECTS.EXAMINATION_WITHDRAWAL)
+    return SUBJECTS.EXAMINATION_EVENT, _record(obj, codec, SUBJECTS.EXAMINATION_EVENT)
+
+
+def _object(line: str) -> dict[str, Any]:
     try:
-        event = json.loads(line)
+        obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(event, dict):
+    if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
-    entry = codec.catalog.latest(SUBJECTS.EXAMINATION_EVENT)
+    return obj
+
+
+def _record(record: dict[str, Any], codec: AvroCodec, subject: str) -> dict[str, Any]:
+    """``record`` checked against the newest schema of ``subject``, defaults filled in and,
+    when missing, its event id derived (``schemas.episodes``)."""
+    entry = codec.catalog.latest(subject)
     known = set(entry.field_names())
-    unknown = sorted(set(event) - known)
+    unknown = sorted(set(record) - known)
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(unknown)}")
-    derive = not event.get("event_id")
+    derive = not record.get("event_id")
     if derive:
-        event["event_id"] = ""  # derived below, from the content with its defaults
+        record["event_id"] = ""  # derived below, from the content with its defaults
     for name in entry.field_names():
-        if name not in event:
+        if name not in record:
             spec = next(f for f in entry.raw["fields"] if f["name"] == name)
             if "default" not in spec:
                 raise ValueError(f"missing required field {name}")
-            event[name] = spec["default"]
-    if derive and isinstance(event.get("ma_cskcb"), str) and isinstance(event.get("ma_lk"), str):
-        event["event_id"] = derived_event_id(event)
+            record[name] = spec["default"]
+    if derive and isinstance(record.get("ma_cskcb"), str) and isinstance(record.get("ma_lk"), str):
+        record["event_id"] = (
+            derived_event_id(record)
+            if subject == SUBJECTS.EXAMINATION_EVENT
+            else derived_event_id({**record, "withdrawn": True})
+        )
     try:
-        codec.encode(SUBJECTS.EXAMINATION_EVENT, event)
+        codec.encode(subject, record)
     except EncodeError as exc:
         raise ValueError(f"does not fit the schema: {exc}") from None
-    return event
+    return record
 
 
 def publish_jsonl(settings: Settings, path: Path, *, batch_size: int = 100) -> JsonlReport:
@@ -89,8 +118,18 @@ def _publish_lines(
             if not line.strip():
                 continue
             try:
-                event = event_from_json(line, codec)
+                subject, record = line_from_json(line, codec)
             except ValueError as exc:
                 report.bad_lines.append((line_no, str(exc)))
                 continue
-            publisher.add(event)
+            if subject == SUBJECTS.EXAMINATION_WITHDRAWAL:
+                publisher.withdraw(
+                    record["ma_cskcb"],
+                    record["ma_lk"],
+                    record["so_cccd"],
+                    record["ly_do"],
+                    event_id=record["event_id"],
+                    version=record["version"],
+                )
+            else:
+                publisher.add(record)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -90,6 +91,7 @@ class ExaminationPublisher:
         self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 50}))
         self._encode_batch = self.codec.writer(SUBJECTS.EXAMINATION_BATCH)
         self._encode_event = self.codec.writer(SUBJECTS.EXAMINATION_EVENT)
+        self._encode_withdrawal = self.codec.writer(SUBJECTS.EXAMINATION_WITHDRAWAL)
         # per facility: (outbox seq, the event in the wire format) of the batch being filled
         self._buffers: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         self._last_flush = time.monotonic()
@@ -270,6 +272,33 @@ class ExaminationPublisher:
         value = self._encode_event(event)
         seq = self.outbox.stage(event["ma_cskcb"], EVENT, 1, value)
         self._produce(event["ma_cskcb"].encode(), value, 1, seqs=[seq])
+
+    def withdraw(
+        self,
+        ma_cskcb: str,
+        ma_lk: str,
+        so_cccd: str,
+        ly_do: str = "",
+        *,
+        event_id: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        """Withdraw an episode sent by mistake (an ExaminationWithdrawal message, after the
+        facility's events added before it). ``so_cccd`` is the episode's patient."""
+        self.send_pending()  # the withdrawal follows what was added before it
+        withdrawal = self._versioned(
+            {
+                "event_id": event_id or str(uuid.uuid4()),
+                "ma_cskcb": ma_cskcb,
+                "ma_lk": ma_lk,
+                "so_cccd": so_cccd,
+                "ly_do": ly_do,
+                "version": version,
+            }
+        )
+        value = self._encode_withdrawal(withdrawal)
+        seq = self.outbox.stage(ma_cskcb, MESSAGE, 1, value)
+        self._produce(ma_cskcb.encode(), value, 1, seqs=[seq])
 
     def publish_batch(
         self,

@@ -34,6 +34,8 @@ class SUBJECTS:
     DEAD_LETTER = "vn.ehb.DeadLetter"
     VALIDATED_BATCH = "vn.ehb.internal.ValidatedBatch"
     FACILITY_DAILY_REPORT = "vn.ehb.FacilityDailyReport"
+    EXAMINATION_WITHDRAWAL = "vn.ehb.ExaminationWithdrawal"
+    EPISODE_WITHDRAWN = "vn.ehb.EpisodeWithdrawn"
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,10 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
             EXAMINATIONS,
             n,
             "facility code (ma_cskcb)",
-            "ExaminationBatch or ExaminationEvent",
-            "Input: facilities publish examination events, one or several per message; a "
-            "facility's events stay in order on one partition.",
+            "ExaminationBatch, ExaminationEvent or ExaminationWithdrawal",
+            "Input: facilities publish examination events, one or several per message, and "
+            "withdrawals of episodes sent by mistake; a facility's messages stay in order on "
+            "one partition.",
             {"retention.ms": str(30 * DAY_MS)},
         ),
         TopicSpec(
@@ -102,8 +103,9 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
             HEALTH_BOOK,
             n,
             "citizen_key",
-            "HealthBookRecord",
-            "Every valid examination, and one BOOK_INTEGRATED record per citizen.",
+            "HealthBookRecord or EpisodeWithdrawn",
+            "Every valid examination (every version of a corrected episode), one "
+            "BOOK_INTEGRATED record per citizen, and the episodes facilities withdrew.",
             {"retention.ms": str(30 * DAY_MS)},
         ),
         TopicSpec(
@@ -111,7 +113,7 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
             max(1, n // 2),
             "citizen_key",
             "ReferralRecord",
-            "Referral letters: ISSUED, COMPLETED, EXPIRED. Pseudonymous.",
+            "Referral letters: ISSUED, COMPLETED, EXPIRED, AMENDED, CANCELLED. Pseudonymous.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
         TopicSpec(
@@ -119,7 +121,8 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
             max(1, n // 2),
             "citizen_key",
             "AppointmentRecord",
-            "Follow-up appointments: SCHEDULED, REMINDER, KEPT, MISSED. Pseudonymous.",
+            "Follow-up appointments: SCHEDULED, REMINDER, KEPT, MISSED, RESCHEDULED, "
+            "CANCELLED. Pseudonymous.",
             {"retention.ms": str(90 * DAY_MS)},
         ),
         TopicSpec(

@@ -109,6 +109,11 @@ CAMPAIGN_METRICS: dict[str, tuple[str, str, str | None]] = {
         "that arrived late).",
         None,
     ),
+    "withdrawals": (
+        "ehb_withdrawals",
+        "Withdrawals of an episode recorded (a facility withdrew an episode sent by mistake).",
+        None,
+    ),
     "dead_letters_superseded": (
         "ehb_dead_letters_superseded",
         "Dead letters whose episode a later version made accepted.",

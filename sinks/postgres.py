@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -130,10 +131,31 @@ SQL_ENTRIES = (
     "FROM ehb_stage_entries "
     "ORDER BY ma_cskcb, ma_lk, coalesce(version, 0) DESC, position DESC "
     f"ON CONFLICT (ma_cskcb, ma_lk) DO UPDATE SET {_ENTRY_UPDATE}, "
-    "corrected_at = clock_timestamp() "
-    "WHERE EXCLUDED.content_digest <> health_book_entries.content_digest AND "
+    "corrected_at = clock_timestamp(), withdrawn_at = NULL "
+    "WHERE (EXCLUDED.content_digest <> health_book_entries.content_digest "
+    "OR health_book_entries.withdrawn_at IS NOT NULL) AND "
     + _NEWER.format(new="EXCLUDED", old="health_book_entries")
     + " RETURNING (xmax = 0) AS inserted, counted_scope, published_at"
+)
+SQL_WITHDRAWALS = (
+    "INSERT INTO health_book_entry_versions (ma_cskcb, ma_lk, version_key, version, position, "
+    "event_id, kind, content_digest, record, published_at) "
+    "SELECT v.ma_cskcb, v.ma_lk, v.version_key, v.version::bigint, v.position::bigint, "
+    "v.event_id, 'withdrawal', '', v.record::jsonb, v.published_at::timestamptz "
+    "FROM (VALUES %s) AS v (ma_cskcb, ma_lk, version_key, version, position, event_id, record, "
+    "published_at) ON CONFLICT DO NOTHING RETURNING 1"
+)
+# An entry older than its episode's newest withdrawal is withdrawn (whichever came first)
+SQL_WITHDRAW_ENTRIES = (
+    "UPDATE health_book_entries e SET withdrawn_at = clock_timestamp(), version = w.version, "
+    "position = w.position "
+    "FROM (SELECT DISTINCT ON (v.ma_cskcb, v.ma_lk) v.ma_cskcb, v.ma_lk, v.version, v.position "
+    "FROM health_book_entry_versions v JOIN (VALUES %s) AS k (ma_cskcb, ma_lk) "
+    "ON v.ma_cskcb = k.ma_cskcb AND v.ma_lk = k.ma_lk WHERE v.kind = 'withdrawal' "
+    "ORDER BY v.ma_cskcb, v.ma_lk, coalesce(v.version, 0) DESC, v.position DESC) w "
+    "WHERE e.ma_cskcb = w.ma_cskcb AND e.ma_lk = w.ma_lk AND e.withdrawn_at IS NULL AND "
+    + _NEWER.format(new="w", old="e")
+    + " RETURNING 1"
 )
 # Dead letters of an episode a version accepted after them (on the same input partition)
 SQL_SUPERSEDE = (
@@ -141,7 +163,7 @@ SQL_SUPERSEDE = (
     "FROM (VALUES %s) AS k (ma_cskcb, ma_lk) "
     "WHERE d.ma_cskcb = k.ma_cskcb AND d.ma_lk = k.ma_lk AND d.superseded_at IS NULL "
     "AND EXISTS (SELECT 1 FROM health_book_entry_versions v "
-    "WHERE v.ma_cskcb = d.ma_cskcb AND v.ma_lk = d.ma_lk "
+    "WHERE v.ma_cskcb = d.ma_cskcb AND v.ma_lk = d.ma_lk AND v.kind = 'examination' "
     f"AND v.position > d.source_offset * {POSITION_SLOTS} + coalesce(d.event_index, 0)) "
     "RETURNING 1"
 )
@@ -358,6 +380,7 @@ class _Batch:
         self.appointments_scheduled: list[tuple[Any, ...]] = []
         self.appointments_reminded: list[tuple[Any, ...]] = []
         self.appointments_closed: list[tuple[Any, ...]] = []
+        self.withdrawals: list[tuple[Any, ...]] = []
         self.referrals_changed: list[tuple[Any, ...]] = []
         self.appointments_changed: list[tuple[Any, ...]] = []
         self.dead_letters: list[tuple[Any, ...]] = []
@@ -373,6 +396,8 @@ class _Batch:
             self._add_appointment(v)
         elif subject == SUBJECTS.DEAD_LETTER:
             self.add_dead_letter(v)
+        elif subject == SUBJECTS.EPISODE_WITHDRAWN:
+            self._add_withdrawal(v)
         else:  # pragma: no cover - the consumer filters subjects
             raise ValueError(f"unexpected subject {subject}")
 
@@ -423,6 +448,21 @@ class _Batch:
                 v["position"],
                 v["content_digest"],
                 version_key(v["version"], v["position"]),
+            )
+        )
+
+    def _add_withdrawal(self, v: dict[str, Any]) -> None:
+        record = {k: v[k] for k in ("event_id", "citizen_key", "ly_do", "version", "position")}
+        self.withdrawals.append(
+            (
+                v["ma_cskcb"],
+                v["ma_lk"],
+                "w:" + version_key(v["version"], v["position"]),
+                v["version"],
+                v["position"],
+                v["event_id"],
+                json.dumps(record, ensure_ascii=False),
+                _ts(v["published_at"]),
             )
         )
 
@@ -741,6 +781,7 @@ class PostgresWriter:
                     ),
                     deltas,
                 )
+        self._withdraw(cur, batch, deltas)
         self._supersede(cur, batch, deltas)
         return deltas, latencies
 
@@ -768,6 +809,20 @@ class PostgresWriter:
                 latencies.append(now - published_at.timestamp())
         # every new episode recorded its first version in this batch; the rest are corrections
         deltas["corrections|"] += recorded - inserted
+
+    @staticmethod
+    def _withdraw(cur: psycopg2.extensions.cursor, batch: _Batch, deltas: Counter[str]) -> None:
+        """Record the batch's withdrawals; withdraw the entries they are newer than (also an
+        entry of this batch older than a withdrawal that came before it)."""
+        if batch.withdrawals:
+            rows = execute_values(cur, SQL_WITHDRAWALS, batch.withdrawals, fetch=True)
+            deltas["withdrawals|"] += len(rows)
+        episodes = {(r[0], r[1]) for r in batch.withdrawals}
+        if batch.entries:
+            # only an episode with a recorded withdrawal can be withdrawn: ask for those
+            episodes |= {(r[0], r[1]) for r in batch.entries}
+        if episodes:
+            execute_values(cur, SQL_WITHDRAW_ENTRIES, sorted(episodes))
 
     @staticmethod
     def _supersede(cur: psycopg2.extensions.cursor, batch: _Batch, deltas: Counter[str]) -> None:

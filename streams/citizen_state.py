@@ -111,6 +111,8 @@ class Emitted:
     """What one batch of one partition produced: records to send, then state to write."""
 
     health_book: list[dict[str, Any]] = field(default_factory=list)
+    #: EpisodeWithdrawn records (topic health-book too)
+    withdrawn: list[dict[str, Any]] = field(default_factory=list)
     referrals: list[dict[str, Any]] = field(default_factory=list)
     appointments: list[dict[str, Any]] = field(default_factory=list)
     #: citizen key (or clock key) -> new state (None deletes)
@@ -225,6 +227,10 @@ class CitizenStateMachine:
                 state = _copy(
                     overlay[key] if key in overlay else local.pop(key, None) or table.get(key)
                 )
+                if "withdrawal" in item:
+                    self._apply_withdrawal(item, state, out, now_ms)
+                    overlay[key] = state
+                    continue
                 self._apply_examination(item, state, out, now_ms, clock - lateness)
                 overlay[key] = state
                 if "v" in state:
@@ -301,6 +307,37 @@ class CitizenStateMachine:
                 self._cancel_appointment(key, other, a, order, admitted, published, out)
         if appointment is not None and aid is not None:
             self._apply_appointment(key, state, event, aid, episode, order, visits, published, out)
+
+    def _apply_withdrawal(
+        self, item: Mapping[str, Any], state: dict[str, Any], out: Emitted, now_ms: int
+    ) -> None:
+        """The facility withdrew an episode: downstream is told, and its referrals and
+        appointments are cancelled (if the withdrawal is newer than the version that gave
+        them)."""
+        w = item["withdrawal"]
+        key = item["citizen_key"]
+        episode = f"{w['ma_cskcb']}:{w['ma_lk']}"
+        order = [w.get("version") or 0, item["position"]]
+        published = item["published_at"]
+        out.withdrawn.append(
+            {
+                "event_id": w["event_id"],
+                "citizen_key": key,
+                "ma_cskcb": w["ma_cskcb"],
+                "ma_lk": w["ma_lk"],
+                "ly_do": w.get("ly_do") or "",
+                "version": w.get("version"),
+                "position": item["position"],
+                "published_at": published,
+                "processed_at": now_ms,
+            }
+        )
+        for rid, r in sorted(state.get("r", {}).items()):
+            if _of_episode(r, R_EPISODE, episode) and _newer(order, r, R_ORDER):
+                self._cancel_referral(key, rid, r, order, published, published, out)
+        for aid, a in sorted(state.get("a", {}).items()):
+            if _of_episode(a, A_EPISODE, episode) and _newer(order, a, A_ORDER):
+                self._cancel_appointment(key, aid, a, order, published, published, out)
 
     def _apply_referral(
         self,

@@ -55,11 +55,12 @@ class _Output:
 
 @dataclass(frozen=True)
 class HealthBookOutputs:
-    """The three output topics of the stage and their Avro writers."""
+    """The output topics of the stage and their Avro writers (two on health-book)."""
 
     health_book: _Output
     referrals: _Output
     appointments: _Output
+    withdrawn: _Output
 
     @classmethod
     def from_settings(cls, settings: Settings, codec: AvroCodec) -> HealthBookOutputs:
@@ -67,10 +68,11 @@ class HealthBookOutputs:
             _Output(settings.topic(HEALTH_BOOK), codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)),
             _Output(settings.topic(REFERRALS), codec.writer(SUBJECTS.REFERRAL_RECORD)),
             _Output(settings.topic(APPOINTMENTS), codec.writer(SUBJECTS.APPOINTMENT_RECORD)),
+            _Output(settings.topic(HEALTH_BOOK), codec.writer(SUBJECTS.EPISODE_WITHDRAWN)),
         )
 
     def topics(self) -> list[str]:
-        return [self.health_book.topic, self.referrals.topic, self.appointments.topic]
+        return list(dict.fromkeys(out.topic for out, _ in self.of(Emitted())))
 
     def of(self, emitted: Emitted) -> list[tuple[_Output, list[dict[str, Any]]]]:
         """Each output with its records in ``emitted``."""
@@ -78,6 +80,7 @@ class HealthBookOutputs:
             (self.health_book, emitted.health_book),
             (self.referrals, emitted.referrals),
             (self.appointments, emitted.appointments),
+            (self.withdrawn, emitted.withdrawn),
         ]
 
 

@@ -29,7 +29,9 @@ from streams.validation import Rejection, Validator
 
 __all__ = ["Intake", "IntakeResult", "SourceMessage", "INPUT_SUBJECTS"]
 
-INPUT_SUBJECTS = frozenset({SUBJECTS.EXAMINATION_EVENT, SUBJECTS.EXAMINATION_BATCH})
+INPUT_SUBJECTS = frozenset(
+    {SUBJECTS.EXAMINATION_EVENT, SUBJECTS.EXAMINATION_BATCH, SUBJECTS.EXAMINATION_WITHDRAWAL}
+)
 
 
 @dataclass(slots=True)
@@ -43,7 +45,8 @@ class SourceMessage:
 
 @dataclass(slots=True)
 class IntakeResult:
-    #: target partition of examinations-by-citizen -> ValidatedExamination records
+    #: target partition of examinations-by-citizen -> ValidatedExamination records (and
+    #: withdrawals: {"withdrawal": ExaminationWithdrawal, "citizen_key", "position", ...})
     by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     #: (facility code or None, DeadLetter record)
     dead_letters: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
@@ -116,6 +119,9 @@ class Intake:
                 schema_id=exc.schema_id,
             )
             return
+        if decoded.subject == SUBJECTS.EXAMINATION_WITHDRAWAL:
+            self._withdrawal(message, decoded.record, decoded.schema_id, result, now_ms)
+            return
         if decoded.subject == SUBJECTS.EXAMINATION_BATCH:
             events = decoded.record["events"]
             batch_facility: str | None = decoded.record["ma_cskcb"]
@@ -171,6 +177,40 @@ class Intake:
             result.accepted += 1
             if item["event_time"] > result.progress.get(message.partition, NEVER):
                 result.progress[message.partition] = item["event_time"]
+
+    def _withdrawal(
+        self,
+        message: SourceMessage,
+        withdrawal: dict[str, Any],
+        schema_id: int,
+        result: IntakeResult,
+        now_ms: int,
+    ) -> None:
+        result.events_in += 1
+        rejection = self.validator.validate_withdrawal(withdrawal)
+        if rejection is not None:
+            self._dead_letter(
+                result,
+                message,
+                "validate",
+                rejection.reason,
+                rejection.message,
+                now_ms,
+                original=message.value or b"",
+                schema_id=schema_id,
+                event=withdrawal,
+            )
+            return
+        key, partition = self._key_of(withdrawal["so_cccd"])
+        result.by_partition[partition].append(
+            {
+                "withdrawal": withdrawal,
+                "citizen_key": key,
+                "position": position_of(message.offset, None),
+                "published_at": message.timestamp_ms,
+            }
+        )
+        result.accepted += 1
 
     def _dead_letter(
         self,

@@ -58,4 +58,5 @@ def decode_validated(
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             raise DecodeError("malformed_msgpack", f"{type(exc).__name__}: {exc}"[:300]) from exc
     record = codec.decode(value, (SUBJECTS.VALIDATED_BATCH,)).record
-    return record["items"], record.get("sources") or []
+    # the MessagePack form carries withdrawals among the items, with the same fields
+    return record["items"] + (record.get("withdrawals") or []), record.get("sources") or []

@@ -153,6 +153,32 @@ class Validator:
                 return rejection
         return None
 
+    def validate_withdrawal(self, withdrawal: Mapping[str, Any]) -> Rejection | None:
+        """A withdrawal names an episode of a known facility and its patient's citizen ID."""
+        if _has_nul(withdrawal):
+            return Rejection("text_nul_character", "the withdrawal contains NUL")
+        for name, limit in (("event_id", 100), ("ma_lk", 100), ("ly_do", 500)):
+            if len(withdrawal[name]) > limit:
+                return Rejection(
+                    "text_too_long",
+                    f"{name.upper()} is {len(withdrawal[name])} characters, max {limit}",
+                )
+        for name in ("event_id", "ma_lk"):
+            if not withdrawal[name].strip():
+                return Rejection("required_field_missing", f"{name.upper()} is empty")
+        checked = _Event(withdrawal, datetime.min)
+        return self._citizen_id(checked) or self._facility_known(withdrawal["ma_cskcb"])
+
+    def _facility_known(self, code: str) -> Rejection | None:
+        if not self._facility_code_ok(code):
+            return Rejection(
+                "facility_code_invalid",
+                f"MA_CSKCB={code!r} is not a 5-digit facility code of a real province",
+            )
+        if code not in self.registry:
+            return Rejection("facility_unknown", f"MA_CSKCB={code} is not in the facility registry")
+        return None
+
     def _text(self, e: _Event) -> Rejection | None:
         """NUL characters, lengths, required fields."""
         event = e.fields

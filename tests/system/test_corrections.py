@@ -2,7 +2,9 @@
 supersedes the version before it, through the publisher API, ``ehb publish`` and the XML
 gateway; an identical re-send is a no-op; an older version arriving after a newer one changes
 only the history; an episode dead-lettered then corrected is accepted once and its dead letter
-is marked superseded; the counters equal the tables after all of them."""
+is marked superseded; referrals and appointments follow; a withdrawn episode is marked, its
+appointment cancelled, and a newer version restores it; the counters equal the tables after
+all of them."""
 
 from __future__ import annotations
 
@@ -80,7 +82,8 @@ def _versions(d: Deployment, event: dict[str, Any]) -> int:
 
 def _counters_equal_tables(d: Deployment) -> dict[str, float]:
     entries = d.count("health_book_entries")
-    corrections = d.count("health_book_entry_versions") - entries
+    corrections = d.count("health_book_entry_versions", "kind = 'examination'") - entries
+    withdrawals = d.count("health_book_entry_versions", "kind = 'withdrawal'")
     superseded = d.count("dead_letters", "superseded_at IS NOT NULL")
 
     def settled() -> dict[str, float] | None:
@@ -90,6 +93,7 @@ def _counters_equal_tables(d: Deployment) -> dict[str, float]:
             exams == entries
             and m.get("ehb_corrections_total") == corrections
             and m.get("ehb_dead_letters_superseded_total", 0) == superseded
+            and m.get("ehb_withdrawals_total", 0) == withdrawals
         )
         return m if ok else None
 
@@ -263,3 +267,63 @@ def test_referrals_and_appointments_follow_the_newest_version(deploy: Deployment
         m["ehb_appointments_cancelled_total"],
         m["ehb_referrals_completed_total"],
     ) == (1, 1, 1, 1, 1)
+
+
+def test_withdrawal_by_the_publisher_and_ehb_publish(deploy: DeploymentFactory) -> None:
+    d = deploy()
+    at = f.BASE_TIME
+    with_appt = f.with_appointment(f.exam(831, admitted=at), when=at + f.timedelta(days=14))
+    plain = f.exam(832, admitted=at)
+    restored = f.exam(833, admitted=at)
+    publisher = d.publisher(batch_size=10, linger_s=60)
+    publisher.add_all([with_appt, plain, restored])
+    publisher.flush(30)
+    d.wait_for_events(3)
+    publisher.withdraw(with_appt["ma_cskcb"], with_appt["ma_lk"], with_appt["so_cccd"], "gửi nhầm")
+    publisher.withdraw(restored["ma_cskcb"], restored["ma_lk"], restored["so_cccd"])
+    publisher.withdraw("79999", "LK-unknown-facility", plain["so_cccd"])  # facility_unknown
+    publisher.flush(30)
+    line = {
+        "withdraw": True,
+        "ma_cskcb": plain["ma_cskcb"],
+        "ma_lk": plain["ma_lk"],
+        "so_cccd": plain["so_cccd"],
+    }
+    path = d.tmp / "withdraw.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    _ehb(d, "publish", str(path))
+    wait_until(
+        lambda: d.count("health_book_entries", "withdrawn_at IS NOT NULL") == 3,
+        60,
+        message="three episodes withdrawn",
+    )
+    # a newer version of a withdrawn episode restores it
+    publisher.add({**restored, "event_id": str(uuid.uuid4()), "ma_benh_chinh": "J20.9"})
+    publisher.flush(30)
+    publisher.close()
+    wait_until(
+        lambda: d.count("health_book_entries", "withdrawn_at IS NOT NULL") == 2,
+        60,
+        message="one episode restored",
+    )
+    _processed(d)
+    assert d.count("health_book_entries") == 3
+    assert _diagnosis(d, restored) == "J20.9"
+    aid = f"{with_appt['ma_cskcb']}:{with_appt['appointment']['so_giayhen_kl']}"
+    assert d.query("SELECT appointment_id, status FROM appointments") == [(aid, "cancelled")]
+    assert d.query("SELECT reason FROM dead_letters") == [("facility_unknown",)]
+    m = _counters_equal_tables(d)
+    assert m["ehb_withdrawals_total"] == 3
+    assert sum(v for k, v in m.items() if k.startswith("ehb_examinations_total{")) == 3
+    assert m["ehb_appointments_cancelled_total"] == 1
+    # the facility's daily count no longer has the two withdrawn episodes
+    d.scalar("SELECT facility_day_counts_fold()")
+    assert d.scalar("SELECT sum(accepted) FROM facility_day_counts") == 1
+    # the health-book topic told downstream
+    codec = AvroCodec()
+    withdrawn = [
+        codec.decode(msg.value(), (SUBJECTS.EPISODE_WITHDRAWN,)).record["ma_lk"]
+        for msg in d.read_topic(HEALTH_BOOK)
+        if codec.decode(msg.value()).subject == SUBJECTS.EPISODE_WITHDRAWN
+    ]
+    assert sorted(withdrawn) == sorted([with_appt["ma_lk"], plain["ma_lk"], restored["ma_lk"]])
