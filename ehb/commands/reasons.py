@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from schemas.reasons import LANGUAGES, REASON_CODES, REASONS, Language
@@ -75,7 +75,8 @@ def explanation_cells(code: str, languages: tuple[Language, ...]) -> tuple[Text,
 
 def reasons_table(lang: Lang) -> Table:
     """``ehb reasons``: every dead-letter reason code with its stage, meaning and fix."""
-    table = Table("code", "stage", *reason_headers(lang.languages), show_lines=True)
+    code_column = Column("code", overflow="fold")  # a code folds, never loses its end
+    table = Table(code_column, "stage", *reason_headers(lang.languages), show_lines=True)
     for code in REASONS:
         table.add_row(code, REASON_CODES[code].stage, *explanation_cells(code, lang.languages))
     return table

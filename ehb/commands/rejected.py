@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from ehb.commands.reasons import explanation, explanation_cells, reason_headers
@@ -70,6 +70,13 @@ COLUMNS: tuple[str, ...] = (
     "event_index",
     "event_id",
 )
+
+#: the table's title and the summary line, per language
+_TITLE: dict[Language, str] = {"vi": "Hồ sơ bị từ chối", "en": "Rejected episodes"}
+_SUMMARY: dict[Language, str] = {
+    "vi": "{} hồ sơ bị từ chối của cơ sở KCB {}",
+    "en": "{} dead letters of facility {}",
+}
 
 _FACILITY = re.compile(r"[0-9]{5}\Z")
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
@@ -274,18 +281,19 @@ def rejected_table(
     markup)."""
     meaning_header, fix_header = reason_headers(languages)
     vietnamese = languages[0] == "vi"
-    headers = [
-        "thời điểm (UTC+7)" if vietnamese else "failed at (UTC+7)",
-        "mã lý do" if vietnamese else "reason",
-        meaning_header,
-        fix_header,
-        "vị trí" if vietnamese else "source",
-        "event_id",
+    # identifiers fold onto a second line rather than lose their end to an ellipsis
+    columns = [
+        Column("thời điểm (UTC+7)" if vietnamese else "failed at (UTC+7)", overflow="fold"),
+        Column("mã lý do" if vietnamese else "reason", overflow="fold"),
+        Column(meaning_header, ratio=3),
+        Column(fix_header, ratio=3),
+        Column("vị trí" if vietnamese else "source", overflow="fold"),
+        Column("event_id", overflow="fold"),
     ]
     superseded = any(e.superseded_at is not None for e in episodes)
     if superseded:
-        headers.append("đã sửa" if vietnamese else "superseded")
-    table = Table(*headers, title=title, show_lines=True)
+        columns.append(Column("đã có bản sửa" if vietnamese else "superseded", overflow="fold"))
+    table = Table(*columns, title=title, show_lines=True)
     for episode in episodes:
         cells = [
             Text(_vn(episode.failed_at).strftime("%Y-%m-%d %H:%M:%S")),
@@ -338,10 +346,3 @@ def print_rejected(
     where = f"{facility}, {days} (UTC+7)"
     summary = " / ".join(_SUMMARY[language].format(total, where) for language in languages)
     out.print(summary, markup=False, highlight=False)
-
-
-_TITLE: dict[Language, str] = {"vi": "Hồ sơ bị từ chối", "en": "Rejected episodes"}
-_SUMMARY: dict[Language, str] = {
-    "vi": "{} hồ sơ bị từ chối của cơ sở KCB {}",
-    "en": "{} dead letters of facility {}",
-}

@@ -179,7 +179,7 @@ def test_the_table_prints_the_facilitys_text_verbatim() -> None:
     assert "[bold]x[/bold]" in text  # an event id is never read as markup
     assert "2026-11-29 10:04:05" in text and "examinations:2:1234#5" in text
     assert text.index(reason.meaning_vi) < text.index(reason.meaning)
-    assert "thời điểm (UTC+7)" in text and "đã sửa" not in text
+    assert "thời điểm (UTC+7)" in text and "đã có bản sửa" not in text
     english = _render([_episode()], ("en",))
     assert "failed at (UTC+7)" in english and reason.meaning_vi not in english
 
@@ -193,7 +193,8 @@ def test_a_superseded_column_is_one_more_name(monkeypatch: pytest.MonkeyPatch) -
     assert fields(("en",))[-1] == "superseded_at"
     assert corrected.as_dict(("en",))["superseded_at"] == "2026-11-29T12:00:00+07:00"
     assert _episode().as_dict(("en",))["superseded_at"] is None
-    assert "2026-11-29 12:00:00" in _render([corrected, _episode()], ("vi",))
+    table = _render([corrected, _episode()], ("vi",))
+    assert "đã có bản sửa" in table and "2026-11-29 12:00:00" in table
 
 
 # -- against the real PostgreSQL -----------------------------------------------------------
