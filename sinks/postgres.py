@@ -98,44 +98,76 @@ CREATE TEMP TABLE IF NOT EXISTS ehb_stage_entries (
     ket_qua_dtri smallint, ma_loai_rv smallint, t_tongchi_bv bigint, t_tongchi_bh bigint,
     t_bhtt bigint, has_referral boolean, has_appointment boolean, published_ms bigint,
     processed_ms bigint, version bigint, position bigint, content_digest text,
-    version_key text
+    version_key text, newest boolean
 ) ON COMMIT DELETE ROWS
 """
 _VN_TIME = "to_timestamp({0} || '+07', 'YYYYMMDDHH24MITZH')"
 _NEWER = (
     "(coalesce({new}.version, 0), {new}.position) > (coalesce({old}.version, 0), {old}.position)"
 )
-# Every version of an episode is recorded, except a re-send of the current one's content (an
-# identical re-send is a no-op) and a version already recorded (a resend: same version key).
-SQL_VERSIONS = (
+_E_KEY = "CASE WHEN e.version IS NULL THEN 'p:' || e.position ELSE 'v:' || e.version END"
+_WITHDRAWN_SINCE = (
+    "EXISTS (SELECT 1 FROM health_book_entry_versions w WHERE w.kind = 'withdrawal' "
+    "AND w.ma_cskcb = {new}.ma_cskcb AND w.ma_lk = {new}.ma_lk AND "
+    + _NEWER.format(new="w", old="{new}")
+    + ")"
+)
+# The entry holds an episode's current version; health_book_entry_versions every other one
+# (docs/corrections.md). A version with the current content changes nothing; one already
+# recorded (same version key: a resend) neither.
+# 1. the batch's versions that will not be current: older than the entry, or than the
+#    batch's newest of the episode
+SQL_VERSIONS_OLDER = (
     "INSERT INTO health_book_entry_versions (ma_cskcb, ma_lk, version_key, version, position, "
     "event_id, content_digest, record, published_at) "
     "SELECT s.ma_cskcb, s.ma_lk, s.version_key, s.version, s.position, s.event_id, "
-    "s.content_digest, to_jsonb(s) - 'version_key', to_timestamp(s.published_ms / 1000.0) "
+    "s.content_digest, to_jsonb(s) - 'version_key' - 'newest', "
+    "to_timestamp(s.published_ms / 1000.0) "
     "FROM ehb_stage_entries s LEFT JOIN health_book_entries e "
     "ON e.ma_cskcb = s.ma_cskcb AND e.ma_lk = s.ma_lk "
-    "WHERE e.ma_lk IS NULL OR s.content_digest <> e.content_digest OR NOT "
+    f"WHERE s.content_digest IS DISTINCT FROM e.content_digest AND s.version_key <> "
+    f"coalesce({_E_KEY}, '') AND (NOT s.newest OR (e.ma_lk IS NOT NULL AND NOT "
     + _NEWER.format(new="s", old="e")
-    + " ON CONFLICT DO NOTHING"
+    + ")) ON CONFLICT DO NOTHING"
 )
-# The entry takes the newest version of the batch if it is newer than the entry's and differs
+_NEWER_DIFFERENT = "s.content_digest <> e.content_digest AND " + _NEWER.format(new="s", old="e")
+# 2. the entries a newer version of the batch supersedes: their content goes to the history
+SQL_VERSIONS_SUPERSEDED = (
+    "INSERT INTO health_book_entry_versions (ma_cskcb, ma_lk, version_key, version, position, "
+    "event_id, content_digest, record, published_at, arrived_at) "
+    f"SELECT e.ma_cskcb, e.ma_lk, {_E_KEY}, e.version, e.position, e.event_id, "
+    "e.content_digest, to_jsonb(e) - 'persisted_at' - 'counted_scope', e.published_at, "
+    "coalesce(e.corrected_at, e.persisted_at) "
+    "FROM health_book_entries e JOIN ehb_stage_entries s "
+    "ON e.ma_cskcb = s.ma_cskcb AND e.ma_lk = s.ma_lk AND s.newest "
+    f"WHERE {_NEWER_DIFFERENT} ON CONFLICT DO NOTHING"
+)
+# 3. the entry takes the batch's newest version if it is newer and differs; a version newer
+#    than the episode's newest withdrawal restores a withdrawn episode
 SQL_ENTRIES = (
     f"INSERT INTO health_book_entries ({_ENTRY_COLUMNS}, counted_scope) "
-    "SELECT DISTINCT ON (ma_cskcb, ma_lk) ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, "
+    "SELECT ma_cskcb, ma_lk, event_id, citizen_key, so_cccd, "
     "ho_ten, ngay_sinh, gioi_tinh, "
     "ma_the_bhyt, ma_dkbd, registration_province, facility_province, scope, ma_loai_kcb, "
     f"visit_type, ma_benh_chinh, ma_benh_kt, {_VN_TIME.format('ngay_vao')}, "
     f"{_VN_TIME.format('ngay_ra')}, ket_qua_dtri, ma_loai_rv, t_tongchi_bv, t_tongchi_bh, "
     "t_bhtt, has_referral, has_appointment, to_timestamp(published_ms / 1000.0), "
     "to_timestamp(processed_ms / 1000.0), version, position, content_digest, scope "
-    "FROM ehb_stage_entries "
-    "ORDER BY ma_cskcb, ma_lk, coalesce(version, 0) DESC, position DESC "
+    "FROM ehb_stage_entries WHERE newest "
     f"ON CONFLICT (ma_cskcb, ma_lk) DO UPDATE SET {_ENTRY_UPDATE}, "
-    "corrected_at = clock_timestamp(), withdrawn_at = NULL "
-    "WHERE (EXCLUDED.content_digest <> health_book_entries.content_digest "
-    "OR health_book_entries.withdrawn_at IS NOT NULL) AND "
+    "corrected_at = clock_timestamp(), withdrawn_at = CASE WHEN "
+    + _WITHDRAWN_SINCE.format(new="EXCLUDED")
+    + " THEN health_book_entries.withdrawn_at END "
+    "WHERE EXCLUDED.content_digest <> health_book_entries.content_digest AND "
     + _NEWER.format(new="EXCLUDED", old="health_book_entries")
     + " RETURNING (xmax = 0) AS inserted, counted_scope, published_at"
+)
+# the same content again, newer than a withdrawal: restores the episode
+SQL_RESTORE = (
+    "UPDATE health_book_entries e SET withdrawn_at = NULL "
+    "FROM ehb_stage_entries s WHERE s.newest AND e.ma_cskcb = s.ma_cskcb "
+    "AND e.ma_lk = s.ma_lk AND e.withdrawn_at IS NOT NULL "
+    "AND s.content_digest = e.content_digest AND NOT " + _WITHDRAWN_SINCE.format(new="s")
 )
 SQL_WITHDRAWALS = (
     "INSERT INTO health_book_entry_versions (ma_cskcb, ma_lk, version_key, version, position, "
@@ -145,26 +177,25 @@ SQL_WITHDRAWALS = (
     "FROM (VALUES %s) AS v (ma_cskcb, ma_lk, version_key, version, position, event_id, record, "
     "published_at) ON CONFLICT DO NOTHING RETURNING 1"
 )
-# An entry older than its episode's newest withdrawal is withdrawn (whichever came first)
+# An entry older than a withdrawal of its episode is withdrawn (whichever came first)
 SQL_WITHDRAW_ENTRIES = (
-    "UPDATE health_book_entries e SET withdrawn_at = clock_timestamp(), version = w.version, "
-    "position = w.position "
-    "FROM (SELECT DISTINCT ON (v.ma_cskcb, v.ma_lk) v.ma_cskcb, v.ma_lk, v.version, v.position "
-    "FROM health_book_entry_versions v JOIN (VALUES %s) AS k (ma_cskcb, ma_lk) "
-    "ON v.ma_cskcb = k.ma_cskcb AND v.ma_lk = k.ma_lk WHERE v.kind = 'withdrawal' "
-    "ORDER BY v.ma_cskcb, v.ma_lk, coalesce(v.version, 0) DESC, v.position DESC) w "
-    "WHERE e.ma_cskcb = w.ma_cskcb AND e.ma_lk = w.ma_lk AND e.withdrawn_at IS NULL AND "
-    + _NEWER.format(new="w", old="e")
+    "UPDATE health_book_entries e SET withdrawn_at = clock_timestamp() "
+    "FROM (VALUES %s) AS k (ma_cskcb, ma_lk) "
+    "WHERE e.ma_cskcb = k.ma_cskcb AND e.ma_lk = k.ma_lk AND e.withdrawn_at IS NULL AND "
+    + _WITHDRAWN_SINCE.format(new="e")
     + " RETURNING 1"
 )
 # Dead letters of an episode a version accepted after them (on the same input partition)
+_AFTER_DEAD_LETTER = f"> d.source_offset * {POSITION_SLOTS} + coalesce(d.event_index, 0)"
 SQL_SUPERSEDE = (
     "UPDATE dead_letters d SET superseded_at = clock_timestamp() "
     "FROM (VALUES %s) AS k (ma_cskcb, ma_lk) "
     "WHERE d.ma_cskcb = k.ma_cskcb AND d.ma_lk = k.ma_lk AND d.superseded_at IS NULL "
-    "AND EXISTS (SELECT 1 FROM health_book_entry_versions v "
+    "AND (EXISTS (SELECT 1 FROM health_book_entries e "
+    f"WHERE e.ma_cskcb = d.ma_cskcb AND e.ma_lk = d.ma_lk AND e.position {_AFTER_DEAD_LETTER}) "
+    "OR EXISTS (SELECT 1 FROM health_book_entry_versions v "
     "WHERE v.ma_cskcb = d.ma_cskcb AND v.ma_lk = d.ma_lk AND v.kind = 'examination' "
-    f"AND v.position > d.source_offset * {POSITION_SLOTS} + coalesce(d.event_index, 0)) "
+    f"AND v.position {_AFTER_DEAD_LETTER})) "
     "RETURNING 1"
 )
 # where the version columns are in an entry's row (the staging table's order)
@@ -174,7 +205,8 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 def _versions(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The batch's versions of each episode, oldest first, without a version whose content is
-    the one before it in the batch (an identical re-send) or whose version key came already."""
+    the one before it in the batch (an identical re-send) or whose version key came already;
+    each row ends with whether it is the newest of its episode in the batch."""
     by_episode: dict[tuple[Any, Any], list[tuple[Any, ...]]] = defaultdict(list)
     for row in entries:
         by_episode[row[0], row[1]].append(row)
@@ -183,11 +215,14 @@ def _versions(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         rows.sort(key=lambda r: version_order(r[_VERSION], r[_POSITION]))
         seen: set[str] = set()
         digest = None
+        episode: list[tuple[Any, ...]] = []
         for row in rows:
             if row[_DIGEST] != digest and row[_KEY] not in seen:
-                kept.append(row)
+                episode.append(row)
             seen.add(row[_KEY])
             digest = row[_DIGEST]
+        kept += [(*row, False) for row in episode[:-1]]
+        kept.append((*episode[-1], True))
     return kept
 
 
@@ -792,23 +827,25 @@ class PostgresWriter:
         deltas: Counter[str],
         latencies: list[float],
     ) -> None:
-        """Health-book entries: COPY every version to the staging table, record the versions,
-        then one upsert of each episode's newest (``schemas.episodes``)."""
+        """Health-book entries: COPY every version to the staging table, record the ones that
+        will not be current and the entries superseded, then one upsert of each episode's
+        newest (``schemas.episodes``)."""
         now = self.clock()
         cur.copy_expert("COPY ehb_stage_entries FROM STDIN", _copy_text(_versions(entries)))
-        cur.execute(SQL_VERSIONS)
+        cur.execute(SQL_VERSIONS_OLDER)
         recorded = cur.rowcount
+        cur.execute(SQL_VERSIONS_SUPERSEDED)
+        recorded += cur.rowcount
         cur.execute(SQL_ENTRIES)
         rows = cur.fetchall()
+        cur.execute(SQL_RESTORE)
         cur.execute("TRUNCATE ehb_stage_entries")
-        inserted = 0
         for new, scope, published_at in rows:
             if new:
-                inserted += 1
                 deltas[f"examinations|{scope}"] += 1
                 latencies.append(now - published_at.timestamp())
-        # every new episode recorded its first version in this batch; the rest are corrections
-        deltas["corrections|"] += recorded - inserted
+        # each version recorded in the history is a correction (or an older one, late)
+        deltas["corrections|"] += recorded
 
     @staticmethod
     def _withdraw(cur: psycopg2.extensions.cursor, batch: _Batch, deltas: Counter[str]) -> None:
@@ -818,9 +855,7 @@ class PostgresWriter:
             rows = execute_values(cur, SQL_WITHDRAWALS, batch.withdrawals, fetch=True)
             deltas["withdrawals|"] += len(rows)
         episodes = {(r[0], r[1]) for r in batch.withdrawals}
-        if batch.entries:
-            # only an episode with a recorded withdrawal can be withdrawn: ask for those
-            episodes |= {(r[0], r[1]) for r in batch.entries}
+        episodes |= {(r[0], r[1]) for r in batch.entries}  # an entry a withdrawal preceded
         if episodes:
             execute_values(cur, SQL_WITHDRAW_ENTRIES, sorted(episodes))
 

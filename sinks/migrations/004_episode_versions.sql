@@ -1,5 +1,6 @@
 -- Corrections (docs/corrections.md): an episode (ma_cskcb, ma_lk) has versions; its entry
--- holds the newest, every version stays in health_book_entry_versions with when it arrived.
+-- holds the newest, health_book_entry_versions every other one (superseded, or older and
+-- arrived late) and the withdrawals, with when each arrived.
 ALTER TABLE health_book_entries
     ADD COLUMN version         bigint,
     ADD COLUMN position        bigint NOT NULL DEFAULT 0,
@@ -37,14 +38,6 @@ CREATE TABLE health_book_entry_versions (
 
 CREATE INDEX health_book_entry_versions_withdrawals
     ON health_book_entry_versions (ma_cskcb, ma_lk) WHERE kind = 'withdrawal';
-
--- Entries written before this migration: their one known version.
-INSERT INTO health_book_entry_versions
-    (ma_cskcb, ma_lk, version_key, version, position, event_id, content_digest, record,
-     published_at, arrived_at)
-SELECT ma_cskcb, ma_lk, 'p:0', NULL, 0, event_id, '',
-       to_jsonb(e) - 'persisted_at' - 'counted_scope', published_at, persisted_at
-  FROM health_book_entries e;
 
 -- A dead-lettered episode later accepted: its dead letters are marked superseded.
 ALTER TABLE dead_letters

@@ -29,6 +29,7 @@ def _selected(config: pytest.Config) -> bool:
     return "faults" in (config.getoption("markexpr", "") or "")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _selected(config):
         # `make faults` (pytest-xdist, --dist loadgroup): the fuzzing, which only computes, on

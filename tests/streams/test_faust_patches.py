@@ -347,3 +347,21 @@ def test_enabled_parses_the_disable_list(monkeypatch) -> None:
     assert all(fp._enabled(name) for name in fp.PATCHES)
     monkeypatch.setenv("EHB_FAUST_PATCHES_DISABLE", " no_gap_acks ,in_order_delivery,,")
     assert [n for n in fp.PATCHES if not fp._enabled(n)] == ["in_order_delivery", "no_gap_acks"]
+
+
+def test_recovery_never_seeks_below_zero() -> None:
+    from collections import Counter as Offsets
+
+    from faust.tables.recovery import Recovery
+
+    fp.install()
+    sought: list[dict[TP, int]] = []
+
+    class Client:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            sought.append(dict(offsets))
+
+    a, b, c = TP("changelog", 0), TP("changelog", 1), TP("changelog", 2)
+    offsets = Offsets({a: -2, b: -1, c: 41})  # earliest -1 from the broker, then "- 1"
+    asyncio.run(Recovery._seek_offsets(None, Client(), {a, b, c}, offsets, "standby"))  # type: ignore[arg-type]
+    assert sought == [{a: 0, b: 0, c: 41}]

@@ -71,18 +71,22 @@ def _diagnosis(d: Deployment, event: dict[str, Any]) -> str:
 
 
 def _versions(d: Deployment, event: dict[str, Any]) -> int:
-    return int(
-        d.scalar(
-            "SELECT count(*) FROM health_book_entry_versions WHERE ma_cskcb = %s AND ma_lk = %s",
-            event["ma_cskcb"],
-            event["ma_lk"],
-        )
+    """The episode's examination versions: its entry (the current one) and its history."""
+    episode = (event["ma_cskcb"], event["ma_lk"])
+    history = d.scalar(
+        "SELECT count(*) FROM health_book_entry_versions "
+        "WHERE kind = 'examination' AND ma_cskcb = %s AND ma_lk = %s",
+        *episode,
     )
+    current = d.scalar(
+        "SELECT count(*) FROM health_book_entries WHERE ma_cskcb = %s AND ma_lk = %s", *episode
+    )
+    return int(history) + int(current)
 
 
 def _counters_equal_tables(d: Deployment) -> dict[str, float]:
     entries = d.count("health_book_entries")
-    corrections = d.count("health_book_entry_versions", "kind = 'examination'") - entries
+    corrections = d.count("health_book_entry_versions", "kind = 'examination'")
     withdrawals = d.count("health_book_entry_versions", "kind = 'withdrawal'")
     superseded = d.count("dead_letters", "superseded_at IS NOT NULL")
 
