@@ -69,6 +69,8 @@ COLUMNS: tuple[str, ...] = (
     "source_offset",
     "event_index",
     "event_id",
+    "ma_lk",
+    "superseded_at",
 )
 
 #: the table's title and the summary line, per language
@@ -102,7 +104,9 @@ class RejectedEpisode:
     source_offset: int
     event_index: int | None
     event_id: str | None
-    #: when a later version of the episode was accepted (the column is not there yet)
+    #: the episode's MA_LK (the facility's own code), when the event could be decoded
+    ma_lk: str | None = None
+    #: when a later version of the episode was accepted (docs/corrections.md)
     superseded_at: datetime | None = None
 
     @property
@@ -129,6 +133,7 @@ class RejectedEpisode:
             source_offset=self.source_offset,
             event_index=self.event_index,
             event_id=self.event_id,
+            ma_lk=self.ma_lk,
         )
         if "superseded_at" in COLUMNS:
             at = self.superseded_at
@@ -149,6 +154,7 @@ def fields(languages: Sequence[Language]) -> list[str]:
         "source_offset",
         "event_index",
         "event_id",
+        "ma_lk",
         *(["superseded_at"] if "superseded_at" in COLUMNS else []),
     ]
 
@@ -289,6 +295,7 @@ def rejected_table(
         Column(fix_header, ratio=3),
         Column("vị trí" if vietnamese else "source", overflow="fold"),
         Column("event_id", overflow="fold"),
+        Column("MA_LK", overflow="fold"),
     ]
     superseded = any(e.superseded_at is not None for e in episodes)
     if superseded:
@@ -301,6 +308,7 @@ def rejected_table(
             *explanation_cells(episode.reason, languages),
             Text(episode.source),
             Text(episode.event_id or "-"),
+            Text(episode.ma_lk or "-"),
         ]
         if superseded:
             at = episode.superseded_at

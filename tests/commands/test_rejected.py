@@ -154,6 +154,8 @@ def test_csv_and_json_rows() -> None:
         "source_offset": "1234",
         "event_index": "5",
         "event_id": "6f1c2a8e-0000-5000-8000-000000000001",
+        "ma_lk": "",
+        "superseded_at": "",
     }
     assert rows[1]["meaning_en"] == "a reason code this version does not know"
     assert rows[1]["event_id"] == ""
@@ -184,10 +186,9 @@ def test_the_table_prints_the_facilitys_text_verbatim() -> None:
     assert "failed at (UTC+7)" in english and reason.meaning_vi not in english
 
 
-def test_a_superseded_column_is_one_more_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When dead_letters gains ``superseded_at`` (an episode dead-lettered, then corrected),
-    adding the name to COLUMNS selects it and shows it in every format."""
-    monkeypatch.setattr(rejected, "COLUMNS", (*COLUMNS, "superseded_at"))
+def test_a_superseded_dead_letter_says_so() -> None:
+    """An episode dead-lettered, then corrected (docs/corrections.md): its dead letter's
+    ``superseded_at`` is selected and shown in every format."""
     assert "superseded_at, count(*) OVER ()" in rejected._query(True)
     corrected = _episode(superseded_at=datetime(2026, 11, 29, 5, tzinfo=UTC))
     assert fields(("en",))[-1] == "superseded_at"
@@ -279,6 +280,8 @@ def test_a_facility_lists_its_rejected_episodes_of_a_day(deploy: DeploymentFacto
         "source_offset": 11,
         "event_index": 3,
         "event_id": None,
+        "ma_lk": None,
+        "superseded_at": None,
     }
     assert rows[0]["event_id"] == "e-10"
 
