@@ -36,6 +36,7 @@ from ehb.settings import Settings
 from producers.dossier import Limits, parse_dossier
 from producers.errors import BatchTooLarge, DossierRejected, GatewayError
 from producers.publisher import ExaminationPublisher
+from producers.withdrawals import is_withdrawal_list, parse_withdrawals
 from schemas.partitioning import partition_for
 from schemas.reasons import REASON_CODES, Language
 from schemas.registry import codec_for
@@ -442,6 +443,23 @@ class Gateway:
                 detail=f"already published as {entry.file}",
                 moved_to=self._done(path, sha256) if move else None,
             )
+        if is_withdrawal_list(data):
+            try:
+                facility, withdrawals = parse_withdrawals(data)
+            except DossierRejected as exc:
+                return self._reject(path, sha256, exc.reason, exc.message, move)
+            if not withdrawals:
+                self.ledger.done(self.topic, sha256, name, facility=facility)
+                return Outcome(
+                    name,
+                    "empty",
+                    sha256,
+                    facility,
+                    moved_to=self._done(path, sha256) if move else None,
+                )
+            return self._publish_events(
+                path, sha256, facility, withdrawals, move, self.publisher.publish_withdrawals
+            )
         try:
             dossier = parse_dossier(data, self.limits, self.codec.catalog)
         except DossierRejected as exc:
@@ -468,9 +486,16 @@ class Gateway:
         return data
 
     def _publish_events(
-        self, path: Path, sha256: str, facility: str, events: list[dict[str, Any]], move: bool
+        self,
+        path: Path,
+        sha256: str,
+        facility: str,
+        events: list[dict[str, Any]],
+        move: bool,
+        publish: Callable[..., int] | None = None,
     ) -> Outcome:
-        """One parsed dossier's events as one batch: in the ledger, sent, acknowledged."""
+        """One parsed dossier's events (or a HUYHOSO file's withdrawals, with ``publish``) as
+        one message: in the ledger, sent, acknowledged."""
         name = path.name
         partition = self._probe.partition_of(facility)
         self.ledger.begin(
@@ -484,7 +509,7 @@ class Gateway:
         )
         report: list[tuple[KafkaError | None, Message]] = []
         try:
-            self.publisher.publish_batch(
+            (publish or self.publisher.publish_batch)(
                 facility,
                 events,
                 max_bytes=self.max_message_bytes,

@@ -92,6 +92,7 @@ class ExaminationPublisher:
         self._encode_batch = self.codec.writer(SUBJECTS.EXAMINATION_BATCH)
         self._encode_event = self.codec.writer(SUBJECTS.EXAMINATION_EVENT)
         self._encode_withdrawal = self.codec.writer(SUBJECTS.EXAMINATION_WITHDRAWAL)
+        self._encode_withdrawal_batch = self.codec.writer(SUBJECTS.EXAMINATION_WITHDRAWAL_BATCH)
         # per facility: (outbox seq, the event in the wire format) of the batch being filled
         self._buffers: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         self._last_flush = time.monotonic()
@@ -299,6 +300,25 @@ class ExaminationPublisher:
         value = self._encode_withdrawal(withdrawal)
         seq = self.outbox.stage(ma_cskcb, MESSAGE, 1, value)
         self._produce(ma_cskcb.encode(), value, 1, seqs=[seq])
+
+    def publish_withdrawals(
+        self,
+        facility: str,
+        withdrawals: list[dict[str, Any]],
+        *,
+        max_bytes: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int:
+        """All ``withdrawals`` in ONE ExaminationWithdrawalBatch message (a HUYHOSO file),
+        like :meth:`publish_batch`."""
+        self.send_pending()  # after the events added before them
+        versioned = [self._versioned(w) for w in withdrawals]
+        value = self._encode_withdrawal_batch({"ma_cskcb": facility, "withdrawals": versioned})
+        if max_bytes is not None and len(value) > max_bytes:
+            raise BatchTooLarge(len(value), max_bytes)
+        self._produce(facility.encode(), value, len(withdrawals), headers, on_delivery)
+        return len(value)
 
     def publish_batch(
         self,

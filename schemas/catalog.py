@@ -35,6 +35,7 @@ class SUBJECTS:
     VALIDATED_BATCH = "vn.ehb.internal.ValidatedBatch"
     FACILITY_DAILY_REPORT = "vn.ehb.FacilityDailyReport"
     EXAMINATION_WITHDRAWAL = "vn.ehb.ExaminationWithdrawal"
+    EXAMINATION_WITHDRAWAL_BATCH = "vn.ehb.ExaminationWithdrawalBatch"
     EPISODE_WITHDRAWN = "vn.ehb.EpisodeWithdrawn"
 
 

@@ -81,7 +81,8 @@ def topic_specs(settings: _Partitions) -> list[TopicSpec]:
             EXAMINATIONS,
             n,
             "facility code (ma_cskcb)",
-            "ExaminationBatch, ExaminationEvent or ExaminationWithdrawal",
+            "ExaminationBatch, ExaminationEvent, ExaminationWithdrawal or "
+            "ExaminationWithdrawalBatch",
             "Input: facilities publish examination events, one or several per message, and "
             "withdrawals of episodes sent by mistake; a facility's messages stay in order on "
             "one partition.",

@@ -479,10 +479,11 @@ class _Batch:
                 v["has_appointment"],
                 _ms(v["published_at"]),
                 _ms(v["processed_at"]),
-                v["version"],
-                v["position"],
-                v["content_digest"],
-                version_key(v["version"], v["position"]),
+                # a record written before HealthBookRecord v2 (not through the codec) has none
+                v.get("version"),
+                v.get("position", 0),
+                v.get("content_digest", ""),
+                version_key(v.get("version"), v.get("position", 0)),
             )
         )
 

@@ -30,7 +30,12 @@ from streams.validation import Rejection, Validator
 __all__ = ["Intake", "IntakeResult", "SourceMessage", "INPUT_SUBJECTS"]
 
 INPUT_SUBJECTS = frozenset(
-    {SUBJECTS.EXAMINATION_EVENT, SUBJECTS.EXAMINATION_BATCH, SUBJECTS.EXAMINATION_WITHDRAWAL}
+    {
+        SUBJECTS.EXAMINATION_EVENT,
+        SUBJECTS.EXAMINATION_BATCH,
+        SUBJECTS.EXAMINATION_WITHDRAWAL,
+        SUBJECTS.EXAMINATION_WITHDRAWAL_BATCH,
+    }
 )
 
 
@@ -77,6 +82,7 @@ class Intake:
         self.partitions = partitions
         self.clock = clock
         self._encode_event = codec.writer(SUBJECTS.EXAMINATION_EVENT)
+        self._encode_withdrawal = codec.writer(SUBJECTS.EXAMINATION_WITHDRAWAL)
         # citizen ID -> (citizen key, partition): a citizen has ~3.4 exams a year
         self._keys: dict[str, tuple[str, int]] = {}
 
@@ -121,6 +127,13 @@ class Intake:
             return
         if decoded.subject == SUBJECTS.EXAMINATION_WITHDRAWAL:
             self._withdrawal(message, decoded.record, decoded.schema_id, result, now_ms)
+            return
+        if decoded.subject == SUBJECTS.EXAMINATION_WITHDRAWAL_BATCH:
+            facility = decoded.record["ma_cskcb"]
+            for i, withdrawal in enumerate(decoded.record["withdrawals"]):
+                self._withdrawal(
+                    message, withdrawal, decoded.schema_id, result, now_ms, i, facility
+                )
             return
         if decoded.subject == SUBJECTS.EXAMINATION_BATCH:
             events = decoded.record["events"]
@@ -185,9 +198,18 @@ class Intake:
         schema_id: int,
         result: IntakeResult,
         now_ms: int,
+        index: int | None = None,
+        batch_facility: str | None = None,
     ) -> None:
         result.events_in += 1
-        rejection = self.validator.validate_withdrawal(withdrawal)
+        rejection: Rejection | None
+        if batch_facility is not None and withdrawal["ma_cskcb"] != batch_facility:
+            rejection = Rejection(
+                "batch_facility_mismatch",
+                f"withdrawal MA_CSKCB={withdrawal['ma_cskcb']} in a batch of {batch_facility}",
+            )
+        else:
+            rejection = self.validator.validate_withdrawal(withdrawal)
         if rejection is not None:
             self._dead_letter(
                 result,
@@ -196,8 +218,10 @@ class Intake:
                 rejection.reason,
                 rejection.message,
                 now_ms,
-                original=message.value or b"",
+                original=(message.value if index is None else self._encode_withdrawal(withdrawal))
+                or b"",
                 schema_id=schema_id,
+                index=index,
                 event=withdrawal,
             )
             return
@@ -206,7 +230,7 @@ class Intake:
             {
                 "withdrawal": withdrawal,
                 "citizen_key": key,
-                "position": position_of(message.offset, None),
+                "position": position_of(message.offset, index),
                 "published_at": message.timestamp_ms,
             }
         )

@@ -9,10 +9,10 @@ ALTER TABLE health_book_entries
     -- the facility withdrew the episode (a newer version restores it)
     ADD COLUMN withdrawn_at    timestamptz,
     -- the scope the episode was counted in when it was first accepted (ehb_examinations_total
-    -- counts episodes, once: a correction that changes the scope does not move it)
+    -- counts episodes, once: a correction that changes the scope does not move it); the sink
+    -- always sets it, NULL (a row written by other means) counts in scope
     ADD COLUMN counted_scope   text;
 UPDATE health_book_entries SET counted_scope = scope;
-ALTER TABLE health_book_entries ALTER COLUMN counted_scope SET NOT NULL;
 
 COMMENT ON COLUMN health_book_entries.version IS
     'The sender''s version of the entry''s episode version (ExaminationEvent.version).';

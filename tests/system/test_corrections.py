@@ -23,6 +23,7 @@ from ehb.commands.tail import Start, TopicReader
 from ehb.kafka import consumer_config
 from producers.dossier import encode_dossier
 from producers.gateway import Gateway
+from producers.withdrawals import encode_withdrawals
 from schemas import SUBJECTS, AvroCodec
 from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN, HEALTH_BOOK, SINK_TOPICS
 from tests.support import factories as f
@@ -331,3 +332,35 @@ def test_withdrawal_by_the_publisher_and_ehb_publish(deploy: DeploymentFactory) 
         if codec.decode(msg.value()).subject == SUBJECTS.EPISODE_WITHDRAWN
     ]
     assert sorted(withdrawn) == sorted([with_appt["ma_lk"], plain["ma_lk"], restored["ma_lk"]])
+
+
+def test_withdrawal_through_the_gateway(deploy: DeploymentFactory) -> None:
+    d = deploy()
+    episodes = [f.exam(841 + i, facility="79002") for i in range(3)]
+    drop = d.tmp / "drop"
+    drop.mkdir()
+    (drop / "day1.xml").write_bytes(encode_dossier("79002", episodes))
+    with Gateway(d.settings) as gateway:
+        gateway.run(drop, settle_s=0)
+    d.wait_for_events(3)
+    # the HIS drops a withdrawal list for two of them; then the same list again
+    listing = encode_withdrawals("79002", [{**e, "ly_do": "gửi nhầm"} for e in episodes[:2]])
+    (drop / "huy-1.xml").write_bytes(listing)
+    with Gateway(d.settings) as gateway:
+        report = gateway.run(drop, settle_s=0)
+    assert report.count("published") == 1
+    (drop / "huy-again.xml").write_bytes(listing)
+    with Gateway(d.settings) as gateway:
+        assert gateway.run(drop, settle_s=0).count("skipped") == 1
+    wait_until(
+        lambda: d.count("health_book_entries", "withdrawn_at IS NOT NULL") == 2,
+        60,
+        message="two episodes withdrawn",
+    )
+    _processed(d)
+    withdrawn = {
+        r[0]
+        for r in d.query("SELECT ma_lk FROM health_book_entries WHERE withdrawn_at IS NOT NULL")
+    }
+    assert withdrawn == {e["ma_lk"] for e in episodes[:2]}
+    assert _counters_equal_tables(d)["ehb_withdrawals_total"] == 2
