@@ -47,7 +47,7 @@ lint: $(STAMP)
 
 ## Fault injection (200,000 events a scenario, EHB_FAULTS_EVENTS), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
 faults: $(STAMP)
-	@$(BIN)/python -m pytest -m faults tests/faults -n 2 --dist loadgroup $(ARGS)
+	@$(BIN)/python -m pytest -m faults tests/faults -n 2 --dist loadscope $(ARGS)
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench.py $(ARGS)

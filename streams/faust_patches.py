@@ -51,11 +51,11 @@ patches off (for the tests that show what each one prevents; never in production
     next acknowledgements below them are then ignored. Here a failed commit leaves the committed
     offsets as they were and the acknowledged offsets ready for the next commit.
 ``no_negative_seek``
-    Recovery starts reading a standby changelog partition at ``earliest - 1`` and maps only
-    ``-1`` to 0; when the broker answers the earliest offset with -1 (seen on Tansu during a
-    rebalance that restarts recovery), it seeks to -2 and aiokafka's ``ValueError`` crashes
-    the worker (3 runs of 50 in the fault suite's loop). Here an offset below 0 reads the
-    partition from its start.
+    Recovery seeks a standby changelog partition to the offset it computed and maps only
+    ``-1`` to 0; an offset it could not compute (None, or below -1) reaches aiokafka's
+    ``seek``, whose ``ValueError`` crashes the worker (3 runs of 50 in the fault suite's loop,
+    when a rebalance restarted recovery). Here such an offset reads the partition from its
+    start.
 ``changelog_real_end``
     Recovery reads a changelog partition up to the high watermark of ListOffsets. Tansu reports
     the start of the newest record batch + 1 there, so recovery stopped before the end of the
@@ -758,24 +758,23 @@ def _patch_commit_failure_not_recorded() -> None:
     Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]
 
 
-# -- changelog_real_end -----------------------------------------------------------------------
+# -- no_negative_seek -------------------------------------------------------------------------
 def _patch_no_negative_seek() -> None:
     seek_offsets = Recovery._seek_offsets
 
     async def _seek_offsets(
         self: Recovery, consumer: Any, tps: set[TP], offsets: Any, title: str
     ) -> None:
-        negative = {tp: offsets[tp] for tp in tps if offsets[tp] < -1}
-        if negative:
-            log.warning(
-                "recovery (%s) asked to seek to %s: reading from the start", title, negative
-            )
-            offsets = type(offsets)({**offsets, **dict.fromkeys(negative, -1)})
+        unknown = {tp: offsets[tp] for tp in tps if offsets[tp] is None or offsets[tp] < -1}
+        if unknown:
+            log.warning("recovery (%s) asked to seek to %s: reading from the start", title, unknown)
+            offsets = type(offsets)({**offsets, **dict.fromkeys(unknown, -1)})
         await seek_offsets(self, consumer, tps, offsets, title)
 
     Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
 
 
+# -- changelog_real_end -----------------------------------------------------------------------
 def real_end_offsets(
     consumer_config: dict[str, Any], reported: dict[TP, int], timeout: float = 10.0
 ) -> dict[TP, int]:

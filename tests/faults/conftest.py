@@ -29,14 +29,8 @@ def _selected(config: pytest.Config) -> bool:
     return "faults" in (config.getoption("markexpr", "") or "")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _selected(config):
-        # `make faults` (pytest-xdist, --dist loadgroup): the fuzzing, which only computes, on
-        # one worker; on the other, in order, everything that runs deployments and mostly waits
-        for item in items:
-            group = "fuzz" if item.path.name == "test_fuzz.py" else "deployments"
-            item.add_marker(pytest.mark.xdist_group(group))
         return
     skip = pytest.mark.skip(reason="full fault suite: run `make faults` (pytest -m faults)")
     for item in items:

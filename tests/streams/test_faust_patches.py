@@ -361,7 +361,7 @@ def test_recovery_never_seeks_below_zero() -> None:
         async def seek_wait(self, offsets: dict[TP, int]) -> None:
             sought.append(dict(offsets))
 
-    a, b, c = TP("changelog", 0), TP("changelog", 1), TP("changelog", 2)
-    offsets = Offsets({a: -2, b: -1, c: 41})  # earliest -1 from the broker, then "- 1"
-    asyncio.run(Recovery._seek_offsets(None, Client(), {a, b, c}, offsets, "standby"))  # type: ignore[arg-type]
-    assert sought == [{a: 0, b: 0, c: 41}]
+    a, b, c, d = (TP("changelog", p) for p in range(4))
+    offsets = Offsets({a: -2, b: -1, c: 41, d: None})  # -2, None: not computed
+    asyncio.run(Recovery._seek_offsets(None, Client(), {a, b, c, d}, offsets, "standby"))  # type: ignore[arg-type]
+    assert sought == [{a: 0, b: 0, c: 41, d: 0}]
