@@ -315,10 +315,9 @@ class ExaminationPublisher:
         self.send_pending()  # after the events added before them
         versioned = [self._versioned(w) for w in withdrawals]
         value = self._encode_withdrawal_batch({"ma_cskcb": facility, "withdrawals": versioned})
-        if max_bytes is not None and len(value) > max_bytes:
-            raise BatchTooLarge(len(value), max_bytes)
-        self._produce(facility.encode(), value, len(withdrawals), headers, on_delivery)
-        return len(value)
+        return self._publish_whole(
+            facility, value, len(withdrawals), max_bytes, headers, on_delivery
+        )
 
     def publish_batch(
         self,
@@ -334,9 +333,21 @@ class ExaminationPublisher:
         the encoded batch exceeds ``max_bytes``. ``flush()`` waits for the acknowledgement."""
         versioned = [self._versioned(event) for event in events]
         value = self._encode_batch({"ma_cskcb": facility, "events": versioned})
+        return self._publish_whole(facility, value, len(events), max_bytes, headers, on_delivery)
+
+    def _publish_whole(
+        self,
+        facility: str,
+        value: bytes,
+        count: int,
+        max_bytes: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        on_delivery: DeliveryCallback | None,
+    ) -> int:
+        """One message of ``count`` events, whole or not at all; its size."""
         if max_bytes is not None and len(value) > max_bytes:
             raise BatchTooLarge(len(value), max_bytes)
-        self._produce(facility.encode(), value, len(events), headers, on_delivery)
+        self._produce(facility.encode(), value, count, headers, on_delivery)
         return len(value)
 
     def add(self, event: dict[str, Any]) -> None:

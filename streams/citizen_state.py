@@ -290,22 +290,14 @@ class CitizenStateMachine:
 
         episode = f"{facility}:{event['ma_lk']}"
         order = [event.get("version") or 0, item.get("position", 0)]
-        refs = state.get("r", {})
         referral = event.get("referral")
         rid = None if referral is None else f"{referral['ma_noi_di']}:{referral['so_chuyentuyen']}"
-        for other, r in sorted(refs.items()):
-            if other != rid and _of_episode(r, R_EPISODE, episode) and _newer(order, r, R_ORDER):
-                self._cancel_referral(key, other, r, order, admitted, published, out)
-        if referral is not None and rid is not None:
-            self._apply_referral(key, state, event, rid, episode, order, visits, published, out)
-
-        appts = state.get("a", {})
         appointment = event.get("appointment")
         aid = None if appointment is None else f"{facility}:{appointment['so_giayhen_kl']}"
-        for other, a in sorted(appts.items()):
-            if other != aid and _of_episode(a, A_EPISODE, episode) and _newer(order, a, A_ORDER):
-                self._cancel_appointment(key, other, a, order, admitted, published, out)
-        if appointment is not None and aid is not None:
+        self._cancel_dropped(key, state, episode, order, {rid, aid}, admitted, published, out)
+        if rid is not None:
+            self._apply_referral(key, state, event, rid, episode, order, visits, published, out)
+        if aid is not None:
             self._apply_appointment(key, state, event, aid, episode, order, visits, published, out)
 
     def _apply_withdrawal(
@@ -332,12 +324,7 @@ class CitizenStateMachine:
                 "processed_at": now_ms,
             }
         )
-        for rid, r in sorted(state.get("r", {}).items()):
-            if _of_episode(r, R_EPISODE, episode) and _newer(order, r, R_ORDER):
-                self._cancel_referral(key, rid, r, order, published, published, out)
-        for aid, a in sorted(state.get("a", {}).items()):
-            if _of_episode(a, A_EPISODE, episode) and _newer(order, a, A_ORDER):
-                self._cancel_appointment(key, aid, a, order, published, published, out)
+        self._cancel_dropped(key, state, episode, order, set(), published, published, out)
 
     def _apply_referral(
         self,
@@ -451,37 +438,32 @@ class CitizenStateMachine:
                 self._keep(key, aid, a, v[1], v[2], published, out)
                 break
 
-    def _cancel_referral(
+    def _cancel_dropped(
         self,
         key: str,
-        rid: str,
-        r: list[Any],
+        state: dict[str, Any],
+        episode: str,
         order: list[int],
+        kept: set[str | None],
         at: int,
         published: int,
         out: Emitted,
     ) -> None:
-        """A newer version of the episode no longer has this referral."""
-        r[R_EPISODE:] = [r[R_EPISODE], order]
-        if r[R_STATUS] != CANCELLED:
-            r[R_STATUS] = CANCELLED
-            out.referrals.append(_referral_record("CANCELLED", rid, key, r, at, published))
-
-    def _cancel_appointment(
-        self,
-        key: str,
-        aid: str,
-        a: list[Any],
-        order: list[int],
-        at: int,
-        published: int,
-        out: Emitted,
-    ) -> None:
-        """A newer version of the episode no longer has this appointment."""
-        a[A_EPISODE:] = [a[A_EPISODE], order]
-        if a[A_STATUS] != CANCELLED:
-            a[A_STATUS] = CANCELLED
-            out.appointments.append(_appointment_record("CANCELLED", aid, key, a, at, published))
+        """Cancel the referrals and appointments of ``episode`` that a newer version
+        (``order``: a correction, or a withdrawal) no longer has (``kept``: the ids it has)."""
+        for rid, r in sorted(state.get("r", {}).items()):
+            if rid not in kept and _of_episode(r, R_EPISODE, episode) and _newer(order, r, R_ORDER):
+                r[R_ORDER] = order
+                if r[R_STATUS] != CANCELLED:
+                    r[R_STATUS] = CANCELLED
+                    out.referrals.append(_referral_record("CANCELLED", rid, key, r, at, published))
+        for aid, a in sorted(state.get("a", {}).items()):
+            if aid not in kept and _of_episode(a, A_EPISODE, episode) and _newer(order, a, A_ORDER):
+                a[A_ORDER] = order
+                if a[A_STATUS] != CANCELLED:
+                    a[A_STATUS] = CANCELLED
+                    record = _appointment_record("CANCELLED", aid, key, a, at, published)
+                    out.appointments.append(record)
 
     def _referral_matches(self, r: list[Any], facility: str, admitted: int) -> bool:
         return (

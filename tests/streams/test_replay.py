@@ -7,15 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
 from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from ehb.commands.tail import Start, TopicReader
-from ehb.kafka import consumer_config
 from schemas.topics import SINK_TOPICS
 from tests.support import factories as f
+from tests.support.pipeline import caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -47,29 +46,7 @@ def newest_timestamp(d: Deployment, topic: str) -> datetime:
 
 def wait_for_sink_caught_up(d: Deployment, timeout: float = 60) -> None:
     """The sink group has committed (so written) everything now in its topics."""
-    ends: list[TopicPartition] = []
-    for topic in SINK_TOPICS:
-        with TopicReader(d.settings, topic, Start("beginning")) as reader:
-            last: dict[int, int] = {}
-            for message in reader.messages(follow=False, idle_s=0.3):
-                last[message.partition()] = message.offset()
-            name = reader.topic
-        ends += [TopicPartition(name, p, o + 1) for p, o in last.items()]
-    probe = Consumer(consumer_config(d.settings, d.settings.sink_group))
-    try:
-
-        def committed() -> bool:
-            got = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in probe.committed(
-                    [TopicPartition(e.topic, e.partition) for e in ends], timeout=10
-                )
-            }
-            return all(got[(e.topic, e.partition)] >= e.offset for e in ends)
-
-        wait_until(committed, timeout, message="the sink to commit every record")
-    finally:
-        probe.close()
+    caught_up(d, d.settings.sink_group, SINK_TOPICS, timeout)
 
 
 def records_in(d: Deployment, topic: str) -> float:

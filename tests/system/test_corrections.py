@@ -14,51 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from ehb.commands.cli import app
 from ehb.commands.local import Deployment, DeploymentFactory, wait_until
-from ehb.commands.tail import Start, TopicReader
-from ehb.kafka import consumer_config
 from producers.dossier import encode_dossier
 from producers.gateway import Gateway
 from producers.withdrawals import encode_withdrawals
 from schemas import SUBJECTS, AvroCodec
 from schemas.topics import EXAMINATIONS, EXAMINATIONS_BY_CITIZEN, HEALTH_BOOK, SINK_TOPICS
 from tests.support import factories as f
+from tests.support.pipeline import caught_up
 
 pytestmark = pytest.mark.integration
-
-
-def _caught_up(d: Deployment, group: str, topics: tuple[str, ...], timeout: float = 90) -> None:
-    """``group`` has committed everything now in ``topics`` (read to their ends: Tansu's
-    ListOffsets understates the end)."""
-    ends: list[TopicPartition] = []
-    for topic in topics:
-        with TopicReader(d.settings, topic, Start("beginning")) as reader:
-            last: dict[int, int] = {}
-            for message in reader.messages(follow=False, idle_s=0.3):
-                last[message.partition()] = message.offset()
-            ends += [TopicPartition(reader.topic, p, o + 1) for p, o in last.items()]
-    probe = Consumer(consumer_config(d.settings, group))
-    try:
-
-        def committed() -> bool:
-            got = probe.committed([TopicPartition(e.topic, e.partition) for e in ends], timeout=10)
-            done = {(tp.topic, tp.partition): tp.offset for tp in got}
-            return all(done[(e.topic, e.partition)] >= e.offset for e in ends)
-
-        wait_until(committed, timeout, message=f"{group} to commit everything in {topics}")
-    finally:
-        probe.close()
 
 
 def _processed(d: Deployment) -> None:
     """Everything published so far went through the worker and the sink."""
     s = d.settings
-    _caught_up(d, s.worker_group, (EXAMINATIONS, EXAMINATIONS_BY_CITIZEN))
-    _caught_up(d, s.sink_group, SINK_TOPICS)
+    caught_up(d, s.worker_group, (EXAMINATIONS, EXAMINATIONS_BY_CITIZEN))
+    caught_up(d, s.sink_group, SINK_TOPICS)
 
 
 def _diagnosis(d: Deployment, event: dict[str, Any]) -> str:
