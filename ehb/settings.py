@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["Environment", "Settings", "get_settings"]
+__all__ = ["BrokerStorage", "Environment", "Settings", "get_settings"]
 
 
 #: Values that are examples, not secrets: refused in production.
@@ -58,6 +58,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class BrokerStorage(StrEnum):
+    """Where the embedded broker keeps topics and committed offsets."""
+
+    DURABLE = "durable"
+    MEMORY = "memory"
+
+
 class Settings(BaseSettings):
     """All settings of the pipeline. docs/settings.md is generated from this model."""
 
@@ -92,6 +99,14 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(
         8, ge=1, description="Partitions of the examination and routed topics (docs/reference.md)."
     )
+    kafka_idempotence: bool | None = Field(
+        None,
+        description="Idempotent producers (enable.idempotence). Unset: on, except against "
+        "the embedded broker: Tansu's object-store engine can answer DuplicateSequenceNumber "
+        "for a batch a crash kept it from storing, which the client takes as delivered "
+        "(docs/embedded.md). Off, producers keep one request in flight (the order holds) and "
+        "a retry may store a batch twice, which every consumer absorbs by event id.",
+    )
     kafka_replication_factor: int = Field(
         1, ge=1, description="Replication factor of created topics (3 on the compose cluster)."
     )
@@ -113,6 +128,20 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address the /metrics endpoint binds to: loopback by default; 0.0.0.0 "
         "(as in docker-compose.yml) lets a Prometheus on another host scrape it.",
+    )
+    broker_storage: BrokerStorage = Field(
+        BrokerStorage.DURABLE,
+        description="Embedded broker only: durable keeps topics and committed offsets in "
+        "SeaweedFS under EHB_DATA_DIR/objects, surviving a restart of any process or of the "
+        "whole stack; memory keeps them in the broker's memory (faster; a broker restart "
+        "loses every event not yet in PostgreSQL: tests and benchmarks).",
+    )
+    brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Embedded broker only: Tansu brokers sharing one store (durable "
+        "storage); clients bootstrap to all of them (docs/embedded.md).",
     )
     data_dir: Path = Field(
         Path(".ehb"),
@@ -289,6 +318,14 @@ class Settings(BaseSettings):
         if secrets_dir and Path(secrets_dir).is_dir():
             sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
         return (*sources, dotenv_settings)
+
+    @model_validator(mode="after")
+    def _several_brokers_share_a_store(self) -> Settings:
+        if self.brokers > 1 and self.broker_storage is BrokerStorage.MEMORY:
+            raise ValueError(
+                "EHB_BROKERS > 1 needs EHB_BROKER_STORAGE=durable: memory brokers share nothing"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_explicit_services(self) -> Settings:

@@ -37,8 +37,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import SecretStr
 
 from ehb.commands.local import wait_until
-from ehb.embedded import EmbeddedKafka, _child_setup, free_port
+from ehb.embedded import EmbeddedKafka
 from ehb.kafka import consumer_config, faust_broker_options, producer_config
+from ehb.processes import child_setup, free_port
 from ehb.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_child_setup(),
+                preexec_fn=child_setup(),
             )
         procs.append(proc)
         return proc

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ehb.commands.local import DeploymentFactory, wait_until
-from ehb.embedded import _child_setup, free_port
+from ehb.processes import child_setup, free_port
 from tests.support import factories as f
 from tests.support.prometheus_tools import prometheus_bin  # noqa: F401 - fixture
 
@@ -49,7 +49,7 @@ class Prometheus:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(),
+                preexec_fn=child_setup(),
             )
 
     def api(self, path: str, **params: str) -> Any:
