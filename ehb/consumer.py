@@ -50,7 +50,7 @@ from prometheus_client import Counter
 
 from ehb import faultpoints
 from ehb.continuity import ContiguousOffsets
-from ehb.kafka import consumer_config, position, producer_config
+from ehb.kafka import consumer_config, first_offset_at, position, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
 from schemas.dead_letters import bound_dead_letter
@@ -131,7 +131,10 @@ class RecordConsumer:
         self._earliest = consumer_config(settings, group, **(consumer_overrides or {})).get(
             "auto.offset.reset"
         ) in ("earliest", "smallest", "beginning")
-        self.continuity = ContiguousOffsets()
+        probe_config = consumer_config(settings, "ehb-first-offset")
+        self.continuity = ContiguousOffsets(
+            probe=lambda partition, offset: first_offset_at(probe_config, *partition, offset)
+        )
 
     # -- rebalance bookkeeping ----------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

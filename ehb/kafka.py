@@ -13,7 +13,7 @@ import ssl
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ehb.embedded import resolve_bootstrap
@@ -25,6 +25,8 @@ __all__ = [
     "admin_client",
     "consumer_config",
     "create_topics",
+    "first_offset_at",
+    "refused_for_good",
     "faust_broker_options",
     "position",
     "producer_config",
@@ -60,10 +62,46 @@ def base_config(settings: Settings) -> dict[str, Any]:
     return {"bootstrap.servers": resolve_bootstrap(settings), **_security(settings)}
 
 
+def idempotent(settings: Settings) -> bool:
+    """Whether producers are idempotent: ``EHB_KAFKA_IDEMPOTENCE``, else on unless the broker
+    is the embedded one found through ``stack.json`` (see the setting)."""
+    if settings.kafka_idempotence is not None:
+        return settings.kafka_idempotence
+    return bool(settings.kafka_bootstrap)
+
+
+#: produce errors that a resend cannot cure: the message itself is refused
+_REFUSED_FOR_GOOD = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+
+
+def refused_for_good(err: KafkaError) -> bool:
+    """A delivery error about the message itself (too large, invalid, not allowed). Any
+    other error is the broker's state (down, its store down, a leader moving, Tansu's
+    "Unknown broker error" while its object store is away): the message is sent again."""
+    return err.code() in _REFUSED_FOR_GOOD
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    safe: dict[str, Any] = (
+        {"enable.idempotence": True}
+        if idempotent(settings)
+        else {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
+    )
     conf = {
         **base_config(settings),
-        "enable.idempotence": True,
+        **safe,
         "acks": "all",
         "linger.ms": 5,
         "batch.num.messages": 10000,
@@ -186,3 +224,28 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     elif context is not None:
         options["broker_credentials"] = faust.SSLCredentials(context)
     return options
+
+
+def first_offset_at(
+    consumer_config: dict[str, Any], topic: str, partition: int, offset: int, timeout: float = 5.0
+) -> int | None:
+    """The offset of the first record of ``topic[partition]`` at or after ``offset``, as the
+    broker returns it to a fetch from ``offset``; None when none arrives within ``timeout``."""
+    consumer = Consumer(
+        {
+            **consumer_config,
+            "group.id": "ehb-first-offset",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1, 0.5):
+                if message.error() is None:
+                    return position(message)[2]
+        return None
+    finally:
+        consumer.close()

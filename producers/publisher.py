@@ -31,7 +31,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, Message, Producer
 
 from ehb import faultpoints
-from ehb.kafka import producer_config
+from ehb.kafka import producer_config, refused_for_good
 from ehb.settings import Settings
 from producers.errors import BatchTooLarge
 from producers.outbox import EVENT, MESSAGE, Outbox
@@ -107,6 +107,19 @@ class ExaminationPublisher:
         self._ready_since = 0.0
         self._dispatch_s = min(0.02, linger_s)
         self._last_version = 0
+        # messages to send again: (when, key, value, events, headers, callback, outbox seqs)
+        self._again: list[
+            tuple[
+                float,
+                bytes,
+                bytes,
+                int,
+                list[tuple[str, bytes]] | None,
+                DeliveryCallback | None,
+                list[int] | None,
+            ]
+        ] = []
+        self._backoff_s = 0.0
         self._init_outbox(settings, outbox, identity, durable)
 
     # -- the outbox ---------------------------------------------------------------------
@@ -210,17 +223,59 @@ class ExaminationPublisher:
     ) -> Any:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
+                self._backoff_s = 0.0  # the broker takes messages again
                 self.events_delivered += count
                 self.messages_delivered += 1
                 if seqs:
                     self.outbox.acknowledge(seqs, count)
                 faultpoints.reach("producer.message_acknowledged")
-            else:  # the rows stay in the outbox: resent by the next producer
+            else:  # the rows stay in the outbox (a next producer would resend them)
                 self.errors.append(str(err))
+                if not refused_for_good(err):
+                    self._send_again(msg, count, then, seqs)
+                    return
             if then is not None:
                 then(err, msg)
 
         return on_delivery
+
+    def _send_again(
+        self, msg: Message, count: int, then: DeliveryCallback | None, seqs: list[int] | None
+    ) -> None:
+        """A message the broker could not take now: sent again after a pause (1 s, doubling
+        to 30 s while errors go on), by :meth:`poll` and :meth:`flush`."""
+        self._backoff_s = min(30.0, self._backoff_s * 2) if self._backoff_s else 1.0
+        log.warning(
+            "%d events not delivered (%s); sending them again in %.0f s",
+            count,
+            self.errors[-1],
+            self._backoff_s,
+        )
+        headers = cast(list[tuple[str, bytes]] | None, msg.headers())
+        self._again.append(
+            (
+                time.monotonic() + self._backoff_s,
+                msg.key() or b"",
+                msg.value() or b"",
+                count,
+                headers,
+                then,
+                seqs,
+            )
+        )
+
+    def _send_due(self) -> None:
+        """Send again what is due (see :meth:`_send_again`)."""
+        if not self._again:
+            return
+        now = time.monotonic()
+        due = [item for item in self._again if item[0] <= now]
+        if not due:
+            return
+        self._again = [item for item in self._again if item[0] > now]
+        for _, key, value, count, headers, then, seqs in due:
+            self.events_queued -= count  # counted again by _produce
+            self._produce(key, value, count, headers, then, seqs)
 
     def _produce(
         self,
@@ -433,17 +488,19 @@ class ExaminationPublisher:
         """Send pending batches and wait for the broker; returns messages still unacknowledged."""
         self.send_pending()
         self.outbox.commit()
-        if timeout is None:
-            while self._producer.flush(1.0):
-                pass
-            remaining = 0
-        else:
-            remaining = int(self._producer.flush(timeout))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            remaining = int(self._producer.flush(left)) + len(self._again)
+            self._send_due()
+            if not remaining or (deadline is not None and time.monotonic() >= deadline):
+                break
         self.outbox.commit()  # the acknowledged rows are deleted
         return remaining
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
+        self._send_due()
         self.outbox.commit_due()
 
     def close(self) -> None:

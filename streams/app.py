@@ -35,7 +35,7 @@ from typing import Any
 
 import faust
 
-from ehb.kafka import consumer_config, faust_broker_options, producer_config
+from ehb.kafka import consumer_config, faust_broker_options, first_offset_at, producer_config
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import AvroCodec
@@ -129,7 +129,10 @@ def create_app(
     faust_patches.install(
         real_end=functools.partial(
             faust_patches.real_end_offsets, consumer_config(settings, "ehb-changelog-end")
-        )
+        ),
+        first_offset=functools.partial(
+            first_offset_at, consumer_config(settings, "ehb-first-offset")
+        ),
     )
     partitions = settings.kafka_partitions
     app = _faust_app(settings)

@@ -83,11 +83,17 @@ from faust.streams import Stream, _tracks_buffer_agen
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
+
+try:
+    from faust.types.tuples import ack_lock
+except ImportError:  # pragma: no cover - faust-streaming before the lock
+    ack_lock = contextlib.nullcontext()  # type: ignore[assignment]
 from mode import Seconds
 from mode.utils.futures import notify
 from prometheus_client import Counter
 
 from ehb import faultpoints
+from ehb.continuity import HoleWatch
 
 __all__ = [
     "PATCHES",
@@ -129,6 +135,10 @@ COMMIT_FAILURES = Counter(
     "ehb_worker_commit_failures_total", "Offset commits of the worker group that failed."
 )
 
+#: (topic, partition, offset) -> offset of the broker's first record at or after it (None:
+#: none); set by :func:`install`, used to tell a hole in the log from a skip of the client
+_first_offset: Callable[[str, int, int], int | None] | None = None
+
 _RESEEK_INTERVAL_S = 1.0
 _FAIL_STOP_GRACE_S = 5.0
 #: exit status of a worker stopped by fail_stop (EX_SOFTWARE)
@@ -166,12 +176,20 @@ def _instrument_seek() -> None:
     Consumer.perform_seek = perform_seek_  # type: ignore[method-assign]
 
 
-def install(real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None) -> list[str]:
+def install(
+    real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None,
+    first_offset: Callable[[str, int, int], int | None] | None = None,
+) -> list[str]:
     """Apply every enabled patch (once per process); returns the names applied.
 
     ``real_end``: reads the real end offsets of changelog partitions (``real_end_offsets``
     bound to the settings); without it ``changelog_real_end`` is not applied.
+    ``first_offset``: the broker's first record at or after an offset (``first_offset_at``
+    bound to the settings); without it a hole in an input partition's log stalls it.
     """
+    global _first_offset
+    if first_offset is not None:
+        _first_offset = first_offset
     if "instrument_seek" not in _installed:
         faust_version()
         _instrument_seek()
@@ -232,6 +250,8 @@ class DeliveryGuard:
         self.start: dict[TP, int] = {}
         #: tp -> (offset sought back to, monotonic time); a seek is pending when time is None
         self._seeking: dict[TP, tuple[int, float | None]] = {}
+        #: partitions stuck at one offset, and the holes in their logs
+        self.holes = HoleWatch()
 
     def _guarded(self, topic: str) -> bool:
         consumer = self.consumer
@@ -255,9 +275,50 @@ class DeliveryGuard:
         if offset < expected:
             OFFSET_SKIPS.labels(message.topic, "redelivered").inc()
             return None
+        if await self._is_hole(tp, expected, offset):
+            OFFSET_SKIPS.labels(message.topic, "hole").inc()
+            self._ack_hole(tp, expected, offset)
+            self.expected[tp] = offset + 1
+            return await self.inner(message)
         OFFSET_SKIPS.labels(message.topic, "skip").inc()
         self._skip(tp, expected, offset)
         return None
+
+    async def _is_hole(self, tp: TP, expected: int, offset: int) -> bool:
+        """``offset`` is the first record after a hole in the log that starts at ``expected``
+        (``ehb.continuity.HoleWatch``: stuck there long enough, then asked of the broker)."""
+        holes, key = self.holes, (tp.topic, tp.partition)
+        probe = _first_offset
+        if probe is not None and holes.due(key, expected):
+            loop = asyncio.get_running_loop()
+            try:
+                first = await loop.run_in_executor(None, probe, tp.topic, tp.partition, expected)
+            except Exception as exc:  # noqa: BLE001 - unanswered: asked again later
+                log.warning("first offset of %s[%d] unknown: %r", tp.topic, tp.partition, exc)
+                first = None
+            holes.record(key, expected, first)
+        return holes.hole(key, expected, offset)
+
+    def _ack_hole(self, tp: TP, start: int, end: int) -> None:
+        """Acknowledge the offsets ``start``..``end - 1`` that the log does not hold, so that
+        commits pass them."""
+        log.warning(
+            "input partition %s[%d]: the log holds no record from %d to %d (a hole the broker "
+            "left); delivering from %d",
+            tp.topic,
+            tp.partition,
+            start,
+            end - 1,
+            end,
+        )
+        consumer = self.consumer
+        with ack_lock:
+            acked_index = consumer._acked_index[tp]
+            acked = consumer._acked[tp]
+            for offset in range(start, end):
+                if offset not in acked_index:
+                    acked_index.add(offset)
+                    acked.append(offset)
 
     def _skip(self, tp: TP, expected: int, offset: int) -> None:
         """``offset`` arrived while ``expected`` was next: seek back (at most once a second)."""
@@ -319,6 +380,7 @@ class DeliveryGuard:
             self.expected.pop(tp, None)
             self.start.pop(tp, None)
             self._seeking.pop(tp, None)
+        self.holes.forget((tp.topic, tp.partition) for tp in tps)
 
     def sought(self, committed: dict[TP, int | None]) -> None:
         """``tps`` are at their committed offsets: deliver from there."""
