@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -35,7 +37,8 @@ from ehb.commands.errors import WaitTimeout
 from ehb.embedded import EmbeddedStack, free_port
 from ehb.exceptions import ConfigurationError, ServiceUnavailable
 from ehb.kafka import consumer_config, create_topics, position, producer_config
-from ehb.settings import Settings
+from ehb.processes import child_setup
+from ehb.settings import BrokerStorage, Settings
 from producers.publisher import ExaminationPublisher
 from schemas import AvroCodec
 from sinks.migrate import migrate
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Tansu makes a group join wait a full session timeout: locally it is kept this short
 LOCAL_SESSION_TIMEOUT_S = 6.0
@@ -74,6 +78,9 @@ def local_services(
     updates: dict[str, Any] = {}
     if not settings.kafka_bootstrap:
         updates["kafka_bootstrap"] = info.bootstrap
+        # Tansu can take a lost batch for a duplicate: producers without idempotence
+        if settings.kafka_idempotence is None:
+            updates["kafka_idempotence"] = False
     if settings.database_url is None:
         updates["database_url"] = SecretStr(info.database_url)
     if settings.kafka_session_timeout_s > LOCAL_SESSION_TIMEOUT_S:
@@ -83,9 +90,16 @@ def local_services(
 
 def session_services(root: Path) -> tuple[Settings, EmbeddedStack | None]:
     """:func:`local_services` for a session of deployments (tests, benchmarks) whose files
-    live under ``root``."""
+    live under ``root``. Its broker keeps topics in memory unless ``EHB_BROKER_STORAGE`` says
+    otherwise (``EHB_BROKER_STORAGE=durable make test`` runs the suite on SeaweedFS)."""
+    storage = os.environ.get("EHB_BROKER_STORAGE") or BrokerStorage.MEMORY
     return local_services(
-        Settings(data_dir=root, kafka_session_timeout_s=LOCAL_SESSION_TIMEOUT_S, log_level="INFO")
+        Settings(
+            data_dir=root,
+            kafka_session_timeout_s=LOCAL_SESSION_TIMEOUT_S,
+            log_level="INFO",
+            broker_storage=BrokerStorage(storage),
+        )
     )
 
 
@@ -96,6 +110,10 @@ class Child:
     proc: subprocess.Popen[bytes]
     log: Path
     metrics_port: int
+    command: str = ""
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    #: times a supervisor restarted it after a fail-stop
+    restarts: int = 0
 
 
 @dataclass
@@ -107,6 +125,8 @@ class ChildProcesses:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    _supervisor: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -120,6 +140,8 @@ class ChildProcesses:
         env["EHB_WORKER_GROUP"] = s.worker_group
         env["EHB_SINK_GROUP"] = s.sink_group
         env["EHB_LOG_LEVEL"] = s.log_level
+        if s.kafka_idempotence is not None:
+            env["EHB_KAFKA_IDEMPOTENCE"] = str(s.kafka_idempotence).lower()
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.extra_env)
         return env
@@ -127,30 +149,61 @@ class ChildProcesses:
     def start(
         self, name: str, command: str, metrics_port: int, extra_env: dict[str, str] | None = None
     ) -> Child:
-        from ehb.embedded import _child_setup
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         env = self.env()
         env["EHB_METRICS_PORT"] = str(metrics_port)
         env.update(extra_env or {})
+        child = Child(name, self._spawn(command, env, log), log, metrics_port, command, env)
+        self.children.append(child)
+        return child
+
+    @staticmethod
+    def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "ehb", command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_child_setup(),
+                preexec_fn=child_setup(),
             )
-        child = Child(name, proc, log, metrics_port)
-        self.children.append(child)
-        return child
+
+    def supervise(self, interval: float = 0.5) -> None:
+        """Restart, from a thread of their own, the children that exit with an error status,
+        as ``restart: unless-stopped`` does in compose: a worker whose outputs the broker
+        refused (its store down) stops without acknowledging the batch (status 70, or 1 when
+        Faust's own crash handling gets there first), and its successor processes the batch
+        again. A child killed by a signal (a fault test's ``kill -9``) stays down."""
+        if self._supervisor is not None:
+            return
+
+        def run() -> None:
+            while not self._stopping.wait(interval):
+                for child in list(self.children):
+                    status = child.proc.poll()
+                    if status is not None and status > 0:
+                        log.warning("%s exited with status %d; restarting it", child.name, status)
+                        child.proc = self._spawn(child.command, child.env, child.log)
+                        child.restarts += 1
+
+        self._supervisor = threading.Thread(target=run, name="supervisor", daemon=True)
+        self._supervisor.start()
 
     def dead(self) -> list[Child]:
-        return [c for c in self.children if c.proc.poll() is not None]
+        """Children that exited (under supervision: for good, not to be restarted)."""
+        supervised = self._supervisor is not None
+        return [
+            c
+            for c in self.children
+            if c.proc.poll() is not None and not (supervised and c.proc.returncode > 0)
+        ]
 
     def stop(self, timeout: float = 20.0) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
         for child in self.children:
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

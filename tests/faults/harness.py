@@ -150,7 +150,10 @@ class LoadProcess:
     def start(self, extra_env: dict[str, str] | None = None) -> LoadProcess:
         """Start (or resume) the load; ``extra_env``: variables for this start only."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        if self.d.settings.kafka_idempotence is not None:
+            env["EHB_KAFKA_IDEMPOTENCE"] = str(self.d.settings.kafka_idempotence).lower()
+        env.update(extra_env or {})
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.faults.load", *self.args],
