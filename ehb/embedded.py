@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,19 +53,27 @@ class EmbeddedKafka:
 
     ``storage``: the environment of an :class:`EmbeddedObjectStore` (``client_env()``), whose
     bucket then keeps the topics and committed offsets (``s3://``); ``None``: memory only,
-    nothing survives the broker. Several brokers on one store serve the same topics."""
+    nothing survives the broker. Several brokers on one store serve the same topics.
+    ``host``: the address it listens on and advertises (another local address than loopback
+    for a client in another network namespace: the network-partition fault test)."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, storage: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        storage: dict[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.storage = storage
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @staticmethod
     def binary() -> str:
@@ -77,7 +86,7 @@ class EmbeddedKafka:
     def start(self) -> EmbeddedKafka:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"tansu-{self.port}.log"
-        url = f"tcp://127.0.0.1:{self.port}"
+        url = f"tcp://{self.bootstrap}"
         engine = "s3://tansu/" if self.storage is not None else "memory://tansu/"
         cmd = [
             self.binary(),
@@ -99,8 +108,25 @@ class EmbeddedKafka:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=child_setup(),  # noqa: PLW1509 - needed for PDEATHSIG
             )
-        wait_for_port(self.port, self.proc, "the embedded broker (Tansu)", log)
+        if self.host == "127.0.0.1":
+            wait_for_port(self.port, self.proc, "the embedded broker (Tansu)", log)
+        else:
+            self._wait_listening(log)
         return self
+
+    def _wait_listening(self, log: Path, timeout: float = 30.0) -> None:
+        """:func:`wait_for_port` on :attr:`host`."""
+        deadline = time.monotonic() + timeout
+        while self.proc is not None and self.proc.poll() is None:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"Tansu did not listen on {self.bootstrap}; see {log}")
+            time.sleep(0.05)
+        raise ServiceUnavailable(f"Tansu exited while starting on {self.bootstrap}; see {log}")
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM, 10)

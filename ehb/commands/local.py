@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +114,8 @@ class Child:
     env: dict[str, str] = field(default_factory=dict, repr=False)
     #: times a supervisor restarted it after a fail-stop
     restarts: int = 0
+    #: argv before its command (``ip netns exec NS``), kept for restarts
+    prefix: tuple[str, ...] = ()
 
 
 @dataclass
@@ -147,22 +149,31 @@ class ChildProcesses:
         return env
 
     def start(
-        self, name: str, command: str, metrics_port: int, extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: str,
+        metrics_port: int,
+        extra_env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> Child:
+        """``prefix``: argv to run the command with (``ip netns exec NS``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         env = self.env()
         env["EHB_METRICS_PORT"] = str(metrics_port)
         env.update(extra_env or {})
-        child = Child(name, self._spawn(command, env, log), log, metrics_port, command, env)
+        proc = self._spawn(command, env, log, prefix)
+        child = Child(name, proc, log, metrics_port, command, env, prefix=tuple(prefix))
         self.children.append(child)
         return child
 
     @staticmethod
-    def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        command: str, env: dict[str, str], log: Path, prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "ehb", command],
+                [*prefix, sys.executable, "-m", "ehb", command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -185,7 +196,7 @@ class ChildProcesses:
                     status = child.proc.poll()
                     if status is not None and status > 0:
                         log.warning("%s exited with status %d; restarting it", child.name, status)
-                        child.proc = self._spawn(child.command, child.env, child.log)
+                        child.proc = self._spawn(child.command, child.env, child.log, child.prefix)
                         child.restarts += 1
 
         self._supervisor = threading.Thread(target=run, name="supervisor", daemon=True)
@@ -218,10 +229,10 @@ class ChildProcesses:
         self.children.clear()
 
 
-def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
+def scrape(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> dict[str, float]:
     """Metric samples of a local /metrics endpoint: {'name{labels}': value}."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a local address
         text = response.read().decode()
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -291,15 +302,17 @@ class Deployment:
         wait: bool = True,
         instance_id: str | None = None,
         extra_env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> Child:
         """A worker process; ``instance_id``: its static group membership (a worker restarted
         with the same id takes its partitions back without waiting for a rebalance);
-        ``extra_env``: more variables for this process only (``EHB_FAULT_KILL``...)."""
+        ``extra_env``: more variables for this process only (``EHB_FAULT_KILL``...);
+        ``prefix``: argv it runs under (``ip netns exec NS``: the network-partition test)."""
         extra = dict(extra_env or {})
         if instance_id:
             extra["EHB_WORKER_INSTANCE_ID"] = instance_id
         child = self.children.start(
-            f"worker-{len(self.workers) + 1}", "worker", free_port(), extra_env=extra
+            f"worker-{len(self.workers) + 1}", "worker", free_port(), extra_env=extra, prefix=prefix
         )
         self.workers.append(child)
         if wait:
