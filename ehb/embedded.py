@@ -35,6 +35,7 @@ from ehb.processes import child_setup, free_port, stop_process, wait_for_port
 from ehb.settings import BrokerStorage, Settings
 
 __all__ = [
+    "DURABLE_LINGER_MS",
     "EmbeddedKafka",
     "EmbeddedObjectStore",
     "EmbeddedPostgres",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 STACK_FILE = "stack.json"
+#: producers' least linger (ms) on the durable embedded broker (``EHB_KAFKA_LINGER_MS``)
+DURABLE_LINGER_MS = 250
 
 
 class EmbeddedKafka:
@@ -456,6 +459,14 @@ def _running_stack(settings: Settings, what: str, variable: str) -> StackInfo:
             f"`ehb up` (or `make up`) in another terminal"
         )
     return info
+
+
+def embedded_durable(settings: Settings) -> bool:
+    """Whether the broker is the durable embedded one, found through ``stack.json``."""
+    if settings.kafka_bootstrap:
+        return False
+    info = read_stack_file(settings.state_dir)
+    return info is not None and info.broker_storage == BrokerStorage.DURABLE.value
 
 
 def resolve_bootstrap(settings: Settings) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ehb.embedded import resolve_bootstrap
+from ehb.embedded import DURABLE_LINGER_MS, embedded_durable, resolve_bootstrap
 from ehb.exceptions import ServiceUnavailable
 from ehb.settings import Settings
 from schemas.topics import topic_specs
@@ -26,6 +26,7 @@ __all__ = [
     "consumer_config",
     "create_topics",
     "first_offset_at",
+    "linger_floor_ms",
     "refused_for_good",
     "faust_broker_options",
     "position",
@@ -93,6 +94,14 @@ def refused_for_good(err: KafkaError) -> bool:
     return err.code() in _REFUSED_FOR_GOOD
 
 
+def linger_floor_ms(settings: Settings) -> int | None:
+    """The least linger of every producer: ``EHB_KAFKA_LINGER_MS``, else
+    ``DURABLE_LINGER_MS`` on the durable embedded broker found through ``stack.json``."""
+    if settings.kafka_linger_ms is not None:
+        return settings.kafka_linger_ms
+    return DURABLE_LINGER_MS if embedded_durable(settings) else None
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     safe: dict[str, Any] = (
         {"enable.idempotence": True}
@@ -114,6 +123,9 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "message.timeout.ms": 0,
     }
     conf.update(overrides)
+    floor = linger_floor_ms(settings)
+    if floor is not None:
+        conf["linger.ms"] = max(int(conf["linger.ms"]), floor)
     return conf
 
 

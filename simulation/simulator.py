@@ -339,12 +339,13 @@ class CitySimulator:
         """A referral letter (XML13) to an upper-level facility."""
         rng = self.rng
         destination = rng.choice([c for c in self._upper if c != facility])
+        number = event["ma_lk"][len(facility) :]  # date and sequence: unique per facility
         event["ma_loai_rv"] = 2
         event["ma_noi_den"] = destination
         event["referral"] = {
             "so_hoso": event["ma_lk"],
-            "so_chuyentuyen": f"CT{self._seq[facility]:07d}",
-            "giay_chuyen_tuyen": f"GCT{self._seq[facility]:07d}",
+            "so_chuyentuyen": f"CT{number}",
+            "giay_chuyen_tuyen": f"GCT{number}",
             "ma_noi_di": facility,
             "ma_noi_den": destination,
             "dau_hieu_ls": rng.choice(TEXT_SIGNS),
@@ -365,7 +366,7 @@ class CitySimulator:
         when = (discharged + timedelta(days=rng.randint(7, 30))).replace(hour=8, minute=0)
         event["ngay_tai_kham"] = when.strftime("%Y%m%d")
         event["appointment"] = {
-            "so_giayhen_kl": f"HK{self._seq[facility]:07d}",
+            "so_giayhen_kl": f"HK{event['ma_lk'][len(facility) :]}",
             "ngay_hen_kl": _fmt(when),
             "chan_doan_rv": icd,
             "ma_bac_si": f"BS{rng.randint(1, 9999):04d}",

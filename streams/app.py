@@ -35,7 +35,13 @@ from typing import Any
 
 import faust
 
-from ehb.kafka import consumer_config, faust_broker_options, first_offset_at, producer_config
+from ehb.kafka import (
+    consumer_config,
+    faust_broker_options,
+    first_offset_at,
+    linger_floor_ms,
+    producer_config,
+)
 from ehb.privacy import CitizenKeyer
 from ehb.settings import Settings
 from schemas import AvroCodec
@@ -58,6 +64,13 @@ log = logging.getLogger(__name__)
 
 def _faust_app(settings: Settings) -> faust.App:
     session = settings.kafka_session_timeout_s
+    linger_ms = linger_floor_ms(settings)
+    # the changelog's producer: on the durable embedded broker fuller batches (EHB_KAFKA_LINGER_MS)
+    batching: dict[str, Any] = (
+        {"producer_linger": linger_ms / 1000, "producer_max_batch_size": 1024 * 1024}
+        if linger_ms
+        else {}
+    )
     return faust.App(
         settings.worker_group,
         **faust_broker_options(settings),
@@ -88,6 +101,7 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_group_instance_id=settings.worker_instance_id,
         key_serializer="raw",
         value_serializer="raw",
+        **batching,
     )
 
 

@@ -27,7 +27,7 @@ from ehb.commands.rejected import DEFAULT_LIMIT
 from ehb.commands.rejected import Format as RejectedFormat
 from ehb.logs import configure_logging
 from ehb.runtime import tune_gc
-from ehb.settings import Settings
+from ehb.settings import BrokerStorage, Settings
 from schemas.errors import EhbError
 
 __all__ = ["app", "main"]
@@ -89,16 +89,37 @@ MetricsPort = Annotated[
 # -- services -----------------------------------------------------------------------------
 @app.command()
 def up(
-    fresh: Annotated[bool, typer.Option(help="Start with an empty database.")] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="Start with an empty database and empty topics.")
+    ] = False,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            help="Tansu brokers sharing one store; clients bootstrap to all. [env: EHB_BROKERS]"
+        ),
+    ] = None,
+    storage: Annotated[
+        BrokerStorage | None,
+        typer.Option(
+            help="durable: topics and offsets in SeaweedFS under EHB_DATA_DIR/objects; "
+            "memory: lost when the broker stops. [env: EHB_BROKER_STORAGE]"
+        ),
+    ] = None,
 ) -> None:
-    """Start the embedded broker (Tansu) and PostgreSQL, create topics, migrate; until Ctrl-C."""
-    from ehb.embedded import EmbeddedStack
+    """Start the embedded brokers (Tansu), their object store (SeaweedFS) and PostgreSQL,
+    create topics, migrate; until Ctrl-C."""
+    from ehb.embedded import DURABLE_LINGER_MS, EmbeddedStack
     from ehb.kafka import create_topics
     from sinks.migrate import migrate
 
-    settings = load_settings()
+    settings = load_settings(brokers=brokers, broker_storage=storage)
     stack = EmbeddedStack(settings, fresh_database=fresh)
-    with console.status("starting the embedded broker and PostgreSQL..."):
+    where = (
+        f"durable, under {settings.state_dir / 'objects'}"
+        if settings.broker_storage is BrokerStorage.DURABLE
+        else "memory: lost when the broker stops"
+    )
+    with console.status(f"starting {settings.brokers} broker(s) ({where}) and PostgreSQL..."):
         info = stack.start()
     try:
         stack_settings = settings.model_copy(update={"kafka_bootstrap": info.bootstrap})
@@ -111,10 +132,14 @@ def up(
         migrate(conn)
         conn.close()
         out.print(f"export EHB_KAFKA_BOOTSTRAP={info.bootstrap}")
+        out.print("export EHB_KAFKA_IDEMPOTENCE=false  # Tansu: see docs/embedded.md")
+        if stack.durable:
+            out.print(f"export EHB_KAFKA_LINGER_MS={DURABLE_LINGER_MS}")
         out.print(f"export EHB_DATABASE_URL={info.database_url}")
         console.print(
-            "[green]embedded stack running[/] (other ehb commands on this machine "
-            "find it without the variables); Ctrl-C to stop"
+            f"[green]embedded stack running[/]: {len(stack.brokers)} broker(s), topics "
+            f"{where}. Other ehb commands on this machine find it without the variables; "
+            "Ctrl-C to stop"
         )
         _wait_for_signal()
     finally:
@@ -379,7 +404,8 @@ def demo(
     rate: Annotated[
         float,
         typer.Option(
-            help="Events per second (0: as fast as possible). Default: 0 with --events, else 200."
+            help="Events per second (0: as fast as possible). Default: 0 with --events, else 200 "
+            "(100 on the durable embedded broker)."
         ),
     ] = -1,
     workers: Annotated[int, typer.Option(help="Stream worker processes.")] = 1,
@@ -396,8 +422,13 @@ def demo(
         ),
     ] = None,
     fresh: Annotated[
-        bool, typer.Option("--fresh/--keep", help="Start with an empty database.")
-    ] = True,
+        bool,
+        typer.Option(
+            "--fresh/--keep",
+            help="--keep: continue the last demo on this data directory (database, topics, "
+            "outbox, the simulated city's event time); --fresh: start over, everything empty.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole system: broker, PostgreSQL, workers, sink, a simulated city, live counters."""
     from ehb.commands.demo import run_demo

@@ -8,6 +8,11 @@ live. With ``--events N`` it waits until every event is persisted or dead-letter
 last event-time timers have fired, prints a summary and exits 0; without, it runs until Ctrl-C
 and prints the summary then. Either way every child is stopped.
 
+A demo continues the previous one on the same data directory (``--keep``, the default): the
+database, the broker's topics (durable storage) and the outbox are kept, the simulated city
+goes on from the event time the last run reached (:class:`DemoLedger`, ``demo.json``), and
+the counters count every run's events. ``--fresh`` starts over with everything empty.
+
 Event time is compressed so that the whole lifecycle shows (``demo_timeline``): referrals
 completed and expired, appointments reminded, kept and missed need weeks of event time, which
 the city's real pace (10,400 exams a day) would not reach in a demo's events.
@@ -15,11 +20,13 @@ the city's real pace (10,400 exams a day) would not reach in a demo's events.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -29,10 +36,10 @@ from rich.table import Table
 
 from ehb.commands.local import ChildProcesses, local_services, wait_for_workers
 from ehb.embedded import EmbeddedStack
-from ehb.settings import Settings
+from ehb.settings import BrokerStorage, Settings
 from schemas.errors import EhbError
 
-__all__ = ["run_demo", "DemoTimeline", "demo_timeline", "lifecycle_notes"]
+__all__ = ["DemoLedger", "DemoTimeline", "demo_timeline", "lifecycle_notes", "run_demo"]
 
 #: simulated days a demo of ``--events N`` spans at least (more at the city's real pace): more
 #: than a referral's window plus the allowed lateness (30 + 2 days) and than an appointment's
@@ -62,8 +69,49 @@ class DemoTimeline:
         return self.start + timedelta(days=self.days) * min(1.0, published / self.events)
 
 
+LEDGER_FILE = "demo.json"
+
+
+@dataclass
+class DemoLedger:
+    """What earlier demos on this data directory published, and where their simulated city
+    stopped, so that the next one continues: its events start two days of event time later
+    (an episode's MA_LK holds its facility and date, so no episode is sent twice) and the
+    counters are checked against every run's events."""
+
+    runs: int = 0
+    published: int = 0
+    #: event time the next run starts at (ISO 8601); None: the simulator's start
+    next_start: str | None = None
+
+    @classmethod
+    def load(cls, state_dir: Path) -> DemoLedger:
+        try:
+            return cls(**json.loads((state_dir / LEDGER_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+    def start(self) -> datetime | None:
+        return datetime.fromisoformat(self.next_start) if self.next_start else None
+
+    def save(self, state_dir: Path, published: int, reached: datetime) -> None:
+        """Record a run (``published``: its events the broker acknowledged; ``reached``: its
+        city's event time), written atomically."""
+        nxt = reached.replace(hour=7, minute=0, second=0, microsecond=0) + timedelta(days=2)
+        value = DemoLedger(self.runs + 1, self.published + published, nxt.isoformat())
+        path = state_dir / LEDGER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(value)))
+        tmp.replace(path)
+
+
 def demo_timeline(
-    events: int | None, rate: float, days: float | None, now: datetime | None = None
+    events: int | None,
+    rate: float,
+    days: float | None,
+    now: datetime | None = None,
+    start: datetime | None = None,
 ) -> DemoTimeline:
     """The demo's event time: long enough for every lifecycle counter to move.
 
@@ -71,10 +119,11 @@ def demo_timeline(
     longer). Without ``--events``: ``DEMO_DAYS_PER_SECOND`` simulated days a second at ``rate``
     (the real pace when flat out), for ``days`` or until the simulated city reaches today (the
     validator rejects dates in the future); the counters stay on screen after that.
+    ``start``: where a previous demo's city stopped (default: the simulator's start).
     """
     from simulation.simulator import CITY_EXAMS_PER_YEAR, SimulationConfig
 
-    start = SimulationConfig().start
+    start = start or SimulationConfig().start
     if events:
         real_pace = events * 365 / CITY_EXAMS_PER_YEAR
         return DemoTimeline(events, days or max(DEMO_MIN_DAYS, real_pace), start)
@@ -118,7 +167,12 @@ def render(
     target: int | None,
     elapsed: float,
     timeline: DemoTimeline | None = None,
+    earlier: int = 0,
+    draining: bool = False,
 ) -> Group:
+    """The live counters; ``published``: this run's events, ``earlier``: earlier runs' on this
+    data directory (counted in the database's counters too); ``target``: every event the
+    database should account for when the run is over (None: until Ctrl-C)."""
     table = Table(title="Ho Chi Minh City electronic health book (live)", min_width=60)
     table.add_column("counter")
     table.add_column("value", justify="right")
@@ -129,6 +183,7 @@ def render(
         )
     rows = [
         ("events published", published),
+        *([("  and by earlier runs", earlier)] if earlier else []),
         ("examinations persisted", counters.get("examinations", 0)),
         ("  in province", counters.get("examinations_in_province", 0)),
         ("  out of province", counters.get("examinations_out_of_province", 0)),
@@ -150,8 +205,13 @@ def render(
     for name, value in rows:
         table.add_row(name, f"{value:,}")
     done = counters.get("examinations", 0) + counters.get("dead_letters_total", 0)
-    goal = f" of {target:,}" if target else ""
-    footer = f"{done:,}{goal} events accounted for after {elapsed:.1f}s — Ctrl-C to stop"
+    goal = f" of {target or earlier + published:,}"
+    stop = (
+        "publishing stopped, waiting for the rest — Ctrl-C again to stop now"
+        if draining and done < (target or 0)
+        else "Ctrl-C to stop"
+    )
+    footer = f"{done:,}{goal} events accounted for after {elapsed:.1f}s — {stop}"
     return Group(table, Panel(footer, expand=False))
 
 
@@ -170,23 +230,37 @@ def run_demo(
     from simulation.simulator import SimulationConfig
 
     if rate < 0:
-        rate = 0 if events else 200
-    demo = _DemoResources()
+        rate = 0 if events else default_rate(settings)
+    if fresh:
+        (settings.state_dir / LEDGER_FILE).unlink(missing_ok=True)
+    ledger = DemoLedger.load(settings.state_dir)
+    timeline = demo_timeline(events, rate, days, start=ledger.start())
+    _check_not_past_today(timeline, ledger, settings)
+    demo = _DemoResources(fresh=fresh)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     try:
         settings = demo.start_services(settings, fresh, console)
         demo.start_children(settings, workers, console)
-        timeline = demo_timeline(events, rate, days)
         config = SimulationConfig(
-            events=timeline.events, seed=seed, invalid_share=invalid_share, days=timeline.days
+            events=timeline.events,
+            seed=seed,
+            invalid_share=invalid_share,
+            days=timeline.days,
+            start=timeline.start,
         )
+        if ledger.runs:
+            console.print(
+                f"continuing {ledger.runs} earlier run(s) on {settings.state_dir} "
+                f"({ledger.published:,} events; `--fresh` starts over)"
+            )
         console.print(
             f"simulated city: {timeline.events:,} events over {timeline.days:g} days "
             f"of event time ({timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d})"
             + ("" if events else ", then the counters stay until Ctrl-C")
         )
         publisher = demo.open_publisher(settings, rate)
+        demo.ledger = ledger
         simulation = _Simulation.start(settings, config, rate, publisher)
         counters = _watch(
             console,
@@ -196,6 +270,7 @@ def run_demo(
             timeline,
             interrupted,
             timers_after=settings.partition_idle_s + 2.0,
+            earlier=ledger.published,
         )
         simulation.stop.set()
         _print_summary(
@@ -205,7 +280,8 @@ def run_demo(
             publisher,
             timeline,
             settings,
-            complete=not interrupted.is_set(),
+            complete=not (interrupted.is_set() or demo.stopped),
+            earlier=ledger.published,
         )
         return 0
     except KeyboardInterrupt:
@@ -213,17 +289,42 @@ def run_demo(
     finally:
         console.print("stopping...")
         demo.close()
+        demo.record(settings.state_dir, timeline)
         signal.signal(signal.SIGTERM, previous)
+
+
+def default_rate(settings: Settings) -> float:
+    """Events a second of a demo without ``--events``: 200, or 100 on the durable embedded
+    broker, which reads every record batch from its object store (docs/embedded.md)."""
+    embedded = not settings.kafka_bootstrap
+    return 100 if embedded and settings.broker_storage is BrokerStorage.DURABLE else 200
+
+
+def _check_not_past_today(timeline: DemoTimeline, ledger: DemoLedger, settings: Settings) -> None:
+    """Earlier runs may have taken the simulated city so far that this one would reach
+    dates in the future, which the validator rightly refuses."""
+    now = datetime.now(timeline.start.tzinfo)
+    if ledger.runs and timeline.end > now:
+        raise EhbError(
+            f"earlier demos on {settings.state_dir} took the simulated city to "
+            f"{timeline.start:%Y-%m-%d}; {timeline.days:g} more days of event time would pass "
+            "today. Start over with `ehb demo --fresh` (make demo ARGS=--fresh), or ask for "
+            "fewer days (--days)"
+        )
 
 
 @dataclass
 class _DemoResources:
     """What a demo starts and opens, closed in reverse order whatever happens."""
 
+    fresh: bool = True
     stack: EmbeddedStack | None = None
     children: ChildProcesses | None = None
     publisher: Any = None
     conn: Any = None
+    ledger: DemoLedger | None = None
+    #: stopped by Ctrl-C before the city's end (and then drained)
+    stopped: bool = False
 
     def start_services(self, settings: Settings, fresh: bool, console: Console) -> Settings:
         """The embedded broker and PostgreSQL unless the settings point elsewhere, the topics
@@ -268,10 +369,10 @@ class _DemoResources:
         from producers.publisher import ExaminationPublisher
 
         outbox = Outbox.open_first_free(settings.state_dir / "outbox", "demo")
-        if self.stack is not None:  # a new, empty embedded broker: older events belong to no one
+        if self.fresh and self.stack is not None:  # emptied: older events belong to no one
             outbox.discard()
         self.publisher = ExaminationPublisher(
-            settings, linger_s=0.2 if rate else 5.0, outbox=outbox
+            settings, linger_s=1.0 if rate else 5.0, outbox=outbox
         )
         return self.publisher
 
@@ -285,6 +386,14 @@ class _DemoResources:
             )
         if "error" in summary:
             raise EhbError(f"simulator failed: {summary['error']}")
+
+    def record(self, state_dir: Path, timeline: DemoTimeline) -> None:
+        """This run in the ledger (after :meth:`close`: the publisher has flushed), so that
+        the next demo continues after it."""
+        if self.ledger is None or self.publisher is None:
+            return
+        own = max(0, self.publisher.events_delivered - self.publisher.resent_events)
+        self.ledger.save(state_dir, self.publisher.events_delivered, timeline.reached(own))
 
     def close(self) -> None:
         if self.publisher is not None:
@@ -364,35 +473,53 @@ def _watch(
     interrupted: threading.Event,
     *,
     timers_after: float,
+    earlier: int = 0,
 ) -> dict[str, Any]:
-    """Show the counters live until the demo is over or interrupted; the last counters."""
+    """Show the counters live until the demo is over or interrupted; the last counters.
+    ``earlier``: events of earlier runs, which the counters include.
+
+    A first Ctrl-C stops the simulated city and waits until every event it published is
+    accounted for (a row or a dead letter); a second one, or SIGTERM, stops at once."""
     counters: dict[str, Any] = {}
     settling = _Settling(timers_after)
-    try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while not interrupted.is_set():
+    draining = False
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while not interrupted.is_set():
+            try:
                 counters = read_counters(demo.conn)
+                finished = not simulation.thread.is_alive()
+                delivered = demo.publisher.events_delivered
+                # the events of this run: its own and what its outbox resent of the last one
+                goal = earlier + target + demo.publisher.resent_events if target else None
+                if draining and finished:
+                    goal = earlier + delivered
                 live.update(
                     render(
                         counters,
-                        demo.publisher.events_delivered,
-                        target,
+                        delivered,
+                        goal,
                         time.monotonic() - simulation.started,
                         timeline,
+                        earlier,
+                        draining,
                     )
                 )
                 demo.check_alive(simulation.summary)
                 accounted = counters["examinations"] + counters["dead_letters_total"]
                 if (
-                    target
-                    and not simulation.thread.is_alive()
-                    and accounted >= target
-                    and settling.over(counters)
+                    goal
+                    and finished
+                    and accounted >= goal
+                    and (draining or settling.over(counters))
                 ):
                     break
                 time.sleep(0.25)
-    except KeyboardInterrupt:  # Ctrl-C: the summary of what was counted so far
-        interrupted.set()
+            except KeyboardInterrupt:
+                if draining:  # the second Ctrl-C: the summary of what was counted so far
+                    interrupted.set()
+                else:
+                    draining = demo.stopped = True
+                    simulation.stop.set()
     return counters
 
 
@@ -522,6 +649,7 @@ def _print_summary(
     settings: Settings,
     *,
     complete: bool = True,
+    earlier: int = 0,
 ) -> None:
     first = publisher.first_publish
     last = counters.get("last_commit")
@@ -531,6 +659,10 @@ def _print_summary(
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("events published", f"{published:,}")
+    if earlier:
+        accounted = counters.get("examinations", 0) + counters.get("dead_letters_total", 0)
+        table.add_row("  and by earlier runs", f"{earlier:,}")
+        table.add_row("accounted for, every run", f"{accounted:,} of {earlier + published:,}")
     table.add_row(
         "event time (simulated)",
         f"{timeline.start:%Y-%m-%d} to {reached:%Y-%m-%d}, "

@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from pydantic import SecretStr
 
 from ehb.commands.errors import WaitTimeout
-from ehb.embedded import EmbeddedStack, free_port
+from ehb.embedded import DURABLE_LINGER_MS, EmbeddedStack, free_port
 from ehb.exceptions import ConfigurationError, ServiceUnavailable
 from ehb.kafka import consumer_config, create_topics, position, producer_config
 from ehb.processes import child_setup
@@ -81,6 +81,8 @@ def local_services(
         # Tansu can take a lost batch for a duplicate: producers without idempotence
         if settings.kafka_idempotence is None:
             updates["kafka_idempotence"] = False
+        if stack.durable and settings.kafka_linger_ms is None:
+            updates["kafka_linger_ms"] = DURABLE_LINGER_MS
     if settings.database_url is None:
         updates["database_url"] = SecretStr(info.database_url)
     if settings.kafka_session_timeout_s > LOCAL_SESSION_TIMEOUT_S:
@@ -144,6 +146,8 @@ class ChildProcesses:
         env["EHB_LOG_LEVEL"] = s.log_level
         if s.kafka_idempotence is not None:
             env["EHB_KAFKA_IDEMPOTENCE"] = str(s.kafka_idempotence).lower()
+        if s.kafka_linger_ms is not None:
+            env["EHB_KAFKA_LINGER_MS"] = str(s.kafka_linger_ms)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.extra_env)
         return env

@@ -153,6 +153,8 @@ class LoadProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         if self.d.settings.kafka_idempotence is not None:
             env["EHB_KAFKA_IDEMPOTENCE"] = str(self.d.settings.kafka_idempotence).lower()
+        if self.d.settings.kafka_linger_ms is not None:
+            env["EHB_KAFKA_LINGER_MS"] = str(self.d.settings.kafka_linger_ms)
         env.update(extra_env or {})
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
