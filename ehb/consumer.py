@@ -133,7 +133,8 @@ class RecordConsumer:
         ) in ("earliest", "smallest", "beginning")
         probe_config = consumer_config(settings, "ehb-first-offset")
         self.continuity = ContiguousOffsets(
-            probe=lambda partition, offset: first_offset_at(probe_config, *partition, offset)
+            probe=lambda partition, offset: first_offset_at(probe_config, *partition, offset),
+            confirm_s=settings.offset_hole_confirm_s,
         )
 
     # -- rebalance bookkeeping ----------------------------------------------------------
@@ -192,11 +193,16 @@ class RecordConsumer:
                     seek_to,
                     seek_to,
                 )
-                try:
-                    self._consumer.seek(TopicPartition(topic, partition, seek_to))
-                except Exception as exc:  # noqa: BLE001 - the next skip seeks again
-                    log.warning("seek of %s[%d] failed: %s", topic, partition, exc)
+                self._seek(topic, partition, seek_to)
+        for (topic, partition), offset in self.continuity.due_seeks():
+            self._seek(topic, partition, offset)
         return good
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        except Exception as exc:  # noqa: BLE001 - the next skip seeks again
+            log.warning("seek of %s[%d] failed: %s", topic, partition, exc)
 
     def decode(self, messages: Sequence[Message]) -> list[Record[Any]]:
         """Decode a batch; undecodable values are dead-lettered (and flushed) and left out."""

@@ -122,6 +122,19 @@ class ContiguousOffsets:
         self._sought[partition] = (expected, now)
         return False, expected
 
+    def due_seeks(self) -> list[tuple[Partition, int]]:
+        """Partitions still waiting for a skipped offset whose last seek back is older than
+        the reseek interval, with that offset: seek them back again. A partition that went
+        quiet after a skip (the refetch after the seek was dropped, nothing new arrives) would
+        otherwise never be read again."""
+        now = self.clock()
+        due = []
+        for partition, (at, when) in list(self._sought.items()):
+            if self.next.get(partition) == at and now - when >= self.reseek_interval_s:
+                self._sought[partition] = (at, now)
+                due.append((partition, at))
+        return due
+
     def _passes_hole(self, partition: Partition, expected: int, offset: int) -> bool:
         holes = self.holes
         if self.probe is not None and holes.due(partition, expected):

@@ -214,6 +214,15 @@ class Settings(BaseSettings):
         "holds a fetch that long even when data arrives, adding it to the latency; Apache "
         "Kafka answers at once, so a longer wait only spaces out idle polls.",
     )
+    offset_hole_confirm_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="Seconds a consumer (worker, sink) stays at a skipped offset before it "
+        "asks the broker whether the skip is a hole in the log, which it then passes over: "
+        "Tansu's durable engine leaves one where a broker died while writing a batch "
+        "(docs/embedded.md). Longer than a produce request may take to land.",
+    )
     worker_batch_timeout_s: float = Field(
         0.05, gt=0, description="Max wait to fill a worker batch."
     )

@@ -147,6 +147,7 @@ def create_app(
         first_offset=functools.partial(
             first_offset_at, consumer_config(settings, "ehb-first-offset")
         ),
+        hole_confirm_s=settings.offset_hole_confirm_s,
     )
     partitions = settings.kafka_partitions
     app = _faust_app(settings)

@@ -93,7 +93,7 @@ from mode.utils.futures import notify
 from prometheus_client import Counter
 
 from ehb import faultpoints
-from ehb.continuity import HoleWatch
+from ehb.continuity import HOLE_CONFIRM_S, HoleWatch
 
 __all__ = [
     "PATCHES",
@@ -138,6 +138,8 @@ COMMIT_FAILURES = Counter(
 #: (topic, partition, offset) -> offset of the broker's first record at or after it (None:
 #: none); set by :func:`install`, used to tell a hole in the log from a skip of the client
 _first_offset: Callable[[str, int, int], int | None] | None = None
+#: seconds stuck at a skip before the broker is asked about a hole (set by :func:`install`)
+_hole_confirm_s = HOLE_CONFIRM_S
 
 _RESEEK_INTERVAL_S = 1.0
 _FAIL_STOP_GRACE_S = 5.0
@@ -179,6 +181,7 @@ def _instrument_seek() -> None:
 def install(
     real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None,
     first_offset: Callable[[str, int, int], int | None] | None = None,
+    hole_confirm_s: float = HOLE_CONFIRM_S,
 ) -> list[str]:
     """Apply every enabled patch (once per process); returns the names applied.
 
@@ -186,8 +189,10 @@ def install(
     bound to the settings); without it ``changelog_real_end`` is not applied.
     ``first_offset``: the broker's first record at or after an offset (``first_offset_at``
     bound to the settings); without it a hole in an input partition's log stalls it.
+    ``hole_confirm_s``: ``EHB_OFFSET_HOLE_CONFIRM_S``.
     """
-    global _first_offset
+    global _first_offset, _hole_confirm_s
+    _hole_confirm_s = hole_confirm_s
     if first_offset is not None:
         _first_offset = first_offset
     if "instrument_seek" not in _installed:
@@ -251,7 +256,7 @@ class DeliveryGuard:
         #: tp -> (offset sought back to, monotonic time); a seek is pending when time is None
         self._seeking: dict[TP, tuple[int, float | None]] = {}
         #: partitions stuck at one offset, and the holes in their logs
-        self.holes = HoleWatch()
+        self.holes = HoleWatch(_hole_confirm_s)
 
     def _guarded(self, topic: str) -> bool:
         consumer = self.consumer
@@ -649,8 +654,13 @@ def _patch_seek_before_resume() -> None:
 def _patch_no_gap_acks() -> None:
     new_offset = Consumer._new_offset
 
+    logged: dict[TP, int] = {}
+
     async def _add_gap(self: Consumer, tp: TP, offset_from: int, offset_to: int) -> None:
         OFFSET_GAPS.labels(tp.topic).inc()
+        if logged.get(tp) == offset_from:
+            return  # the same skip, one message further: logged once (the metric counts all)
+        logged[tp] = offset_from
         log.warning(
             "offsets %d..%d of %s[%d] skipped by the fetch loop; not acknowledged",
             offset_from,

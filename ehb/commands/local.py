@@ -144,6 +144,7 @@ class ChildProcesses:
         env["EHB_WORKER_GROUP"] = s.worker_group
         env["EHB_SINK_GROUP"] = s.sink_group
         env["EHB_LOG_LEVEL"] = s.log_level
+        env["EHB_OFFSET_HOLE_CONFIRM_S"] = str(s.offset_hole_confirm_s)
         if s.kafka_idempotence is not None:
             env["EHB_KAFKA_IDEMPOTENCE"] = str(s.kafka_idempotence).lower()
         if s.kafka_linger_ms is not None:

@@ -128,3 +128,20 @@ def test_a_new_expected_offset_restarts_the_hole_clock() -> None:
     assert not watch.due(P, 11)
     clock.now += 1
     assert watch.due(P, 11)
+
+
+def test_a_partition_quiet_after_a_skip_is_sought_back_again() -> None:
+    """The refetch after the seek was dropped and nothing new arrives: without a timer the
+    partition would never be read again."""
+    clock = Clock()
+    c = ContiguousOffsets(reseek_interval_s=1.0, clock=clock)
+    c.start({P: 31})
+    assert c.admit(P, 33) == (False, 31)
+    assert c.admit(P, 33) == (False, None)  # the refetch, within the interval: dropped
+    assert c.due_seeks() == []
+    clock.now += 1.0
+    assert c.due_seeks() == [(P, 31)]
+    assert c.due_seeks() == []  # once per interval
+    assert c.admit(P, 31) == (True, None)  # the batch landed
+    clock.now += 5
+    assert c.due_seeks() == []

@@ -54,12 +54,14 @@ class Size:
     #: seconds over which the load is spread (0: as fast as it goes)
     span_s: float
     timeout: float
+    #: EHB_OFFSET_HOLE_CONFIRM_S: a kill can leave a hole in offsets, passed after this long
+    hole_confirm_s: float = 60.0
 
 
 FULL = Size(
     "full", int(os.environ.get("EHB_FAULTS_EVENTS", "200000")), outage_s=10, span_s=0, timeout=1200
 )
-QUICK = Size("quick", 3000, outage_s=2, span_s=8, timeout=240)
+QUICK = Size("quick", 3000, outage_s=2, span_s=8, timeout=240, hole_confirm_s=10)
 
 
 def sizes() -> list[object]:
@@ -108,7 +110,10 @@ def _run(
         )
     )
     info = stack.start()
-    updates: dict[str, object] = {"kafka_bootstrap": info.bootstrap}
+    updates: dict[str, object] = {
+        "kafka_bootstrap": info.bootstrap,
+        "offset_hole_confirm_s": size.hole_confirm_s,
+    }
     if own_database:
         updates["database_url"] = SecretStr(info.database_url)
     factory = DeploymentFactory(services.model_copy(update=updates), tmp_path / "d")
