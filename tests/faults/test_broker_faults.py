@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from ehb.commands.local import LOCAL_SESSION_TIMEOUT_S, Deployment, DeploymentFactory
-from ehb.embedded import EmbeddedStack
+from ehb.embedded import DURABLE_LINGER_MS, EmbeddedStack
 from ehb.settings import BrokerStorage, Settings
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
@@ -113,6 +113,8 @@ def _run(
     updates: dict[str, object] = {
         "kafka_bootstrap": info.bootstrap,
         "offset_hole_confirm_s": size.hole_confirm_s,
+        # what local_services gives a durable stack: full batches (docs/embedded.md)
+        "kafka_linger_ms": DURABLE_LINGER_MS,
     }
     if own_database:
         updates["database_url"] = SecretStr(info.database_url)
