@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 
+from ehb.embedded import resolve_bootstrap
 from ehb.kafka import (
     consumer_config,
     faust_broker_options,
@@ -49,6 +50,7 @@ from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from schemas.topics import CITIZENS_TABLE, EXAMINATIONS, EXAMINATIONS_BY_CITIZEN
 from streams import faust_patches, metrics
+from streams.broker_watch import BrokerWatch
 from streams.citizen_state import CitizenStateMachine, StateConfig
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs
 from streams.intake import Intake
@@ -195,6 +197,8 @@ def create_app(
         # commit and restart the agent).
         agent._on_error = faust_patches.fail_stop  # type: ignore[attr-defined]
     app.timer(1.0)(intake.report_idle_partitions)
+    # a worker bound to a dead Tansu broker stops so that its restart bootstraps again
+    app.timer(5.0)(BrokerWatch(app, resolve_bootstrap(settings)).check)
     _connect_rebalance_signals(app, machine, t_examinations)
     if settings.database_url is not None or not settings.kafka_bootstrap:
         _schedule_registry_refresh(app, settings, registry)
