@@ -45,11 +45,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import Counter
 
 from ehb import faultpoints
 from ehb.continuity import ContiguousOffsets
+from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config, first_offset_at, position, producer_config
 from ehb.settings import Settings
 from schemas import SUBJECTS, AvroCodec, DecodeError
@@ -60,6 +68,9 @@ from schemas.topics import DEAD_LETTER
 __all__ = ["Handler", "Record", "RecordConsumer"]
 
 log = logging.getLogger(__name__)
+
+#: times the committed offsets of newly assigned partitions are asked for (10 s each)
+COMMITTED_READ_ATTEMPTS = 6
 
 OFFSET_SKIPS = Counter(
     "ehb_consumer_offset_skips_total",
@@ -123,7 +134,12 @@ class RecordConsumer:
         self.topics = [settings.topic(t) for t in topics]
         self.subjects = frozenset(subjects) if subjects is not None else None
         self._consumer = Consumer(consumer_config(settings, group, **(consumer_overrides or {})))
-        self._dead_letters = Producer(producer_config(settings)) if dead_letter else None
+        self._dead_letters = (
+            Producer({**producer_config(settings), "on_delivery": self._on_dead_letter})
+            if dead_letter
+            else None
+        )
+        self._dead_letter_errors: list[str] = []
         self._dead_letter_topic = settings.topic(DEAD_LETTER)
         self._encode_dead_letter = self.codec.writer(SUBJECTS.DEAD_LETTER)
         self.assigned: set[tuple[str, int]] = set()
@@ -146,13 +162,26 @@ class RecordConsumer:
         self, consumer: Consumer, partitions: list[TopicPartition]
     ) -> dict[tuple[str, int], int | None]:
         """Where each assigned partition starts: its committed offset; for a new group that
-        reads from the beginning, the log's start; else unknown (the first record sets it)."""
+        reads from the beginning, the log's start; else unknown (the first record sets it).
+
+        The committed offsets are asked for until the coordinator answers: with an unknown
+        start, a fetch that skipped the first batch (Tansu, see ``ehb.continuity``) would go
+        unnoticed and be committed past. After ``COMMITTED_READ_ATTEMPTS`` the error
+        propagates (the consumer fails, its supervisor restarts it)."""
         starts: dict[tuple[str, int], int | None] = {}
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-        except Exception as exc:  # noqa: BLE001 - unknown starts: the first record sets them
-            log.warning("committed offsets unavailable at assignment: %s", exc)
-            return {(p.topic, p.partition): None for p in partitions}
+        for attempt in range(1, COMMITTED_READ_ATTEMPTS + 1):
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                failed = next((p.error for p in committed if p.error is not None), None)
+                if failed is None:
+                    break
+                raise KafkaException(failed)
+            except KafkaException as exc:
+                if attempt == COMMITTED_READ_ATTEMPTS:
+                    raise
+                log.warning(
+                    "committed offsets unavailable at assignment (attempt %d): %s", attempt, exc
+                )
         for p in committed:
             start: int | None = p.offset if p.offset >= 0 else None
             if start is None and self._earliest:
@@ -230,7 +259,16 @@ class RecordConsumer:
             # delivered before the offsets are committed: a dead letter is never lost
             while self._dead_letters.flush(30) > 0:
                 log.warning("dead letters not delivered yet; waiting for the broker")
+            if self._dead_letter_errors:  # failed for good: nothing of the batch is committed
+                raise ServiceUnavailable(
+                    f"{len(self._dead_letter_errors)} dead letters not delivered: "
+                    f"{self._dead_letter_errors[0]}"
+                )
         return records
+
+    def _on_dead_letter(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._dead_letter_errors.append(str(err))
 
     def _dead_letter(self, message: Message, exc: DecodeError) -> None:
         log.warning(

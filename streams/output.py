@@ -7,7 +7,12 @@ source offsets: at-least-once, with the idempotent sinks absorbing the duplicate
 cause.
 
 A delivery error is fatal: the worker stops without acknowledging, so the batch is processed
-again after a restart rather than lost. Only failed deliveries are reported back
+again after a restart rather than lost. It stays fatal: every later flush fails too, whoever
+calls it. The agents and the idle-partition timer share this producer, and an error taken by
+one caller's flush would otherwise let another caller's flush of the same messages succeed,
+so that caller would acknowledge a batch whose records never reached the broker (seen in
+fault scenario 8: a timer's flush took the error and the stateful agent acknowledged its batch
+without its two appointment records). Only failed deliveries are reported back
 (``delivery.report.only.error``): a report per message would cost a Python callback for each
 of the ~2.5 messages an event produces, and :meth:`flush` already waits for every
 acknowledgement.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -34,6 +40,7 @@ class OutputProducer:
             {**config, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
         )
         self._errors: list[str] = []
+        self._flushing = threading.Lock()
         self.sent = 0
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -60,7 +67,10 @@ class OutputProducer:
         self.sent += 1
 
     def _flush_blocking(self, timeout: float) -> int:
-        return int(self._producer.flush(timeout))
+        # One flushing thread at a time: a delivery report is then handled to its end (the
+        # error recorded) by the thread whose flush returns, before its caller looks.
+        with self._flushing:
+            return int(self._producer.flush(timeout))
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Wait until every queued message is acknowledged by the broker (or fail)."""
@@ -68,8 +78,8 @@ class OutputProducer:
         waited = 0.0
         while True:
             remaining = await loop.run_in_executor(None, self._flush_blocking, timeout)
-            if self._errors:
-                errors, self._errors = self._errors, []
+            if self._errors:  # kept: the producer has failed for every caller
+                errors = self._errors
                 raise OutputError(f"{len(errors)} messages not delivered: {errors[0]}")
             if remaining == 0:
                 return

@@ -358,6 +358,9 @@ class _DemoResources:
         ]
         with console.status(f"starting {workers} worker(s) and the sink..."):
             wait_for_workers(worker_children, settings.kafka_partitions)
+        # as compose's restart policy: a worker that fail-stops (its outputs refused, its
+        # brokers unreachable) is started again and processes its batch again
+        children.supervise()
         console.print(
             f"metrics: sink :{sink_child.metrics_port}/metrics, workers "
             + ", ".join(f":{c.metrics_port}" for c in worker_children)

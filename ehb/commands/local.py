@@ -210,11 +210,12 @@ class ChildProcesses:
     def dead(self) -> list[Child]:
         """Children that exited (under supervision: for good, not to be restarted)."""
         supervised = self._supervisor is not None
-        return [
-            c
-            for c in self.children
-            if c.proc.poll() is not None and not (supervised and c.proc.returncode > 0)
-        ]
+
+        def gone(proc: subprocess.Popen[bytes]) -> bool:  # one process: the supervisor swaps
+            status = proc.poll()
+            return status is not None and not (supervised and status > 0)
+
+        return [c for c in self.children if gone(c.proc)]
 
     def stop(self, timeout: float = 20.0) -> None:
         self._stopping.set()

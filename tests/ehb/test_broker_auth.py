@@ -15,9 +15,9 @@ cannot do, measured here and read in its source (tansu-io/tansu at 510f3e2):
   runs on Apache Kafka in the compose stack.
 
 To show that a refused client's data is not stored, two Tansu brokers share one S3 store
-(moto's S3 server on loopback): one with ``--authentication`` (what clients reach), one
-without (a trusted reader for the test only). Records refused by the first never appear
-through the second, while a record written through the second does.
+(the project's embedded SeaweedFS, ``ehb.objectstore``): one with ``--authentication`` (what
+clients reach), one without (a trusted reader for the test only). Records refused by the first
+never appear through the second, while a record written through the second does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pydantic import SecretStr
 from ehb.commands.local import wait_until
 from ehb.embedded import EmbeddedKafka
 from ehb.kafka import consumer_config, faust_broker_options, producer_config
+from ehb.objectstore import EmbeddedObjectStore
 from ehb.processes import child_setup, free_port
 from ehb.settings import Settings
 
@@ -66,8 +66,6 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStore]:
-    boto3 = pytest.importorskip("boto3")
-    pytest.importorskip("moto")
     logs = tmp_path_factory.mktemp("broker-auth")
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -86,47 +84,31 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
         procs.append(proc)
         return proc
 
+    objects = EmbeddedObjectStore(logs / "objects")
+    trusted = EmbeddedKafka(logs, storage={})
     try:
-        s3_port = free_port()
-        moto = Path(sys.executable).with_name("moto_server")
-        start([str(moto), "-H", "127.0.0.1", "-p", str(s3_port)], "moto")
-        wait_until(lambda: _port_open(s3_port), 30, message="moto S3 server")
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        credentials = {
-            "aws_access_key_id": "test",
-            "aws_secret_access_key": "test",
-            "region_name": "us-east-1",
-        }
-        boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="tansu")
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT": endpoint,
-            "AWS_ALLOW_HTTP": "true",
-        }
-        ports = {}
-        for name, extra in (("trusted", []), ("secured", ["--authentication"])):
-            port = ports[name] = free_port()
-            url = f"tcp://127.0.0.1:{port}"
-            start(
-                [
-                    EmbeddedKafka.binary(),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "s3://tansu/",
-                    "--silent",
-                    *extra,
-                ],
-                f"tansu-{name}",
-                env,
-            )
+        objects.start()
+        env = {**os.environ, **objects.client_env()}
+        trusted.storage = objects.client_env()
+        trusted.start()
+        ports = {"trusted": trusted.port, "secured": free_port()}
+        url = f"tcp://127.0.0.1:{ports['secured']}"
+        start(
+            [
+                EmbeddedKafka.binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "s3://tansu/",
+                "--silent",
+                "--authentication",
+            ],
+            "tansu-secured",
+            env,
+        )
         for port in ports.values():
             wait_until(lambda p=port: _port_open(p), 30, message="tansu listening")
         store = SharedStore(
@@ -148,6 +130,8 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        trusted.stop()
+        objects.stop()
 
 
 def _stored(store: SharedStore) -> list[bytes]:

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from ehb.commands.local import Deployment, DeploymentFactory
 from ehb.commands.tail import Start, TopicReader
 from ehb.consumer import Record, RecordConsumer
+from ehb.exceptions import ServiceUnavailable
 from ehb.kafka import consumer_config
 from schemas import SUBJECTS, load_catalog
 from schemas.records import TYPED_SUBJECTS, AppointmentRecord
@@ -107,3 +108,22 @@ def test_at_least_once_and_dead_letters(deploy: DeploymentFactory) -> None:
             2,
         )
         assert letter["original"] == b"\x07garbage"
+
+
+@pytest.mark.integration
+def test_a_dead_letter_the_broker_refuses_leaves_the_batch_uncommitted(
+    deploy: DeploymentFactory,
+) -> None:
+    """The undecodable record's dead letter is not delivered (here: a topic name the broker
+    rejects): the consumer fails before committing, so the record is read again later."""
+    d = deploy(workers=0, sink=False, partitions=1)
+    good = d.codec.encode(SUBJECTS.APPOINTMENT_RECORD, appointment(1))
+    d.produce_raw("appointments", [b"\x07garbage", good], key=b"k")  # in the first batch
+    group = f"{d.settings.topic_prefix}refused"
+    consumer = RecordConsumer(d.settings, group, [APPOINTMENTS])
+    consumer._dead_letter_topic = "no spaces allowed in a topic name"
+    received: list[Record[Any]] = []
+    with pytest.raises(ServiceUnavailable, match="1 dead letters not delivered"):
+        consumer.run(received.extend, max_batches=1)
+    assert received == []
+    assert committed(d, group, "appointments") < 0  # nothing stored for the group

@@ -25,13 +25,16 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
 from ehb.commands.errors import WaitTimeout
 from ehb.commands.local import Child, Deployment, DeploymentFactory, scrape, wait_until
 from simulation.simulator import INVALID_KINDS, CitySimulator, SimulationConfig
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import FaultReport
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +59,8 @@ class Expectation:
     citizens: int = 0
     referrals: int = 0
     appointments: int = 0
+    #: the ids the stateful stage gives the appointments ("facility:so_giayhen_kl")
+    appointment_ids: frozenset[str] = frozenset()
 
     @classmethod
     def for_simulation(
@@ -67,14 +72,19 @@ class Expectation:
         outcome: dict[str, str | None] = {}
         citizens: set[str] = set()
         referrals = appointments = 0
+        appointment_ids: set[str] = set()
         for event in sim.events():
             reason = sim.broken.get(event["event_id"])
             outcome[event["event_id"]] = reason
             if reason is None:
                 citizens.add(event["so_cccd"])
                 referrals += event["referral"] is not None
-                appointments += event["appointment"] is not None
-        return cls(outcome, len(citizens), referrals, appointments)
+                if event["appointment"] is not None:
+                    appointments += 1
+                    appointment_ids.add(
+                        f"{event['ma_cskcb']}:{event['appointment']['so_giayhen_kl']}"
+                    )
+        return cls(outcome, len(citizens), referrals, appointments, frozenset(appointment_ids))
 
     def add(self, event_id: str, reason: str | None) -> None:
         self.outcome[event_id] = reason
@@ -93,7 +103,13 @@ def expected_for(events: int) -> Expectation:
     if events not in _EXPECTATIONS:
         _EXPECTATIONS[events] = Expectation.for_simulation(events)
     cached = _EXPECTATIONS[events]
-    return Expectation(dict(cached.outcome), cached.citizens, cached.referrals, cached.appointments)
+    return Expectation(
+        dict(cached.outcome),
+        cached.citizens,
+        cached.referrals,
+        cached.appointments,
+        cached.appointment_ids,
+    )
 
 
 # -- the load -----------------------------------------------------------------------------------
@@ -366,9 +382,10 @@ def _pipeline_lag(d: Deployment) -> int | None:
 
 
 def check_alive(d: Deployment) -> None:
-    """Fail at once when a worker or sink died on its own (not by the test's SIGKILL)."""
-    for child in d.children.children:
-        code = child.proc.poll()
+    """Fail at once when a worker or sink died on its own (not by the test's SIGKILL) and
+    no supervisor restarts it (``ChildProcesses.supervise``: a fail-stop is restarted)."""
+    for child in d.children.dead():
+        code = child.proc.returncode
         if code is not None and code not in (-signal.SIGKILL, -signal.SIGTERM):
             raise AssertionError(
                 f"{child.name} exited with code {code}; log:\n{child.log.read_text()[-4000:]}"
@@ -618,6 +635,8 @@ def reconcile(
             got = d.count(table)
             if got != expected:
                 derived.append(f"{name}: {got} rows, expected {expected}")
+                if table == "appointments":
+                    derived.append(missing_appointments(d, expectation))
     return Reconciliation(
         scenario=scenario,
         accepted=len(expectation.outcome),
@@ -670,4 +689,67 @@ def reconcile_nothing(scenario: str, expectation: Expectation) -> Reconciliation
     """The row of a scenario whose database could not even be read."""
     return Reconciliation(
         scenario, len(expectation.outcome), 0, 0, len(expectation.outcome), 0, 0, 0, [], [], {}
+    )
+
+
+def record_failure(
+    report: FaultReport,
+    d: Deployment,
+    scenario: str,
+    expectation: Expectation,
+    monitor: Monitor,
+    exc: BaseException,
+) -> None:
+    """A scenario that did not reach its end still gets its row (unless it has one): what
+    the database holds, with the first line of the error."""
+    if any(row.scenario == scenario for row in report.rows):
+        return
+    monitor.stop()
+    try:
+        result = reconcile(d, scenario, expectation)
+    except Exception:  # noqa: BLE001 - the database itself may be what failed
+        result = reconcile_nothing(scenario, expectation)
+    result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    report.add(finish(result, monitor, len(expectation.outcome), drain_seconds=0))
+
+
+def missing_appointments(d: Deployment, expectation: Expectation) -> str:
+    """Where the appointments missing from PostgreSQL are: in the appointments topic (the
+    sink did not persist them) or not (the stateful stage never had them delivered)."""
+    from ehb.kafka import position
+    from schemas.registry import codec_for
+    from schemas.topics import APPOINTMENTS
+
+    try:
+        stored = {row[0] for row in d.query("SELECT appointment_id FROM appointments")}
+        missing = expectation.appointment_ids - stored
+        codec = codec_for(d.settings)
+        in_log: dict[str, list[str]] = {}
+        offsets: dict[int, list[int]] = {}
+        for message in d.read_topic(APPOINTMENTS, timeout=30):
+            _, partition, offset = position(message)
+            offsets.setdefault(partition, []).append(offset)
+            aid = codec.decode(message.value()).record.get("appointment_id")
+            if aid in missing:
+                in_log.setdefault(aid, []).append(f"{partition}@{offset}")
+        gaps = [
+            f"{p}: {a + 1}..{b - 1}"
+            for p, seen in sorted(offsets.items())
+            for a, b in zip(sorted(set(seen)), sorted(set(seen))[1:], strict=False)
+            if b - a > 1
+        ]
+    except Exception as exc:  # noqa: BLE001 - a diagnosis only
+        return f"missing appointments not located: {exc}"
+    topic = d.settings.topic(APPOINTMENTS)
+    sink_log = [
+        line.strip()[:200]
+        for child in d.children.children
+        if child.name.startswith("sink") and child.log.exists()
+        for line in child.log.read_text(errors="replace").splitlines()
+        if topic in line or "committed offsets" in line
+    ]
+    return (
+        f"{len(missing)} appointment ids missing ({sorted(missing)[:5]}); in the topic: "
+        f"{len(in_log)} ({dict(sorted(in_log.items())[:5])}); offset gaps: {gaps[:10]}; "
+        f"the sink's log on the topic: {sink_log[-10:]}"
     )

@@ -32,7 +32,7 @@ from tests.faults.harness import (
     expected_for,
     finish,
     reconcile,
-    reconcile_nothing,
+    record_failure,
     settle,
     wait_committed,
 )
@@ -139,14 +139,8 @@ def _run(
         run = Run(stack, d, expectation, monitor, load)
         yield run
     except BaseException as exc:
-        if run is not None and not any(row.scenario == scenario for row in report.rows):
-            run.monitor.stop()
-            try:
-                result = reconcile(run.d, scenario, run.expectation)
-            except Exception:  # noqa: BLE001 - the database itself may be what failed
-                result = reconcile_nothing(scenario, run.expectation)
-            result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            report.add(finish(result, run.monitor, run.total, drain_seconds=0))
+        if run is not None:
+            record_failure(report, run.d, scenario, run.expectation, run.monitor, exc)
         raise
     finally:
         if run is not None:

@@ -47,7 +47,7 @@ from tests.faults.harness import (
     expected_for,
     finish,
     reconcile,
-    reconcile_nothing,
+    record_failure,
     settle,
     wait_committed,
 )
@@ -183,14 +183,7 @@ def _run(
         try:
             yield run
         except BaseException as exc:
-            if not any(row.scenario == scenario for row in report.rows):
-                monitor.stop()
-                try:
-                    result = reconcile(d, scenario, expectation)
-                except Exception:  # noqa: BLE001 - the database itself may be what failed
-                    result = reconcile_nothing(scenario, expectation)
-                result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                report.add(finish(result, monitor, run.total, drain_seconds=0))
+            record_failure(report, d, scenario, expectation, monitor, exc)
             raise
 
 

@@ -42,7 +42,7 @@ from tests.faults.harness import (
     finish,
     outbox_pending,
     reconcile,
-    reconcile_nothing,
+    record_failure,
     settle,
     wait_committed,
     worker_owns_partitions,
@@ -102,28 +102,6 @@ def sizes(quick: bool) -> list[Any]:
     return [pytest.param(QUICK, id="quick"), full] if quick else [full]
 
 
-def _record_failure(
-    d: Deployment,
-    name: str,
-    size: Size,
-    expectation: Expectation,
-    monitor: Monitor,
-    report: FaultReport,
-    exc: BaseException,
-) -> None:
-    """A scenario that did not reach its end still gets its row: what the database holds."""
-    scenario = f"{name} [{size.name}]"
-    if any(row.scenario == scenario for row in report.rows):
-        return
-    monitor.stop()
-    try:
-        result = reconcile(d, scenario, expectation)
-    except Exception:  # noqa: BLE001 - the database itself may be what failed
-        result = reconcile_nothing(scenario, expectation)
-    result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    report.add(finish(result, monitor, len(expectation.outcome), drain_seconds=0))
-
-
 @contextlib.contextmanager
 def _scenario(
     d: Deployment,
@@ -139,7 +117,7 @@ def _scenario(
     try:
         yield
     except BaseException as exc:
-        _record_failure(d, name, size, expectation, monitor, report, exc)
+        record_failure(report, d, f"{name} [{size.name}]", expectation, monitor, exc)
         raise
     finally:
         load.stop()
