@@ -26,9 +26,10 @@ demo: $(STAMP)
 up: $(STAMP)
 	@$(BIN)/ehb up $(ARGS)
 
-## The default test suite (starts its own broker and database).
+## The default test suite (starts its own broker and database), on two pytest-xdist workers,
+## a test module each at a time: most tests wait on their deployment.
 test: $(STAMP)
-	@$(BIN)/python -m pytest $(ARGS)
+	@$(BIN)/python -m pytest -n 2 --dist loadscope $(ARGS)
 
 ## The tests that need no services (no broker, no PostgreSQL): about a minute.
 test-quick: $(STAMP)

@@ -10,6 +10,8 @@ from ehb.commands.cli import app
 from ehb.commands.reasons import Lang, explanation, explanation_cells, reason_headers
 from schemas.reasons import REASON_CODES, REASONS, reasons_markdown
 
+pytestmark = pytest.mark.usefixtures("wide_cli")
+
 WIDE = {"COLUMNS": "400"}  # one table row a line: nothing wrapped
 
 

@@ -35,6 +35,8 @@ from ehb.commands.rejected import (
 from schemas.reasons import REASON_CODES
 from schemas.time import VN_TZ
 
+pytestmark = pytest.mark.usefixtures("wide_cli")
+
 TODAY = date(2026, 11, 30)
 DAY = date(2026, 11, 29)
 #: what a dead letter may hold of the input and must never be printed
