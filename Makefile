@@ -46,7 +46,7 @@ lint: $(STAMP)
 	@$(BIN)/lint-imports
 	@$(BIN)/mypy
 
-## Fault injection (200,000 events a scenario, EHB_FAULTS_EVENTS), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
+## Fault injection (200,000 events a scenario: EHB_FAULTS_EVENTS, EHB_FAULTS_BROKER_EVENTS for the durable-broker ones), every crash point, scenario 1 x 50 (EHB_FAULTS_LOOP_RUNS), bad input, fuzzing; writes reports/faults.{md,json}.
 faults: $(STAMP)
 	@$(BIN)/python -m pytest -m faults tests/faults -n 2 --dist loadscope $(ARGS)
 

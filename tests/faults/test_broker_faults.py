@@ -4,7 +4,7 @@ The embedded broker keeps its topics and committed offsets in SeaweedFS (``durab
 storage), so a broker, its object store, or the whole stack can die and come back from the
 data directory. Each scenario runs on an embedded stack of its own (store, brokers and, for
 scenario 10, PostgreSQL), whose processes it kills with SIGKILL and restarts on the same
-ports. ``make faults`` runs them with 20,000 events (``EHB_FAULTS_BROKER_EVENTS``; see
+ports. ``make faults`` runs them with 200,000 events (``EHB_FAULTS_BROKER_EVENTS``; see
 ``FULL``); the reduced versions run in ``make test``.
 """
 
@@ -58,12 +58,10 @@ class Size:
     hole_confirm_s: float = 60.0
 
 
-#: events of the full broker scenarios: the durable broker reads every record batch from its
-#: store, and two such stacks side by side (make faults' two lanes) process ~50-100 events/s
-#: each here, so 200,000 would take about an hour a scenario (docs/reliability.md)
+#: events of the full broker scenarios, as every other full scenario (docs/reliability.md)
 FULL = Size(
     "full",
-    int(os.environ.get("EHB_FAULTS_BROKER_EVENTS", "20000")),
+    int(os.environ.get("EHB_FAULTS_BROKER_EVENTS", "200000")),
     outage_s=10,
     span_s=0,
     timeout=1200,
