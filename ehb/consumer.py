@@ -170,18 +170,18 @@ class RecordConsumer:
         propagates (the consumer fails, its supervisor restarts it)."""
         starts: dict[tuple[str, int], int | None] = {}
         for attempt in range(1, COMMITTED_READ_ATTEMPTS + 1):
-            try:
+            try:  # the call fails, or one partition's answer does
                 committed = consumer.committed(partitions, timeout=10)
-                failed = next((p.error for p in committed if p.error is not None), None)
-                if failed is None:
-                    break
-                raise KafkaException(failed)
+                error = next((p.error for p in committed if p.error is not None), None)
             except KafkaException as exc:
-                if attempt == COMMITTED_READ_ATTEMPTS:
-                    raise
-                log.warning(
-                    "committed offsets unavailable at assignment (attempt %d): %s", attempt, exc
-                )
+                error = exc.args[0]
+            if error is None:
+                break
+            if attempt == COMMITTED_READ_ATTEMPTS:
+                raise KafkaException(error)
+            log.warning(
+                "committed offsets unavailable at assignment (attempt %d): %s", attempt, error
+            )
         for p in committed:
             start: int | None = p.offset if p.offset >= 0 else None
             if start is None and self._earliest:

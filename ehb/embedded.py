@@ -58,7 +58,9 @@ class EmbeddedKafka:
     bucket then keeps the topics and committed offsets (``s3://``); ``None``: memory only,
     nothing survives the broker. Several brokers on one store serve the same topics.
     ``host``: the address it listens on and advertises (another local address than loopback
-    for a client in another network namespace: the network-partition fault test)."""
+    for a client in another network namespace: the network-partition fault test).
+    ``authentication``: refuse clients that have not authenticated (``--authentication``;
+    docs/operations.md: Tansu's storage cannot keep users, so nobody can log in)."""
 
     def __init__(
         self,
@@ -67,8 +69,10 @@ class EmbeddedKafka:
         storage: dict[str, str] | None = None,
         *,
         host: str = "127.0.0.1",
+        authentication: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.authentication = authentication
         self.port = port or free_port()
         self.storage = storage
         self.host = host
@@ -100,6 +104,7 @@ class EmbeddedKafka:
             url,
             "--storage-engine",
             engine,
+            *(["--authentication"] if self.authentication else []),
         ]
         env = {**os.environ, **(self.storage or {})}
         with open(log, "ab") as out:

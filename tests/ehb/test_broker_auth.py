@@ -28,18 +28,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import SecretStr
 
-from ehb.commands.local import wait_until
 from ehb.embedded import EmbeddedKafka
 from ehb.kafka import consumer_config, faust_broker_options, producer_config
 from ehb.objectstore import EmbeddedObjectStore
-from ehb.processes import child_setup, free_port
 from ehb.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -51,69 +48,23 @@ TOPIC = "ehb.examinations"
 class SharedStore:
     trusted: str  # bootstrap of the broker without authentication
     secured: str  # bootstrap of the broker with --authentication
-    env: dict[str, str]
-    procs: list[subprocess.Popen[bytes]]
-    logs: Path
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    env: dict[str, str]  # the store's client environment, for the tansu CLI
 
 
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStore]:
     logs = tmp_path_factory.mktemp("broker-auth")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        command: list[str], name: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        with open(logs / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=child_setup(),
-            )
-        procs.append(proc)
-        return proc
-
     objects = EmbeddedObjectStore(logs / "objects")
-    trusted = EmbeddedKafka(logs, storage={})
+    brokers: list[EmbeddedKafka] = []
     try:
         objects.start()
-        env = {**os.environ, **objects.client_env()}
-        trusted.storage = objects.client_env()
-        trusted.start()
-        ports = {"trusted": trusted.port, "secured": free_port()}
-        url = f"tcp://127.0.0.1:{ports['secured']}"
-        start(
-            [
-                EmbeddedKafka.binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "s3://tansu/",
-                "--silent",
-                "--authentication",
-            ],
-            "tansu-secured",
-            env,
-        )
-        for port in ports.values():
-            wait_until(lambda p=port: _port_open(p), 30, message="tansu listening")
-        store = SharedStore(
-            f"127.0.0.1:{ports['trusted']}", f"127.0.0.1:{ports['secured']}", env, procs, logs
-        )
+        storage = objects.client_env()
+        for authentication in (False, True):
+            broker = EmbeddedKafka(logs, storage=storage, authentication=authentication)
+            brokers.append(broker)
+            broker.start()
+        trusted, secured = brokers
+        store = SharedStore(trusted.bootstrap, secured.bootstrap, {**os.environ, **storage})
         admin = AdminClient({"bootstrap.servers": store.trusted})
         for future in admin.create_topics([NewTopic(TOPIC, 1, 1)]).values():
             future.result(30)
@@ -122,15 +73,8 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSto
         assert producer.flush(30) == 0
         yield store
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        trusted.stop()
+        for broker in reversed(brokers):
+            broker.stop()
         objects.stop()
 
 
