@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["BrokerStorage", "Environment", "Settings", "get_settings"]
+__all__ = ["BrokerStorage", "Environment", "Settings", "StateStore", "get_settings"]
 
 
 #: Values that are examples, not secrets: refused in production.
@@ -63,6 +63,13 @@ class BrokerStorage(StrEnum):
 
     DURABLE = "durable"
     MEMORY = "memory"
+
+
+class StateStore(StrEnum):
+    """Where the worker keeps its citizens table (the changelog stays the source of truth)."""
+
+    MEMORY = "memory"
+    ROCKSDB = "rocksdb"
 
 
 class Settings(BaseSettings):
@@ -195,6 +202,36 @@ class Settings(BaseSettings):
         le=1500,
         description="Longest a worker's fetch waits for data (Faust "
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).",
+    )
+    state_store: StateStore = Field(
+        StateStore.MEMORY,
+        description="Store of the worker's citizens table: memory (rebuilt from the changelog "
+        "at every start) or rocksdb (on disk under EHB_STATE_STORE_DIR, rocksdict driver; "
+        "docs/state-store.md).",
+    )
+    state_store_dir: Path | None = Field(
+        None,
+        description="rocksdb: directory of the worker's table databases. Unset: "
+        "EHB_DATA_DIR/tables/<EHB_WORKER_INSTANCE_ID or 'worker'>. Two workers on one host "
+        "need two directories (a partition database is locked by the worker that opened it).",
+    )
+    state_block_cache_mb: int = Field(
+        16,
+        ge=1,
+        description="rocksdb: block cache of each partition database, in MiB (Faust's "
+        "default: 2 GiB each).",
+    )
+    state_write_buffer_mb: int = Field(
+        8, ge=1, description="rocksdb: write buffer (memtable) size, in MiB."
+    )
+    state_max_write_buffers: int = Field(
+        2, ge=1, description="rocksdb: write buffers of a partition database."
+    )
+    state_target_file_mb: int = Field(
+        16, ge=1, description="rocksdb: target size of an SST file, in MiB."
+    )
+    state_max_open_files: int = Field(
+        256, ge=16, description="rocksdb: open files of each partition database."
     )
     gc_young_threshold: int = Field(
         50_000,
@@ -398,6 +435,13 @@ class Settings(BaseSettings):
     @cached_property
     def state_dir(self) -> Path:
         return self.data_dir.resolve()
+
+    @cached_property
+    def table_dir(self) -> Path:
+        """rocksdb: where this worker's table databases live."""
+        if self.state_store_dir is not None:
+            return self.state_store_dir.resolve()
+        return self.state_dir / "tables" / (self.worker_instance_id or "worker")
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print or log: secrets masked."""

@@ -44,7 +44,7 @@ from ehb.kafka import (
     producer_config,
 )
 from ehb.privacy import CitizenKeyer
-from ehb.settings import Settings
+from ehb.settings import Settings, StateStore
 from schemas import AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
@@ -76,13 +76,17 @@ def _faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.worker_group,
         **faust_broker_options(settings),
-        store="memory://",
-        # The memory store leaves no local state that could outlive its changelog, and Tansu
-        # reports a partition's high watermark as the start of its newest batch + 1 (see
+        # EHB_STATE_STORE=rocksdb: on the app, not the table: a table's store="rocksdb://" is a
+        # yarl URL with neither host nor path, which is falsy, and Faust then falls back to the
+        # app's store (memory) without a word
+        store="rocksdb://" if settings.state_store == StateStore.ROCKSDB else "memory://",
+        # Tansu reports a partition's high watermark as the start of its newest batch + 1 (see
         # sinks/lag.py): Faust's recovery consistency check then fails after a rebalance
         # ("persisted offset higher than highwater") and crashes the surviving worker.
         recovery_consistency_check=False,
         datadir=str(settings.state_dir / "faust"),
+        # the citizens table on rocksdb (EHB_STATE_STORE): one database per partition here
+        tabledir=str(settings.table_dir),
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
         topic_allow_declare=True,
@@ -105,6 +109,29 @@ def _faust_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         **batching,
     )
+
+
+def _table_options(settings: Settings) -> dict[str, Any]:
+    """The citizens table's RocksDB options (the app's store is rocksdb://): rocksdict.
+
+    ``options`` are handed to Faust's ``RocksDBOptions``; the driver is chosen with
+    ``"driver"`` (``use_rocksdict`` raises a TypeError, Faust passes it too). Every partition
+    database gets its own block cache and write buffers (Faust's defaults: 2 GiB and 3 x 64 MiB
+    each).
+    """
+    if settings.state_store != StateStore.ROCKSDB:
+        return {}
+    mib = 1024 * 1024
+    return {
+        "options": {
+            "driver": "rocksdict",
+            "block_cache_size": settings.state_block_cache_mb * mib,
+            "write_buffer_size": settings.state_write_buffer_mb * mib,
+            "max_write_buffer_number": settings.state_max_write_buffers,
+            "target_file_size_base": settings.state_target_file_mb * mib,
+            "max_open_files": settings.state_max_open_files,
+        },
+    }
 
 
 _fetch_wait_patched = False
@@ -158,7 +185,13 @@ def create_app(
     examinations = app.topic(t_examinations, key_type=bytes, value_type=bytes)
     by_citizen = app.topic(t_by_citizen, key_type=bytes, value_type=bytes)
     # Keys and values are JSON in the changelog (Faust's default codec for these types).
-    citizens = app.Table(CITIZENS_TABLE, default=None, partitions=partitions, key_type=str)
+    citizens = app.Table(
+        CITIZENS_TABLE,
+        default=None,
+        partitions=partitions,
+        key_type=str,
+        **_table_options(settings),
+    )
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(

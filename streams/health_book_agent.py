@@ -3,18 +3,20 @@
 
 A batch of internal messages at a time: run the state machine per partition, send the
 health-book, referral and appointment records, flush them, then write the state changes to the
-changelog and flush again, and only then let Faust acknowledge the batch. Outputs go first
-because state that says "done" must never land without its records; a crash in between
-re-emits records the idempotent sinks absorb.
+changelog and flush again, then to the table's local data (``streams.state_store``: memory or
+RocksDB, each write in the database of the partition it belongs to), and only then let Faust
+acknowledge the batch. Outputs go first because state that says "done" must never land without
+its records; a crash in between re-emits records the idempotent sinks absorb. The local data is
+written after the changelog is acknowledged, so that a local RocksDB state kept over a crash is
+never ahead of its changelog.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from streams import faust_patches, metrics
 from streams.citizen_state import CitizenStateMachine, Emitted
 from streams.internal import decode_validated
 from streams.output import OutputProducer
+from streams.state_store import as_state, encode_json
 
 __all__ = ["STATE_BATCH_MESSAGES", "HealthBookAgent", "HealthBookOutputs", "encode_json"]
 
@@ -37,14 +40,6 @@ STAGE = "health-book"
 
 #: internal messages per batch of the stateful agent (<= 5,000 events)
 STATE_BATCH_MESSAGES = 50
-
-#: one encoder for the changelog (json.dumps with arguments builds a new one per call)
-_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def encode_json(value: Any) -> bytes:
-    """A changelog key or value of the citizens table: compact JSON, as Faust reads it."""
-    return _JSON.encode(value).encode()
 
 
 @dataclass(frozen=True)
@@ -91,20 +86,21 @@ Batch = list[tuple[Any, Any]]  # (items, sources) of the internal messages of on
 class HealthBookAgent:
     """``run`` is the Faust agent's function.
 
-    ``store`` is the ``citizens`` table's data (read and updated in place), ``changelog`` its
-    changelog topic.
+    ``store`` gives the ``citizens`` table's data (a Faust store, or a
+    ``streams.state_store.PartitionedState``), read and written per partition; ``changelog``
+    is its changelog topic.
     """
 
     machine: CitizenStateMachine
     codec: AvroCodec
-    store: Callable[[], MutableMapping[Any, Any]]
+    store: Callable[[], Any]
     changelog: str
     outputs: HealthBookOutputs
     output: OutputProducer
     within: float
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
-        store = self.store()
+        store = as_state(self.store())
         async for events in faust_patches.take_batches(
             stream, STATE_BATCH_MESSAGES, self.within, "health_book.batch_acknowledged"
         ):
@@ -112,23 +108,27 @@ class HealthBookAgent:
             faultpoints.reach("health_book.batch_received")
             await self.process_batch(events, store)
 
-    async def process_batch(self, events: Sequence[Any], store: MutableMapping[Any, Any]) -> None:
+    async def process_batch(self, events: Sequence[Any], store: Any) -> None:
         started = time.perf_counter()
+        state = as_state(store)
         by_partition = self._decode(events)
         now_ms = int(time.time() * 1000)
         state_writes: list[tuple[int, dict[str, Any]]] = []
         n_items = 0
         records_out = dict.fromkeys(self.outputs.topics(), 0)
         for partition, batch in by_partition.items():
-            emitted = self.machine.process(partition, batch, store, now_ms).compact()
+            emitted = self.machine.process(partition, batch, state.view(partition), now_ms)
+            emitted.compact()
             n_items += sum(len(items) for items, _ in batch)
             self._send_records(emitted, records_out)
             state_writes.append((partition, emitted.state))
-            store.update(emitted.local)
+            state.write(partition, emitted.local)
         await self.output.flush()
         faultpoints.reach("health_book.outputs_flushed")
-        self._write_state(state_writes, store)
+        self._send_changelog(state_writes)
         await self.output.flush()
+        for partition, changes in state_writes:
+            state.write(partition, changes)
         faultpoints.reach("health_book.changelog_written")
         metrics.count_batch(
             STAGE, messages=len(events), events_in=n_items, records_out=records_out, started=started
@@ -163,11 +163,8 @@ class HealthBookAgent:
                 )
             records_out[out.topic] += len(records)
 
-    def _write_state(
-        self, state_writes: list[tuple[int, dict[str, Any]]], store: MutableMapping[Any, Any]
-    ) -> None:
-        """The state changes to the changelog (on the partition they belong to) and the
-        table's local data."""
+    def _send_changelog(self, state_writes: list[tuple[int, dict[str, Any]]]) -> None:
+        """The state changes to the changelog, on the partition they belong to."""
         for partition, changes in state_writes:
             for key, value in changes.items():
                 self.output.produce(
@@ -176,7 +173,3 @@ class HealthBookAgent:
                     key=encode_json(key),
                     partition=partition,
                 )
-                if value is None:
-                    store.pop(key, None)
-                else:
-                    store[key] = value

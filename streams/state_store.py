@@ -1,0 +1,164 @@
+"""The citizens table's local state, read and written per partition by the health-book agent.
+
+The agent writes the table outside Faust's table API: it sends the changelog itself (librdkafka,
+``streams.health_book_agent``) and updates the local data directly, per input partition of a
+batch that mixes partitions. Two stores:
+
+* **memory** (:class:`MemoryState`): the table's dict, as before; every partition reads and
+  writes the same mapping (the state machine keeps to its partition's keys).
+* **rocksdb** (:class:`RocksState`): Faust's RocksDB store with the rocksdict driver, one
+  database per changelog partition. Faust's own ``_set``/``_get``/``_contains`` pick the
+  database from ``current_event()`` -- the last event of the stream, whatever partition the
+  key belongs to -- so nothing here goes through them: :meth:`RocksState.view` reads the
+  database of the partition given, :meth:`RocksState.write` writes one ``WriteBatch`` to it.
+  Keys and values are stored as the changelog's bytes (compact JSON), which is what Faust's
+  recovery (``apply_changelog_batch``) writes there too.
+
+Faust records a partition's changelog offset in its database (``set_persisted_offset``) only
+when Faust itself sends or recovers a changelog record; the agent's own sends leave it at the
+end of the last recovery, so a restart with the local state kept replays the changelog written
+since the worker last recovered that partition (docs/state-store.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, Protocol
+
+__all__ = [
+    "MemoryState",
+    "PartitionedState",
+    "RocksPartitionView",
+    "RocksState",
+    "as_state",
+    "encode_json",
+]
+
+#: one encoder for the changelog (json.dumps with arguments builds a new one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode_json(value: Any) -> bytes:
+    """A changelog key or value of the citizens table: compact JSON, as Faust reads it."""
+    return _JSON.encode(value).encode()
+
+
+_encode = encode_json
+
+
+class PartitionedState(Protocol):
+    """The table's local data, addressed by the partition a key belongs to."""
+
+    def view(self, partition: int) -> Mapping[str, Any]:
+        """What the state machine reads for ``partition`` (keys of other partitions may show)."""
+        ...
+
+    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (``None`` deletes) to ``partition``'s data."""
+        ...
+
+
+class MemoryState:
+    """The memory store: one mapping for every partition."""
+
+    def __init__(self, data: MutableMapping[Any, Any]) -> None:
+        self.data = data
+
+    def view(self, partition: int) -> Mapping[str, Any]:
+        return self.data
+
+    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
+        data = self.data
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+
+
+class RocksPartitionView(MutableMapping[str, Any]):
+    """One partition's RocksDB database as a mapping of decoded keys and values.
+
+    Short-lived (one batch): Faust closes a revoked partition's database by dropping its
+    reference, so a view kept across a rebalance would keep the database locked.
+    """
+
+    def __init__(self, db: Any, skip: bytes) -> None:
+        self._db = db
+        self._skip = skip  # Faust's persisted-offset key
+
+    def __getitem__(self, key: str) -> Any:
+        raw = self._db.get(_encode(key))
+        if raw is None:
+            raise KeyError(key)
+        return json.loads(raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._db.get(_encode(key))
+        return default if raw is None else json.loads(raw)
+
+    def __contains__(self, key: object) -> bool:
+        return self._db.get(_encode(key)) is not None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._db.put(_encode(key), _encode(value))
+
+    def __delitem__(self, key: str) -> None:
+        k = _encode(key)
+        if self._db.get(k) is None:
+            raise KeyError(key)
+        self._db.delete(k)
+
+    def __iter__(self) -> Iterator[str]:
+        skip = self._skip
+        for raw in self._db.keys():
+            if raw != skip:
+                yield json.loads(raw)
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        skip = self._skip
+        for raw_key, raw in self._db.items():
+            if raw_key != skip:
+                yield json.loads(raw_key), json.loads(raw)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class RocksState:
+    """Faust's RocksDB store (rocksdict driver), every read and write routed by partition."""
+
+    def __init__(self, store: Any) -> None:
+        if not getattr(store, "use_rocksdict", False):
+            raise TypeError(f"not a rocksdict-backed Faust RocksDB store: {store!r}")
+        self.store = store
+
+    def db(self, partition: int) -> Any:
+        """The partition's database (opened on first use, as Faust does)."""
+        return self.store._db_for_partition(partition)
+
+    def view(self, partition: int) -> RocksPartitionView:
+        return RocksPartitionView(self.db(partition), self.store.offset_key)
+
+    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
+        if not changes:
+            return
+        import rocksdict
+
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(_encode(key))
+            else:
+                batch.put(_encode(key), _encode(value))
+        self.db(partition).write(batch)
+
+
+def as_state(data: Any) -> PartitionedState:
+    """The table's ``data`` (a Faust store) as a :class:`PartitionedState`."""
+    if isinstance(data, MemoryState | RocksState):
+        return data
+    if hasattr(data, "_db_for_partition"):
+        return RocksState(data)
+    return MemoryState(data)

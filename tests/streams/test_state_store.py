@@ -1,0 +1,265 @@
+"""The citizens table on RocksDB (streams/state_store.py): every write of the health-book agent
+lands in the database of the partition its key belongs to, whatever Faust's current event is,
+and reads find it there. No broker: the Faust store is built and written directly."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("rocksdict")
+
+import faust  # noqa: E402
+
+from ehb.settings import Settings, StateStore  # noqa: E402
+from schemas import AvroCodec  # noqa: E402
+from schemas.partitioning import citizen_partition  # noqa: E402
+from schemas.reference import FacilityRegistry  # noqa: E402
+from schemas.time import DAY_MS, HOUR_MS  # noqa: E402
+from streams.app import _faust_app, _table_options  # noqa: E402
+from streams.citizen_state import CitizenStateMachine, StateConfig, clock_key  # noqa: E402
+from streams.enrichment import enrich  # noqa: E402
+from streams.health_book_agent import HealthBookAgent, HealthBookOutputs, _Output  # noqa: E402
+from streams.internal import encode_validated  # noqa: E402
+from streams.state_store import MemoryState, RocksState, as_state, encode_json  # noqa: E402
+from tests.support import factories as f  # noqa: E402
+
+PARTITIONS = 4
+CONFIG = StateConfig(
+    partitions=PARTITIONS,
+    referral_window_ms=30 * DAY_MS,
+    reminder_lead_ms=24 * HOUR_MS,
+    grace_ms=3 * DAY_MS,
+    lateness_ms=48 * HOUR_MS,
+)
+REGISTRY = FacilityRegistry.from_reference()
+
+
+def rocks_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        state_store=StateStore.ROCKSDB,
+        state_store_dir=tmp_path / "tables",
+        data_dir=tmp_path,
+        kafka_partitions=PARTITIONS,
+        state_block_cache_mb=4,
+        kafka_bootstrap="127.0.0.1:1",  # never connected to
+    )
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Iterator[faust.Table]:
+    settings = rocks_settings(tmp_path)
+    app = _faust_app(settings)
+    citizens = app.Table(
+        "citizens",
+        default=None,
+        partitions=PARTITIONS,
+        key_type=str,
+        **_table_options(settings),
+    )
+    yield citizens
+    citizens.data._dbs.clear()  # what Faust's stop does: dropping a database closes it
+
+
+def key_of(n: int) -> str:
+    return hashlib.sha256(f"citizen-{n}".encode()).hexdigest()
+
+
+def test_the_setting_gives_a_rocksdict_store_sized_by_the_settings(
+    table: faust.Table, tmp_path: Path
+) -> None:
+    store = table.data
+    assert type(store).__module__ == "faust.stores.rocksdb"
+    assert store.use_rocksdict
+    assert store.rocksdb_options.block_cache_size == 4 * 1024 * 1024
+    assert store.rocksdb_options.write_buffer_size == 8 * 1024 * 1024
+    assert store.partition_path(2) == tmp_path / "tables" / "citizens-2.db"
+    assert isinstance(as_state(store), RocksState)
+
+
+def test_the_memory_setting_keeps_the_memory_store(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, kafka_partitions=PARTITIONS, kafka_bootstrap="127.0.0.1:1"
+    )
+    app = _faust_app(settings)
+    citizens = app.Table("citizens", default=None, partitions=PARTITIONS, key_type=str)
+    assert type(citizens.data).__module__ == "faust.stores.memory"
+    assert isinstance(as_state(citizens.data), MemoryState)
+
+
+def test_writes_land_in_their_partition_database_and_reads_find_them(
+    table: faust.Table,
+) -> None:
+    state = RocksState(table.data)
+    keys = {p: [] for p in range(PARTITIONS)}  # type: dict[int, list[str]]
+    for n in range(40):
+        key = key_of(n)
+        keys[citizen_partition(key, PARTITIONS)].append(key)
+    for p, ks in keys.items():
+        state.write(p, {k: {"i": 1, "n": k[:4]} for k in ks} | {clock_key(p): {"c": p}})
+    # Faust's persisted offset lives in the same databases; views do not show it
+    table.data.set_persisted_offset(SimpleNamespace(partition=1), 17)
+    for p in range(PARTITIONS):
+        db = state.db(p)
+        for q, ks in keys.items():
+            for k in ks:
+                raw = db.get(encode_json(k))
+                assert (raw is not None) == (p == q), (k, p, q)
+        view = state.view(p)
+        assert sorted(view) == sorted(keys[p] + [clock_key(p)])
+        assert dict(view.items())[clock_key(p)] == {"c": p}
+        for k in keys[p]:
+            assert view.get(k) == {"i": 1, "n": k[:4]} and k in view
+        other = keys[(p + 1) % PARTITIONS][0]
+        assert view.get(other) is None and other not in view
+    assert table.data.persisted_offset(SimpleNamespace(partition=1)) == 17
+    # None deletes, in that partition's database only
+    p, k = 0, keys[0][0]
+    state.write(p, {k: None})
+    assert state.view(p).get(k) is None and state.db(p).get(encode_json(k)) is None
+
+
+class RecordingOutput:
+    """The OutputProducer's interface: what was produced, and flushes that succeed."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.flushes = 0
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
+        self.records.append((topic, value, key, partition))
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        self.flushes += 1
+
+
+def _agent(output: RecordingOutput) -> HealthBookAgent:
+    def out(topic: str) -> _Output:
+        return _Output(topic, encode_json)
+
+    outputs = HealthBookOutputs(out("hb"), out("referrals"), out("appointments"), out("hb"))
+    return HealthBookAgent(
+        CitizenStateMachine(CONFIG),
+        AvroCodec(),
+        dict,
+        "citizens-changelog",
+        outputs,
+        output,  # type: ignore[arg-type]
+        within=0.1,
+    )
+
+
+def _events(n_citizens: int = 60, exams: int = 3) -> list[Any]:
+    """Internal messages as the intake writes them: by citizen partition, with progress."""
+    by_partition: dict[int, list[dict[str, Any]]] = {p: [] for p in range(PARTITIONS)}
+    for i in range(exams):
+        for n in range(n_citizens):
+            event = f.exam(100 + n, admitted=f.BASE_TIME + timedelta(days=i * 3 + n % 3))
+            key = key_of(n)
+            item = enrich(event, REGISTRY, key, published_at=0)
+            by_partition[citizen_partition(key, PARTITIONS)].append(item)
+    events = []
+    offset = 0
+    for p, items in by_partition.items():
+        for j in range(0, len(items), 10):
+            chunk = items[j : j + 10]
+            watermark = max(it["event_time"] for it in chunk)
+            value = encode_validated(chunk, [{"partition": 0, "watermark": watermark, "idle": 0}])
+            message = SimpleNamespace(topic="by-citizen", partition=p, offset=offset, value=value)
+            events.append(SimpleNamespace(message=message))
+            offset += 1
+    # one batch mixes the partitions, as Faust's buffer does
+    events.sort(key=lambda e: (e.message.offset % 7, e.message.partition))
+    return events
+
+
+def test_the_agent_writes_each_state_change_to_its_partition_database(
+    table: faust.Table,
+) -> None:
+    events = _events()
+    rocks = RocksState(table.data)
+    output = RecordingOutput()
+    agent = _agent(output)
+    asyncio.run(agent.process_batch(events, rocks))
+
+    memory: dict[str, Any] = {}
+    memory_output = RecordingOutput()
+    asyncio.run(_agent(memory_output).process_batch(events, memory))
+
+    changelog = [r for r in output.records if r[0] == "citizens-changelog"]
+    assert changelog, "the batch wrote no state"
+    seen = set()
+    for _, value, raw_key, partition in changelog:
+        assert partition is not None
+        key = raw_key.decode().strip('"')  # type: ignore[union-attr]
+        expected = int(key.rsplit(":", 1)[1]) if key.startswith("__clock__") else None
+        if expected is None:
+            expected = citizen_partition(key, PARTITIONS)
+        assert partition == expected, key
+        # the database of that partition holds the changelog's bytes, the others nothing
+        for p in range(PARTITIONS):
+            got = rocks.db(p).get(raw_key)
+            assert got == (value if p == partition else None), (key, p)
+        seen.add(key)
+    # every key of every partition, and what the memory store holds, key for key
+    on_disk = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
+    assert set(on_disk) == seen == set(memory)
+    assert on_disk == json.loads(encode_json(memory))  # the memory store keeps tuples
+    assert len({citizen_partition(k, PARTITIONS) for k in seen if len(k) == 64}) == PARTITIONS
+    # the same outputs as on the memory store
+    assert _decisions(output) == _decisions(memory_output)
+
+
+def test_a_second_batch_reads_the_state_of_the_first_from_its_partition(
+    table: faust.Table,
+) -> None:
+    """Replaying a batch over the RocksDB state changes nothing and re-integrates nobody:
+    the reads found every citizen in its partition's database (idempotent by event id)."""
+    events = _events(n_citizens=30, exams=2)
+    rocks = RocksState(table.data)
+    output = RecordingOutput()
+    agent = _agent(output)
+    asyncio.run(agent.process_batch(events, rocks))
+    before = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
+    assert _integrated(output) == 30
+    output.records.clear()
+    asyncio.run(agent.process_batch(events, rocks))
+    after = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
+    assert after == before
+    assert _integrated(output) == 0, "a replay integrated health books again"
+
+
+def _decisions(output: RecordingOutput) -> list[tuple[Any, ...]]:
+    """The records produced, but their processing times."""
+    out = []
+    for topic, value, key, partition in output.records:
+        if topic == "citizens-changelog" or value is None:
+            out.append((topic, value, key, partition))
+            continue
+        record = json.loads(value)
+        out.append((topic, record["record_type"], record["citizen_key"], record.get("event_id")))
+    return sorted(out, key=repr)
+
+
+def _integrated(output: RecordingOutput) -> int:
+    return sum(
+        1
+        for topic, value, _, _ in output.records
+        if topic == "hb"
+        and value is not None
+        and json.loads(value)["record_type"] == "BOOK_INTEGRATED"
+    )
