@@ -85,8 +85,6 @@ def _faust_app(settings: Settings) -> faust.App:
         # ("persisted offset higher than highwater") and crashes the surviving worker.
         recovery_consistency_check=False,
         datadir=str(settings.state_dir / "faust"),
-        # the citizens table on rocksdb (EHB_STATE_STORE): one database per partition here
-        tabledir=str(settings.table_dir),
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
         topic_allow_declare=True,
@@ -108,7 +106,17 @@ def _faust_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         **batching,
+        **_table_dir(settings),
     )
+
+
+def _table_dir(settings: Settings) -> dict[str, Any]:
+    """rocksdb: the directory of the table's partition databases (Faust creates only its last
+    component)."""
+    if settings.state_store != StateStore.ROCKSDB:
+        return {}
+    settings.table_dir.mkdir(parents=True, exist_ok=True)
+    return {"tabledir": str(settings.table_dir)}
 
 
 def _table_options(settings: Settings) -> dict[str, Any]:
@@ -217,6 +225,10 @@ def create_app(
         HealthBookOutputs.from_settings(settings, codec),
         output,
         settings.worker_batch_timeout_s,
+        # RocksDB: the changelog's offsets are persisted with the state they carry
+        OutputProducer(producer_config(settings, **{"linger.ms": 2}), report_offsets=True)
+        if settings.state_store == StateStore.ROCKSDB
+        else None,
     )
 
     faust_patches.commit_points[t_examinations] = "intake.offsets_committed"

@@ -98,6 +98,8 @@ class HealthBookAgent:
     outputs: HealthBookOutputs
     output: OutputProducer
     within: float
+    #: the changelog's producer when it is not ``output``: one that reports offsets (RocksDB)
+    changelog_output: OutputProducer | None = None
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
         store = as_state(self.store())
@@ -125,10 +127,12 @@ class HealthBookAgent:
             state.write(partition, emitted.local)
         await self.output.flush()
         faultpoints.reach("health_book.outputs_flushed")
-        self._send_changelog(state_writes)
-        await self.output.flush()
+        changelog = self.changelog_output or self.output
+        self._send_changelog(changelog, state_writes)
+        await changelog.flush()
+        offsets = changelog.take_offsets(self.changelog) if changelog.reports_offsets else {}
         for partition, changes in state_writes:
-            state.write(partition, changes)
+            state.write(partition, changes, offsets.get(partition))
         faultpoints.reach("health_book.changelog_written")
         metrics.count_batch(
             STAGE, messages=len(events), events_in=n_items, records_out=records_out, started=started
@@ -163,11 +167,13 @@ class HealthBookAgent:
                 )
             records_out[out.topic] += len(records)
 
-    def _send_changelog(self, state_writes: list[tuple[int, dict[str, Any]]]) -> None:
+    def _send_changelog(
+        self, output: OutputProducer, state_writes: list[tuple[int, dict[str, Any]]]
+    ) -> None:
         """The state changes to the changelog, on the partition they belong to."""
         for partition, changes in state_writes:
             for key, value in changes.items():
-                self.output.produce(
+                output.produce(
                     self.changelog,
                     None if value is None else encode_json(value),
                     key=encode_json(key),

@@ -15,7 +15,9 @@ fault scenario 8: a timer's flush took the error and the stateful agent acknowle
 without its two appointment records). Only failed deliveries are reported back
 (``delivery.report.only.error``): a report per message would cost a Python callback for each
 of the ~2.5 messages an event produces, and :meth:`flush` already waits for every
-acknowledgement.
+acknowledgement. A producer made with ``report_offsets`` (the citizens table's changelog on the
+RocksDB store) is reported every delivery and keeps the last offset per partition
+(:meth:`OutputProducer.take_offsets`).
 """
 
 from __future__ import annotations
@@ -35,17 +37,37 @@ log = logging.getLogger(__name__)
 
 
 class OutputProducer:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], report_offsets: bool = False) -> None:
+        self.reports_offsets = report_offsets
         self._producer = Producer(
-            {**config, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
+            {
+                **config,
+                "on_delivery": self._on_delivery,
+                "delivery.report.only.error": not report_offsets,
+            }
         )
         self._errors: list[str] = []
+        #: report_offsets: (topic, partition) -> offset of the last message delivered there
+        self._offsets: dict[tuple[str, int], int] = {}
         self._flushing = threading.Lock()
         self.sent = 0
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self._errors.append(str(err))
+        elif self.reports_offsets:
+            tp = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            if offset > self._offsets.get(tp, -1):
+                self._offsets[tp] = offset
+
+    def take_offsets(self, topic: str) -> dict[int, int]:
+        """report_offsets: partition -> offset of the last message of ``topic`` delivered since
+        the last call (after a :meth:`flush`: every message produced before it)."""
+        taken = {}
+        for tp in [tp for tp in self._offsets if tp[0] == topic]:
+            taken[tp[1]] = self._offsets.pop(tp)
+        return taken
 
     def produce(
         self,

@@ -15,9 +15,11 @@ batch that mixes partitions. Two stores:
   recovery (``apply_changelog_batch``) writes there too.
 
 Faust records a partition's changelog offset in its database (``set_persisted_offset``) only
-when Faust itself sends or recovers a changelog record; the agent's own sends leave it at the
-end of the last recovery, so a restart with the local state kept replays the changelog written
-since the worker last recovered that partition (docs/state-store.md).
+when Faust itself sends or recovers a changelog record; the agent's own sends would leave it at
+the end of the last recovery (or unset: a restart would replay the whole changelog over the
+kept state). The agent therefore sends the changelog with a producer that reports delivered
+offsets and writes the last one with the partition's changes, in the same ``WriteBatch``
+(docs/state-store.md).
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ class PartitionedState(Protocol):
         """What the state machine reads for ``partition`` (keys of other partitions may show)."""
         ...
 
-    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
-        """Apply ``changes`` (``None`` deletes) to ``partition``'s data."""
+    def write(
+        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+    ) -> None:
+        """Apply ``changes`` (``None`` deletes) to ``partition``'s data; ``changelog_offset``:
+        the offset of the last changelog record they were sent in (persisted with them where
+        the store keeps it)."""
         ...
 
 
@@ -68,7 +74,9 @@ class MemoryState:
     def view(self, partition: int) -> Mapping[str, Any]:
         return self.data
 
-    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
+    def write(
+        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+    ) -> None:
         data = self.data
         for key, value in changes.items():
             if value is None:
@@ -141,8 +149,13 @@ class RocksState:
     def view(self, partition: int) -> RocksPartitionView:
         return RocksPartitionView(self.db(partition), self.store.offset_key)
 
-    def write(self, partition: int, changes: Mapping[str, Any]) -> None:
-        if not changes:
+    def write(
+        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+    ) -> None:
+        """One ``WriteBatch``: the changes and, given ``changelog_offset``, Faust's persisted
+        offset (what ``set_persisted_offset`` writes), atomically: a restart on this state
+        recovers the changelog from that offset on."""
+        if not changes and changelog_offset is None:
             return
         import rocksdict
 
@@ -152,6 +165,8 @@ class RocksState:
                 batch.delete(_encode(key))
             else:
                 batch.put(_encode(key), _encode(value))
+        if changelog_offset is not None:
+            batch.put(self.store.offset_key, str(changelog_offset).encode())
         self.db(partition).write(batch)
 
 

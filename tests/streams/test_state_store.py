@@ -130,9 +130,12 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
 class RecordingOutput:
     """The OutputProducer's interface: what was produced, and flushes that succeed."""
 
-    def __init__(self) -> None:
+    def __init__(self, reports_offsets: bool = False) -> None:
         self.records: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.flushes = 0
+        self.reports_offsets = reports_offsets
+        self.ends: dict[tuple[str, int | None], int] = {}  # next offset per partition
+        self.delivered: dict[tuple[str, int], int] = {}
 
     def produce(
         self,
@@ -142,12 +145,21 @@ class RecordingOutput:
         partition: int | None = None,
     ) -> None:
         self.records.append((topic, value, key, partition))
+        if partition is not None:
+            offset = self.ends.get((topic, partition), 100)
+            self.ends[(topic, partition)] = offset + 1
+            self.delivered[(topic, partition)] = offset
 
     async def flush(self, timeout: float = 1.0) -> None:
         self.flushes += 1
 
+    def take_offsets(self, topic: str) -> dict[int, int]:
+        taken = {p: o for (t, p), o in self.delivered.items() if t == topic}
+        self.delivered = {tp: o for tp, o in self.delivered.items() if tp[0] != topic}
+        return taken
 
-def _agent(output: RecordingOutput) -> HealthBookAgent:
+
+def _agent(output: RecordingOutput, changelog: RecordingOutput | None = None) -> HealthBookAgent:
     def out(topic: str) -> _Output:
         return _Output(topic, encode_json)
 
@@ -160,6 +172,7 @@ def _agent(output: RecordingOutput) -> HealthBookAgent:
         outputs,
         output,  # type: ignore[arg-type]
         within=0.1,
+        changelog_output=changelog,  # type: ignore[arg-type]
     )
 
 
@@ -263,3 +276,25 @@ def _integrated(output: RecordingOutput) -> int:
         and value is not None
         and json.loads(value)["record_type"] == "BOOK_INTEGRATED"
     )
+
+
+def test_the_changelog_offset_is_persisted_with_the_state_it_carries(
+    table: faust.Table,
+) -> None:
+    """What Faust's recovery starts from on a restart with the local state kept: the offset of
+    the last changelog record of each partition, written in the same batch as the state."""
+    rocks = RocksState(table.data)
+    output, changelog = RecordingOutput(), RecordingOutput(reports_offsets=True)
+    agent = _agent(output, changelog)
+    assert all(table.data.persisted_offset(SimpleNamespace(partition=p)) is None for p in range(4))
+    asyncio.run(agent.process_batch(_events(n_citizens=20, exams=1), rocks))
+    assert not [r for r in output.records if r[0] == "citizens-changelog"]
+    last = {p: o for (_, p), o in changelog.ends.items()}
+    assert set(last) == set(range(PARTITIONS))
+    for p in range(PARTITIONS):
+        assert table.data.persisted_offset(SimpleNamespace(partition=p)) == last[p] - 1
+    # a second batch moves it on
+    asyncio.run(agent.process_batch(_events(n_citizens=20, exams=2), rocks))
+    for p in range(PARTITIONS):
+        persisted = table.data.persisted_offset(SimpleNamespace(partition=p))
+        assert persisted == changelog.ends[("citizens-changelog", p)] - 1 > last[p] - 1

@@ -1,0 +1,110 @@
+"""The citizens table on RocksDB (EHB_STATE_STORE=rocksdb) on the real broker and PostgreSQL:
+the same input gives the same rows as the memory store with two workers on four partitions,
+and with a worker killed (SIGKILL) mid-run and restarted on its kept local state."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from ehb.commands.tail import Start, TopicReader
+from schemas.topics import CITIZENS_CHANGELOG
+from tests.streams import test_stateful
+from tests.streams.test_stateful import EVENTS, _events, assert_same_state, settle
+
+#: the memory store's result: one worker, undisturbed (a module fixture of test_stateful.py)
+reference = test_stateful.reference
+
+pytest.importorskip("rocksdict")
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def _start(d: Deployment, name: str, wait: bool = True) -> None:
+    """A worker with a table directory of its own (two workers on one host lock each other's
+    partition databases otherwise)."""
+    d.start_worker(wait=wait, extra_env={"EHB_STATE_STORE_DIR": str(_table_dir(d, name))})
+
+
+def _table_dir(d: Deployment, name: str) -> Path:
+    return d.tmp / "tables" / name
+
+
+def _partition_dbs(d: Deployment, name: str) -> list[str]:
+    return sorted(p.name for p in _table_dir(d, name).glob("*.db"))
+
+
+def test_two_workers_on_rocksdb_give_the_same_result_as_the_memory_store(
+    deploy: DeploymentFactory, reference: dict[str, object]
+) -> None:
+    d = deploy(workers=0, partitions=PARTITIONS, state_store="rocksdb")
+    _start(d, "w1", wait=False)
+    _start(d, "w2", wait=False)
+    d.wait_for_workers()
+    d.publish(_events())
+    assert_same_state(settle(d), reference)
+    # each worker opened the databases of the partitions it owned (actives, standbys)
+    opened = set(_partition_dbs(d, "w1")) | set(_partition_dbs(d, "w2"))
+    assert {f"citizens-{p}.db" for p in range(PARTITIONS)} <= opened, opened
+
+
+def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_result(
+    deploy: DeploymentFactory, reference: dict[str, object]
+) -> None:
+    d = deploy(workers=0, partitions=PARTITIONS, state_store="rocksdb")
+    _start(d, "a")
+    d.publish(_events())
+    wait_until(
+        lambda: d.count("health_book_entries") >= EVENTS // 2,
+        120,
+        message="half of the events persisted",
+    )
+    d.kill(d.workers[0])
+    killed_at = time.monotonic()
+    kept = _partition_dbs(d, "a")
+    assert len(kept) == PARTITIONS, kept
+    # what a restart has left to recover: the changelog after the offset persisted with the
+    # local state (at most the batch in flight at the kill), not the whole changelog
+    persisted = _persisted_offsets(_table_dir(d, "a"))
+    ends = _changelog_ends(d)
+    to_replay = {p: ends.get(p, 0) - 1 - persisted[p] for p in range(PARTITIONS)}
+    print(f"changelog ends {ends}, persisted {persisted}, to replay {to_replay}")  # noqa: T201
+    assert all(persisted[p] >= 0 for p in range(PARTITIONS)), persisted
+    assert sum(to_replay.values()) < sum(ends.values()) / 4, (to_replay, ends)
+    _start(d, "a", wait=False)  # the same table directory: the local state is kept
+    ready = d.wait_for_workers() + (time.monotonic() - killed_at)
+    print(f"rocksdb worker ready {ready:.1f}s after the SIGKILL")  # noqa: T201 - shown with -s
+    assert_same_state(settle(d), reference)
+
+
+def _persisted_offsets(table_dir: Path) -> dict[int, int]:
+    """Faust's persisted changelog offset in each partition database (-1: none)."""
+    import rocksdict
+
+    offsets = {}
+    for p in range(PARTITIONS):
+        db = rocksdict.Rdict(
+            str(table_dir / f"citizens-{p}.db"),
+            options=rocksdict.Options(raw_mode=True),
+            access_type=rocksdict.AccessType.read_only(),
+        )
+        try:
+            raw = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        offsets[p] = -1 if raw is None else int(raw)
+    return offsets
+
+
+def _changelog_ends(d: Deployment) -> dict[int, int]:
+    """The real end of each changelog partition (the last offset read + 1)."""
+    with TopicReader(d.settings, CITIZENS_CHANGELOG, Start("beginning")) as reader:
+        last: dict[int, int] = {}
+        for message in reader.messages(follow=False, idle_s=0.5):
+            last[message.partition()] = message.offset()
+    return {p: o + 1 for p, o in last.items()}
