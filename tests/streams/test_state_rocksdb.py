@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ehb.commands.local import Deployment, DeploymentFactory, wait_until
+from ehb.commands.local import Deployment, DeploymentFactory, wait_for_workers, wait_until
 from ehb.commands.tail import Start, TopicReader
 from schemas.topics import CITIZENS_CHANGELOG
 from tests.streams import test_stateful
@@ -108,3 +108,26 @@ def _changelog_ends(d: Deployment) -> dict[int, int]:
         for message in reader.messages(follow=False, idle_s=0.5):
             last[message.partition()] = message.offset()
     return {p: o + 1 for p, o in last.items()}
+
+
+def test_rocksdb_worker_killed_for_good_its_partitions_taken_over_give_the_same_result(
+    deploy: DeploymentFactory, reference: dict[str, object]
+) -> None:
+    """Two workers; one is killed and stays down: the survivor takes its partitions over from
+    the databases it kept as their standby (Faust's table_standby_replicas=1)."""
+    d = deploy(workers=0, partitions=PARTITIONS, state_store="rocksdb")
+    _start(d, "w1", wait=False)
+    _start(d, "w2", wait=False)
+    d.wait_for_workers()
+    d.publish(_events())
+    wait_until(
+        lambda: d.count("health_book_entries") >= EVENTS // 2,
+        120,
+        message="half of the events persisted",
+    )
+    victim, survivor = d.workers
+    d.kill(victim)
+    killed_at = time.monotonic()
+    took_over = wait_for_workers([survivor], PARTITIONS) + (time.monotonic() - killed_at)
+    print(f"the survivor owned the {PARTITIONS} partitions {took_over:.1f}s after the SIGKILL")  # noqa: T201
+    assert_same_state(settle(d), reference)
