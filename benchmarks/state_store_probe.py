@@ -22,6 +22,7 @@ import resource
 import shutil
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -89,9 +90,12 @@ def internal_messages(events: int, seed: int) -> Iterator[Any]:
     offsets = dict.fromkeys(range(PARTITIONS), 0)
 
     def emit(p: int) -> None:
-        value = encode_validated(
-            pending[p], [{"partition": 0, "watermark": watermark, "idle": False}]
-        )
+        # every input partition reports (the clock holds until all have): one input here
+        # stands for all, so timers fire and stale visits are forgotten as in the worker
+        sources = [
+            {"partition": q, "watermark": watermark, "idle": False} for q in range(PARTITIONS)
+        ]
+        value = encode_validated(pending[p], sources)
         message = SimpleNamespace(topic="by-citizen", partition=p, offset=offsets[p], value=value)
         messages.append(SimpleNamespace(message=message))
         offsets[p] += 1
@@ -125,7 +129,12 @@ def main() -> None:
     parser.add_argument("--store", choices=["memory", "rocksdb"], default="memory")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--tracemalloc", type=int, default=0, help="print the N largest live allocation sites"
+    )
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start()
 
     tmp = Path(tempfile.mkdtemp(prefix="ehb-state-probe-"))
     try:
@@ -210,6 +219,10 @@ def main() -> None:
             ),
         }
         print(json.dumps(result))  # noqa: T201
+        if args.tracemalloc:
+            snapshot = tracemalloc.take_snapshot()
+            for stat in snapshot.statistics("lineno")[: args.tracemalloc]:
+                print(f"{stat.size / 2**20:8.1f} MiB {stat.count:9d} {stat.traceback}")  # noqa: T201
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

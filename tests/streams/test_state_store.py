@@ -191,7 +191,9 @@ def _events(n_citizens: int = 60, exams: int = 3) -> list[Any]:
         for j in range(0, len(items), 10):
             chunk = items[j : j + 10]
             watermark = max(it["event_time"] for it in chunk)
-            value = encode_validated(chunk, [{"partition": 0, "watermark": watermark, "idle": 0}])
+            # every input partition reports: the clock moves, timers fire
+            sources = [{"partition": q, "watermark": watermark, "idle": 0} for q in range(4)]
+            value = encode_validated(chunk, sources)
             message = SimpleNamespace(topic="by-citizen", partition=p, offset=offset, value=value)
             events.append(SimpleNamespace(message=message))
             offset += 1
@@ -252,7 +254,9 @@ def test_a_second_batch_reads_the_state_of_the_first_from_its_partition(
     output.records.clear()
     asyncio.run(agent.process_batch(events, rocks))
     after = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
-    assert after == before
+    # the same, but visits behind the watermark, which the replay's pruning may forget
+    # (memory management, not a decision: test_citizen_state's replay test)
+    assert _without_visits(after) == _without_visits(before)
     assert _integrated(output) == 0, "a replay integrated health books again"
 
 
@@ -266,6 +270,13 @@ def _decisions(output: RecordingOutput) -> list[tuple[Any, ...]]:
         record = json.loads(value)
         out.append((topic, record["record_type"], record["citizen_key"], record.get("event_id")))
     return sorted(out, key=repr)
+
+
+def _without_visits(states: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: {f: x for f, x in v.items() if f != "v"} if isinstance(v, dict) else v
+        for k, v in states.items()
+    }
 
 
 def _integrated(output: RecordingOutput) -> int:
