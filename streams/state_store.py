@@ -25,6 +25,7 @@ offsets and writes the last one with the partition's changes, in the same ``Writ
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Protocol
 
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 #: one encoder for the changelog (json.dumps with arguments builds a new one per call)
+log = logging.getLogger(__name__)
+
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -154,8 +157,18 @@ class RocksState:
     ) -> None:
         """One ``WriteBatch``: the changes and, given ``changelog_offset``, Faust's persisted
         offset (what ``set_persisted_offset`` writes), atomically: a restart on this state
-        recovers the changelog from that offset on."""
+        recovers the changelog from that offset on.
+
+        Only into a database that is open (:meth:`view` opened it for the batch): one that a
+        rebalance closed meanwhile (the partition was revoked while the batch awaited its
+        flush) is not opened again; its changelog has the changes, and whoever owns the
+        partition next recovers them from there.
+        """
         if not changes and changelog_offset is None:
+            return
+        db = self.store._dbs.get(partition)
+        if db is None:
+            log.info("partition %d was revoked: its state goes to the changelog only", partition)
             return
         import rocksdict
 
@@ -167,7 +180,7 @@ class RocksState:
                 batch.put(_encode(key), _encode(value))
         if changelog_offset is not None:
             batch.put(self.store.offset_key, str(changelog_offset).encode())
-        self.db(partition).write(batch)
+        db.write(batch)
 
 
 def as_state(data: Any) -> PartitionedState:

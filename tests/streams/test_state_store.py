@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("rocksdict")
 
 import faust  # noqa: E402
+from faust.types import TP  # noqa: E402
 
 from ehb.settings import Settings, StateStore  # noqa: E402
 from schemas import AvroCodec  # noqa: E402
@@ -104,6 +105,7 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
         key = key_of(n)
         keys[citizen_partition(key, PARTITIONS)].append(key)
     for p, ks in keys.items():
+        state.view(p)  # the agent reads a partition before it writes it: that opens it
         state.write(p, {k: {"i": 1, "n": k[:4]} for k in ks} | {clock_key(p): {"c": p}})
     # Faust's persisted offset lives in the same databases; views do not show it
     table.data.set_persisted_offset(SimpleNamespace(partition=1), 17)
@@ -309,3 +311,18 @@ def test_the_changelog_offset_is_persisted_with_the_state_it_carries(
     for p in range(PARTITIONS):
         persisted = table.data.persisted_offset(SimpleNamespace(partition=p))
         assert persisted == changelog.ends[("citizens-changelog", p)] - 1 > last[p] - 1
+
+
+def test_a_write_to_a_partition_revoked_meanwhile_does_not_open_it_again(
+    table: faust.Table,
+) -> None:
+    store = table.data
+    state = RocksState(store)
+    key = key_of(1)
+    p = citizen_partition(key, PARTITIONS)
+    state.view(p)
+    store.revoke_partitions(table, {TP(table.changelog_topic.get_topic_name(), p)})
+    assert p not in store._dbs
+    state.write(p, {key: 1}, changelog_offset=5)
+    assert p not in store._dbs, "the revoked partition's database was opened again"
+    assert state.view(p).get(key) is None  # (this opens it: nothing was written)
