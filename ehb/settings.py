@@ -212,8 +212,10 @@ class Settings(BaseSettings):
     state_store_dir: Path | None = Field(
         None,
         description="rocksdb: directory of the worker's table databases. Unset: "
-        "EHB_DATA_DIR/tables/<EHB_WORKER_INSTANCE_ID or 'worker'>. Two workers on one host "
-        "need two directories (a partition database is locked by the worker that opened it).",
+        "EHB_DATA_DIR/tables/<worker group>/<EHB_WORKER_INSTANCE_ID, or the first "
+        "worker-N that no running worker process holds>, so that workers on one host never "
+        "share one (a partition database is locked by the worker that opened it) and a "
+        "restarted worker finds its state again.",
     )
     state_block_cache_mb: int = Field(
         16,
@@ -437,11 +439,10 @@ class Settings(BaseSettings):
         return self.data_dir.resolve()
 
     @cached_property
-    def table_dir(self) -> Path:
-        """rocksdb: where this worker's table databases live."""
-        if self.state_store_dir is not None:
-            return self.state_store_dir.resolve()
-        return self.state_dir / "tables" / (self.worker_instance_id or "worker")
+    def tables_dir(self) -> Path:
+        """rocksdb: where this worker group's table directories live on this host (one per
+        worker process: ``streams.state_store.claim_table_dir``)."""
+        return self.state_dir / "tables" / self.worker_group
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print or log: secrets masked."""

@@ -58,6 +58,7 @@ from streams.intake_agent import IntakeAgent
 from streams.output import OutputProducer
 from streams.progress import IntakeProgress
 from streams.routing import IntakeRoutes
+from streams.state_store import claim_table_dir
 
 __all__ = ["create_app"]
 
@@ -111,12 +112,18 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def _table_dir(settings: Settings) -> dict[str, Any]:
-    """rocksdb: the directory of the table's partition databases (Faust creates only its last
+    """rocksdb: the directory of the table's partition databases, this process's own
+    (``EHB_STATE_STORE_DIR``, else claimed under ``EHB_DATA_DIR``; Faust creates only its last
     component)."""
     if settings.state_store != StateStore.ROCKSDB:
         return {}
-    settings.table_dir.mkdir(parents=True, exist_ok=True)
-    return {"tabledir": str(settings.table_dir)}
+    if settings.state_store_dir is not None:
+        directory = settings.state_store_dir.resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        directory = claim_table_dir(settings.tables_dir, settings.worker_instance_id)
+    log.info("citizens table on rocksdb in %s", directory)
+    return {"tabledir": str(directory)}
 
 
 def _table_options(settings: Settings) -> dict[str, Any]:

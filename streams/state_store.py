@@ -24,9 +24,12 @@ offsets and writes the last one with the partition's changes, in the same ``Writ
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "RocksPartitionView",
     "RocksState",
     "as_state",
+    "claim_table_dir",
     "encode_json",
 ]
 
@@ -42,6 +46,41 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+#: the lock files of the table directories this process holds (kept open: the lock lives as long
+#: as the process, ``kill -9`` included)
+_claimed: dict[Path, int] = {}
+
+
+def claim_table_dir(base: Path, name: str | None = None) -> Path:
+    """This worker process's table directory under ``base``.
+
+    ``name`` given (a static member's instance id): ``base/name``. Otherwise the first
+    ``base/worker-N`` whose lock no running process holds: two workers on one host never share
+    a directory (Faust would wait 30 s for the partition databases' locks and stop), and a
+    worker restarted on the host takes the directory a dead one left, with its state.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    candidates = [name] if name else (f"worker-{n}" for n in range(1024))
+    for candidate in candidates:
+        directory = base / candidate
+        if directory in _claimed:
+            return directory
+        fd = os.open(base / f"{candidate}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if name:
+                raise RuntimeError(
+                    f"another worker process on this host holds {directory}"
+                ) from None
+            continue
+        directory.mkdir(exist_ok=True)
+        _claimed[directory] = fd
+        return directory
+    raise RuntimeError(f"no free table directory under {base}")
 
 
 def encode_json(value: Any) -> bytes:
@@ -135,6 +174,18 @@ class RocksPartitionView(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def timer_candidates(self) -> Iterator[tuple[str, Any]]:
+        """The entries that may have a timer: states holding referrals or appointments.
+
+        What rebuilds the state machine's timer index after a rebalance or restart scans the
+        whole partition; the rest (``1``, "integrated only", and states without ``"r"`` or
+        ``"a"``) is skipped without decoding it.
+        """
+        skip = self._skip
+        for raw_key, raw in self._db.items():
+            if raw[:1] == b"{" and (b'"r"' in raw or b'"a"' in raw) and raw_key != skip:
+                yield json.loads(raw_key), json.loads(raw)
 
 
 class RocksState:

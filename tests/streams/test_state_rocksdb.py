@@ -26,13 +26,17 @@ PARTITIONS = 4
 
 
 def _start(d: Deployment, name: str, wait: bool = True) -> None:
-    """A worker with a table directory of its own (two workers on one host lock each other's
-    partition databases otherwise)."""
+    """A worker with the table directory ``name`` (EHB_STATE_STORE_DIR)."""
     d.start_worker(wait=wait, extra_env={"EHB_STATE_STORE_DIR": str(_table_dir(d, name))})
 
 
 def _table_dir(d: Deployment, name: str) -> Path:
     return d.tmp / "tables" / name
+
+
+def _claimed_dir(d: Deployment, n: int) -> Path:
+    """The n-th table directory workers with the default settings claim on this host."""
+    return d.settings.tables_dir / f"worker-{n}"
 
 
 def _partition_dbs(d: Deployment, name: str) -> list[str]:
@@ -42,15 +46,17 @@ def _partition_dbs(d: Deployment, name: str) -> list[str]:
 def test_two_workers_on_rocksdb_give_the_same_result_as_the_memory_store(
     deploy: DeploymentFactory, reference: dict[str, object]
 ) -> None:
-    d = deploy(workers=0, partitions=PARTITIONS, state_store="rocksdb")
-    _start(d, "w1", wait=False)
-    _start(d, "w2", wait=False)
+    """Two workers on one host with the default settings: each claims a table directory of its
+    own under EHB_DATA_DIR (one directory would lock the second out of the databases)."""
+    d = deploy(workers=2, partitions=PARTITIONS, state_store="rocksdb")
     d.wait_for_workers()
     d.publish(_events())
     assert_same_state(settle(d), reference)
-    # each worker opened the databases of the partitions it owned (actives, standbys)
-    opened = set(_partition_dbs(d, "w1")) | set(_partition_dbs(d, "w2"))
-    assert {f"citizens-{p}.db" for p in range(PARTITIONS)} <= opened, opened
+    # each worker opened the databases of the partitions it owned (actives, standbys), each in
+    # its own directory
+    first, second = ({p.name for p in _claimed_dir(d, n).glob("*.db")} for n in (0, 1))
+    assert first and second, (first, second)
+    assert {f"citizens-{p}.db" for p in range(PARTITIONS)} <= first | second
 
 
 def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_result(

@@ -326,3 +326,85 @@ def test_a_write_to_a_partition_revoked_meanwhile_does_not_open_it_again(
     state.write(p, {key: 1}, changelog_offset=5)
     assert p not in store._dbs, "the revoked partition's database was opened again"
     assert state.view(p).get(key) is None  # (this opens it: nothing was written)
+
+
+def test_worker_processes_on_one_host_claim_table_directories_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """A directory is held as long as its process lives (a killed one's is free again), and a
+    static member's instance id names its own."""
+    import subprocess
+    import sys
+
+    from streams.state_store import claim_table_dir
+
+    claim = (
+        "import sys; from pathlib import Path; from streams.state_store import claim_table_dir;"
+        "print(claim_table_dir(Path(sys.argv[1])).name, flush=True); sys.stdin.read()"
+    )
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", claim, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        names = [h.stdout.readline().strip() for h in holders if h.stdout]
+        assert sorted(names) == ["worker-0", "worker-1"]
+        assert claim_table_dir(tmp_path).name == "worker-2"
+        assert claim_table_dir(tmp_path) == tmp_path / "worker-2"  # the same process: its own
+        holders[0].kill()
+        holders[0].wait()
+        again = subprocess.run(
+            [sys.executable, "-c", claim, str(tmp_path)],
+            input="",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert again.stdout.strip() == names[0]  # the killed process's, the only one free
+        assert claim_table_dir(tmp_path, "static-a") == tmp_path / "static-a"
+    finally:
+        for h in holders:
+            h.kill()
+            h.communicate()
+
+
+def test_the_timer_index_rebuilt_from_rocksdb_skips_only_citizens_without_timers(
+    table: faust.Table,
+) -> None:
+    """After a restart the state machine rebuilds its timers by scanning the partition: the
+    RocksDB view hands it only the states that hold referrals or appointments, undecoded
+    others skipped, and the index is the one the memory store's full scan gives."""
+    state = RocksState(table.data)
+    day = 1_700_000_000_000
+    appointment = ["79001", day, 0, "open", "e1", None, None, None]
+    referral = ["79001", "79002", day, day + 30 * DAY_MS, "open", "e2", "1", "I10"]
+    states: dict[str, Any] = {}
+    for n in range(200):
+        key = key_of(n)
+        states[key] = (
+            {"i": 1, "a": {f"a{n}": appointment}}
+            if n % 7 == 0
+            else {"i": 1, "r": {f"r{n}": referral}}
+            if n % 11 == 0
+            else {"i": 1, "d": {"r:old": day}}
+            if n % 13 == 0
+            else 1
+        )
+    for p in range(PARTITIONS):
+        state.view(p)
+        state.write(p, {k: v for k, v in states.items() if citizen_partition(k, PARTITIONS) == p})
+    with_timers = {k for k, v in states.items() if isinstance(v, dict) and ("a" in v or "r" in v)}
+    for p in range(PARTITIONS):
+        view = state.view(p)
+        candidates = dict(view.timer_candidates())
+        assert set(candidates) == {k for k in with_timers if citizen_partition(k, PARTITIONS) == p}
+        memory = {k: v for k, v in states.items() if citizen_partition(k, PARTITIONS) == p}
+        assert sorted(CitizenStateMachine(CONFIG)._index(p, view)) == sorted(
+            CitizenStateMachine(CONFIG)._index(p, memory)
+        )
+        assert CitizenStateMachine(CONFIG)._index(p, view)
