@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         "share one (a partition database is locked by the worker that opened it) and a "
         "restarted worker finds its state again.",
     )
+    table_standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="Standby copies of each partition of the citizens table that other workers "
+        "keep current from its changelog (Faust's table_standby_replicas): a worker taking a "
+        "dead one's partitions over from a current standby recovers only the changelog's newest "
+        "records (docs/state-store.md).",
+    )
     state_block_cache_mb: int = Field(
         16,
         ge=1,

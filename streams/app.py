@@ -58,7 +58,7 @@ from streams.intake_agent import IntakeAgent
 from streams.output import OutputProducer
 from streams.progress import IntakeProgress
 from streams.routing import IntakeRoutes
-from streams.state_store import claim_table_dir
+from streams.state_store import claim_table_dir, read_changelog
 
 __all__ = ["create_app"]
 
@@ -85,6 +85,7 @@ def _faust_app(settings: Settings) -> faust.App:
         # sinks/lag.py): Faust's recovery consistency check then fails after a rebalance
         # ("persisted offset higher than highwater") and crashes the surviving worker.
         recovery_consistency_check=False,
+        table_standby_replicas=settings.table_standby_replicas,
         datadir=str(settings.state_dir / "faust"),
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
@@ -192,6 +193,9 @@ def create_app(
             first_offset_at, consumer_config(settings, "ehb-first-offset")
         ),
         hole_confirm_s=settings.offset_hole_confirm_s,
+        bulk_read=functools.partial(read_changelog, consumer_config(settings, "ehb-bulk-recovery"))
+        if settings.state_store == StateStore.ROCKSDB
+        else None,
     )
     partitions = settings.kafka_partitions
     app = _faust_app(settings)

@@ -115,6 +115,7 @@ PATCHES = (
     "commit_failure_not_recorded",
     "changelog_real_end",
     "no_negative_seek",
+    "bulk_recovery",
 )
 
 #: topic -> crash point reached after a successful commit of its offsets (set by the app)
@@ -182,6 +183,7 @@ def install(
     real_end: Callable[[dict[TP, int]], dict[TP, int]] | None = None,
     first_offset: Callable[[str, int, int], int | None] | None = None,
     hole_confirm_s: float = HOLE_CONFIRM_S,
+    bulk_read: BulkRead | None = None,
 ) -> list[str]:
     """Apply every enabled patch (once per process); returns the names applied.
 
@@ -190,6 +192,9 @@ def install(
     ``first_offset``: the broker's first record at or after an offset (``first_offset_at``
     bound to the settings); without it a hole in an input partition's log stalls it.
     ``hole_confirm_s``: ``EHB_OFFSET_HOLE_CONFIRM_S``.
+    ``bulk_read``: reads changelog records into RocksDB partition databases
+    (``streams.state_store.read_changelog`` bound to the settings); without it
+    ``bulk_recovery`` is not applied.
     """
     global _first_offset, _hole_confirm_s
     _hole_confirm_s = hole_confirm_s
@@ -217,6 +222,9 @@ def install(
     ):
         _patch_changelog_real_end(real_end)
         _installed.add("changelog_real_end")
+    if bulk_read is not None and "bulk_recovery" not in _installed and _enabled("bulk_recovery"):
+        _patch_bulk_recovery(bulk_read)
+        _installed.add("bulk_recovery")
     return sorted(_installed)
 
 
@@ -923,3 +931,74 @@ def _patch_changelog_real_end(real_end: Callable[[dict[TP, int]], dict[TP, int]]
                 destination[tp] = end - 1
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+
+
+# -- bulk_recovery ----------------------------------------------------------------------------
+#: (tp -> (database, offset key, first, last offset), budget s, cancelled) -> tp -> last written
+BulkRead = Callable[[dict[TP, tuple[Any, bytes, int, int]], float, threading.Event], dict[TP, int]]
+#: seconds of bulk reading per recovery step: each step Faust runs under a timeout of
+#: ``broker_request_timeout`` (90 s) and a step that overruns it stops the recovery service
+BULK_BUDGET_S = 60.0
+
+
+async def _bulk_catch_up(
+    recovery: Recovery, tps: set[TP], offsets: Any, highwaters: Any, bulk_read: BulkRead
+) -> None:
+    """Read the active changelog partitions of rocksdict stores from their persisted offset to
+    their real end in bulk, then let Faust's recovery go on from there (usually: nothing)."""
+    todo: dict[TP, tuple[Any, bytes, int, int]] = {}
+    for tp in tps:
+        table = recovery.tp_to_table.get(tp)
+        store = getattr(table, "data", None)
+        if not getattr(store, "use_rocksdict", False):
+            continue
+        start = (offsets.get(tp) if offsets.get(tp) is not None else -1) + 1
+        end = highwaters.get(tp)
+        if end is None or start > end:
+            continue
+        todo[tp] = (store._db_for_partition(tp.partition), store.offset_key, start, end)
+    if not todo:
+        return
+    started = time.monotonic()
+    cancelled = threading.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        written = await loop.run_in_executor(None, bulk_read, todo, BULK_BUDGET_S, cancelled)
+    finally:
+        cancelled.set()  # a rebalance cancelled the step: the thread stops at its next record
+    records = 0
+    for tp, last in written.items():
+        records += last - todo[tp][2] + 1
+        offsets[tp] = max(offsets.get(tp) if offsets.get(tp) is not None else -1, last)
+    seconds = time.monotonic() - started
+    log.info(
+        "bulk recovery: %d changelog records of %d partitions in %.1fs (%.0f/s); left to "
+        "Faust's recovery: %d",
+        records,
+        len(written),
+        seconds,
+        records / seconds if seconds > 0 else 0.0,
+        sum(max(0, todo[tp][3] - offsets[tp]) for tp in todo),
+    )
+
+
+def _patch_bulk_recovery(bulk_read: BulkRead) -> None:
+    build_highwaters = Recovery._build_highwaters
+    build_offsets = Recovery._build_offsets
+
+    async def _build_highwaters(
+        self: Recovery, consumer: Any, tps: set[TP], destination: Any, title: str
+    ) -> None:
+        await build_highwaters(self, consumer, tps, destination, title)
+        if title == "active":
+            await _bulk_catch_up(self, tps, self.active_offsets, destination, bulk_read)
+
+    async def _build_offsets(
+        self: Recovery, consumer: Any, tps: set[TP], destination: Any, title: str
+    ) -> None:
+        await build_offsets(self, consumer, tps, destination, title)
+        if title == "active":
+            await _bulk_catch_up(self, tps, destination, self.active_highwaters, bulk_read)
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+    Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]

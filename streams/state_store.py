@@ -28,6 +28,8 @@ import fcntl
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +42,7 @@ __all__ = [
     "as_state",
     "claim_table_dir",
     "encode_json",
+    "read_changelog",
 ]
 
 #: one encoder for the changelog (json.dumps with arguments builds a new one per call)
@@ -241,3 +244,93 @@ def as_state(data: Any) -> PartitionedState:
     if hasattr(data, "_db_for_partition"):
         return RocksState(data)
     return MemoryState(data)
+
+
+#: records of one partition per WriteBatch of :func:`read_changelog`
+BULK_BATCH_RECORDS = 20_000
+
+
+def read_changelog(
+    consumer_config: dict[str, Any],
+    todo: Mapping[Any, tuple[Any, bytes, int, int]],
+    budget_s: float,
+    cancelled: threading.Event,
+) -> dict[Any, int]:
+    """Read changelog records straight into RocksDB partition databases, in bulk.
+
+    ``todo``: tp (``faust.types.TP``) -> (its partition database, Faust's persisted-offset key,
+    first offset to read, last offset to read). Each ``WriteBatch`` holds up to
+    :data:`BULK_BATCH_RECORDS` records of one partition *and* the offset of its last record as
+    Faust's persisted offset, so the database is always a prefix of its changelog, whenever
+    this stops. Stops at each partition's last offset (or its end), at ``budget_s``, or when
+    ``cancelled`` is set (a rebalance). Returns tp -> last offset written.
+
+    What Faust's recovery does record by record through its event loop (~7,000 records/s
+    here), this does with librdkafka and rocksdict: it is the same data in the same place.
+    """
+    import rocksdict
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    deadline = time.monotonic() + budget_s
+    consumer = Consumer(
+        {
+            **consumer_config,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "queued.max.messages.kbytes": 16384,
+        }
+    )
+    by_partition = {(tp.topic, tp.partition): tp for tp in todo}
+    written: dict[Any, int] = {}
+    pending = set(todo)
+    batches = {tp: rocksdict.WriteBatch(raw_mode=True) for tp in todo}
+    counts = dict.fromkeys(todo, 0)
+    last: dict[Any, int] = {}
+
+    def write(tp: Any) -> None:
+        if not counts[tp]:
+            return
+        db, offset_key, _, _ = todo[tp]
+        batch = batches[tp]
+        batch.put(offset_key, str(last[tp]).encode())
+        db.write(batch)
+        written[tp] = last[tp]
+        batches[tp] = rocksdict.WriteBatch(raw_mode=True)
+        counts[tp] = 0
+
+    try:
+        consumer.assign(
+            [TopicPartition(tp.topic, tp.partition, start) for tp, (_, _, start, _) in todo.items()]
+        )
+        while pending and not cancelled.is_set() and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                error = message.error()
+                tp = by_partition.get((message.topic(), message.partition()))
+                if tp is None or tp not in pending:
+                    continue
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(tp)
+                    continue
+                offset = message.offset()
+                end = todo[tp][3]
+                if offset > end:
+                    pending.discard(tp)
+                    continue
+                value = message.value()
+                if value is None:
+                    batches[tp].delete(message.key())
+                else:
+                    batches[tp].put(message.key(), value)
+                last[tp] = offset
+                counts[tp] += 1
+                if offset == end:
+                    pending.discard(tp)
+                if counts[tp] >= BULK_BATCH_RECORDS:
+                    write(tp)
+        for tp in todo:
+            write(tp)
+    finally:
+        consumer.close()
+    return written

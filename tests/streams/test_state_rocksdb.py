@@ -137,3 +137,107 @@ def test_rocksdb_worker_killed_for_good_its_partitions_taken_over_give_the_same_
     took_over = wait_for_workers([survivor], PARTITIONS) + (time.monotonic() - killed_at)
     print(f"the survivor owned the {PARTITIONS} partitions {took_over:.1f}s after the SIGKILL")  # noqa: T201
     assert_same_state(settle(d), reference)
+
+
+def _write_changelog(
+    d: Deployment, records: int
+) -> tuple[dict[int, dict[bytes, bytes]], set[bytes]]:
+    """``records`` states written straight to the changelog in large record batches, with
+    overwrites and tombstones; returns what each partition's database must hold after it, and
+    the keys deleted last."""
+    from confluent_kafka import Producer
+
+    from ehb.kafka import producer_config
+    from schemas.partitioning import citizen_partition
+    from schemas.topics import changelog_topic
+    from streams.state_store import encode_json
+
+    topic = changelog_topic(d.settings.worker_group)
+    producer = Producer(producer_config(d.settings, **{"linger.ms": 500, "batch.size": 1_000_000}))
+    expected: dict[int, dict[bytes, bytes]] = {p: {} for p in range(PARTITIONS)}
+    deleted: set[bytes] = set()
+    for n in range(records):
+        key = f"{n % (records // 2):032x}"[::-1]  # every key twice: the second write wins
+        p = citizen_partition(key, PARTITIONS)
+        k = encode_json(key)
+        if n % 97 == 0 and k in expected[p]:
+            producer.produce(topic, None, k, partition=p)  # a tombstone
+            del expected[p][k]
+            deleted.add(k)
+        else:
+            v = encode_json({"i": 1, "n": n}) if n % 3 else b"1"
+            producer.produce(topic, v, k, partition=p)
+            expected[p][k] = v
+            deleted.discard(k)
+        if n % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    assert deleted
+    return expected, deleted
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "faust"])
+def test_a_recovery_reads_a_changelog_written_in_large_batches_to_its_real_end(
+    deploy: DeploymentFactory, bulk: bool
+) -> None:
+    """Tansu reports a partition's end as the start of its newest record batch + 1: a recovery
+    that believed it would stop thousands of records early. The state a worker recovered from
+    such a changelog (the bulk reader, and Faust's own recovery) is the changelog's, to its
+    last record, with the last offset persisted."""
+    from confluent_kafka import Consumer, TopicPartition
+    from faust.types import TP
+
+    from ehb.commands.local import scrape
+    from streams.faust_patches import real_end_offsets
+    from ehb.kafka import consumer_config
+    from schemas.topics import changelog_topic
+
+    d = deploy(workers=0, sink=False, partitions=PARTITIONS, state_store="rocksdb")
+    expected, deleted = _write_changelog(d, 20_000)
+    topic = changelog_topic(d.settings.worker_group)
+    consumer = Consumer(consumer_config(d.settings, "test-watermarks"))
+    try:
+        reported = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(PARTITIONS)
+        }
+        ends = real_end_offsets(
+            consumer_config(d.settings, "test-real-end"),
+            {TP(topic, p): 1 for p in range(PARTITIONS)},
+        )
+        ends = {tp.partition: end for tp, end in ends.items()}
+    finally:
+        consumer.close()
+    assert any(reported[p] < ends[p] - 1000 for p in range(PARTITIONS)), (reported, ends)
+
+    env = {"EHB_STATE_STORE_DIR": str(_table_dir(d, "r"))}
+    if not bulk:
+        env["EHB_FAUST_PATCHES_DISABLE"] = "bulk_recovery"
+    worker = d.start_worker(extra_env=env)
+    d.publish(_events()[:50])  # the agent processes only once its partitions are recovered
+    wait_until(
+        lambda: (
+            scrape(worker.metrics_port).get('ehb_stage_messages_in_total{stage="health-book"}', 0)
+            > 0
+        ),
+        120,
+        message="the worker's first health-book batch",
+    )
+    d.kill(worker)
+    import rocksdict
+
+    for p in range(PARTITIONS):
+        db = rocksdict.Rdict(
+            str(_table_dir(d, "r") / f"citizens-{p}.db"),
+            options=rocksdict.Options(raw_mode=True),
+            access_type=rocksdict.AccessType.read_only(),
+        )
+        try:
+            held = {k: db.get(k) for k in expected[p]}
+            missing = [k for k, v in held.items() if v is None]
+            wrong = [k for k, v in held.items() if v is not None and v != expected[p][k]]
+            assert not missing and not wrong, (p, len(missing), len(wrong))
+            assert not [k for k in deleted if db.get(k) is not None], p
+            assert int(db.get(b"__faust\0offset__")) >= ends[p] - 1
+        finally:
+            db.close()
