@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-quick faults bench bench-year lint clean up docs
+.PHONY: install demo test test-quick faults bench bench-year bench-state lint clean up docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -55,6 +55,11 @@ bench: $(STAMP)
 
 bench-year: $(STAMP)
 	@$(BIN)/python benchmarks/bench.py --year $(ARGS)
+
+## The citizens table on RocksDB at 10 M citizens: rebuild, restarts with and without the local
+## state, standby takeover, memory and disk (benchmarks/state_bench.py; ARGS="--citizens N").
+bench-state: $(STAMP)
+	@$(BIN)/python -m benchmarks.state_bench $(ARGS)
 
 clean:
 	rm -rf .ehb .pytest_cache

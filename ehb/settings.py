@@ -204,10 +204,11 @@ class Settings(BaseSettings):
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).",
     )
     state_store: StateStore = Field(
-        StateStore.MEMORY,
-        description="Store of the worker's citizens table: memory (rebuilt from the changelog "
-        "at every start) or rocksdb (on disk under EHB_STATE_STORE_DIR, rocksdict driver; "
-        "docs/state-store.md).",
+        StateStore.ROCKSDB,
+        description="Store of the worker's citizens table: rocksdb (on disk under "
+        "EHB_STATE_STORE_DIR, rocksdict driver: memory bounded by the EHB_STATE_* sizes, a "
+        "restart reads only the changelog written since) or memory (a dict, rebuilt from the "
+        "whole changelog at every start; docs/state-store.md).",
     )
     state_store_dir: Path | None = Field(
         None,
@@ -226,13 +227,19 @@ class Settings(BaseSettings):
         "records (docs/state-store.md).",
     )
     state_block_cache_mb: int = Field(
-        16,
+        32,
         ge=1,
-        description="rocksdb: block cache of each partition database, in MiB (Faust's "
-        "default: 2 GiB each).",
+        description="rocksdb: block cache of the worker process, in MiB, shared by every "
+        "partition database it holds (Faust's default: 2 GiB for each).",
+    )
+    state_memtables_mb: int = Field(
+        32,
+        ge=1,
+        description="rocksdb: write buffers (memtables) of the worker process, in MiB, shared "
+        "by every partition database it holds (a RocksDB write-buffer manager).",
     )
     state_write_buffer_mb: int = Field(
-        8, ge=1, description="rocksdb: write buffer (memtable) size, in MiB."
+        8, ge=1, description="rocksdb: size of one write buffer (memtable), in MiB."
     )
     state_max_write_buffers: int = Field(
         2, ge=1, description="rocksdb: write buffers of a partition database."

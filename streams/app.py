@@ -58,7 +58,7 @@ from streams.intake_agent import IntakeAgent
 from streams.output import OutputProducer
 from streams.progress import IntakeProgress
 from streams.routing import IntakeRoutes
-from streams.state_store import claim_table_dir, read_changelog
+from streams.state_store import claim_table_dir, read_changelog, share_memory
 
 __all__ = ["create_app"]
 
@@ -131,17 +131,18 @@ def _table_options(settings: Settings) -> dict[str, Any]:
     """The citizens table's RocksDB options (the app's store is rocksdb://): rocksdict.
 
     ``options`` are handed to Faust's ``RocksDBOptions``; the driver is chosen with
-    ``"driver"`` (``use_rocksdict`` raises a TypeError, Faust passes it too). Every partition
-    database gets its own block cache and write buffers (Faust's defaults: 2 GiB and 3 x 64 MiB
-    each).
+    ``"driver"`` (``use_rocksdict`` raises a TypeError, Faust passes it too). The block cache
+    and the write buffers' budget are the process's, shared by every partition database
+    (``streams.state_store.share_memory``; Faust's default: 2 GiB of cache and 3 x 64 MiB of
+    memtables for each).
     """
     if settings.state_store != StateStore.ROCKSDB:
         return {}
     mib = 1024 * 1024
+    share_memory(settings.state_block_cache_mb * mib, settings.state_memtables_mb * mib)
     return {
         "options": {
             "driver": "rocksdict",
-            "block_cache_size": settings.state_block_cache_mb * mib,
             "write_buffer_size": settings.state_write_buffer_mb * mib,
             "max_write_buffer_number": settings.state_max_write_buffers,
             "target_file_size_base": settings.state_target_file_mb * mib,

@@ -43,6 +43,7 @@ __all__ = [
     "claim_table_dir",
     "encode_json",
     "read_changelog",
+    "share_memory",
 ]
 
 #: one encoder for the changelog (json.dumps with arguments builds a new one per call)
@@ -334,3 +335,47 @@ def read_changelog(
     finally:
         consumer.close()
     return written
+
+
+#: the cache and write-buffer manager every partition database of this process shares
+_shared: dict[str, Any] = {}
+
+
+def share_memory(cache_bytes: int, memtables_bytes: int) -> None:
+    """Make every rocksdict database Faust opens in this process share one block cache of
+    ``cache_bytes`` and one write-buffer budget of ``memtables_bytes``.
+
+    Faust's ``RocksDBOptions.as_options`` gives each partition database a block cache of its
+    own (2 GiB by default) and its own memtables, so the memory a worker may use grows with the
+    partitions it holds, actives and standbys alike. Here it is bounded per process, whatever
+    the partitions: the options are otherwise Faust's (bloom filter, binary-search index, the
+    table's sizes).
+    """
+    import rocksdict
+    from faust.stores.rocksdb import RocksDBOptions
+
+    _shared["cache"] = rocksdict.Cache(cache_bytes)
+    _shared["memtables"] = rocksdict.WriteBufferManager(memtables_bytes, False)
+    if _shared.get("installed"):
+        return
+    original = RocksDBOptions.as_options
+
+    def as_options(self: Any) -> Any:
+        if not self.use_rocksdict:
+            return original(self)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(_shared["memtables"])
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(_shared["cache"])
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+    RocksDBOptions.as_options = as_options  # type: ignore[method-assign]
+    _shared["installed"] = True

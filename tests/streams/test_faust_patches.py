@@ -69,7 +69,7 @@ def test_install_applies_every_patch_once() -> None:
     """Without install() Faust runs unpatched; a second install() must not wrap twice."""
     patched = Consumer._new_offset
     assert fp.install() == INSTALLED
-    assert set(fp.PATCHES) - {"changelog_real_end"} <= set(INSTALLED)
+    assert set(fp.PATCHES) - {"changelog_real_end", "bulk_recovery"} <= set(INSTALLED)
     assert Consumer._new_offset is patched
 
 

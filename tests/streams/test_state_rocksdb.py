@@ -188,9 +188,9 @@ def test_a_recovery_reads_a_changelog_written_in_large_batches_to_its_real_end(
     from faust.types import TP
 
     from ehb.commands.local import scrape
-    from streams.faust_patches import real_end_offsets
     from ehb.kafka import consumer_config
     from schemas.topics import changelog_topic
+    from streams.faust_patches import real_end_offsets
 
     d = deploy(workers=0, sink=False, partitions=PARTITIONS, state_store="rocksdb")
     expected, deleted = _write_changelog(d, 20_000)

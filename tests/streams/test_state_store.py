@@ -80,15 +80,26 @@ def test_the_setting_gives_a_rocksdict_store_sized_by_the_settings(
     store = table.data
     assert type(store).__module__ == "faust.stores.rocksdb"
     assert store.use_rocksdict
-    assert store.rocksdb_options.block_cache_size == 4 * 1024 * 1024
     assert store.rocksdb_options.write_buffer_size == 8 * 1024 * 1024
+    # one block cache and one memtable budget for every partition database of the process
+    from streams.state_store import _shared
+
+    assert _shared["memtables"].get_buffer_size() == 32 * 1024 * 1024
+    state = RocksState(store)
+    for p in range(PARTITIONS):
+        state.view(p)
+        state.write(p, {key_of(n): {"i": 1, "n": n} for n in range(2000)})
+    assert 0 < _shared["memtables"].get_usage() <= 32 * 1024 * 1024
     assert store.partition_path(2) == tmp_path / "tables" / "citizens-2.db"
     assert isinstance(as_state(store), RocksState)
 
 
 def test_the_memory_setting_keeps_the_memory_store(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, kafka_partitions=PARTITIONS, kafka_bootstrap="127.0.0.1:1"
+        data_dir=tmp_path,
+        kafka_partitions=PARTITIONS,
+        kafka_bootstrap="127.0.0.1:1",
+        state_store=StateStore.MEMORY,
     )
     app = _faust_app(settings)
     citizens = app.Table("citizens", default=None, partitions=PARTITIONS, key_type=str)

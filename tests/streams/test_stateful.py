@@ -88,10 +88,10 @@ def assert_same_state(actual: dict[str, Any], expected: dict[str, Any]) -> None:
 def reference(
     services: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """The final state of one worker that ran undisturbed."""
+    """The final state of one worker that ran undisturbed, its table in memory."""
     factory = DeploymentFactory(services, Path(tmp_path_factory.mktemp("reference")))
     try:
-        d = factory()
+        d = factory(state_store="memory")
         d.publish(_events())
         state = settle(d)
         yield state
