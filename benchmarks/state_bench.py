@@ -238,11 +238,13 @@ _BULK = re.compile(r"bulk recovery: (\d+) changelog records of \d+ partitions in
 
 
 def _bulk_recovery(log: Path) -> dict[str, Any]:
-    """The last bulk recovery the worker logged: records, seconds, records/s."""
+    """The bulk recovery the worker process logged (each recovery step's line summed):
+    records, seconds, records/s."""
     found = _BULK.findall(log.read_text(errors="replace")) if log.exists() else []
     if not found:
         return {"bulk_records": 0}
-    records, seconds = int(found[-1][0]), float(found[-1][1])
+    records = sum(int(r) for r, _ in found)
+    seconds = round(sum(float(s) for _, s in found), 1)
     return {
         "bulk_records": records,
         "bulk_s": seconds,

@@ -250,6 +250,13 @@ class Settings(BaseSettings):
     state_max_open_files: int = Field(
         256, ge=16, description="rocksdb: open files of each partition database."
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        description="At most this many glibc malloc arenas in the worker (MALLOC_ARENA_MAX): "
+        "its native threads (RocksDB, librdkafka) otherwise keep up to 8 per core, tens of MB "
+        "each; 0 keeps glibc's default.",
+    )
     gc_young_threshold: int = Field(
         50_000,
         ge=0,

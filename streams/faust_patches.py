@@ -949,7 +949,7 @@ async def _bulk_catch_up(
     todo: dict[TP, tuple[Any, bytes, int, int]] = {}
     for tp in tps:
         table = recovery.tp_to_table.get(tp)
-        store = getattr(table, "data", None)
+        store: Any = getattr(table, "data", None)
         if not getattr(store, "use_rocksdict", False):
             continue
         start = (offsets.get(tp) if offsets.get(tp) is not None else -1) + 1

@@ -272,6 +272,8 @@ def read_changelog(
     import rocksdict
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+    from ehb.kafka import position
+
     deadline = time.monotonic() + budget_s
     consumer = Consumer(
         {
@@ -314,16 +316,18 @@ def read_changelog(
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(tp)
                     continue
-                offset = message.offset()
+                _, _, offset = position(message)
                 end = todo[tp][3]
                 if offset > end:
                     pending.discard(tp)
                     continue
-                value = message.value()
-                if value is None:
-                    batches[tp].delete(message.key())
+                key, value = message.key(), message.value()
+                if key is None:  # nothing a changelog record could apply
+                    log.warning("changelog %s[%d]@%d has no key", tp.topic, tp.partition, offset)
+                elif value is None:
+                    batches[tp].delete(key)
                 else:
-                    batches[tp].put(message.key(), value)
+                    batches[tp].put(key, value)
                 last[tp] = offset
                 counts[tp] += 1
                 if offset == end:

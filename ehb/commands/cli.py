@@ -26,7 +26,7 @@ from ehb.commands.reasons import Lang
 from ehb.commands.rejected import DEFAULT_LIMIT
 from ehb.commands.rejected import Format as RejectedFormat
 from ehb.logs import configure_logging
-from ehb.runtime import tune_gc
+from ehb.runtime import limit_malloc_arenas, tune_gc
 from ehb.settings import BrokerStorage, Settings
 from schemas.errors import EhbError
 
@@ -226,6 +226,7 @@ def worker(metrics_port: MetricsPort = None) -> None:
     from streams.faust_patches import EXIT_AGENT_FAILED
 
     settings = load_settings(metrics_port=metrics_port)
+    limit_malloc_arenas(settings.malloc_arenas)  # before any native thread starts
     resolve_bootstrap(settings)  # fail early, in one line, when no broker is configured
     if settings.worker_instance_id and not settings.kafka_bootstrap:
         log.warning(

@@ -40,3 +40,14 @@ def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EHB_GC_YOUNG_THRESHOLD", "-1")
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         Settings()
+
+
+def test_malloc_arenas_are_limited_on_glibc() -> None:
+    """mallopt(M_ARENA_MAX) is accepted (glibc); 0 leaves malloc alone."""
+    import platform
+
+    from ehb.runtime import limit_malloc_arenas
+
+    assert limit_malloc_arenas(0) is False
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas(2) is True
