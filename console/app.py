@@ -336,7 +336,11 @@ class Console:
                 account = None
             if account is None:  # anonymous: nothing but the login page, not even a 404
                 return RedirectResponse("/login", 303)
-        return self.render(request, "error.html", account, status_code=status, message=key)
+        # path "/": the page never echoes the address asked for (a 404 for another facility
+        # is the 404 of a facility that does not exist, byte for byte)
+        return self.render(
+            request, "error.html", account, status_code=status, message=key, path="/"
+        )
 
 
 def create_app(settings: Settings, database: ConsoleDatabase | None = None) -> Starlette:

@@ -256,7 +256,7 @@ class Episode:
         return "superseded" if self.dead_letters else "unknown"
 
 
-def episode(cur: Cursor, code: str, ma_lk: str, *, with_name: bool) -> Episode:
+def episode(cur: Cursor, code: str, ma_lk: str, with_name: bool) -> Episode:
     """Where the facility's episode ``ma_lk`` is; ``with_name``: the patient's name too (the
     facility's own staff, to match it with their records)."""
     cur.execute(
