@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -31,7 +31,6 @@ class Scenario:
     fixed: dict[str, Any]  # rejected, then corrected
     other: dict[str, Any]  # 79002's
     other_rejected: dict[str, Any]
-    accounts: dict[str, str] = field(default_factory=dict)
 
 
 def _new_version(event: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -61,7 +60,20 @@ def run_scenario(d: Deployment) -> Scenario:
     publisher = d.publisher(batch_size=10, linger_s=60)
     publisher.add_all([s.corrected, s.withdrawn, s.rejected, s.fixed, s.other, s.other_rejected])
     publisher.flush(30)
-    d.wait_for_events(6)
+    first = [s.corrected, s.withdrawn, s.rejected, s.fixed, s.other, s.other_rejected]
+    wait_until(
+        lambda: (
+            d.scalar(
+                "SELECT (SELECT count(*) FROM health_book_entries WHERE ma_lk = ANY(%s))"
+                " + (SELECT count(*) FROM dead_letters WHERE ma_lk = ANY(%s))",
+                [e["ma_lk"] for e in first],
+                [e["ma_lk"] for e in first],
+            )
+            == 6
+        ),
+        90,
+        message="the scenario's first versions persisted or dead-lettered",
+    )
     publisher.add_all(
         [
             _new_version(s.corrected, ma_benh_chinh="J18.9"),
@@ -99,5 +111,4 @@ def run_scenario(d: Deployment) -> Scenario:
         90,
         message="corrections, the withdrawal and both reports reconciled",
     )
-    s.accounts = create_accounts(d)
     return s

@@ -22,7 +22,14 @@ from console.app import create_app
 from ehb.commands.local import Deployment, DeploymentFactory
 from ehb.settings import Settings
 from schemas.reasons import REASON_CODES
-from tests.console.scenario import OTHER, OWN, PASSWORD, Scenario, run_scenario
+from tests.console.scenario import (
+    OTHER,
+    OWN,
+    PASSWORD,
+    Scenario,
+    create_accounts,
+    run_scenario,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +43,9 @@ def stack(
     factory = DeploymentFactory(services, tmp_path_factory.mktemp("console-http"))
     try:
         d = factory(workers=1, sink=True, partitions=2)
-        yield d, run_scenario(d)
+        scenario = run_scenario(d)
+        create_accounts(d)
+        yield d, scenario
     finally:
         factory.close()
 
