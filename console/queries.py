@@ -79,9 +79,15 @@ class CompletenessGrid:
 
 
 def completeness(cur: Cursor, days: int) -> CompletenessGrid:
-    """Facility x day over the last ``days`` days up to the newest reconciled day (the
-    simulated city's event time may be far from today); a day without a row is pending."""
-    cur.execute("SELECT max(report_day) FROM facility_reports")
+    """Facility x day over the last ``days`` days up to the newest day a facility reported
+    (the simulated city's event time may be far from today); a day without a row is
+    pending."""
+    # the newest day some facility reported: the days after it are the ones still being
+    # reported (in production, today), silent for everyone and telling nothing yet
+    cur.execute(
+        "SELECT coalesce(max(report_day) FILTER (WHERE reported IS NOT NULL), max(report_day))"
+        " FROM facility_reports"
+    )
     row = cur.fetchone()
     last = row[0] if row and row[0] is not None else None
     if last is None:
