@@ -14,11 +14,12 @@ COPY producers ./producers
 COPY streams ./streams
 COPY sinks ./sinks
 COPY schemas ./schemas
+COPY console ./console
 RUN pip install . \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/ehb --create-home ehb
 
 USER ehb
 ENV EHB_DATA_DIR=/var/lib/ehb
-EXPOSE 9400
+EXPOSE 9400 8400
 ENTRYPOINT ["ehb"]
 CMD ["--help"]

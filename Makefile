@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-quick faults bench bench-year bench-state lint clean up docs
+.PHONY: install demo test test-quick test-browser chromium console faults bench bench-year bench-state lint clean up docs
+CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -26,10 +27,25 @@ demo: $(STAMP)
 up: $(STAMP)
 	@$(BIN)/ehb up $(ARGS)
 
+## Debian's chromium for the console's browser tests (Playwright drives it; it never downloads
+## a browser): installed with apt-get when missing and we are root, else those tests skip.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Debian's chromium for the browser tests ..."; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      > $(VENV)/chromium-install.log 2>&1 \
+	      || echo "chromium could not be installed ($(VENV)/chromium-install.log): the browser tests will be skipped"; \
+	  else echo "no $(CHROMIUM) and not root: the browser tests will be skipped"; fi; }
+
 ## The default test suite (starts its own broker and database), on two pytest-xdist workers,
 ## a test module each at a time: most tests wait on their deployment.
-test: $(STAMP)
+test: $(STAMP) chromium
 	@$(BIN)/python -m pytest -n 2 --dist loadscope $(ARGS)
+
+## Only the console's browser tests (headless Chromium); screenshots in reports/console/.
+test-browser: $(STAMP) chromium
+	@$(BIN)/python -m pytest -m browser tests/console $(ARGS)
 
 ## The tests that need no services (no broker, no PostgreSQL): about a minute.
 test-quick: $(STAMP)
@@ -60,6 +76,10 @@ bench-year: $(STAMP)
 ## state, standby takeover, memory and disk (benchmarks/state_bench.py; ARGS="--citizens N").
 bench-state: $(STAMP)
 	@$(BIN)/python -m benchmarks.state_bench $(ARGS)
+
+## The web console alone (ehb console), on the running `make up` / `make demo` stack.
+console: $(STAMP)
+	@$(BIN)/ehb console $(ARGS)
 
 clean:
 	rm -rf .ehb .pytest_cache

@@ -367,6 +367,43 @@ class Settings(BaseSettings):
         description="How often the sink reads the consumer groups' committed and end "
         "offsets for the kafka_consumergroup_lag metrics.",
     )
+    console_host: str = Field(
+        "127.0.0.1",
+        description="Address the web console (`ehb console`) binds to: loopback by default; "
+        "0.0.0.0 only behind a TLS-terminating proxy (docs/console.md).",
+    )
+    console_port: int = Field(8400, ge=1, le=65535, description="Port of the web console.")
+    console_database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL DSN of the console's login user (a member of the role "
+        "ehb_console: read-only on the pipeline's tables, its own sessions and login "
+        "attempts). Unset: EHB_DATABASE_URL. Either way the console's connections SET ROLE "
+        "ehb_console.",
+    )
+    console_session_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs the console's cookies (sessions, CSRF tokens). "
+        "Development: generated once under EHB_DATA_DIR when unset. Production: required, "
+        "at least 32 characters.",
+    )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=24 * 7, description="A console session ends this long after the login."
+    )
+    console_secure_cookies: bool | None = Field(
+        None,
+        description="Send the console's cookies over HTTPS only (Secure). Unset: on in "
+        "production, off in development (http://127.0.0.1).",
+    )
+    console_login_attempts: int = Field(
+        5,
+        ge=1,
+        description="Failed console logins allowed per account name and per client address "
+        "within EHB_CONSOLE_LOGIN_WINDOW_S; more are refused (HTTP 429) without checking the "
+        "password.",
+    )
+    console_login_window_s: float = Field(
+        900.0, gt=0, description="The window of the console's login rate limit, in seconds."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("topic_prefix")

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -644,6 +645,133 @@ def rejected(
         out=out,
         err=console,
     )
+
+
+console_app = typer.Typer(
+    help="The web console (Department of Health, facilities): `ehb console` serves it on "
+    "EHB_CONSOLE_HOST:EHB_CONSOLE_PORT (127.0.0.1:8400); its accounts live in PostgreSQL "
+    "(docs/console.md).",
+    invoke_without_command=True,
+)
+app.add_typer(console_app, name="console")
+
+
+class ConsoleRole(StrEnum):
+    operator = "operator"
+    facility = "facility"
+
+
+@console_app.callback()
+def console_serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to bind (loopback by default). [env: EHB_CONSOLE_HOST]"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8400). [env: EHB_CONSOLE_PORT]")
+    ] = None,
+) -> None:
+    """Serve the web console until Ctrl-C (read-only on the pipeline's tables: role
+    ehb_console)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from console.server import serve
+
+    settings = load_settings(console_host=host, console_port=port)
+    log.info("console on http://%s:%d", settings.console_host, settings.console_port)
+    serve(settings)
+
+
+def _owner_connection() -> Any:
+    """A connection as the database owner (EHB_DATABASE_URL), the console's tables migrated."""
+    from ehb.db import connect
+    from sinks.migrate import migrate
+
+    conn = connect(load_settings(), application_name="ehb-console-accounts")
+    migrate(conn)
+    return conn
+
+
+@console_app.command("add-user")
+def console_add_user(
+    username: Annotated[
+        str, typer.Argument(help="Account name: 3-64 lowercase letters, digits, '.', '_', '-'.")
+    ],
+    role: Annotated[
+        ConsoleRole,
+        typer.Option(help="operator (Department of Health: everything) or facility (its own)."),
+    ],
+    facility: Annotated[
+        str | None,
+        typer.Option(metavar="MA_CSKCB", help="The facility of a facility account, e.g. 79001."),
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from the first line of standard input."
+        ),
+    ] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="Reset an existing account (role, facility, password, sessions)."
+        ),
+    ] = False,
+) -> None:
+    """Create a console account, as the database owner (EHB_DATABASE_URL). The password is
+    asked for (or read from stdin), never taken from the command line."""
+    from console.accounts import MIN_PASSWORD, Role, add_account
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(
+            f"password (at least {MIN_PASSWORD} characters)",
+            hide_input=True,
+            confirmation_prompt=True,
+        )
+    conn = _owner_connection()
+    try:
+        add_account(conn, username, Role(role.value), password, facility, replace=replace)
+    except ValueError as exc:
+        raise EhbError(str(exc)) from None
+    finally:
+        conn.close()
+    where = f" of facility {facility}" if facility else ""
+    console.print(f"account {username}: {role.value}{where}")
+
+
+@console_app.command("disable-user")
+def console_disable_user(
+    username: Annotated[str, typer.Argument(help="The account to disable.")],
+) -> None:
+    """Disable a console account and end its sessions."""
+    from console.accounts import disable_account
+
+    conn = _owner_connection()
+    try:
+        if not disable_account(conn, username):
+            raise EhbError(f"no account {username}")
+    finally:
+        conn.close()
+    console.print(f"account {username} disabled")
+
+
+@console_app.command("users")
+def console_users() -> None:
+    """List the console accounts (never their password hashes)."""
+    from console.accounts import list_accounts
+
+    conn = _owner_connection()
+    try:
+        rows = list_accounts(conn)
+    finally:
+        conn.close()
+    table = Table("account", "role", "facility", "created", "last login", "disabled")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
 
 
 registry_app = typer.Typer(

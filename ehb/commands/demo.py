@@ -20,8 +20,11 @@ the city's real pace (10,400 exams a day) would not reach in a demo's events.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +37,9 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from ehb.commands.local import ChildProcesses, local_services, wait_for_workers
-from ehb.embedded import EmbeddedStack
+from ehb.commands.errors import WaitTimeout
+from ehb.commands.local import ChildProcesses, local_services, wait_for_workers, wait_until
+from ehb.embedded import EmbeddedStack, free_port
 from ehb.settings import BrokerStorage, Settings
 from schemas.errors import EhbError
 
@@ -47,6 +51,8 @@ __all__ = ["DemoLedger", "DemoTimeline", "demo_timeline", "lifecycle_notes", "ru
 DEMO_MIN_DAYS = 90.0
 #: simulated days per wall-clock second of a demo without ``--events`` at a ``--rate``
 DEMO_DAYS_PER_SECOND = 1.0
+#: the facility of the demo's facility account in the console
+DEMO_FACILITY = "79001"
 #: the simulator books follow-up appointments this many days after the exam
 _APPOINTMENT_DAYS_AHEAD = (7, 30)
 
@@ -242,6 +248,7 @@ def run_demo(
     try:
         settings = demo.start_services(settings, fresh, console)
         demo.start_children(settings, workers, console)
+        demo.start_console(settings, console)
         config = SimulationConfig(
             events=timeline.events,
             seed=seed,
@@ -313,6 +320,23 @@ def _check_not_past_today(timeline: DemoTimeline, ledger: DemoLedger, settings: 
         )
 
 
+def _port_free(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket()) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _port_open(host: str, port: int, child: Any) -> bool:
+    if child.proc.poll() is not None:
+        raise EhbError(f"the console exited; see {child.log}")
+    with contextlib.closing(socket.socket()) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 @dataclass
 class _DemoResources:
     """What a demo starts and opens, closed in reverse order whatever happens."""
@@ -365,6 +389,36 @@ class _DemoResources:
             f"metrics: sink :{sink_child.metrics_port}/metrics, workers "
             + ", ".join(f":{c.metrics_port}" for c in worker_children)
             + f"; logs in {children.log_dir}"
+        )
+
+    def start_console(self, settings: Settings, console: Console) -> None:
+        """The web console (``ehb console``) beside the pipeline, with demo accounts whose
+        passwords are new every run (printed here, for this demo only)."""
+        from console.accounts import Role, add_account
+
+        port = settings.console_port
+        if not _port_free(settings.console_host, port):
+            port = free_port()
+        assert self.children is not None and self.conn is not None
+        accounts = {
+            "doh": (Role.operator, None),
+            f"f{DEMO_FACILITY}": (Role.facility, DEMO_FACILITY),
+        }
+        passwords = {}
+        for username, (role, facility) in accounts.items():
+            passwords[username] = secrets.token_urlsafe(12)
+            add_account(self.conn, username, role, passwords[username], facility, replace=True)
+        child = self.children.start("console", "console", 0, {"EHB_CONSOLE_PORT": str(port)})
+        url = f"http://{settings.console_host}:{port}"
+        try:
+            wait_until(lambda: _port_open(settings.console_host, port, child), 30, 0.2, url)
+        except WaitTimeout:
+            console.print(f"the console did not start; see {child.log}")
+            return
+        console.print(
+            f"console: {url} — operator [bold]doh[/] / {passwords['doh']}, facility "
+            f"{DEMO_FACILITY} [bold]f{DEMO_FACILITY}[/] / {passwords[f'f{DEMO_FACILITY}']} "
+            "(demo-only accounts, new passwords every run)"
         )
 
     def open_publisher(self, settings: Settings, rate: float) -> Any:
