@@ -234,14 +234,20 @@ class ChildScript:
 
     @classmethod
     def start(
-        cls, name: str, module: str, args: list[str], env: dict[str, str], log_dir: Path
+        cls,
+        name: str,
+        module: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        python: str = sys.executable,
     ) -> ChildScript:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         stderr = open(log, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [python, "-m", module, *args],
                 cwd=ROOT,
                 env=env,
                 text=True,
@@ -395,8 +401,8 @@ class BenchStack:
             topics = [
                 t
                 for t in admin.list_topics(timeout=10).topics
-                if t.startswith((f"{tag}.", f"{tag}-"))
-            ]  # Faust's: <group>-...
+                if t.startswith((f"{tag}.", f"{tag}-")) or f"__{tag}-" in t
+            ]  # Faust's: <group>-...; Quix Streams': changelog__<group>--..., repartition__...
             if topics:
                 for future in admin.delete_topics(topics, request_timeout=30).values():
                     with contextlib.suppress(Exception):
