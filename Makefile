@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# the bench's peers (benchmarks/peers/): Quix Streams pins confluent-kafka below the pipeline's
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-quick faults bench bench-year lint clean up docs
+.PHONY: install peers demo test test-quick faults bench bench-year lint clean up docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -17,6 +20,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(PEERS_STAMP): pyproject.toml
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	@echo "installing the bench's peers into $(PEERS_VENV) ..."
+	@$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip > $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@$(PEERS_VENV)/bin/python -m pip install -q -e '.[peers]' >> $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@$(PEERS_VENV)/bin/python -m pip check >> $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@rm -f $(PEERS_VENV)/.installed-*
+	@touch $(PEERS_STAMP)
+
+## The virtualenv of the bench's Quix Streams peer (make bench installs it).
+peers: $(PEERS_STAMP)
 
 ## Run the whole system: embedded broker + PostgreSQL, workers, sinks, a simulated city, live counters.
 demo: $(STAMP)
@@ -50,7 +65,7 @@ lint: $(STAMP)
 faults: $(STAMP)
 	@$(BIN)/python -m pytest -m faults tests/faults -n 2 --dist loadscope $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS_STAMP)
 	@$(BIN)/python benchmarks/bench.py $(ARGS)
 
 bench-year: $(STAMP)

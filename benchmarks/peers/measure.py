@@ -2,7 +2,8 @@
 consumer group and database) while the bench's producer publishes the events flat out, as
 the pipeline's and the raw clients' end-to-end runs; timed from the first event handed to the
 producer to the newest ``persisted_at`` of the peer's ``health_book_entries`` /
-``health_books``, once they hold what the events must give (:func:`~benchmarks.peers.work.expected_rows`).
+``health_books``, once they hold what the events must give
+(:func:`benchmarks.peers.work.expected_rows`).
 
 A peer that stalls or writes the wrong number of rows is reported (``error``, its rows
 beside the expected ones), not hidden: the bench goes on with the next run.
@@ -145,4 +146,3 @@ def peer_end_to_end(ctx: Context, peer: Peer, expected: dict[str, int]) -> dict[
     if error is not None:
         result["error"] = f"{peer.title}: {error}"
     return result
-

@@ -70,7 +70,14 @@ ENTRY_COLUMNS = (
     "published_at",
     "processed_at",
 )
-BOOK_COLUMNS = ("citizen_key", "so_cccd", "ho_ten", "first_event_id", "first_ma_cskcb", "integrated_at")
+BOOK_COLUMNS = (
+    "citizen_key",
+    "so_cccd",
+    "ho_ten",
+    "first_event_id",
+    "first_ma_cskcb",
+    "integrated_at",
+)
 
 
 def insert_sql(table: str, columns: tuple[str, ...]) -> str:
@@ -95,9 +102,7 @@ class PeerWork:
 
     def decode(self, value: bytes) -> list[dict[str, Any]]:
         """The events of one ExaminationBatch message (a single ExaminationEvent too)."""
-        decoded = self.codec.decode(
-            value, (SUBJECTS.EXAMINATION_BATCH, SUBJECTS.EXAMINATION_EVENT)
-        )
+        decoded = self.codec.decode(value, (SUBJECTS.EXAMINATION_BATCH, SUBJECTS.EXAMINATION_EVENT))
         if decoded.subject == SUBJECTS.EXAMINATION_BATCH:
             events: list[dict[str, Any]] = decoded.record["events"]
             return events
