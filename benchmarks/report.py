@@ -124,6 +124,7 @@ def versions(stack: BenchStack, *, durable: bool = False) -> dict[str, str | Non
             out["tansu"] = text.strip().removeprefix("tansu ").strip()
     else:
         out["tansu"] = "external broker"
+    out.update(_peer_versions())
     if durable:
         out["seaweedfs"] = None
         with contextlib.suppress(Exception):
@@ -134,6 +135,29 @@ def versions(stack: BenchStack, *, durable: bool = False) -> dict[str, str | Non
             ).stdout
             # "version 8000GB 4.48 pypi linux amd64"
             out["seaweedfs"] = text.split()[2]
+    return out
+
+
+def _peer_versions() -> dict[str, str | None]:
+    """Quix Streams and the client it runs on, in the peers' virtualenv (``make peers``)."""
+    from benchmarks.peers.measure import PEERS_PYTHON
+
+    out: dict[str, str | None] = {"quixstreams": None, "quixstreams_librdkafka": None}
+    if PEERS_PYTHON.exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+            text = subprocess.run(
+                [
+                    str(PEERS_PYTHON),
+                    "-c",
+                    "import importlib.metadata as m, confluent_kafka as c; "
+                    "print(m.version('quixstreams'), c.libversion()[0])",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            out["quixstreams"], out["quixstreams_librdkafka"] = text.split()[-2:]
     return out
 
 
@@ -827,7 +851,13 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"{result['load']['end']}; Python {v['python']}, Faust {v['faust-streaming']}, "
         f"confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), fastavro "
         f"{v['fastavro']}, psycopg2 {v['psycopg2']}, PostgreSQL {v['postgresql']}, "
-        f"Tansu {v['tansu']}" + (f", SeaweedFS {v['seaweedfs']}" if v.get("seaweedfs") else "")
+        f"Tansu {v['tansu']}"
+        + (f", SeaweedFS {v['seaweedfs']}" if v.get("seaweedfs") else "")
+        + (
+            f"; peers: Quix Streams {v['quixstreams']} (librdkafka {v['quixstreams_librdkafka']})"
+            if v.get("quixstreams")
+            else ""
+        )
     )
     side = side_by_side(result["figures"])
     if len(side) > 1:

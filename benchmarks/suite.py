@@ -241,6 +241,8 @@ def _parameters(opts: BenchOptions) -> dict[str, Any]:
         "year": opts.year,
         "seed": opts.seed,
         "publisher_batch_size": 100,
+        # the peers (plain Faust, Quix Streams) beside the pipeline
+        "peers": not (opts.skip_peers or opts.year),
         "workers": opts.workers if opts.year else None,
         # the runs on the durable broker: events per throughput run (None: not run)
         "durable_events": None if opts.skip_durable else opts.durable_events,
