@@ -16,8 +16,8 @@ One :class:`~quixstreams.Application` (at least once), one StreamingDataFrame:
   ``health_book_entries`` / ``health_books``, ``ON CONFLICT DO NOTHING``, flushed at each
   checkpoint, every ``commit_interval``: 5 s, Quix's default).
 
-What it does not do (the pipeline does): dead letters (invalid events are dropped, counted in
-the log), the campaign counters and metrics, corrections and withdrawals, referrals and
+What it does not do (the pipeline does): dead letters (invalid events are dropped by the
+``filter``), the campaign counters and metrics, corrections and withdrawals, referrals and
 appointments in event time, the watermark. Adaptations to the broker (Tansu): the consumer's
 ``fetch.wait.max.ms`` is ``EHB_CONSUMER_FETCH_MAX_WAIT_MS`` like every consumer of the project;
 a fresh state directory at each start (Tansu understates a partition's high watermark, and a

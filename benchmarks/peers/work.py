@@ -6,7 +6,7 @@ enrich it and key it by the pseudonymous citizen key (``streams.enrichment``,
 citizen's first valid event integrates the book).
 
 Each peer writes into the database of its own deployment (``ehb_<tag>``, migrated like the
-pipeline's), never the pipeline's. Invalid events are dropped (counted in the peer's log),
+pipeline's), never the pipeline's. Invalid events are dropped,
 not dead-lettered: a peer is checked by its rows (valid events = entries, distinct citizens of
 the valid events = books), see :func:`expected_rows`.
 """
