@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# the bench's peers (benchmarks/peers/): Quix Streams pins confluent-kafka below the pipeline's
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: install demo test test-quick test-browser chromium console faults bench bench-year bench-state lint clean up docs
+.PHONY: install peers demo test test-quick test-browser chromium console faults bench bench-year bench-state lint clean up docs
 CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -18,6 +21,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(PEERS_STAMP): pyproject.toml
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	@echo "installing the bench's peers into $(PEERS_VENV) ..."
+	@$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip > $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@$(PEERS_VENV)/bin/python -m pip install -q -e '.[peers]' >> $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@$(PEERS_VENV)/bin/python -m pip check >> $(PEERS_VENV)/install.log 2>&1 || (cat $(PEERS_VENV)/install.log; exit 1)
+	@rm -f $(PEERS_VENV)/.installed-*
+	@touch $(PEERS_STAMP)
+
+## The virtualenv of the bench's Quix Streams peer (make bench installs it).
+peers: $(PEERS_STAMP)
 
 ## Run the whole system: embedded broker + PostgreSQL, workers, sinks, a simulated city, live counters.
 demo: $(STAMP)
@@ -66,7 +81,7 @@ lint: $(STAMP)
 faults: $(STAMP)
 	@$(BIN)/python -m pytest -m faults tests/faults -n 2 --dist loadscope $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS_STAMP)
 	@$(BIN)/python benchmarks/bench.py $(ARGS)
 
 bench-year: $(STAMP)

@@ -81,8 +81,8 @@ class ProcessWatch:
     VmHWM is exact (the kernel's high-water mark) but only readable while the process lives;
     the samples keep a (lower-bound) figure for a process that exits between two reads. CPU
     time (user + system, all threads) is counted from a process's first sample to its last;
-    a ``tree`` process counts its live children too (PostgreSQL: the postmaster and its
-    backends).
+    a ``tree`` process counts its children too, live and exited (PostgreSQL: the postmaster
+    and its backends, also those of clients gone before the last sample).
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -109,12 +109,19 @@ class ProcessWatch:
     def _sample_cpu(self, name: str, pid: int) -> None:
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(pid)
-            family = [process, *(process.children(recursive=True) if name in self.trees else ())]
+            tree = name in self.trees
+            family = [process, *(process.children(recursive=True) if tree else ())]
             total = 0.0
             for member in family:
                 with contextlib.suppress(psutil.Error):
                     times = member.cpu_times()
                     total += times.user + times.system
+            if tree:
+                # and the children that exited meanwhile (a client's PostgreSQL backend when
+                # it disconnects): the root's reaped children's CPU time
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    total += times.children_user + times.children_system
             self._cpu_first.setdefault(name, total)
             self._cpu_last[name] = total
 
@@ -234,14 +241,20 @@ class ChildScript:
 
     @classmethod
     def start(
-        cls, name: str, module: str, args: list[str], env: dict[str, str], log_dir: Path
+        cls,
+        name: str,
+        module: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        python: str = sys.executable,
     ) -> ChildScript:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         stderr = open(log, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [python, "-m", module, *args],
                 cwd=ROOT,
                 env=env,
                 text=True,
@@ -395,8 +408,8 @@ class BenchStack:
             topics = [
                 t
                 for t in admin.list_topics(timeout=10).topics
-                if t.startswith((f"{tag}.", f"{tag}-"))
-            ]  # Faust's: <group>-...
+                if t.startswith((f"{tag}.", f"{tag}-")) or f"__{tag}-" in t
+            ]  # Faust's: <group>-...; Quix Streams': changelog__<group>--..., repartition__...
             if topics:
                 for future in admin.delete_topics(topics, request_timeout=30).values():
                     with contextlib.suppress(Exception):

@@ -28,6 +28,7 @@ __all__ = [
     "machine",
     "markdown_table",
     "render",
+    "side_by_side",
     "source",
     "versions",
     "write_results",
@@ -40,7 +41,18 @@ TARGETS = {
     "worker_peak_rss_mb": 300,
     "sink_peak_rss_mb": 300,
     "year_seconds": 600,
+    # issue 18: the pipeline beside the raw clients and its peers, same run
+    "ratio_end_to_end": 0.8,
+    "ratio_to_quix": 2.0,
+    "ratio_to_plain_faust": 3.0,
+    "cpu_ratio_to_raw": 1.5,
 }
+
+#: the peers (benchmarks/peers/): runs key, title, the target of pipeline / peer
+PEER_TARGETS = (
+    ("plain_faust", "Plain Faust (one event per message)", "ratio_to_plain_faust"),
+    ("quix", "Quix Streams", "ratio_to_quix"),
+)
 
 
 def machine() -> dict[str, Any]:
@@ -112,6 +124,7 @@ def versions(stack: BenchStack, *, durable: bool = False) -> dict[str, str | Non
             out["tansu"] = text.strip().removeprefix("tansu ").strip()
     else:
         out["tansu"] = "external broker"
+    out.update(_peer_versions())
     if durable:
         out["seaweedfs"] = None
         with contextlib.suppress(Exception):
@@ -122,6 +135,29 @@ def versions(stack: BenchStack, *, durable: bool = False) -> dict[str, str | Non
             ).stdout
             # "version 8000GB 4.48 pypi linux amd64"
             out["seaweedfs"] = text.split()[2]
+    return out
+
+
+def _peer_versions() -> dict[str, str | None]:
+    """Quix Streams and the client it runs on, in the peers' virtualenv (``make peers``)."""
+    from benchmarks.peers.measure import PEERS_PYTHON
+
+    out: dict[str, str | None] = {"quixstreams": None, "quixstreams_librdkafka": None}
+    if PEERS_PYTHON.exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+            text = subprocess.run(
+                [
+                    str(PEERS_PYTHON),
+                    "-c",
+                    "import importlib.metadata as m, confluent_kafka as c; "
+                    "print(m.version('quixstreams'), c.libversion()[0])",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            out["quixstreams"], out["quixstreams_librdkafka"] = text.split()[-2:]
     return out
 
 
@@ -143,10 +179,11 @@ def _max_rss(runs: list[dict[str, Any]], prefix: str) -> float | None:
 
 #: processes whose CPU time is reported per event, in this order (``store``: SeaweedFS,
 #: under the durable broker)
-CPU_PROCESSES = ("worker-1", "sink", "broker", "store", "postgresql", "producer")
+CPU_PROCESSES = ("worker-1", "sink", "raw", "broker", "store", "postgresql", "producer")
 #: those of the table's CPU rows, memory broker / durable broker
 CPU_SHOWN = ("worker-1", "sink", "broker", "postgresql")
 CPU_SHOWN_DURABLE = ("worker-1", "sink", "broker", "store", "postgresql")
+RAW_SHOWN = ("raw", "broker", "postgresql", "producer")
 
 
 def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -158,6 +195,58 @@ def _cpu_per_event(runs: list[dict[str, Any]]) -> dict[str, float] | None:
     if not per:
         return None
     return {name: round(statistics.median(per[name]), 1) for name in CPU_PROCESSES if name in per}
+
+
+def _cpu_total(runs: list[dict[str, Any]]) -> float | None:
+    """Median over the runs of the CPU time per event of all the run's processes together
+    (µs): the pipeline's CPU budget is this, against the raw clients'."""
+    totals = [
+        sum(run["cpu_seconds"].values()) * 1e6 / run["events"]
+        for run in runs
+        if run.get("cpu_seconds") and run.get("events")
+    ]
+    return round(statistics.median(totals), 1) if totals else None
+
+
+def _cpu_each(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Median CPU time per event (µs) of every process of the runs, whatever its name."""
+    per: dict[str, list[float]] = {}
+    for run in runs:
+        for name, seconds in (run.get("cpu_seconds") or {}).items():
+            per.setdefault(name, []).append(seconds * 1e6 / run["events"])
+    return {name: round(statistics.median(v), 1) for name, v in per.items()} or None
+
+
+def _peer_figures(runs: dict[str, Any], one: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each peer's figures and the pipeline / peer ratio of each pair of runs (the i-th
+    run of each: same repeat, back to back), then their median."""
+    out: dict[str, Any] = {}
+    for key, title, _target in PEER_TARGETS:
+        measured = runs.get(f"{key}_end_to_end") or []
+        done = [r for r in measured if "skipped" not in r]
+        if not done:
+            if measured:
+                out[key] = {"title": title, "skipped": measured[0]["skipped"]}
+            continue
+        ratios = [
+            round(p["events_per_second"] / r["events_per_second"], 3)
+            for p, r in zip(one, measured, strict=False)
+            if "skipped" not in r and r.get("events_per_second") and p.get("events_per_second")
+        ]
+        out[key] = {
+            "title": title,
+            "events": done[0]["events"],
+            "events_per_second": _median(done, "events_per_second"),
+            "pipeline_ratio": _median_of(ratios),
+            "pipeline_ratio_per_run": ratios,
+            "cpu_us_per_event": _cpu_each(done),
+            "cpu_us_per_event_total": _cpu_total(done),
+            "correct": all(r.get("correct") for r in done),
+            "rows": [r["rows"] for r in done],
+            "expected_rows": runs.get("peers_expected_rows"),
+            "spread": _spread(done, "events_per_second"),
+        }
+    return out
 
 
 def _fmt_cpu(values: dict[str, float] | None, shown: tuple[str, ...] = CPU_SHOWN) -> str:
@@ -285,6 +374,17 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
         )
     out["cpu_us_per_event_drain"] = _cpu_per_event(pipe_drain)
     out["cpu_us_per_event_end_to_end"] = _cpu_per_event(one)
+    out["cpu_us_per_event_raw_end_to_end"] = _cpu_per_event(raw)
+    out["cpu_us_per_event_total_end_to_end"] = _cpu_total(one)
+    out["cpu_us_per_event_total_raw_end_to_end"] = _cpu_total(raw)
+    if out["cpu_us_per_event_total_end_to_end"] and out["cpu_us_per_event_total_raw_end_to_end"]:
+        out["cpu_ratio_to_raw"] = round(
+            out["cpu_us_per_event_total_end_to_end"] / out["cpu_us_per_event_total_raw_end_to_end"],
+            3,
+        )
+    peers = _peer_figures(runs, one)
+    if peers:
+        out["peers"] = peers
     year = runs.get("year")
     durable_runs = [
         *runs.get("pipeline_1_worker_durable", []),
@@ -329,9 +429,17 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
     durable = _durable_figures(runs, one, publish)
     if durable is not None:
         out["durable"] = durable
+    peer_runs = [r for key, _, _ in PEER_TARGETS for r in runs.get(f"{key}_end_to_end", [])]
     errors = [
         r["error"]
-        for group in (one, two, pipe_drain, raw, runs.get("pipeline_1_worker_durable", []))
+        for group in (
+            one,
+            two,
+            pipe_drain,
+            raw,
+            runs.get("pipeline_1_worker_durable", []),
+            peer_runs,
+        )
         for r in group
         if r.get("error")
     ]
@@ -360,6 +468,13 @@ def _status(value: float | None, target: float, higher_is_better: bool) -> str:
 
 
 Row = tuple[str, str, str, str]
+SIDE_COLUMNS = (
+    "Implementation",
+    "Events/s",
+    "Pipeline ÷ it",
+    "CPU µs per event, per process = all",
+    "Correctness",
+)
 
 
 def _year_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
@@ -442,7 +557,13 @@ def _throughput_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
-        ("Pipeline / raw clients, end to end", _fmt(fig.get("ratio_end_to_end"), "×"), "", ""),
+        (
+            "Pipeline / raw clients, end to end",
+            _fmt(fig.get("ratio_end_to_end"), "×"),
+            "≥ 0.8×",
+            _status(fig.get("ratio_end_to_end"), t["ratio_end_to_end"], True),
+        ),
+        *_peer_rows(fig),
         (
             "Raw-client ceiling (drain of the published topic)",
             _fmt(fig["raw_drain_events_per_second"], " events/s"),
@@ -480,7 +601,105 @@ def _cpu_rows(fig: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
+        (
+            "CPU per event, raw clients end to end (raw / broker / PostgreSQL / producer)",
+            _fmt_cpu(fig.get("cpu_us_per_event_raw_end_to_end"), RAW_SHOWN),
+            "",
+            "",
+        ),
+        (
+            "CPU per event, all processes, end to end: pipeline / raw clients",
+            f"{_fmt(fig.get('cpu_us_per_event_total_end_to_end'))} / "
+            f"{_fmt(fig.get('cpu_us_per_event_total_raw_end_to_end'))} µs = "
+            f"{_fmt(fig.get('cpu_ratio_to_raw'), '×')}",
+            "≤ 1.5×",
+            _status(fig.get("cpu_ratio_to_raw"), TARGETS["cpu_ratio_to_raw"], False),
+        ),
     ]
+
+
+def _peer_rows(fig: dict[str, Any]) -> list[Row]:
+    """Each peer end to end, and the pipeline / peer ratio against its target."""
+    out: list[Row] = []
+    for key, title, target in PEER_TARGETS:
+        peer = (fig.get("peers") or {}).get(key)
+        if peer is None:
+            continue
+        if "skipped" in peer:
+            out.append((f"{title} end to end", f"skipped: {peer['skipped']}", "", ""))
+            continue
+        check = "rows correct" if peer["correct"] else "[red]rows WRONG[/]"
+        out += [
+            (
+                f"{title} end to end (same producer; {check})",
+                _fmt(peer["events_per_second"], " events/s"),
+                "",
+                "",
+            ),
+            (
+                f"Pipeline / {title.split(' (')[0]}, end to end (paired runs)",
+                _fmt(peer["pipeline_ratio"], "×"),
+                f"≥ {TARGETS[target]:g}×",
+                _status(peer["pipeline_ratio"], TARGETS[target], True),
+            ),
+        ]
+    return out
+
+
+def _cpu_text(values: dict[str, float] | None, total: float | None) -> str:
+    """``worker 120 + sink 60 + ... = 300 µs``"""
+    if not values:
+        return "—"
+    parts = " + ".join(f"{name} {v:.0f}" for name, v in values.items())
+    return f"{parts} = {_fmt(total)} µs"
+
+
+def side_by_side(fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The pipeline, its peers and the raw clients end to end, same run: (implementation,
+    events/s, pipeline / it, CPU µs per event per process = all, correctness)."""
+    pipeline_cpu = fig.get("cpu_us_per_event_end_to_end")
+    out = [
+        (
+            "Pipeline (1 worker + sink)",
+            _fmt(fig.get("pipeline_events_per_second")),
+            "1×",
+            _cpu_text(pipeline_cpu, fig.get("cpu_us_per_event_total_end_to_end")),
+            "every event a row or a dead letter (checked)",
+        )
+    ]
+    for key, title, _target in PEER_TARGETS:
+        peer = (fig.get("peers") or {}).get(key)
+        if peer is None or "skipped" in peer:
+            continue
+        expected = peer.get("expected_rows") or {}
+        rows = peer["rows"][-1] if peer["rows"] else {}
+        out.append(
+            (
+                title,
+                _fmt(peer["events_per_second"]),
+                _fmt(peer["pipeline_ratio"], "×"),
+                _cpu_text(peer["cpu_us_per_event"], peer["cpu_us_per_event_total"]),
+                ("correct" if peer["correct"] else "WRONG")
+                + f": {rows.get('entries', 0):,} entries / {expected.get('entries', 0):,}, "
+                f"{rows.get('books', 0):,} books / {expected.get('books', 0):,}",
+            )
+        )
+    raw = fig.get("raw_end_to_end_events_per_second")
+    if raw:
+        ratio = fig.get("ratio_end_to_end")
+        out.append(
+            (
+                "Raw clients (the ceiling)",
+                _fmt(raw),
+                _fmt(ratio, "×"),
+                _cpu_text(
+                    fig.get("cpu_us_per_event_raw_end_to_end"),
+                    fig.get("cpu_us_per_event_total_raw_end_to_end"),
+                ),
+                "its own count of rows (less work: no validation, state, books)",
+            )
+        )
+    return out
 
 
 def _latency_rows(fig: dict[str, Any]) -> list[Row]:
@@ -632,8 +851,24 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"{result['load']['end']}; Python {v['python']}, Faust {v['faust-streaming']}, "
         f"confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), fastavro "
         f"{v['fastavro']}, psycopg2 {v['psycopg2']}, PostgreSQL {v['postgresql']}, "
-        f"Tansu {v['tansu']}" + (f", SeaweedFS {v['seaweedfs']}" if v.get("seaweedfs") else "")
+        f"Tansu {v['tansu']}"
+        + (f", SeaweedFS {v['seaweedfs']}" if v.get("seaweedfs") else "")
+        + (
+            f"; peers: Quix Streams {v['quixstreams']} (librdkafka {v['quixstreams_librdkafka']})"
+            if v.get("quixstreams")
+            else ""
+        )
     )
+    side = side_by_side(result["figures"])
+    if len(side) > 1:
+        peers = Table(
+            title="End to end, side by side (same run, same producer, broker and database)"
+        )
+        for column in SIDE_COLUMNS:
+            peers.add_column(column, justify="right" if column.startswith(("E", "Pipe")) else None)
+        for row in side:
+            peers.add_row(*row)
+        console.print(peers)
     if result["figures"].get("durable"):
         console.print(durable_summary(result["figures"]))
     for error in result["figures"].get("errors", []):
@@ -649,6 +884,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     ):
         status = status.replace("[green]", "").replace("[red]", "").replace("[/]", "")
         lines.append(f"| {name} | {figure} | {target} | {status} |")
+    side = side_by_side(result["figures"])
+    if len(side) > 1:
+        lines += ["", "| " + " | ".join(SIDE_COLUMNS) + " |", "|---|---:|---:|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in side]
     return "\n".join(lines)
 
 

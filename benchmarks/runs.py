@@ -355,10 +355,18 @@ def raw_end_to_end(ctx: Context) -> dict[str, Any]:
             str(ctx.events_path),
         )
         producer.wait_ready()
+        # CPU per event of each process, as the pipeline's runs (the CPU budget's reference)
+        watch = ProcessWatch()
+        watch.watch("raw", raw.pid)
+        watch.watch("broker", ctx.stack.broker_pid)
+        watch.watch("postgresql", ctx.stack.postgres_pid, tree=True)
+        watch.watch("producer", producer.pid)
+        watch.start()
         raw.go()
         producer.go()
         published = producer.result()
         drained = raw.result()
+        watch.stop()
     finally:
         ctx.stack.teardown(deployment)
     seconds = drained["last_commit"] - published["started"]
@@ -367,6 +375,7 @@ def raw_end_to_end(ctx: Context) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "events_per_second": _eps(drained["events"], seconds),
         "publish_events_per_second": _eps(published["events"], published["seconds"]),
+        "cpu_seconds": watch.cpu_seconds(),
         "peak_rss_mb": {"raw": drained["peak_rss_mb"], "producer": published["peak_rss_mb"]},
         "load_before": load_before,
         "load_after": loadavg(),

@@ -13,8 +13,11 @@ topics in memory; beside it a second stack's broker keeps them on durable storag
 2. the pipeline end to end with one worker (first publish -> last row committed) on the
    memory broker and on the durable broker, back to back, memory first in odd repeats and
    durable first in even ones: each pair gives a durable/memory ratio;
-3. the raw-client pipeline end to end, the same way;
-4. the pipeline end to end with two workers;
+3. the raw-client pipeline end to end, the same way (its CPU per event per process: the
+   pipeline's CPU budget is stated as a ratio of it);
+4. the peers end to end, the same way: the same work written in plain Faust and with Quix
+   Streams (benchmarks/peers/), each checked by its rows (``--skip-peers``: not run);
+5. the pipeline end to end with two workers;
 
 then the latency at a steady rate on the memory broker and then on the durable broker, and
 with ``--profile`` one more end-to-end run under py-spy. Prints a table and writes
@@ -35,7 +38,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from benchmarks.harness import ROOT, BenchStack, events_file, loadavg, peak_rss_mb
+from benchmarks.harness import ROOT, BenchStack, events_file, iter_events, loadavg, peak_rss_mb
+from benchmarks.peers.measure import PEERS, peer_end_to_end
+from benchmarks.peers.work import expected_rows
 from benchmarks.report import (
     durable_summary,
     figures,
@@ -75,6 +80,12 @@ SkipLatencyOption = Annotated[bool, typer.Option("--skip-latency", help="Skip th
 LatencySecondsOption = Annotated[float, typer.Option(help="Length of the latency run.")]
 LatencyRateOption = Annotated[float, typer.Option(help="Steady events/s of the latency run.")]
 SkipScaleOption = Annotated[bool, typer.Option("--skip-scale", help="Skip the two-worker runs.")]
+SkipPeersOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-peers", help="Skip the peers (the same work in plain Faust and Quix Streams)."
+    ),
+]
 SkipRawOption = Annotated[
     bool, typer.Option("--skip-raw", help="Skip the raw-client end-to-end runs.")
 ]
@@ -129,6 +140,7 @@ class BenchOptions:
     latency_rate: float
     skip_scale: bool
     skip_raw: bool
+    skip_peers: bool
     skip_durable: bool
     durable_events: int | None
     profile: bool
@@ -172,6 +184,7 @@ def bench(
     latency_rate: LatencyRateOption = 1000.0,
     skip_scale: SkipScaleOption = False,
     skip_raw: SkipRawOption = False,
+    skip_peers: SkipPeersOption = False,
     skip_durable: SkipDurableOption = False,
     durable_events: DurableEventsOption = None,
     profile: ProfileOption = False,
@@ -197,6 +210,7 @@ def bench(
             latency_rate=latency_rate,
             skip_scale=skip_scale,
             skip_raw=skip_raw,
+            skip_peers=skip_peers,
             skip_durable=skip_durable,
             durable_events=durable_events,
             profile=profile,
@@ -227,6 +241,8 @@ def _parameters(opts: BenchOptions) -> dict[str, Any]:
         "year": opts.year,
         "seed": opts.seed,
         "publisher_batch_size": 100,
+        # the peers (plain Faust, Quix Streams) beside the pipeline
+        "peers": not (opts.skip_peers or opts.year),
         "workers": opts.workers if opts.year else None,
         # the runs on the durable broker: events per throughput run (None: not run)
         "durable_events": None if opts.skip_durable else opts.durable_events,
@@ -263,6 +279,7 @@ def run_bench(opts: BenchOptions) -> None:
         suite={
             "skip_scale": opts.skip_scale,
             "skip_raw": opts.skip_raw,
+            "skip_peers": opts.skip_peers,
             "skip_latency": opts.skip_latency,
             "profile": opts.profile,
         },
@@ -422,6 +439,7 @@ def run_suite(
     profile: bool,
     profile_dir: Path,
     durable: Context | None = None,
+    skip_peers: bool = False,
 ) -> None:
     """The throughput runs ``repeat`` times, then the latency; ``durable``: the context of the
     durable broker, whose runs go beside the memory broker's (the ``*_durable`` keys)."""
@@ -429,6 +447,9 @@ def run_suite(
     keys = ["publish_and_drain", "pipeline_1_worker", "raw_end_to_end", "pipeline_2_workers"]
     if durable is not None:
         keys += ["publish_only_durable", "pipeline_1_worker_durable"]
+    if not skip_peers:
+        keys += [f"{peer.key}_end_to_end" for peer in PEERS]
+        runs["peers_expected_rows"] = expected_rows(iter_events(ctx.events_path))
     for key in keys:
         runs[key] = []
     for i in range(1, repeat + 1):
@@ -452,6 +473,8 @@ def run_suite(
                 f"{tag} raw clients end to end: {raw['events_per_second']:,.0f}/s "
                 f"({raw['seconds']:.1f} s)"
             )
+        if not skip_peers:
+            _peers(ctx, runs, say, tag)
         if not skip_scale:
             two = pipeline_end_to_end(ctx, workers=2)
             runs["pipeline_2_workers"].append(two)
@@ -486,6 +509,21 @@ def run_suite(
         for collapsed in profile_dir.glob("*.collapsed.txt"):
             shutil.copy(collapsed, keep / collapsed.name)
         say(f"profiles: {keep}")
+
+
+def _peers(ctx: Context, runs: dict[str, Any], say: Any, tag: str) -> None:
+    """Each peer end to end, right after the pipeline's and the raw clients' runs."""
+    for peer in PEERS:
+        measured = peer_end_to_end(ctx, peer, runs["peers_expected_rows"])
+        runs[f"{peer.key}_end_to_end"].append(measured)
+        if "skipped" in measured:
+            say(f"{tag} {peer.title}: skipped ({measured['skipped']})")
+            continue
+        say(
+            f"{tag} {peer.title} end to end: {measured['events_per_second']:,.0f}/s "
+            f"({measured['seconds']:.1f} s; rows {measured['rows']}, "
+            f"{'correct' if measured['correct'] else 'WRONG: ' + measured['error']})"
+        )
 
 
 def _one_worker_pair(

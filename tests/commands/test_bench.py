@@ -91,6 +91,18 @@ def test_quick_bench_runs_every_measurement(tmp_path: Path) -> None:
     assert set(durable["cpu_us_per_event_end_to_end"]) >= {"worker-1", "broker", "store"}
     assert result["versions"]["seaweedfs"]
     assert "durable/memory throughput" in run.stdout
+    # the raw clients' CPU per event per process, and the pipeline's as a ratio of it
+    assert set(figures["cpu_us_per_event_raw_end_to_end"]) >= {"raw", "broker", "postgresql"}
+    assert figures["cpu_ratio_to_raw"] > 0
+    # the peers, beside the pipeline, checked by their rows (Quix Streams: only when its
+    # virtualenv is installed, `make peers`)
+    peers = figures["peers"]
+    faust = peers["plain_faust"]
+    assert faust["correct"], runs["plain_faust_end_to_end"]
+    assert faust["rows"][0]["entries"] == runs["peers_expected_rows"]["entries"]
+    assert faust["pipeline_ratio"] > 0 and faust["cpu_us_per_event"]["plain_faust"] > 0
+    assert peers["quix"].get("correct") or "skipped" in peers["quix"], peers["quix"]
+    assert "side by side" in run.stdout
 
 
 def test_profile_summary_attributes_samples_to_the_agents(tmp_path: Path) -> None:
