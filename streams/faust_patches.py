@@ -464,9 +464,21 @@ def _dump_on_signal(consumer: Consumer) -> None:
             log.warning("partition state (SIGUSR1):\n%s", describe(consumer))
         except Exception as exc:  # noqa: BLE001 - a diagnostic must never stop the worker
             log.warning("partition state unavailable: %r", exc)
+        _dump_allocations()
 
     with contextlib.suppress(ValueError):  # not the main thread: no handler
         signal.signal(signal.SIGUSR1, dump)
+
+
+def _dump_allocations(top: int = 25) -> None:
+    """With ``PYTHONTRACEMALLOC`` set: the largest live allocation sites (code locations and
+    sizes, never values)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return
+    stats = tracemalloc.take_snapshot().statistics("lineno")[:top]
+    log.warning("largest live allocations (SIGUSR1):\n%s", "\n".join(str(stat) for stat in stats))
 
 
 def guard_of(consumer: Consumer) -> DeliveryGuard | None:
