@@ -49,7 +49,7 @@ from ehb.privacy import CitizenKeyer
 from ehb.settings import BrokerStorage
 from schemas.partitioning import citizen_partition
 from schemas.topics import changelog_topic
-from streams.state_store import encode_json
+from streams.state_store import encode_json, persisted_offsets
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: the health-book stage's batches, as the worker counts them
@@ -269,27 +269,10 @@ def dir_bytes(path: Path) -> int:
 
 
 def _persisted(table_dir: Path, partitions: int) -> dict[int, int]:
-    """Faust's persisted changelog offset in each partition database (-1: none yet)."""
-    import rocksdict
-
-    offsets = {}
-    for p in range(partitions):
-        path = table_dir / f"citizens-{p}.db"
-        offsets[p] = -1
-        if not path.exists():
-            continue
-        with contextlib.suppress(Exception):
-            db = rocksdict.Rdict(
-                str(path),
-                options=rocksdict.Options(raw_mode=True),
-                access_type=rocksdict.AccessType.read_only(),
-            )
-            try:
-                raw = db.get(b"__faust\0offset__")
-            finally:
-                db.close()
-            offsets[p] = -1 if raw is None else int(raw)
-    return offsets
+    """Each partition database's persisted offset; all -1 while a database cannot be read."""
+    with contextlib.suppress(Exception):
+        return persisted_offsets(table_dir, partitions)
+    return dict.fromkeys(range(partitions), -1)
 
 
 def run(

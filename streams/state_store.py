@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "PERSISTED_OFFSET_KEY",
     "MemoryState",
     "PartitionedState",
     "RocksPartitionView",
@@ -42,6 +43,7 @@ __all__ = [
     "as_state",
     "claim_table_dir",
     "encode_json",
+    "persisted_offsets",
     "read_changelog",
     "share_memory",
 ]
@@ -85,6 +87,33 @@ def claim_table_dir(base: Path, name: str | None = None) -> Path:
         _claimed[directory] = fd
         return directory
     raise RuntimeError(f"no free table directory under {base}")
+
+
+#: Faust's key of a partition database's persisted changelog offset
+PERSISTED_OFFSET_KEY = b"__faust\0offset__"
+
+
+def persisted_offsets(table_dir: Path, partitions: int) -> dict[int, int]:
+    """The persisted changelog offset of each partition database under ``table_dir``, opened
+    read-only (-1: no database, or no offset yet). For tools and tests, not the worker."""
+    import rocksdict
+
+    offsets = dict.fromkeys(range(partitions), -1)
+    for p in range(partitions):
+        path = table_dir / f"citizens-{p}.db"
+        if not path.exists():
+            continue
+        db = rocksdict.Rdict(
+            str(path),
+            options=rocksdict.Options(raw_mode=True),
+            access_type=rocksdict.AccessType.read_only(),
+        )
+        try:
+            raw = db.get(PERSISTED_OFFSET_KEY)
+        finally:
+            db.close()
+        offsets[p] = -1 if raw is None else int(raw)
+    return offsets
 
 
 def encode_json(value: Any) -> bytes:

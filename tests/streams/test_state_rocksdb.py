@@ -12,6 +12,7 @@ import pytest
 from ehb.commands.local import Deployment, DeploymentFactory, wait_for_workers, wait_until
 from ehb.commands.tail import Start, TopicReader
 from schemas.topics import CITIZENS_CHANGELOG
+from streams.state_store import PERSISTED_OFFSET_KEY, persisted_offsets
 from tests.streams import test_stateful
 from tests.streams.test_stateful import EVENTS, _events, assert_same_state, settle
 
@@ -76,7 +77,7 @@ def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_r
     assert len(kept) == PARTITIONS, kept
     # what a restart has left to recover: the changelog after the offset persisted with the
     # local state (at most the batch in flight at the kill), not the whole changelog
-    persisted = _persisted_offsets(_table_dir(d, "a"))
+    persisted = persisted_offsets(_table_dir(d, "a"), PARTITIONS)
     ends = _changelog_ends(d)
     to_replay = {p: ends.get(p, 0) - 1 - persisted[p] for p in range(PARTITIONS)}
     print(f"changelog ends {ends}, persisted {persisted}, to replay {to_replay}")  # noqa: T201
@@ -86,25 +87,6 @@ def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_r
     ready = d.wait_for_workers() + (time.monotonic() - killed_at)
     print(f"rocksdb worker ready {ready:.1f}s after the SIGKILL")  # noqa: T201 - shown with -s
     assert_same_state(settle(d), reference)
-
-
-def _persisted_offsets(table_dir: Path) -> dict[int, int]:
-    """Faust's persisted changelog offset in each partition database (-1: none)."""
-    import rocksdict
-
-    offsets = {}
-    for p in range(PARTITIONS):
-        db = rocksdict.Rdict(
-            str(table_dir / f"citizens-{p}.db"),
-            options=rocksdict.Options(raw_mode=True),
-            access_type=rocksdict.AccessType.read_only(),
-        )
-        try:
-            raw = db.get(b"__faust\0offset__")
-        finally:
-            db.close()
-        offsets[p] = -1 if raw is None else int(raw)
-    return offsets
 
 
 def _changelog_ends(d: Deployment) -> dict[int, int]:
@@ -238,6 +220,6 @@ def test_a_recovery_reads_a_changelog_written_in_large_batches_to_its_real_end(
             wrong = [k for k, v in held.items() if v is not None and v != expected[p][k]]
             assert not missing and not wrong, (p, len(missing), len(wrong))
             assert not [k for k in deleted if db.get(k) is not None], p
-            assert int(db.get(b"__faust\0offset__")) >= ends[p] - 1
+            assert int(db.get(PERSISTED_OFFSET_KEY)) >= ends[p] - 1
         finally:
             db.close()
