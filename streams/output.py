@@ -6,18 +6,18 @@ and awaits :meth:`OutputProducer.flush` before Faust may acknowledge (and later 
 source offsets: at-least-once, with the idempotent sinks absorbing the duplicates a crash can
 cause.
 
-A delivery error is fatal: the worker stops without acknowledging, so the batch is processed
-again after a restart rather than lost. It stays fatal: every later flush fails too, whoever
-calls it. The agents and the idle-partition timer share this producer, and an error taken by
-one caller's flush would otherwise let another caller's flush of the same messages succeed,
-so that caller would acknowledge a batch whose records never reached the broker (seen in
-fault scenario 8: a timer's flush took the error and the stateful agent acknowledged its batch
-without its two appointment records). Only failed deliveries are reported back
-(``delivery.report.only.error``): a report per message would cost a Python callback for each
-of the ~2.5 messages an event produces, and :meth:`flush` already waits for every
-acknowledgement. A producer made with ``report_offsets`` (the citizens table's changelog on the
-RocksDB store) is reported every delivery and keeps the last offset per partition
-(:meth:`OutputProducer.take_offsets`).
+A delivery error is fatal, and so is a message librdkafka refuses to queue: the worker stops
+without acknowledging, so the batch is processed again after a restart rather than lost. It
+stays fatal: every later flush fails too, whoever calls it. The agents and the idle-partition
+timer share this producer, and an error taken by one caller's flush would otherwise let another
+caller's flush of the same messages succeed, so that caller would acknowledge a batch whose
+records never reached the broker (seen in fault scenario 8: a timer's flush took the error and
+the stateful agent acknowledged its batch without its two appointment records). Only failed
+deliveries are reported back (``delivery.report.only.error``): a report per message would cost a
+Python callback for each of the ~2.5 messages an event produces, and :meth:`flush` already waits
+for every acknowledgement. A producer made with ``report_offsets`` (the citizens table's
+changelog on the RocksDB store) is reported every delivery and keeps the last offset per
+partition (:meth:`OutputProducer.take_offsets`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.errors import OutputError
 
@@ -86,6 +86,11 @@ class OutputProducer:
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                # Refused before it was queued (a partition the topic's known metadata lacks):
+                # as fatal as a failed delivery, and for every caller, like one.
+                self._errors.append(str(exc.args[0] if exc.args else exc))
+                raise OutputError(f"message not accepted: {self._errors[-1]}") from exc
         self.sent += 1
 
     def _flush_blocking(self, timeout: float) -> int:

@@ -6,6 +6,8 @@ are reported back."""
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,35 +36,43 @@ def test_flush_returns_once_everything_is_on_the_broker(deploy: DeploymentFactor
 
 
 @pytest.mark.integration
-def test_an_undeliverable_message_fails_the_flush(deploy: DeploymentFactory) -> None:
+def test_a_message_for_a_partition_the_topic_lacks_fails_the_producer_for_good(
+    deploy: DeploymentFactory,
+) -> None:
     d = deploy(workers=0, sink=False, partitions=2)
     output = OutputProducer(producer_config(d.settings))
     topic = d.settings.topic(HEALTH_BOOK)
     output.produce(topic, b"fine", key=b"k")
-    output.produce(topic, b"nowhere to go", partition=7)  # the topic has 2 partitions
-    with pytest.raises(OutputError, match="1 messages not delivered"):
-        asyncio.run(output.flush())
+    asyncio.run(output.flush())  # the topic's metadata (2 partitions) is now known
+    with pytest.raises(OutputError, match="not accepted"):
+        output.produce(topic, b"nowhere to go", partition=7)
     with pytest.raises(OutputError):  # failed for good: a later flush cannot succeed
         asyncio.run(output.flush())
     output.close()
     assert [m.value() for m in d.read_topic(HEALTH_BOOK)] == [b"fine"]
 
 
-@pytest.mark.integration
-def test_every_concurrent_flush_fails_on_an_undelivered_message(
-    deploy: DeploymentFactory,
-) -> None:
+@pytest.fixture
+def refusing_address() -> Iterator[str]:
+    """An address on loopback that refuses every connection (bound, never listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_every_concurrent_flush_fails_on_an_undelivered_message(refusing_address: str) -> None:
     """The stateful agent and the idle-partition timer flush the same producer at once: the
-    error must reach both, not only the one that happened to collect it."""
-    d = deploy(workers=0, sink=False, partitions=2)
-    output = OutputProducer(producer_config(d.settings))
-    topic = d.settings.topic(HEALTH_BOOK)
-    output.produce(topic, b"fine", key=b"k")
-    output.produce(topic, b"nowhere to go", partition=7)
+    error must reach both, not only the one that happened to collect it, and every flush after
+    them. The messages are queued, and time out undelivered (there is no broker to take them)."""
+    output = OutputProducer({"bootstrap.servers": refusing_address, "message.timeout.ms": 500})
+    output.produce("health-book", b"never delivered", key=b"k")
+    output.produce("health-book", b"nor this", partition=1)
 
     async def both() -> list[BaseException | None]:
         return await asyncio.gather(output.flush(), output.flush(), return_exceptions=True)
 
     results = asyncio.run(both())
-    output.close()
     assert [type(r) for r in results] == [OutputError, OutputError]
+    assert "2 messages not delivered" in str(results[0])
+    with pytest.raises(OutputError):
+        asyncio.run(output.flush())
