@@ -203,6 +203,17 @@ class Settings(BaseSettings):
         description="Longest a worker's fetch waits for data (Faust "
         "hard-codes 1500 ms; Tansu holds fetches that long, adding latency at every hop).",
     )
+    worker_fetch_max_kb: int = Field(
+        1024,
+        ge=1024,
+        le=64 * 1024,
+        description="Most KiB one fetch of a worker takes, from one partition and in all "
+        "(aiokafka's max_partition_fetch_bytes and fetch_max_bytes). Under a backlog the "
+        "consumer holds what it fetched and has not processed yet, up to about this much for "
+        "each partition it reads: the worker's memory grows with it. Tansu ignores the "
+        "per-partition size and shares the fetch's among partitions in order; a broker "
+        "returns a first record batch larger than either (docs/operations.md).",
+    )
     state_store: StateStore = Field(
         StateStore.ROCKSDB,
         description="Store of the worker's citizens table: rocksdb (on disk under "

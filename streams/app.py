@@ -95,11 +95,9 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         # Each input message carries up to ~100 events (tens of kB): keep the prefetch and the
         # agents' buffers to a couple of batches, or they hold hundreds of MB of backlog.
-        # Not below 4 MB a partition: Tansu seems not to return a record batch larger than the
-        # partition's fetch size (Apache Kafka does, KIP-74) and librdkafka producers write
-        # batches up to 1 MB, so a smaller fetch size can leave assigned partitions unfetched.
+        # The fetch sizes bound what the consumer holds (EHB_WORKER_FETCH_MAX_KB).
         broker_max_poll_records=2000,
-        consumer_max_fetch_size=4 * 1024 * 1024,
+        consumer_max_fetch_size=settings.worker_fetch_max_kb * 1024,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=2 * settings.worker_batch_size,
         producer_acks=-1,
@@ -151,21 +149,23 @@ def _table_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-_fetch_wait_patched = False
+_fetch_patched = False
 
 
-def _shorten_fetch_wait() -> None:
-    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, hard-coded.
+def _tune_worker_fetch() -> None:
+    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, hard-coded, and
+    without ``fetch_max_bytes`` (aiokafka's default: 50 MB).
 
     Apache Kafka answers a fetch as soon as data arrives, so the wait only bounds idle polls;
     Tansu holds the fetch for most of the wait, which adds that much latency to each hop of the
     worker. The app's ``ehb_fetch_max_wait_ms`` (``EHB_WORKER_FETCH_MAX_WAIT_MS``) replaces it
-    before the consumer starts.
+    before the consumer starts, and ``ehb_fetch_max_bytes`` (``EHB_WORKER_FETCH_MAX_KB``) bounds
+    a whole fetch, which is what bounds it on Tansu (it ignores the per-partition size).
     """
     from faust.transport.drivers import aiokafka as driver
 
-    global _fetch_wait_patched
-    if _fetch_wait_patched:
+    global _fetch_patched
+    if _fetch_patched:
         return
     thread_class = driver.AIOKafkaConsumerThread
     create = thread_class._create_worker_consumer
@@ -175,10 +175,13 @@ def _shorten_fetch_wait() -> None:
         wait = getattr(self.app, "ehb_fetch_max_wait_ms", None)
         if wait is not None:
             consumer._fetch_max_wait_ms = int(wait)
+        max_bytes = getattr(self.app, "ehb_fetch_max_bytes", None)
+        if max_bytes is not None:
+            consumer._fetch_max_bytes = int(max_bytes)
         return consumer
 
     thread_class._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
-    _fetch_wait_patched = True
+    _fetch_patched = True
 
 
 def create_app(
@@ -262,7 +265,8 @@ def create_app(
 
     app.ehb_output = output  # type: ignore[attr-defined]
     app.ehb_fetch_max_wait_ms = settings.worker_fetch_max_wait_ms  # type: ignore[attr-defined]
-    _shorten_fetch_wait()
+    app.ehb_fetch_max_bytes = settings.worker_fetch_max_kb * 1024  # type: ignore[attr-defined]
+    _tune_worker_fetch()
     return app
 
 

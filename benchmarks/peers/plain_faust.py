@@ -46,7 +46,7 @@ from benchmarks.peers.work import (
 from ehb.kafka import faust_broker_options
 from ehb.settings import Settings
 from schemas.topics import EXAMINATIONS
-from streams.app import _shorten_fetch_wait
+from streams.app import _tune_worker_fetch
 
 __all__ = ["create_app"]
 
@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
     )
     # the same adaptation to Tansu as the worker's (streams/app.py): not a Faust optimisation
-    _shorten_fetch_wait()
+    _tune_worker_fetch()
     app.ehb_fetch_max_wait_ms = settings.worker_fetch_max_wait_ms  # type: ignore[attr-defined]
 
     work = PeerWork(settings)
