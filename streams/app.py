@@ -49,7 +49,7 @@ from schemas import AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from schemas.topics import CITIZENS_TABLE, EXAMINATIONS, EXAMINATIONS_BY_CITIZEN
-from streams import faust_patches, metrics
+from streams import faust_patches, member_id, metrics
 from streams.broker_watch import BrokerWatch
 from streams.citizen_state import CitizenStateMachine, StateConfig
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs
@@ -113,15 +113,19 @@ def _faust_app(settings: Settings) -> faust.App:
 def _table_dir(settings: Settings) -> dict[str, Any]:
     """rocksdb: the directory of the table's partition databases, this process's own
     (``EHB_STATE_STORE_DIR``, else claimed under ``EHB_DATA_DIR``; Faust creates only its last
-    component)."""
+    component). Its process rejoins the group under the member id of the last process that held
+    it (``streams.member_id``)."""
     if settings.state_store != StateStore.ROCKSDB:
         return {}
     if settings.state_store_dir is not None:
         directory = settings.state_store_dir.resolve()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        claim_table_dir(directory.parent, directory.name)
     else:
         directory = claim_table_dir(settings.tables_dir, settings.worker_instance_id)
     log.info("citizens table on rocksdb in %s", directory)
+    if settings.worker_instance_id is None:
+        member_id.remember(settings.worker_group, directory / "group-member-id")
     return {"tabledir": str(directory)}
 
 

@@ -12,6 +12,7 @@ import pytest
 from ehb.commands.local import Deployment, DeploymentFactory, wait_for_workers, wait_until
 from ehb.commands.tail import Start, TopicReader
 from schemas.topics import CITIZENS_CHANGELOG
+from streams.member_id import load as load_member_id
 from streams.state_store import PERSISTED_OFFSET_KEY, persisted_offsets
 from tests.streams import test_stateful
 from tests.streams.test_stateful import EVENTS, _events, assert_same_state, settle
@@ -71,6 +72,8 @@ def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_r
         120,
         message="half of the events persisted",
     )
+    member = load_member_id(_table_dir(d, "a") / "group-member-id")
+    assert member, "the worker keeps its group member id beside its table"
     d.kill(d.workers[0])
     killed_at = time.monotonic()
     kept = _partition_dbs(d, "a")
@@ -86,6 +89,9 @@ def test_rocksdb_worker_killed_and_restarted_on_its_local_state_gives_the_same_r
     _start(d, "a", wait=False)  # the same table directory: the local state is kept
     ready = d.wait_for_workers() + (time.monotonic() - killed_at)
     print(f"rocksdb worker ready {ready:.1f}s after the SIGKILL")  # noqa: T201 - shown with -s
+    # it rejoined as the member the killed process was (a new member gets a new id), so the
+    # group did not wait for the dead member's session to expire
+    assert load_member_id(_table_dir(d, "a") / "group-member-id") == member
     assert_same_state(settle(d), reference)
 
 

@@ -419,3 +419,16 @@ def test_the_timer_index_rebuilt_from_rocksdb_skips_only_citizens_without_timers
             CitizenStateMachine(CONFIG)._index(p, memory)
         )
         assert CitizenStateMachine(CONFIG)._index(p, view)
+
+
+def test_a_member_id_is_kept_whole_or_not_at_all(tmp_path: Path) -> None:
+    from streams.member_id import load, store
+
+    path = tmp_path / "group-member-id"
+    assert load(path) is None
+    store(path, "ehb-worker-1f2e")
+    store(path, "ehb-worker-9a8b")
+    assert load(path) == "ehb-worker-9a8b"
+    assert [p.name for p in tmp_path.iterdir()] == ["group-member-id"]
+    path.write_text("")
+    assert load(path) is None
