@@ -20,6 +20,7 @@ from simulation.simulator import CitySimulator, SimulationConfig
 from streams.citizen_state import CitizenStateMachine, StateConfig
 from streams.intake import Intake, SourceMessage
 from streams.internal import decode_validated, encode_chunks
+from tests.faults.corpus import broker_corpus
 
 OUTPUTS = {
     SUBJECTS.HEALTH_BOOK_RECORD: "health_book",
@@ -178,3 +179,15 @@ def test_a_body_with_bytes_after_its_record_is_refused(
         with pytest.raises(DecodeError) as caught:
             codec.decode(body + tail)
         assert caught.value.reason == "trailing_bytes"
+
+
+def test_the_fault_suite_s_bad_input_decodes_as_with_fastavro() -> None:
+    """Allocation bombs, invalid UTF-8, a union branch out of range, over-long bodies ...:
+    the same record or reason code."""
+    codec, reference = AvroCodec(), _FastavroOnly()
+    cases = broker_corpus(codec)
+    assert len(cases) > 50
+    for case in cases:
+        assert _same(_outcome(codec, case.value or b""), _outcome(reference, case.value or b"")), (
+            case.kind
+        )
