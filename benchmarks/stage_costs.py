@@ -166,9 +166,9 @@ def _run_state_machine(
 def _encode_outputs(timer: _Timer, codec: AvroCodec, emitted: list[Emitted]) -> int:
     """Avro of the output records and JSON of the changelog; the number of output records."""
     writers = [
-        (codec.writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
-        (codec.writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
-        (codec.writer(SUBJECTS.APPOINTMENT_RECORD), "appointments"),
+        (codec.fast_writer(SUBJECTS.HEALTH_BOOK_RECORD), "health_book"),
+        (codec.fast_writer(SUBJECTS.REFERRAL_RECORD), "referrals"),
+        (codec.fast_writer(SUBJECTS.APPOINTMENT_RECORD), "appointments"),
     ]
     outputs = timer.timed(
         "Avro encode of the output records",

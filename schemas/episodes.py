@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 __all__ = [
     "EVENT_ID_NAMESPACE",
@@ -44,10 +46,45 @@ _NOT_CONTENT = frozenset({"event_id", "version"})
 
 def episode_digest(event: Mapping[str, Any]) -> str:
     """SHA-256 (hex, 32 digits) of the episode's content: what tells a correction from an
-    identical re-send."""
+    identical re-send.
+
+    The content is hashed as ``json.dumps(content, sort_keys=True, ensure_ascii=False,
+    separators=(",", ":"))`` encoded in UTF-8 (digests are stored: they must never change).
+    orjson writes the same bytes for the events' values at a third of the cost (the worker
+    spent ~11% of its CPU here, benchmarks/README.md); where it would not (a float it formats
+    otherwise, an int beyond 64 bits, a lone surrogate), ``json`` does it.
+    """
     content = {k: v for k, v in event.items() if k not in _NOT_CONTENT and v is not None}
+    if _orjson_writes_alike(content.values()):
+        try:
+            return hashlib.sha256(orjson.dumps(content, option=_SORT)).hexdigest()[:32]
+        except orjson.JSONEncodeError:
+            pass
     text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def _orjson_writes_alike(values: Iterable[Any]) -> bool:
+    """No float that orjson writes otherwise than ``json`` among ``values`` (nested too).
+
+    Both write a float's shortest digits, in fixed notation within [1e-4, 1e16): Python turns
+    to an exponent outside it, and orjson writes NaN and the infinities as null.
+    """
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not (value == 0 or 1e-4 <= abs(value) < 1e16):
+                return False
+        elif kind is dict:
+            if not _orjson_writes_alike(value.values()):
+                return False
+        elif kind is list or kind is tuple:
+            if not _orjson_writes_alike(value):
+                return False
+    return True
 
 
 def derived_event_id(event: Mapping[str, Any]) -> str:

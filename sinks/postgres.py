@@ -227,22 +227,30 @@ def _versions(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def _copy_text(rows: Iterable[tuple[Any, ...]]) -> io.StringIO:
-    """Rows in COPY's text format: tabs, newlines and backslashes escaped, None as \\N."""
-    lines = []
-    for row in rows:
-        fields = []
-        for value in row:
-            if value is None:
-                fields.append("\\N")
-            elif value is True:
-                fields.append("t")
-            elif value is False:
-                fields.append("f")
-            elif isinstance(value, str):
-                fields.append(value.translate(_COPY_ESCAPES))
-            else:
-                fields.append(str(value))
-        lines.append("\t".join(fields))
+    """Rows in COPY's text format: tabs, newlines and backslashes escaped, None as \\N.
+
+    One comprehension, and ``translate`` only for a string that needs it (a printable one
+    without a backslash does not): 4.6 instead of 13 µs a row, where this was a fifth of the
+    sink's CPU (benchmarks/README.md).
+    """
+    escapes = _COPY_ESCAPES
+    lines = [
+        "\t".join(
+            [
+                "\\N"
+                if value is None
+                else value
+                if value.__class__ is str and value.isprintable() and "\\" not in value
+                else value.translate(escapes)
+                if isinstance(value, str)
+                else ("t" if value else "f")
+                if value is True or value is False
+                else str(value)
+                for value in row
+            ]
+        )
+        for row in rows
+    ]
     lines.append("")
     return io.StringIO("\n".join(lines))
 

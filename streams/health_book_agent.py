@@ -60,10 +60,10 @@ class HealthBookOutputs:
     @classmethod
     def from_settings(cls, settings: Settings, codec: AvroCodec) -> HealthBookOutputs:
         return cls(
-            _Output(settings.topic(HEALTH_BOOK), codec.writer(SUBJECTS.HEALTH_BOOK_RECORD)),
-            _Output(settings.topic(REFERRALS), codec.writer(SUBJECTS.REFERRAL_RECORD)),
-            _Output(settings.topic(APPOINTMENTS), codec.writer(SUBJECTS.APPOINTMENT_RECORD)),
-            _Output(settings.topic(HEALTH_BOOK), codec.writer(SUBJECTS.EPISODE_WITHDRAWN)),
+            _Output(settings.topic(HEALTH_BOOK), codec.fast_writer(SUBJECTS.HEALTH_BOOK_RECORD)),
+            _Output(settings.topic(REFERRALS), codec.fast_writer(SUBJECTS.REFERRAL_RECORD)),
+            _Output(settings.topic(APPOINTMENTS), codec.fast_writer(SUBJECTS.APPOINTMENT_RECORD)),
+            _Output(settings.topic(HEALTH_BOOK), codec.fast_writer(SUBJECTS.EPISODE_WITHDRAWN)),
         )
 
     def topics(self) -> list[str]:
