@@ -6,14 +6,15 @@
 DO $$
 BEGIN
     CREATE ROLE ehb_writer NOLOGIN;
--- Roles are cluster-wide: another database may have made them; an owner without CREATEROLE
+-- Roles are cluster-wide: another database may have made them (or be making them at this
+-- moment: the loser of that race gets unique_violation); an owner without CREATEROLE
 -- needs them made by the DBA (the GRANTs below then name them).
-EXCEPTION WHEN duplicate_object OR insufficient_privilege THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation OR insufficient_privilege THEN NULL;
 END $$;
 DO $$
 BEGIN
     CREATE ROLE ehb_reader NOLOGIN;
-EXCEPTION WHEN duplicate_object OR insufficient_privilege THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation OR insufficient_privilege THEN NULL;
 END $$;
 
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -11,9 +11,14 @@
 DO $$
 BEGIN
     CREATE ROLE ehb_console NOLOGIN;
-EXCEPTION WHEN duplicate_object OR insufficient_privilege THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation OR insufficient_privilege THEN NULL;
 END $$;
-GRANT ehb_reader TO ehb_console;
+DO $$
+BEGIN
+    GRANT ehb_reader TO ehb_console;
+-- cluster-wide too: another database's migration may be granting it at this moment
+EXCEPTION WHEN unique_violation OR insufficient_privilege THEN NULL;
+END $$;
 
 CREATE TABLE console_accounts (
     username       text PRIMARY KEY CHECK (username ~ '^[a-z0-9][a-z0-9._-]{2,63}$'),
