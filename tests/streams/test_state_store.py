@@ -30,6 +30,7 @@ from streams.citizen_state import CitizenStateMachine, StateConfig, clock_key  #
 from streams.enrichment import enrich  # noqa: E402
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs, _Output  # noqa: E402
 from streams.internal import encode_validated  # noqa: E402
+from streams.state_codec import decode_key, encode_key  # noqa: E402
 from streams.state_store import MemoryState, RocksState, as_state, encode_json  # noqa: E402
 from tests.support import factories as f  # noqa: E402
 
@@ -71,7 +72,8 @@ def table(tmp_path: Path) -> Iterator[faust.Table]:
 
 
 def key_of(n: int) -> str:
-    return hashlib.sha256(f"citizen-{n}".encode()).hexdigest()
+    """A citizen key of the form the worker derives (32 hex characters)."""
+    return hashlib.sha256(f"citizen-{n}".encode()).hexdigest()[:32]
 
 
 def test_the_setting_gives_a_rocksdict_store_sized_by_the_settings(
@@ -124,7 +126,7 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
         db = state.db(p)
         for q, ks in keys.items():
             for k in ks:
-                raw = db.get(encode_json(k))
+                raw = db.get(encode_key(k))
                 assert (raw is not None) == (p == q), (k, p, q)
         view = state.view(p)
         assert sorted(view) == sorted(keys[p] + [clock_key(p)])
@@ -137,7 +139,7 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
     # None deletes, in that partition's database only
     p, k = 0, keys[0][0]
     state.write(p, {k: None})
-    assert state.view(p).get(k) is None and state.db(p).get(encode_json(k)) is None
+    assert state.view(p).get(k) is None and state.db(p).get(encode_key(k)) is None
 
 
 class RecordingOutput:
@@ -233,7 +235,10 @@ def test_the_agent_writes_each_state_change_to_its_partition_database(
     seen = set()
     for _, value, raw_key, partition in changelog:
         assert partition is not None
-        key = raw_key.decode().strip('"')  # type: ignore[union-attr]
+        assert raw_key is not None and raw_key[:1] in (b"\x01", b'"'), raw_key
+        # citizens under binary keys, the clocks under JSON ones
+        assert (raw_key[:1] == b"\x01") == (len(raw_key) == 17), raw_key
+        key = decode_key(raw_key)
         expected = int(key.rsplit(":", 1)[1]) if key.startswith("__clock__") else None
         if expected is None:
             expected = citizen_partition(key, PARTITIONS)
@@ -247,7 +252,7 @@ def test_the_agent_writes_each_state_change_to_its_partition_database(
     on_disk = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
     assert set(on_disk) == seen == set(memory)
     assert on_disk == json.loads(encode_json(memory))  # the memory store keeps tuples
-    assert len({citizen_partition(k, PARTITIONS) for k in seen if len(k) == 64}) == PARTITIONS
+    assert len({citizen_partition(k, PARTITIONS) for k in seen if len(k) == 32}) == PARTITIONS
     # the same outputs as on the memory store
     assert _decisions(output) == _decisions(memory_output)
 
