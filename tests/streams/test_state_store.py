@@ -424,3 +424,130 @@ def test_the_timer_index_rebuilt_from_rocksdb_skips_only_citizens_without_timers
             CitizenStateMachine(CONFIG)._index(p, memory)
         )
         assert CitizenStateMachine(CONFIG)._index(p, view)
+
+
+# -- the encoding: JSON keys written before issue 17 (streams/state_codec.py) ------------------
+def _agent_writing(output: RecordingOutput, binary_keys: bool) -> HealthBookAgent:
+    agent = _agent(output)
+    agent.binary_keys = binary_keys
+    return agent
+
+
+def _changelog(output: RecordingOutput) -> list[tuple[bytes, bytes | None]]:
+    return [
+        (key, value)
+        for topic, value, key, _ in output.records
+        if topic == "citizens-changelog" and key is not None
+    ]
+
+
+def _compacted(records: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
+    """What a compacted changelog keeps: the last value of each key, tombstones gone."""
+    last: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        last[key] = value
+    return {k: v for k, v in last.items() if v is not None}
+
+
+def _decoded(compacted: dict[bytes, bytes]) -> dict[str, Any]:
+    """A compacted changelog as the readers see it: a citizen's binary key before its JSON."""
+    out: dict[str, Any] = {}
+    for raw, value in sorted(compacted.items(), key=lambda kv: kv[0][:1] == b"\x01"):
+        out[decode_key(raw)] = json.loads(value)
+    return out
+
+
+def _json_form(state: Any) -> Any:
+    return json.loads(encode_json(state))  # the memory store keeps tuples
+
+
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
+def test_a_state_written_in_json_keys_is_read_and_moved_to_binary_keys(
+    table: faust.Table, store: str
+) -> None:
+    """The state of 30 citizens written as a worker wrote it before issue 17 (JSON keys, in the
+    changelog and the local store; the memory store as Faust's recovery decodes such a
+    changelog), then more exams of the same citizens processed by the new worker: the same
+    decisions and the same state as a worker that only ever wrote binary keys, each citizen
+    written gets its binary key then its JSON key's tombstone, and a compacted changelog and
+    the local store hold no JSON key of a citizen any more."""
+    from streams.state_codec import CitizenKeyCodec, is_legacy, json_key
+
+    first, second = _events(n_citizens=30, exams=1), _events(n_citizens=30, exams=3)
+    # the reference: binary keys throughout, on the memory store
+    reference: dict[str, Any] = {}
+    ref_first, ref_second = RecordingOutput(), RecordingOutput()
+    asyncio.run(_agent(ref_first).process_batch(first, reference))
+    asyncio.run(_agent(ref_second).process_batch(second, reference))
+
+    old = RecordingOutput()
+    rocks = RocksState(table.data, binary_keys=False)
+    asyncio.run(_agent_writing(old, binary_keys=False).process_batch(first, rocks))
+    old_records = _changelog(old)
+    citizens = {decode_key(k) for k, _ in old_records if not k.startswith(b'"__clock')}
+    assert len(citizens) == 30 and all(k[:1] == b'"' for k, _ in old_records)
+    state: Any
+    if store == "rocksdb":
+        state = RocksState(table.data)
+        for p in range(PARTITIONS):
+            assert all(k[:1] != b"\x01" for k in state.db(p).keys())
+    else:
+        codec = CitizenKeyCodec()
+        state = {codec.loads(k): json.loads(v) for k, v in _compacted(old_records).items()}
+        assert sum(1 for k in state if is_legacy(k)) == 30
+
+    new = RecordingOutput()
+    asyncio.run(_agent(new).process_batch(second, state))
+    assert [r for r in _decisions(new) if r[0] != "citizens-changelog"] == [
+        r for r in _decisions(ref_second) if r[0] != "citizens-changelog"
+    ]
+    new_records = _changelog(new)
+    for key in citizens:
+        at = [i for i, (k, _) in enumerate(new_records) if k == json_key(key)]
+        binary = [i for i, (k, _) in enumerate(new_records) if k == encode_key(key)]
+        assert len(at) == 1 and new_records[at[0]][1] is None, "no tombstone for the JSON key"
+        assert binary and binary[-1] < at[0], "the tombstone came before the binary record"
+    compacted = _compacted(old_records + new_records)
+    assert not [k for k in compacted if k[:1] == b'"' and not k.startswith(b'"__clock')]
+    assert _decoded(compacted) == _decoded(
+        _compacted(_changelog(ref_first) + _changelog(ref_second))
+    )
+    # the local state: the reference's, under binary keys only
+    if store == "rocksdb":
+        on_disk = {k: v for p in range(PARTITIONS) for k, v in state.view(p).items()}
+        assert on_disk == _json_form(reference)
+        for p in range(PARTITIONS):
+            raw_keys = list(state.db(p).keys())
+            assert not [k for k in raw_keys if k[:1] == b'"' and not k.startswith(b'"__clock')]
+    else:
+        assert not [k for k in state if is_legacy(k)]
+        assert _json_form(state) == _json_form(reference)
+
+
+def test_a_citizen_under_both_keys_is_read_under_its_binary_one(table: faust.Table) -> None:
+    """A crash between a citizen's binary record and its JSON key's tombstone leaves both:
+    the binary one is the newer, wherever it is read (lookups, scans, the timer scan)."""
+    from streams.state_codec import legacy
+    from streams.state_store import MemoryView
+
+    day = 1_700_000_000_000
+    with_timer = {"i": 1, "a": {"a1": ["79001", day, 0, "open", "e1", None, None, None]}}
+    a = key_of(1)
+    p = citizen_partition(a, PARTITIONS)
+    b = next(key_of(n) for n in range(3, 100) if citizen_partition(key_of(n), PARTITIONS) == p)
+    state = RocksState(table.data)
+    db = state.db(p)
+    db[encode_json(a)] = encode_json(1)  # older: integrated only
+    db[encode_key(a)] = encode_json(with_timer)  # newer
+    db[encode_json(b)] = encode_json(with_timer)  # older: an open appointment
+    db[encode_key(b)] = encode_json(1)  # newer: closed since
+    view = state.view(p)
+    assert view.get(a) == with_timer and view[b] == 1 and a in view and b in view
+    assert sorted(view) == sorted([a, b]) and dict(view.items()) == {a: with_timer, b: 1}
+    assert dict(view.timer_candidates()) == {a: with_timer}
+    assert state.legacy(p, [a, b, key_of(0)]) == {a, b}
+    # the memory store after Faust's recovery of such a changelog
+    memory = MemoryView({legacy(a): 1, a: with_timer, legacy(b): with_timer, b: 1})
+    assert memory.get(a) == with_timer and memory[b] == 1
+    assert dict(memory.items()) == {a: with_timer, b: 1} and len(memory) == 2
+    assert MemoryView({legacy(a): 1}).get(a) == 1 and a in MemoryView({legacy(a): 1})
