@@ -818,13 +818,15 @@ def state_migrate_keys(
     if dry_run:
         out.print(
             f"{result.records:,} changelog records read: {result.json_citizens:,} citizens "
-            f"under JSON keys (by partition: {result.per_partition})"
+            f"under JSON keys (by partition: {result.per_partition})",
+            soft_wrap=True,
         )
     else:
         out.print(
             f"{result.records:,} changelog records read: {result.json_citizens:,} citizens "
             f"under JSON keys; {result.rewritten:,} written under their binary key, "
-            f"{result.tombstoned:,} JSON keys tombstoned"
+            f"{result.tombstoned:,} JSON keys tombstoned",
+            soft_wrap=True,
         )
 
 

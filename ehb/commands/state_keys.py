@@ -16,6 +16,7 @@ state like any others (from their persisted offset on).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +86,14 @@ def _read_partition(
     try:
         consumer.assign([TopicPartition(topic, partition, 0)])
         last = -1
+        idle_until = time.monotonic() + 30
         while last < end - 1:
-            messages = consumer.consume(10_000, 10)
+            messages = consumer.consume(10_000, 0.5)
             if not messages:
-                raise RuntimeError(f"{topic}[{partition}] ended at {last}, before {end - 1}")
+                if time.monotonic() > idle_until:
+                    raise RuntimeError(f"{topic}[{partition}] ended at {last}, before {end - 1}")
+                continue
+            idle_until = time.monotonic() + 30
             for message in messages:
                 if message.error() is not None:
                     continue

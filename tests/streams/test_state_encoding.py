@@ -6,6 +6,7 @@ the final state is the reference's."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,10 @@ def read_changelog(d: Deployment) -> list[tuple[int, bytes, bytes | None]]:
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
         remaining = {p for p, end in last.items() if end >= 0}
+        deadline = time.monotonic() + 60
         while remaining:
-            messages = consumer.consume(1000, 10)
-            assert messages, f"the changelog ended before {last}"
-            for message in messages:
+            assert time.monotonic() < deadline, f"the changelog ended before {last}"
+            for message in consumer.consume(1000, 0.5):
                 if message.error():
                     continue
                 _, p, offset = position(message)
@@ -193,11 +194,11 @@ def test_the_migration_rewrites_the_remaining_json_keys(deploy: DeploymentFactor
 
     d = deploy(workers=0, sink=False, partitions=PARTITIONS)
     topic = changelog_topic(d.settings.worker_group)
-    for future in (
-        admin_client(d.settings)
-        .create_topics([NewTopic(topic, PARTITIONS, 1, config={"cleanup.policy": "compact"})])
-        .values()
-    ):
+    admin = admin_client(d.settings)  # kept: its futures fail once it is collected
+    created = admin.create_topics(
+        [NewTopic(topic, PARTITIONS, 1, config={"cleanup.policy": "compact"})]
+    )
+    for future in created.values():
         future.result()
     producer = Producer(producer_config(d.settings, **{"linger.ms": 20}))
     kinds: dict[str, int] = {}
