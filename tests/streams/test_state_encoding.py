@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ehb.commands.local import Deployment, DeploymentFactory
+from ehb.commands.local import Deployment, DeploymentFactory, wait_until
 from tests.streams import test_stateful
 from tests.streams.test_stateful import _events, assert_same_state, settle
 
@@ -243,3 +243,42 @@ def test_the_migration_rewrites_the_remaining_json_keys(deploy: DeploymentFactor
 def _env(d: Deployment) -> dict[str, str]:
     """The deployment's settings as the environment of a command."""
     return {k: v for k, v in d.children.env().items() if k.startswith("EHB_")}
+
+
+@pytest.mark.parametrize("point", ["health_book.outputs_flushed", "health_book.changelog_written"])
+def test_a_worker_killed_while_moving_citizens_to_binary_keys_loses_nothing(
+    deploy: DeploymentFactory, reference: dict[str, Any], point: str
+) -> None:
+    """The new worker, on the RocksDB state an old-format worker left, kills itself mid-run at
+    a crash point of the health-book agent (before the changelog is sent; after the changelog
+    and the local state are written, before the batch is acknowledged) and is restarted on its
+    kept state: the reference's rows, and no citizen left under both keys."""
+    from streams.state_codec import decode_key
+
+    d = deploy(workers=0, partitions=PARTITIONS, state_store="rocksdb")
+    events = _events()
+    third = len(events) // 3
+    env = {"EHB_STATE_STORE_DIR": str(_table_dir(d, 1))}
+    old = d.start_worker(extra_env={**env, "EHB_STATE_KEY_FORMAT": "json"})
+    d.publish(events[:third])
+    d.wait_for_events(third, 120)
+    d.kill(old)
+    victim = d.start_worker(extra_env={**env, "EHB_FAULT_KILL": f"{point}:3"})
+    # a chunk at a time, each processed before the next: batches enough to reach the point 3
+    # times, whatever the timing (one publish of everything can make two large batches)
+    published = third
+    while victim.proc.poll() is None and published < len(events):
+        published += d.publish(events[published : published + 100])
+        wait_until(
+            lambda: victim.proc.poll() is not None or d.accounted_events() >= published,
+            120,
+            message="the chunk processed, or the worker killed at the point",
+        )
+    assert victim.proc.wait(120) == -9, "the worker did not reach the point"
+    d.publish(events[published:])
+    d.start_worker(extra_env=env)
+    assert_same_state(settle(d), reference)
+    final = compacted(read_changelog(d))
+    binary = {decode_key(k) for k, v in final.items() if k[:1] == b"\x01" and v is not None}
+    live_json = {decode_key(k) for k, v in final.items() if _is_citizen_json_key(k) and v}
+    assert binary and not live_json & binary
