@@ -270,7 +270,7 @@ def test_a_worker_killed_while_moving_citizens_to_binary_keys_loses_nothing(
     while victim.proc.poll() is None and published < len(events):
         published += d.publish(events[published : published + 100])
         wait_until(
-            lambda: victim.proc.poll() is not None or d.accounted_events() >= published,
+            lambda n=published: victim.proc.poll() is not None or d.accounted_events() >= n,
             120,
             message="the chunk processed, or the worker killed at the point",
         )
