@@ -181,14 +181,15 @@ class HealthBookAgent:
         *after* its binary record: a crash between the two leaves both, and readers take the
         binary one (docs/state-store.md, "The encoding")."""
         topic = self.changelog
-        encode = encode_key if self.binary_keys else encode_json
+        binary = self.binary_keys
         for partition, changes, legacy in state_writes:
             for key, value in changes.items():
                 output.produce(
                     topic,
                     None if value is None else encode_value(value),
-                    key=encode(key),
+                    # json (a rolling upgrade): a citizen with a binary key stays binary
+                    key=encode_key(key) if binary or key in legacy else encode_json(key),
                     partition=partition,
                 )
-                if key in legacy:
+                if binary and key in legacy:
                     output.produce(topic, None, key=json_key(key), partition=partition)

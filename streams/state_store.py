@@ -138,8 +138,10 @@ class PartitionedState(Protocol):
         ...
 
     def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
-        """The ``keys`` that ``partition``'s data still holds under their JSON key (written
-        by a worker before the binary keys, ``streams.state_codec``)."""
+        """The ``keys`` that ``partition``'s data holds in the format this worker does not
+        write: under their JSON key (written before the binary keys, ``streams.state_codec``);
+        with ``EHB_STATE_KEY_FORMAT=json``, under their binary key (such a citizen stays
+        binary: its JSON key would be hidden behind the binary one)."""
         ...
 
     def write(
@@ -220,9 +222,9 @@ class MemoryState:
         return MemoryView(self.data)
 
     def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
-        if not self.binary_keys:
-            return set()
         data = self.data
+        if not self.binary_keys:  # json: a citizen's str key is a binary record's
+            return {key for key in keys if key in data and _json_key(key) is not None}
         return {key for key in keys if _legacy(key) in data}
 
     def write(
@@ -233,13 +235,18 @@ class MemoryState:
         legacy: Collection[str] = (),
     ) -> None:
         data = self.data
+        binary = self.binary_keys
         for key, value in changes.items():
+            # json: a citizen's entry goes where Faust's recovery of its JSON record puts it,
+            # unless it has a binary one
+            slot = key if binary or key in data or _json_key(key) is None else _legacy(key)
             if value is None:
-                data.pop(key, None)
+                data.pop(slot, None)
             else:
-                data[key] = value
-        for key in legacy:
-            data.pop(_legacy(key), None)
+                data[slot] = value
+        if binary:
+            for key in legacy:
+                data.pop(_legacy(key), None)
 
 
 class RocksPartitionView(MutableMapping[str, Any]):
@@ -346,7 +353,6 @@ class RocksState:
             raise TypeError(f"not a rocksdict-backed Faust RocksDB store: {store!r}")
         self.store = store
         self.binary_keys = binary_keys
-        self._key = encode_key if binary_keys else encode_json
 
     def db(self, partition: int) -> Any:
         """The partition's database (opened on first use, as Faust does)."""
@@ -357,12 +363,13 @@ class RocksState:
 
     def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
         db = self.store._dbs.get(partition)
-        if db is None or not self.binary_keys:
+        if db is None:
             return set()
+        binary = self.binary_keys
         found = set()
         for key in keys:
             old = _json_key(key)
-            if old is not None and db.get(old) is not None:
+            if old is not None and db.get(old if binary else _encode_key(key)) is not None:
                 found.add(key)
         return found
 
@@ -391,14 +398,17 @@ class RocksState:
             return
         import rocksdict
 
-        encode = self._key
+        binary = self.binary_keys
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in changes.items():
+            raw = _encode_key(key)
+            if not binary and (_json_key(key) is None or db.get(raw) is None):
+                raw = encode_json(key)  # json: unless the citizen has a binary key already
             if value is None:
-                batch.delete(encode(key))
+                batch.delete(raw)
             else:
-                batch.put(encode(key), encode_value(value))
-        for key in legacy:
+                batch.put(raw, encode_value(value))
+        for key in legacy if binary else ():
             old = _json_key(key)
             if old is not None:
                 batch.delete(old)
