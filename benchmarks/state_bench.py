@@ -49,6 +49,7 @@ from ehb.privacy import CitizenKeyer
 from ehb.settings import BrokerStorage
 from schemas.partitioning import citizen_partition
 from schemas.topics import changelog_topic
+from streams.state_codec import encode_key
 from streams.state_store import encode_json, persisted_offsets
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,9 +69,16 @@ def _synthetic_key(n: int) -> str:
 
 
 def build_changelog(
-    d: Deployment, citizens: int, stream_keys: set[str], open_every: int, now_ms: int
+    d: Deployment,
+    citizens: int,
+    stream_keys: set[str],
+    open_every: int,
+    now_ms: int,
+    key_format: str = "binary",
 ) -> dict[str, Any]:
-    """Write ``citizens`` states to the changelog; returns what was written."""
+    """Write ``citizens`` states to the changelog, keys in ``key_format`` (``binary``, as the
+    worker writes them; ``json``, as it did before issue 17); returns what was written."""
+    encode = encode_key if key_format == "binary" else encode_json
     settings = d.settings
     partitions = settings.kafka_partitions
     topic = changelog_topic(settings.worker_group)
@@ -111,7 +119,7 @@ def build_changelog(
             with_timers += 1
         else:
             value = 1
-        k, v = encode_json(key), encode_json(value)
+        k, v = encode(key), encode_json(value)
         while True:
             try:
                 producer.produce(topic, v, k, partition=citizen_partition(key, partitions))
@@ -276,11 +284,18 @@ def _persisted(table_dir: Path, partitions: int) -> dict[int, int]:
 
 
 def run(
-    citizens: int, events: int, rate: int, partitions: int, steady_s: float, open_every: int
+    citizens: int,
+    events: int,
+    rate: int,
+    partitions: int,
+    steady_s: float,
+    open_every: int,
+    key_format: str = "binary",
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "parameters": {
             "citizens": citizens,
+            "key_format": key_format,
             "stream_events": events,
             "rate": rate,
             "partitions": partitions,
@@ -302,7 +317,7 @@ def run(
         d = stack.deploy(workers=0, sink=False, state_store="rocksdb")
         _say(f"building the state of {citizens:,} citizens in the changelog")
         result["build"] = build = build_changelog(
-            d, citizens, stream_keys, open_every, int(time.time() * 1000)
+            d, citizens, stream_keys, open_every, int(time.time() * 1000), key_format
         )
         _say(f"  {build}")
         feed = Feed(d, path, rate).start()
@@ -467,8 +482,17 @@ def main(
         int, typer.Option(help="One citizen in N has an open appointment.")
     ] = 400,
     output: Annotated[Path, typer.Option(help="Directory of the JSON results.")] = RESULTS,
+    key_format: Annotated[
+        str,
+        typer.Option(
+            help="Keys of the changelog built: binary (the worker's) or json (before issue 17; "
+            "the worker moves the citizens it writes to binary keys)."
+        ),
+    ] = "binary",
 ) -> None:
-    result = run(citizens, events, rate, partitions, steady_s, open_every)
+    if key_format not in ("binary", "json"):
+        raise typer.BadParameter("binary or json", param_hint="--key-format")
+    result = run(citizens, events, rate, partitions, steady_s, open_every, key_format)
     output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     text = json.dumps(result, indent=2)

@@ -9,7 +9,9 @@ run, so that the peak RSS is that store's::
 
 Prints one JSON line: events/s of the agent (its time only, not the simulation's), peak RSS
 (the whole process: simulator, agent, timer heaps, store), keys, the state's bytes as the changelog
-carries them (compact JSON) and the RocksDB directory's bytes on disk.
+carries them (binary keys, JSON values), as it carried them before issue 17 (JSON keys), and
+with MessagePack values, and the RocksDB directory's bytes on disk (``--key-format json``: the
+table written as before issue 17).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
+
 from ehb.settings import Settings, StateStore
 from schemas import AvroCodec
 from schemas.partitioning import citizen_partition
@@ -41,6 +45,7 @@ from streams.enrichment import enrich
 from streams.health_book_agent import STATE_BATCH_MESSAGES, HealthBookAgent, HealthBookOutputs
 from streams.health_book_agent import _Output as Output
 from streams.internal import MAX_ITEMS_PER_MESSAGE, encode_validated
+from streams.state_codec import encode_key
 from streams.state_store import as_state, encode_json
 from streams.validation import Validator
 
@@ -105,7 +110,7 @@ def internal_messages(events: int, seed: int) -> Iterator[Any]:
     for event in CitySimulator(config).events():
         if "so_cccd" not in event or validator.validate(event, now) is not None:
             continue
-        key = hashlib.sha256(event["so_cccd"].encode()).hexdigest()
+        key = hashlib.sha256(event["so_cccd"].encode()).hexdigest()[:32]  # as ehb.privacy
         item = enrich(event, registry, key, published_at=0)
         watermark = max(watermark, item["event_time"])
         p = citizen_partition(key, PARTITIONS)
@@ -130,6 +135,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
+        "--key-format",
+        choices=["binary", "json"],
+        default="binary",
+        help="keys as the worker writes them (binary) or as it wrote them before issue 17",
+    )
+    parser.add_argument(
         "--tracemalloc", type=int, default=0, help="print the N largest live allocation sites"
     )
     args = parser.parse_args()
@@ -153,7 +164,8 @@ def main() -> None:
             key_type=str,
             **_table_options(settings),
         )
-        state = as_state(table.data)
+        binary_keys = args.key_format == "binary"
+        state = as_state(table.data, binary_keys)
         recorder = Recorder()
 
         def out(topic: str) -> Output:
@@ -167,6 +179,7 @@ def main() -> None:
             HealthBookOutputs(out("hb"), out("referrals"), out("appointments"), out("hb")),
             recorder,  # type: ignore[arg-type]
             within=0.1,
+            binary_keys=binary_keys,
         )
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         elapsed = 0.0
@@ -188,13 +201,16 @@ def main() -> None:
             n_messages += len(batch)
         loop.close()
         keys = 0
-        state_bytes = 0
+        state_bytes = binary_bytes = msgpack_bytes = 0
         for p in range(PARTITIONS):
             for key, value in state.view(p).items():  # memory: every partition's keys
                 if key.startswith("__clock__") or citizen_partition(key, PARTITIONS) != p:
                     continue
                 keys += 1
                 state_bytes += len(encode_json(key)) + len(encode_json(value))
+                binary_bytes += len(encode_key(key)) + len(encode_json(value))
+                # the value in MessagePack instead (measured, not used: docs/state-store.md)
+                msgpack_bytes += len(encode_key(key)) + len(msgpack.packb(value))
         disk = compacted = 0
         if args.store == "rocksdb":
             disk = du(tmp / "tables")  # memtables in the WAL, SST files, RocksDB's logs
@@ -212,7 +228,10 @@ def main() -> None:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "rss_before_mb": round(rss_before / 1024),
             "citizens": keys,
+            "key_format": args.key_format,
             "changelog_json_bytes_per_citizen": round(state_bytes / max(keys, 1), 1),
+            "changelog_bytes_per_citizen": round(binary_bytes / max(keys, 1), 1),
+            "changelog_msgpack_value_bytes_per_citizen": round(msgpack_bytes / max(keys, 1), 1),
             "disk_bytes_per_citizen": round(disk / max(keys, 1), 1) if disk else None,
             "disk_bytes_per_citizen_compacted": (
                 round(compacted / max(keys, 1), 1) if compacted else None

@@ -21,7 +21,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["BrokerStorage", "Environment", "Settings", "StateStore", "get_settings"]
+__all__ = [
+    "BrokerStorage",
+    "Environment",
+    "Settings",
+    "StateKeyFormat",
+    "StateStore",
+    "get_settings",
+]
 
 
 #: Values that are examples, not secrets: refused in production.
@@ -63,6 +70,13 @@ class BrokerStorage(StrEnum):
 
     DURABLE = "durable"
     MEMORY = "memory"
+
+
+class StateKeyFormat(StrEnum):
+    """How the worker writes the citizens table's changelog keys (streams.state_codec)."""
+
+    BINARY = "binary"
+    JSON = "json"
 
 
 class StateStore(StrEnum):
@@ -220,6 +234,14 @@ class Settings(BaseSettings):
         "EHB_STATE_STORE_DIR, rocksdict driver: memory bounded by the EHB_STATE_* sizes, a "
         "restart reads only the changelog written since) or memory (a dict, rebuilt from the "
         "whole changelog at every start; docs/state-store.md).",
+    )
+    state_key_format: StateKeyFormat = Field(
+        StateKeyFormat.BINARY,
+        description="Keys the worker writes to the citizens table's changelog and local store: "
+        "binary (17 bytes a citizen; a JSON-keyed entry is replaced when its citizen is written) "
+        "or json (34 bytes, as workers wrote them before issue 17). Both are always read. json "
+        "only while workers of an older version share the group (a rolling upgrade: they cannot "
+        "read binary keys); docs/state-store.md.",
     )
     state_store_dir: Path | None = Field(
         None,

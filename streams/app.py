@@ -44,7 +44,7 @@ from ehb.kafka import (
     producer_config,
 )
 from ehb.privacy import CitizenKeyer
-from ehb.settings import Settings, StateStore
+from ehb.settings import Settings, StateKeyFormat, StateStore
 from schemas import AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
@@ -58,6 +58,7 @@ from streams.intake_agent import IntakeAgent
 from streams.output import OutputProducer
 from streams.progress import IntakeProgress
 from streams.routing import IntakeRoutes
+from streams.state_codec import register_codec
 from streams.state_store import claim_table_dir, read_changelog, share_memory
 
 __all__ = ["create_app"]
@@ -211,7 +212,10 @@ def create_app(
     t_by_citizen = settings.topic(EXAMINATIONS_BY_CITIZEN)
     examinations = app.topic(t_examinations, key_type=bytes, value_type=bytes)
     by_citizen = app.topic(t_by_citizen, key_type=bytes, value_type=bytes)
-    # Keys and values are JSON in the changelog (Faust's default codec for these types).
+    # Values are JSON in the changelog (Faust's default codec for the type); keys are binary
+    # or, written before issue 17, JSON: Faust's recovery reads both with the table's key codec
+    # (streams.state_codec). Faust made the changelog topic with the JSON codec as the table
+    # was added: it is made again, same name, with the table's codec.
     citizens = app.Table(
         CITIZENS_TABLE,
         default=None,
@@ -219,6 +223,8 @@ def create_app(
         key_type=str,
         **_table_options(settings),
     )
+    citizens.key_serializer = register_codec()  # type: ignore[attr-defined]
+    citizens.changelog_topic = citizens._new_changelog_topic()  # type: ignore[attr-defined]
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(
@@ -248,6 +254,7 @@ def create_app(
         OutputProducer(producer_config(settings, **{"linger.ms": 2}), report_offsets=True)
         if settings.state_store == StateStore.ROCKSDB
         else None,
+        binary_keys=settings.state_key_format == StateKeyFormat.BINARY,
     )
 
     faust_patches.commit_points[t_examinations] = "intake.offsets_committed"

@@ -30,6 +30,7 @@ from streams import faust_patches, metrics
 from streams.citizen_state import CitizenStateMachine, Emitted
 from streams.internal import decode_validated
 from streams.output import OutputProducer
+from streams.state_codec import encode_key, encode_value, json_key
 from streams.state_store import as_state, encode_json
 
 __all__ = ["STATE_BATCH_MESSAGES", "HealthBookAgent", "HealthBookOutputs", "encode_json"]
@@ -100,9 +101,12 @@ class HealthBookAgent:
     within: float
     #: the changelog's producer when it is not ``output``: one that reports offsets (RocksDB)
     changelog_output: OutputProducer | None = None
+    #: the changelog's keys in the binary format (``EHB_STATE_KEY_FORMAT``,
+    #: ``streams.state_codec``); false: JSON, as workers wrote them before issue 17
+    binary_keys: bool = True
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
-        store = as_state(self.store())
+        store = as_state(self.store(), self.binary_keys)
         async for events in faust_patches.take_batches(
             stream, STATE_BATCH_MESSAGES, self.within, "health_book.batch_acknowledged"
         ):
@@ -112,10 +116,10 @@ class HealthBookAgent:
 
     async def process_batch(self, events: Sequence[Any], store: Any) -> None:
         started = time.perf_counter()
-        state = as_state(store)
+        state = as_state(store, self.binary_keys)
         by_partition = self._decode(events)
         now_ms = int(time.time() * 1000)
-        state_writes: list[tuple[int, dict[str, Any]]] = []
+        state_writes: list[tuple[int, dict[str, Any], set[str]]] = []
         n_items = 0
         records_out = dict.fromkeys(self.outputs.topics(), 0)
         for partition, batch in by_partition.items():
@@ -123,7 +127,9 @@ class HealthBookAgent:
             emitted.compact()
             n_items += sum(len(items) for items, _ in batch)
             self._send_records(emitted, records_out)
-            state_writes.append((partition, emitted.state))
+            # before the local-only write below, which may give a citizen its binary key
+            legacy = state.legacy(partition, emitted.state)
+            state_writes.append((partition, emitted.state, legacy))
             state.write(partition, emitted.local)
         await self.output.flush()
         faultpoints.reach("health_book.outputs_flushed")
@@ -131,8 +137,8 @@ class HealthBookAgent:
         self._send_changelog(changelog, state_writes)
         await changelog.flush()
         offsets = changelog.take_offsets(self.changelog) if changelog.reports_offsets else {}
-        for partition, changes in state_writes:
-            state.write(partition, changes, offsets.get(partition))
+        for partition, changes, legacy in state_writes:
+            state.write(partition, changes, offsets.get(partition), legacy)
         faultpoints.reach("health_book.changelog_written")
         metrics.count_batch(
             STAGE, messages=len(events), events_in=n_items, records_out=records_out, started=started
@@ -168,14 +174,22 @@ class HealthBookAgent:
             records_out[out.topic] += len(records)
 
     def _send_changelog(
-        self, output: OutputProducer, state_writes: list[tuple[int, dict[str, Any]]]
+        self, output: OutputProducer, state_writes: list[tuple[int, dict[str, Any], set[str]]]
     ) -> None:
-        """The state changes to the changelog, on the partition they belong to."""
-        for partition, changes in state_writes:
+        """The state changes to the changelog, on the partition they belong to, under binary
+        keys; a citizen still held under its JSON key (``legacy``) gets that key's tombstone
+        *after* its binary record: a crash between the two leaves both, and readers take the
+        binary one (docs/state-store.md, "The encoding")."""
+        topic = self.changelog
+        binary = self.binary_keys
+        for partition, changes, legacy in state_writes:
             for key, value in changes.items():
                 output.produce(
-                    self.changelog,
-                    None if value is None else encode_json(value),
-                    key=encode_json(key),
+                    topic,
+                    None if value is None else encode_value(value),
+                    # json (a rolling upgrade): a citizen with a binary key stays binary
+                    key=encode_key(key) if binary or key in legacy else encode_json(key),
                     partition=partition,
                 )
+                if binary and key in legacy:
+                    output.produce(topic, None, key=json_key(key), partition=partition)

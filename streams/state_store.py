@@ -11,8 +11,9 @@ batch that mixes partitions. Two stores:
   database from ``current_event()`` -- the last event of the stream, whatever partition the
   key belongs to -- so nothing here goes through them: :meth:`RocksState.view` reads the
   database of the partition given, :meth:`RocksState.write` writes one ``WriteBatch`` to it.
-  Keys and values are stored as the changelog's bytes (compact JSON), which is what Faust's
-  recovery (``apply_changelog_batch``) writes there too.
+  Keys and values are stored as the changelog's bytes (``streams.state_codec``: binary citizen
+  keys, JSON values; JSON keys written before that still read), which is what Faust's recovery
+  (``apply_changelog_batch``) and the bulk reader write there too.
 
 Faust records a partition's changelog offset in its database (``set_persisted_offset``) only
 when Faust itself sends or recovers a changelog record; the agent's own sends would leave it at
@@ -25,33 +26,42 @@ offsets and writes the last one with the partition's changes, in the same ``Writ
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from streams.state_codec import (
+    decode_key,
+    decode_value,
+    encode_json,
+    encode_key,
+    encode_value,
+    is_legacy,
+    json_key,
+)
+from streams.state_codec import legacy as _legacy
 
 __all__ = [
     "PERSISTED_OFFSET_KEY",
     "MemoryState",
+    "MemoryView",
     "PartitionedState",
     "RocksPartitionView",
     "RocksState",
     "as_state",
     "claim_table_dir",
     "encode_json",
+    "encode_key",
     "persisted_offsets",
     "read_changelog",
     "share_memory",
 ]
 
-#: one encoder for the changelog (json.dumps with arguments builds a new one per call)
 log = logging.getLogger(__name__)
-
-_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 #: the lock files of the table directories this process holds (kept open: the lock lives as long
@@ -116,12 +126,8 @@ def persisted_offsets(table_dir: Path, partitions: int) -> dict[int, int]:
     return offsets
 
 
-def encode_json(value: Any) -> bytes:
-    """A changelog key or value of the citizens table: compact JSON, as Faust reads it."""
-    return _JSON.encode(value).encode()
-
-
-_encode = encode_json
+_encode_key = encode_key
+_json_key = json_key
 
 
 class PartitionedState(Protocol):
@@ -131,37 +137,124 @@ class PartitionedState(Protocol):
         """What the state machine reads for ``partition`` (keys of other partitions may show)."""
         ...
 
+    def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
+        """The ``keys`` that ``partition``'s data holds in the format this worker does not
+        write: under their JSON key (written before the binary keys, ``streams.state_codec``);
+        with ``EHB_STATE_KEY_FORMAT=json``, under their binary key (such a citizen stays
+        binary: its JSON key would be hidden behind the binary one)."""
+        ...
+
     def write(
-        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+        self,
+        partition: int,
+        changes: Mapping[str, Any],
+        changelog_offset: int | None = None,
+        legacy: Collection[str] = (),
     ) -> None:
         """Apply ``changes`` (``None`` deletes) to ``partition``'s data; ``changelog_offset``:
         the offset of the last changelog record they were sent in (persisted with them where
-        the store keeps it)."""
+        the store keeps it); ``legacy``: keys whose JSON-keyed entry goes (their changelog
+        tombstones were sent with ``changes``)."""
         ...
 
 
-class MemoryState:
-    """The memory store: one mapping for every partition."""
+class MemoryView(Mapping[str, Any]):
+    """The memory store's mapping as the state machine reads it: a citizen's entry under its
+    key, else the one Faust recovered from a JSON-keyed changelog record
+    (``streams.state_codec.legacy``)."""
 
-    def __init__(self, data: MutableMapping[Any, Any]) -> None:
+    def __init__(self, data: Mapping[Any, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        data = self._data
+        if key in data:
+            return data[key]
+        return data[_legacy(key)]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        data = self._data
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
+            value = data.get(_legacy(key), default) if _json_key(key) is not None else default
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data or (isinstance(key, str) and _legacy(key) in self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        data = self._data
+        for key in data:
+            if is_legacy(key):
+                if key[1] not in data:
+                    yield key[1]
+            else:
+                yield key
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        data = self._data
+        for key, value in data.items():
+            if is_legacy(key):
+                if key[1] not in data:
+                    yield key[1], value
+            else:
+                yield key, value
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_MISSING = object()
+
+
+class MemoryState:
+    """The memory store: one mapping for every partition.
+
+    ``binary_keys`` false (``EHB_STATE_KEY_FORMAT=json``): the agent writes the changelog as
+    workers did before issue 17, and nothing here replaces a JSON-keyed entry.
+    """
+
+    def __init__(self, data: MutableMapping[Any, Any], binary_keys: bool = True) -> None:
         self.data = data
+        self.binary_keys = binary_keys
 
     def view(self, partition: int) -> Mapping[str, Any]:
-        return self.data
+        return MemoryView(self.data)
+
+    def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
+        data = self.data
+        if not self.binary_keys:  # json: a citizen's str key is a binary record's
+            return {key for key in keys if key in data and _json_key(key) is not None}
+        return {key for key in keys if _legacy(key) in data}
 
     def write(
-        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+        self,
+        partition: int,
+        changes: Mapping[str, Any],
+        changelog_offset: int | None = None,
+        legacy: Collection[str] = (),
     ) -> None:
         data = self.data
+        binary = self.binary_keys
         for key, value in changes.items():
+            # json: a citizen's entry goes where Faust's recovery of its JSON record puts it,
+            # unless it has a binary one
+            slot = key if binary or key in data or _json_key(key) is None else _legacy(key)
             if value is None:
-                data.pop(key, None)
+                data.pop(slot, None)
             else:
-                data[key] = value
+                data[slot] = value
+        if binary:
+            for key in legacy:
+                data.pop(_legacy(key), None)
 
 
 class RocksPartitionView(MutableMapping[str, Any]):
     """One partition's RocksDB database as a mapping of decoded keys and values.
+
+    Keys in both formats (``streams.state_codec``): a citizen is looked up under its binary key,
+    then under its JSON key; a JSON-keyed entry whose binary key exists is stale (a crash
+    between the two changelog records of a migration) and is not shown.
 
     Short-lived (one batch): Faust closes a revoked partition's database by dropping its
     reference, so a view kept across a rebalance would keep the database locked.
@@ -171,39 +264,60 @@ class RocksPartitionView(MutableMapping[str, Any]):
         self._db = db
         self._skip = skip  # Faust's persisted-offset key
 
+    def _raw(self, key: str) -> bytes | None:
+        db = self._db
+        raw: bytes | None = db.get(_encode_key(key))
+        if raw is None:
+            old = _json_key(key)
+            if old is not None:
+                raw = db.get(old)
+        return raw
+
     def __getitem__(self, key: str) -> Any:
-        raw = self._db.get(_encode(key))
+        raw = self._raw(key)
         if raw is None:
             raise KeyError(key)
-        return json.loads(raw)
+        return decode_value(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self._db.get(_encode(key))
-        return default if raw is None else json.loads(raw)
+        raw = self._raw(key)
+        return default if raw is None else decode_value(raw)
 
     def __contains__(self, key: object) -> bool:
-        return self._db.get(_encode(key)) is not None
+        return isinstance(key, str) and self._raw(key) is not None
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._db.put(_encode(key), _encode(value))
+        self._db.put(_encode_key(key), encode_value(value))
+        old = _json_key(key)
+        if old is not None and self._db.get(old) is not None:
+            self._db.delete(old)
 
     def __delitem__(self, key: str) -> None:
-        k = _encode(key)
-        if self._db.get(k) is None:
+        if self._raw(key) is None:
             raise KeyError(key)
-        self._db.delete(k)
+        self._db.delete(_encode_key(key))
+        old = _json_key(key)
+        if old is not None:
+            self._db.delete(old)
+
+    def _shadowed(self, raw_key: bytes) -> bool:
+        """A JSON-keyed citizen entry whose binary key exists (the binary one is current)."""
+        if raw_key[:1] != b'"':
+            return False
+        key = decode_key(raw_key)
+        return _json_key(key) is not None and self._db.get(_encode_key(key)) is not None
 
     def __iter__(self) -> Iterator[str]:
         skip = self._skip
         for raw in self._db.keys():
-            if raw != skip:
-                yield json.loads(raw)
+            if raw != skip and not self._shadowed(raw):
+                yield decode_key(raw)
 
     def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
         skip = self._skip
         for raw_key, raw in self._db.items():
-            if raw_key != skip:
-                yield json.loads(raw_key), json.loads(raw)
+            if raw_key != skip and not self._shadowed(raw_key):
+                yield decode_key(raw_key), decode_value(raw)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -213,21 +327,32 @@ class RocksPartitionView(MutableMapping[str, Any]):
 
         What rebuilds the state machine's timer index after a rebalance or restart scans the
         whole partition; the rest (``1``, "integrated only", and states without ``"r"`` or
-        ``"a"``) is skipped without decoding it.
+        ``"a"``) is skipped without decoding it, whatever the key's format.
         """
         skip = self._skip
         for raw_key, raw in self._db.items():
-            if raw[:1] == b"{" and (b'"r"' in raw or b'"a"' in raw) and raw_key != skip:
-                yield json.loads(raw_key), json.loads(raw)
+            if (
+                raw[:1] == b"{"
+                and (b'"r"' in raw or b'"a"' in raw)
+                and raw_key != skip
+                and not self._shadowed(raw_key)
+            ):
+                yield decode_key(raw_key), decode_value(raw)
 
 
 class RocksState:
-    """Faust's RocksDB store (rocksdict driver), every read and write routed by partition."""
+    """Faust's RocksDB store (rocksdict driver), every read and write routed by partition.
 
-    def __init__(self, store: Any) -> None:
+    ``binary_keys`` false (``EHB_STATE_KEY_FORMAT=json``): keys written in JSON, as workers
+    did before issue 17, and no JSON-keyed entry replaced (the first phase of a rolling
+    upgrade, docs/state-store.md).
+    """
+
+    def __init__(self, store: Any, binary_keys: bool = True) -> None:
         if not getattr(store, "use_rocksdict", False):
             raise TypeError(f"not a rocksdict-backed Faust RocksDB store: {store!r}")
         self.store = store
+        self.binary_keys = binary_keys
 
     def db(self, partition: int) -> Any:
         """The partition's database (opened on first use, as Faust does)."""
@@ -236,12 +361,29 @@ class RocksState:
     def view(self, partition: int) -> RocksPartitionView:
         return RocksPartitionView(self.db(partition), self.store.offset_key)
 
+    def legacy(self, partition: int, keys: Iterable[str]) -> set[str]:
+        db = self.store._dbs.get(partition)
+        if db is None:
+            return set()
+        binary = self.binary_keys
+        found = set()
+        for key in keys:
+            old = _json_key(key)
+            if old is not None and db.get(old if binary else _encode_key(key)) is not None:
+                found.add(key)
+        return found
+
     def write(
-        self, partition: int, changes: Mapping[str, Any], changelog_offset: int | None = None
+        self,
+        partition: int,
+        changes: Mapping[str, Any],
+        changelog_offset: int | None = None,
+        legacy: Collection[str] = (),
     ) -> None:
-        """One ``WriteBatch``: the changes and, given ``changelog_offset``, Faust's persisted
-        offset (what ``set_persisted_offset`` writes), atomically: a restart on this state
-        recovers the changelog from that offset on.
+        """One ``WriteBatch``: the changes, the deletion of the JSON-keyed entries ``legacy``
+        names and, given ``changelog_offset``, Faust's persisted offset (what
+        ``set_persisted_offset`` writes), atomically: a restart on this state recovers the
+        changelog from that offset on.
 
         Only into a database that is open (:meth:`view` opened it for the batch): one that a
         rebalance closed meanwhile (the partition was revoked while the batch awaited its
@@ -256,24 +398,33 @@ class RocksState:
             return
         import rocksdict
 
+        binary = self.binary_keys
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in changes.items():
+            raw = _encode_key(key)
+            if not binary and (_json_key(key) is None or db.get(raw) is None):
+                raw = encode_json(key)  # json: unless the citizen has a binary key already
             if value is None:
-                batch.delete(_encode(key))
+                batch.delete(raw)
             else:
-                batch.put(_encode(key), _encode(value))
+                batch.put(raw, encode_value(value))
+        for key in legacy if binary else ():
+            old = _json_key(key)
+            if old is not None:
+                batch.delete(old)
         if changelog_offset is not None:
             batch.put(self.store.offset_key, str(changelog_offset).encode())
         db.write(batch)
 
 
-def as_state(data: Any) -> PartitionedState:
-    """The table's ``data`` (a Faust store) as a :class:`PartitionedState`."""
+def as_state(data: Any, binary_keys: bool = True) -> PartitionedState:
+    """The table's ``data`` (a Faust store) as a :class:`PartitionedState` (``binary_keys``:
+    written in the binary key format, ``streams.state_codec``)."""
     if isinstance(data, MemoryState | RocksState):
         return data
     if hasattr(data, "_db_for_partition"):
-        return RocksState(data)
-    return MemoryState(data)
+        return RocksState(data, binary_keys)
+    return MemoryState(data, binary_keys)
 
 
 #: records of one partition per WriteBatch of :func:`read_changelog`

@@ -774,6 +774,62 @@ def console_users() -> None:
     out.print(table)
 
 
+state_app = typer.Typer(
+    help="The worker's citizens table (docs/state-store.md).",
+    no_args_is_help=True,
+)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("migrate-keys")
+def state_migrate_keys(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Only count the citizens still under JSON keys."),
+    ] = False,
+) -> None:
+    """Rewrite the citizens still under JSON keys in the table's changelog under binary keys
+    (each: its binary record, then its JSON key's tombstone). With the workers stopped: one
+    writing meanwhile could be overwritten. Run again, it finds nothing to do."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ehb.commands.state_keys import migrate_keys
+
+    settings = load_settings()
+    with Progress(
+        TextColumn("changelog partition {task.fields[partition]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[int, Any] = {}
+
+        def progress(partition: int, read: int, total: int) -> None:
+            if partition not in tasks:
+                tasks[partition] = bar.add_task("", total=total, partition=partition)
+            bar.update(tasks[partition], completed=read)
+
+        try:
+            result = migrate_keys(settings, dry_run=dry_run, progress=progress)
+        except RuntimeError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    if dry_run:
+        out.print(
+            f"{result.records:,} changelog records read: {result.json_citizens:,} citizens "
+            f"under JSON keys (by partition: {result.per_partition})",
+            soft_wrap=True,
+        )
+    else:
+        out.print(
+            f"{result.records:,} changelog records read: {result.json_citizens:,} citizens "
+            f"under JSON keys; {result.rewritten:,} written under their binary key, "
+            f"{result.tombstoned:,} JSON keys tombstoned",
+            soft_wrap=True,
+        )
+
+
 registry_app = typer.Typer(
     help="The facility registry in PostgreSQL. Workers reload it every "
     "EHB_REGISTRY_REFRESH_S seconds: changes apply without restarting them.",

@@ -55,6 +55,7 @@ from schemas.errors import EhbError
 from schemas.registry import codec_for
 from schemas.time import VN_TZ
 from schemas.topics import CITIZENS_CHANGELOG, changelog_topic, topic_specs
+from streams.state_codec import KEY_FORMAT, decode_key
 
 __all__ = [
     "Start",
@@ -199,6 +200,8 @@ def to_json_line(message: Message, codec: AvroCodec, show_personal: bool = False
     }
     if key is None:
         entry["key"] = None
+    elif key[:1] == KEY_FORMAT and (message.topic() or "").endswith("-changelog"):
+        entry["key"] = decode_key(key)  # the citizens table's binary key: as its hex
     else:
         try:
             entry["key"] = key.decode("utf-8")

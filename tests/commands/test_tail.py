@@ -199,3 +199,7 @@ def test_json_line_of_a_changelog_style_message() -> None:
         "format": "json",
         "value": {"i": 1},
     }
+    # a binary key of the citizens table (streams.state_codec) is shown as the citizen's key
+    Message.key = lambda self: b"\x01" + bytes.fromhex("ab" * 16)  # type: ignore[method-assign]
+    entry = json.loads(to_json_line(Message(), AvroCodec()))  # type: ignore[arg-type]
+    assert entry["key"] == "ab" * 16 and "key_base64" not in entry

@@ -30,6 +30,7 @@ from streams.citizen_state import CitizenStateMachine, StateConfig, clock_key  #
 from streams.enrichment import enrich  # noqa: E402
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs, _Output  # noqa: E402
 from streams.internal import encode_validated  # noqa: E402
+from streams.state_codec import decode_key, encode_key  # noqa: E402
 from streams.state_store import MemoryState, RocksState, as_state, encode_json  # noqa: E402
 from tests.support import factories as f  # noqa: E402
 
@@ -71,7 +72,8 @@ def table(tmp_path: Path) -> Iterator[faust.Table]:
 
 
 def key_of(n: int) -> str:
-    return hashlib.sha256(f"citizen-{n}".encode()).hexdigest()
+    """A citizen key of the form the worker derives (32 hex characters)."""
+    return hashlib.sha256(f"citizen-{n}".encode()).hexdigest()[:32]
 
 
 def test_the_setting_gives_a_rocksdict_store_sized_by_the_settings(
@@ -124,7 +126,7 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
         db = state.db(p)
         for q, ks in keys.items():
             for k in ks:
-                raw = db.get(encode_json(k))
+                raw = db.get(encode_key(k))
                 assert (raw is not None) == (p == q), (k, p, q)
         view = state.view(p)
         assert sorted(view) == sorted(keys[p] + [clock_key(p)])
@@ -137,7 +139,7 @@ def test_writes_land_in_their_partition_database_and_reads_find_them(
     # None deletes, in that partition's database only
     p, k = 0, keys[0][0]
     state.write(p, {k: None})
-    assert state.view(p).get(k) is None and state.db(p).get(encode_json(k)) is None
+    assert state.view(p).get(k) is None and state.db(p).get(encode_key(k)) is None
 
 
 class RecordingOutput:
@@ -233,7 +235,10 @@ def test_the_agent_writes_each_state_change_to_its_partition_database(
     seen = set()
     for _, value, raw_key, partition in changelog:
         assert partition is not None
-        key = raw_key.decode().strip('"')  # type: ignore[union-attr]
+        assert raw_key is not None and raw_key[:1] in (b"\x01", b'"'), raw_key
+        # citizens under binary keys, the clocks under JSON ones
+        assert (raw_key[:1] == b"\x01") == (len(raw_key) == 17), raw_key
+        key = decode_key(raw_key)
         expected = int(key.rsplit(":", 1)[1]) if key.startswith("__clock__") else None
         if expected is None:
             expected = citizen_partition(key, PARTITIONS)
@@ -247,7 +252,7 @@ def test_the_agent_writes_each_state_change_to_its_partition_database(
     on_disk = {k: v for p in range(PARTITIONS) for k, v in rocks.view(p).items()}
     assert set(on_disk) == seen == set(memory)
     assert on_disk == json.loads(encode_json(memory))  # the memory store keeps tuples
-    assert len({citizen_partition(k, PARTITIONS) for k in seen if len(k) == 64}) == PARTITIONS
+    assert len({citizen_partition(k, PARTITIONS) for k in seen if len(k) == 32}) == PARTITIONS
     # the same outputs as on the memory store
     assert _decisions(output) == _decisions(memory_output)
 
@@ -432,3 +437,170 @@ def test_a_member_id_is_kept_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["group-member-id"]
     path.write_text("")
     assert load(path) is None
+
+
+# -- the encoding: JSON keys written before issue 17 (streams/state_codec.py) ------------------
+def _agent_writing(output: RecordingOutput, binary_keys: bool) -> HealthBookAgent:
+    agent = _agent(output)
+    agent.binary_keys = binary_keys
+    return agent
+
+
+def _changelog(output: RecordingOutput) -> list[tuple[bytes, bytes | None]]:
+    return [
+        (key, value)
+        for topic, value, key, _ in output.records
+        if topic == "citizens-changelog" and key is not None
+    ]
+
+
+def _compacted(records: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
+    """What a compacted changelog keeps: the last value of each key, tombstones gone."""
+    last: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        last[key] = value
+    return {k: v for k, v in last.items() if v is not None}
+
+
+def _decoded(compacted: dict[bytes, bytes]) -> dict[str, Any]:
+    """A compacted changelog as the readers see it: a citizen's binary key before its JSON."""
+    out: dict[str, Any] = {}
+    for raw, value in sorted(compacted.items(), key=lambda kv: kv[0][:1] == b"\x01"):
+        out[decode_key(raw)] = json.loads(value)
+    return out
+
+
+def _json_form(state: Any) -> Any:
+    return json.loads(encode_json(state))  # the memory store keeps tuples
+
+
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
+def test_a_state_written_in_json_keys_is_read_and_moved_to_binary_keys(
+    table: faust.Table, store: str
+) -> None:
+    """The state of 30 citizens written as a worker wrote it before issue 17 (JSON keys, in the
+    changelog and the local store; the memory store as Faust's recovery decodes such a
+    changelog), then more exams of the same citizens processed by the new worker: the same
+    decisions and the same state as a worker that only ever wrote binary keys, each citizen
+    written gets its binary key then its JSON key's tombstone, and a compacted changelog and
+    the local store hold no JSON key of a citizen any more."""
+    from streams.state_codec import CitizenKeyCodec, is_legacy, json_key
+
+    first, second = _events(n_citizens=30, exams=1), _events(n_citizens=30, exams=3)
+    # the reference: binary keys throughout, on the memory store
+    reference: dict[str, Any] = {}
+    ref_first, ref_second = RecordingOutput(), RecordingOutput()
+    asyncio.run(_agent(ref_first).process_batch(first, reference))
+    asyncio.run(_agent(ref_second).process_batch(second, reference))
+
+    old = RecordingOutput()
+    rocks = RocksState(table.data, binary_keys=False)
+    asyncio.run(_agent_writing(old, binary_keys=False).process_batch(first, rocks))
+    old_records = _changelog(old)
+    citizens = {decode_key(k) for k, _ in old_records if not k.startswith(b'"__clock')}
+    assert len(citizens) == 30 and all(k[:1] == b'"' for k, _ in old_records)
+    state: Any
+    if store == "rocksdb":
+        state = RocksState(table.data)
+        for p in range(PARTITIONS):
+            assert all(k[:1] != b"\x01" for k in state.db(p).keys())
+    else:
+        codec = CitizenKeyCodec()
+        state = {codec.loads(k): json.loads(v) for k, v in _compacted(old_records).items()}
+        assert sum(1 for k in state if is_legacy(k)) == 30
+
+    new = RecordingOutput()
+    asyncio.run(_agent(new).process_batch(second, state))
+    assert [r for r in _decisions(new) if r[0] != "citizens-changelog"] == [
+        r for r in _decisions(ref_second) if r[0] != "citizens-changelog"
+    ]
+    new_records = _changelog(new)
+    for key in citizens:
+        at = [i for i, (k, _) in enumerate(new_records) if k == json_key(key)]
+        binary = [i for i, (k, _) in enumerate(new_records) if k == encode_key(key)]
+        assert len(at) == 1 and new_records[at[0]][1] is None, "no tombstone for the JSON key"
+        assert binary and binary[-1] < at[0], "the tombstone came before the binary record"
+    compacted = _compacted(old_records + new_records)
+    assert not [k for k in compacted if k[:1] == b'"' and not k.startswith(b'"__clock')]
+    assert _decoded(compacted) == _decoded(
+        _compacted(_changelog(ref_first) + _changelog(ref_second))
+    )
+    # the local state: the reference's, under binary keys only
+    if store == "rocksdb":
+        on_disk = {k: v for p in range(PARTITIONS) for k, v in state.view(p).items()}
+        assert on_disk == _json_form(reference)
+        for p in range(PARTITIONS):
+            raw_keys = list(state.db(p).keys())
+            assert not [k for k in raw_keys if k[:1] == b'"' and not k.startswith(b'"__clock')]
+    else:
+        assert not [k for k in state if is_legacy(k)]
+        assert _json_form(state) == _json_form(reference)
+
+
+def test_a_citizen_under_both_keys_is_read_under_its_binary_one(table: faust.Table) -> None:
+    """A crash between a citizen's binary record and its JSON key's tombstone leaves both:
+    the binary one is the newer, wherever it is read (lookups, scans, the timer scan)."""
+    from streams.state_codec import legacy
+    from streams.state_store import MemoryView
+
+    day = 1_700_000_000_000
+    with_timer = {"i": 1, "a": {"a1": ["79001", day, 0, "open", "e1", None, None, None]}}
+    a = key_of(1)
+    p = citizen_partition(a, PARTITIONS)
+    b = next(key_of(n) for n in range(3, 100) if citizen_partition(key_of(n), PARTITIONS) == p)
+    state = RocksState(table.data)
+    db = state.db(p)
+    db[encode_json(a)] = encode_json(1)  # older: integrated only
+    db[encode_key(a)] = encode_json(with_timer)  # newer
+    db[encode_json(b)] = encode_json(with_timer)  # older: an open appointment
+    db[encode_key(b)] = encode_json(1)  # newer: closed since
+    view = state.view(p)
+    assert view.get(a) == with_timer and view[b] == 1 and a in view and b in view
+    assert sorted(view) == sorted([a, b]) and dict(view.items()) == {a: with_timer, b: 1}
+    assert dict(view.timer_candidates()) == {a: with_timer}
+    assert state.legacy(p, [a, b, key_of(0)]) == {a, b}
+    # the memory store after Faust's recovery of such a changelog
+    memory = MemoryView({legacy(a): 1, a: with_timer, legacy(b): with_timer, b: 1})
+    assert memory.get(a) == with_timer and memory[b] == 1
+    assert dict(memory.items()) == {a: with_timer, b: 1} and len(memory) == 2
+    assert MemoryView({legacy(a): 1}).get(a) == 1 and a in MemoryView({legacy(a): 1})
+
+
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
+def test_a_json_writer_keeps_a_binary_citizen_binary(table: faust.Table, store: str) -> None:
+    """EHB_STATE_KEY_FORMAT=json (a rolling upgrade) on a state that already holds binary keys:
+    those citizens are written under their binary key (a JSON one would be hidden behind the
+    older binary value), the others under JSON keys; no tombstone; the reference's state."""
+    from streams.state_codec import json_key
+
+    first, second = _events(n_citizens=30, exams=1), _events(n_citizens=30, exams=3)
+    reference: dict[str, Any] = {}
+    asyncio.run(_agent(RecordingOutput()).process_batch(first, reference))
+    asyncio.run(_agent(RecordingOutput()).process_batch(second, reference))
+
+    state: Any = RocksState(table.data) if store == "rocksdb" else {}
+    asyncio.run(_agent(RecordingOutput()).process_batch(first, state))  # binary keys
+    if store == "memory":
+        state = MemoryState(state, binary_keys=False)
+    else:
+        state = RocksState(table.data, binary_keys=False)
+    out = RecordingOutput()
+    asyncio.run(_agent_writing(out, binary_keys=False).process_batch(second, state))
+    records = _changelog(out)
+    assert records and all(v is not None for _, v in records)
+    citizens = [decode_key(k) for k, _ in records if not k.startswith(b'"__clock')]
+    assert all(json_key(c) is not None for c in citizens)
+    assert not [k for k, _ in records if _is_json_citizen(k)], "a binary citizen went JSON"
+    if store == "rocksdb":
+        on_disk = {k: v for p in range(PARTITIONS) for k, v in state.view(p).items()}
+        assert on_disk == _json_form(reference)
+        for p in range(PARTITIONS):
+            assert not [k for k in state.db(p).keys() if _is_json_citizen(k)]
+    else:
+        assert _json_form(dict(state.view(0).items())) == _json_form(reference)
+
+
+def _is_json_citizen(raw: bytes) -> bool:
+    from streams.state_codec import json_key
+
+    return raw[:1] == b'"' and json_key(decode_key(raw)) is not None
