@@ -88,9 +88,13 @@ class StateConfig:
     grace_ms: int = 3 * DAY_MS
     lateness_ms: int = 48 * HOUR_MS
     closed_retention_ms: int = 400 * DAY_MS
+    #: forget visits the watermark passed from citizens nobody touches again, to free memory
+    #: (the memory store). A store on disk leaves them until the citizen's next event prunes
+    #: them: the index of visits it takes is memory that grows with a backlog.
+    forget_stale_visits: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Any) -> StateConfig:
+    def from_settings(cls, settings: Any, *, forget_stale_visits: bool = True) -> StateConfig:
         return cls(
             partitions=settings.kafka_partitions,
             referral_window_ms=int(settings.referral_window_days * DAY_MS),
@@ -98,6 +102,7 @@ class StateConfig:
             grace_ms=int(settings.appointment_grace_days * DAY_MS),
             lateness_ms=int(settings.allowed_lateness_hours * HOUR_MS),
             closed_retention_ms=int(settings.closed_retention_days * DAY_MS),
+            forget_stale_visits=forget_stale_visits,
         )
 
 
@@ -221,6 +226,7 @@ class CitizenStateMachine:
         lateness = self.config.lateness_ms
         published = 0
         changed = False
+        forget = self.config.forget_stale_visits
         visits = self._visits.setdefault(partition, [])
         local = out.local
         for items, sources in messages:
@@ -236,7 +242,7 @@ class CitizenStateMachine:
                     continue
                 self._apply_examination(item, state, out, now_ms, clock - lateness)
                 overlay[key] = state
-                if "v" in state:
+                if forget and "v" in state:
                     heapq.heappush(visits, (item["event_time"], key))
                 due = self._next_due(state)
                 if due is not None:

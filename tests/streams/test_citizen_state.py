@@ -4,6 +4,7 @@ independence from how events are cut into batches."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -192,6 +193,22 @@ def test_results_do_not_depend_on_batch_boundaries() -> None:
     reference = Run().feed(items, batch=1000).final()
     for batch in (1, 2, 7, 13):
         assert Run().feed(items, batch=batch).final() == reference
+
+
+def test_decisions_do_not_depend_on_forgetting_stale_visits() -> None:
+    """A store on disk keeps stale visits until the citizen's next event (no index of visits
+    in memory): the same records, and the same states once pruned."""
+    indexed = 0
+    for seed in (1, 2, 3):
+        items = _scenario(seed)
+        forgetting = Run().feed(items, batch=7)
+        keeping = Run(replace(CONFIG, forget_stale_visits=False)).feed(items, batch=7)
+        for records in ("health_book", "referrals", "appointments"):
+            assert getattr(keeping, records) == getattr(forgetting, records)
+        assert _pruned(keeping) == _pruned(forgetting)
+        assert not any(keeping.machine._visits.values()), "an index of visits was kept"
+        indexed += sum(map(len, forgetting.machine._visits.values()))
+    assert indexed, "the scenarios never indexed a visit: the comparison shows nothing"
 
 
 def test_replaying_processed_events_changes_nothing() -> None:
