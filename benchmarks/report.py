@@ -421,11 +421,16 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
             {f"latency_{k}": latency[0][k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
         )
         out["latency_rate"] = latency[0]["rate"]
-    if year:
-        out["year_seconds"] = year["seconds"]
-        out["year_events_per_second"] = year["events_per_second"]
-        out["year_publish_events_per_second"] = year["publish_events_per_second"]
-        out["year_rows"] = year.get("rows")
+    for key in ("year", "year_durable"):
+        run = runs.get(key)
+        if run:
+            out[f"{key}_seconds"] = run["seconds"]
+            out[f"{key}_events_per_second"] = run["events_per_second"]
+            out[f"{key}_publish_events_per_second"] = run["publish_events_per_second"]
+            out[f"{key}_rows"] = run.get("rows")
+            out[f"{key}_cpu_us_per_event"] = _cpu_each([run])
+            out[f"{key}_cpu_us_per_event_total"] = _cpu_total([run])
+            out[f"{key}_peak_rss_mb"] = run.get("peak_rss_mb")
     durable = _durable_figures(runs, one, publish)
     if durable is not None:
         out["durable"] = durable
@@ -443,8 +448,9 @@ def figures(runs: dict[str, Any]) -> dict[str, Any]:
         for r in group
         if r.get("error")
     ]
-    if year and year.get("error"):
-        errors.append(year["error"])
+    errors += [
+        runs[key]["error"] for key in ("year", "year_durable") if runs.get(key, {}).get("error")
+    ]
     if errors:
         out["errors"] = errors
     return out
@@ -514,6 +520,18 @@ def _year_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
             "",
         )
     )
+    out += _year_process_rows(fig, "year", "memory broker")
+    if fig.get("year_durable_seconds") is not None:
+        out.append(
+            (
+                "Year on the durable broker (Tansu s3:// on SeaweedFS), wall time",
+                f"{fig['year_durable_seconds'] / 60:.1f} min "
+                f"({_fmt(fig['year_durable_events_per_second'])} events/s)",
+                "",
+                "",
+            )
+        )
+        out += _year_process_rows(fig, "year_durable", "durable broker")
     gen = params.get("generation") or {}
     if gen:
         out.append(
@@ -521,6 +539,32 @@ def _year_rows(fig: dict[str, Any], params: dict[str, Any]) -> list[Row]:
                 "Year generation (simulator, separately)",
                 f"{gen['seconds'] / 60:.1f} min ({_fmt(gen['events_per_second'])} events/s)",
                 "",
+                "",
+            )
+        )
+    return out
+
+
+def _year_process_rows(fig: dict[str, Any], key: str, where: str) -> list[Row]:
+    """CPU per event and peak RSS of each process of one year replay."""
+    out: list[Row] = []
+    cpu = fig.get(f"{key}_cpu_us_per_event")
+    if cpu:
+        out.append(
+            (
+                f"Year ({where}): CPU per event per process",
+                _cpu_text(cpu, fig.get(f"{key}_cpu_us_per_event_total")),
+                "",
+                "",
+            )
+        )
+    rss = fig.get(f"{key}_peak_rss_mb") or {}
+    if rss:
+        out.append(
+            (
+                f"Year ({where}): peak RSS per process",
+                ", ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items() if mb is not None),
+                "worker ≤ 300 MB",
                 "",
             )
         )

@@ -107,6 +107,14 @@ YearOption = Annotated[
     ),
 ]
 YearEventsOption = Annotated[int, typer.Option(help="Events of the year replay.")]
+YearDurableOption = Annotated[
+    bool,
+    typer.Option(
+        "--year-durable",
+        help="With --year: replay the year again on the durable broker (Tansu s3:// on "
+        "SeaweedFS), after the memory broker.",
+    ),
+]
 WorkersOption = Annotated[int, typer.Option(help="Workers of the year replay.")]
 SeedOption = Annotated[int, typer.Option(help="Simulator seed.")]
 RegenerateOption = Annotated[
@@ -148,6 +156,7 @@ class BenchOptions:
     quick: bool
     year: bool
     year_events: int
+    year_durable: bool
     workers: int
     seed: int
     regenerate: bool
@@ -168,7 +177,12 @@ class BenchOptions:
                 partitions=min(opts.partitions, 2),
             )
         if opts.year:
-            opts = replace(opts, events=opts.year_events, skip_durable=True)
+            opts = replace(
+                opts,
+                events=opts.year_events,
+                skip_durable=not opts.year_durable,
+                durable_events=opts.year_events,
+            )
         if opts.durable_events is None or opts.durable_events >= opts.events:
             opts = replace(opts, durable_events=opts.events)
         return opts
@@ -192,6 +206,7 @@ def bench(
     quick: QuickOption = False,
     year: YearOption = False,
     year_events: YearEventsOption = YEAR_EVENTS,
+    year_durable: YearDurableOption = False,
     workers: WorkersOption = 1,
     seed: SeedOption = 79,
     regenerate: RegenerateOption = False,
@@ -218,6 +233,7 @@ def bench(
             quick=quick,
             year=year,
             year_events=year_events,
+            year_durable=year_durable,
             workers=workers,
             seed=seed,
             regenerate=regenerate,
@@ -380,7 +396,7 @@ def _run_in_a_stack(
             else replace(ctx, stack=twin, events_path=durable_path, events=params["durable_events"])
         )
         if params["year"]:
-            run_year(ctx, workers, runs, say)
+            run_year(ctx, workers, runs, say, durable=durable)
         else:
             run_suite(
                 ctx, params, runs, say, **suite, durable=durable, profile_dir=root / "profiles"
@@ -557,12 +573,18 @@ def _one_worker_pair(
             )
 
 
-def run_year(ctx: Context, workers: int, runs: dict[str, Any], say: Any) -> None:
-    say(f"replaying {ctx.events:,} events with {workers} worker(s)")
-    year = pipeline_end_to_end(ctx, workers=workers, census=True)
-    runs["year"] = year
-    say(
-        f"year: {year['seconds'] / 60:.1f} min end to end "
-        f"({year['events_per_second']:,.0f}/s; publishing "
-        f"{year['publish_events_per_second']:,.0f}/s)"
-    )
+def run_year(
+    ctx: Context, workers: int, runs: dict[str, Any], say: Any, durable: Context | None = None
+) -> None:
+    """The year on the memory broker, then (``--year-durable``) on the durable one."""
+    for key, context, where in (("year", ctx, "memory"), ("year_durable", durable, "durable")):
+        if context is None:
+            continue
+        say(f"replaying {context.events:,} events with {workers} worker(s), {where} broker")
+        year = {**pipeline_end_to_end(context, workers=workers, census=True), "storage": where}
+        runs[key] = year
+        say(
+            f"year ({where} broker): {year['seconds'] / 60:.1f} min end to end "
+            f"({year['events_per_second']:,.0f}/s; publishing "
+            f"{year['publish_events_per_second']:,.0f}/s)"
+        )

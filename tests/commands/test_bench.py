@@ -134,3 +134,35 @@ def test_profile_summary_attributes_samples_to_the_agents(tmp_path: Path) -> Non
     }
     assert categories["health-book agent"]["samples"] == 40
     assert categories["framework and other tasks"]["samples"] == 20
+
+
+def test_quick_year_runs_on_both_brokers(tmp_path: Path) -> None:
+    """``make bench-year ARGS=--year-durable`` at a tiny size: the year on the memory broker and
+    then on the durable one, each with its events accounted for, CPU and RSS per process."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench.py",
+            "--year",
+            "--year-events",
+            "2000",
+            "--year-durable",
+            "--output",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    (written,) = tmp_path.glob("*-year.json")
+    result = json.loads(written.read_text())
+    figures, runs = result["figures"], result["runs"]
+    assert "errors" not in figures, figures["errors"]
+    for key, storage in (("year", "memory"), ("year_durable", "durable")):
+        assert runs[key]["accounted"] == 2000, runs[key]
+        assert runs[key]["storage"] == storage
+        assert set(figures[f"{key}_cpu_us_per_event"]) >= {"worker-1", "sink", "broker"}
+        assert figures[f"{key}_peak_rss_mb"]["worker-1"] > 0
+    assert "Year on the durable broker" in run.stdout
