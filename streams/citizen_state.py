@@ -240,12 +240,15 @@ class CitizenStateMachine:
                     self._apply_withdrawal(item, state, out, now_ms)
                     overlay[key] = state
                     continue
+                # the heap holds an entry for the citizen's due time as it stands: an event
+                # that leaves it unchanged adds none (a backlog would fill the heap with copies)
+                had = self._next_due(state) if "r" in state or "a" in state else None
                 self._apply_examination(item, state, out, now_ms, clock - lateness)
                 overlay[key] = state
                 if forget and "v" in state:
                     heapq.heappush(visits, (item["event_time"], key))
                 due = self._next_due(state)
-                if due is not None:
+                if due is not None and (due != had or due <= clock):
                     heapq.heappush(heap, (due, key))
                     if due <= clock:
                         self._fire_timers(heap, clock, table, out, published)

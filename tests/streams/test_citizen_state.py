@@ -163,6 +163,24 @@ def test_appointment_reminder_kept_and_missed_in_event_time() -> None:
     assert ("MISSED", "79005:HK1") not in final and ("KEPT", "79005:HK2") not in final
 
 
+def test_visits_that_leave_the_due_time_alone_add_no_timer() -> None:
+    """A citizen with an appointment ahead visits other facilities many times: one timer entry
+    for it, and the reminder and the decision still come when the clock passes them."""
+    date = T0 + timedelta(days=14)
+    booked = f.with_appointment(f.exam(11, facility="79005", admitted=T0), when=date, number="HK9")
+    run = Run().feed([item(booked)])
+    elsewhere = [
+        item(f.exam(11, facility="79003", admitted=T0 + timedelta(hours=6 * n)))
+        for n in range(1, 30)
+    ]
+    run.feed(elsewhere, batch=4)
+    heap = run.machine._due[0]
+    assert len(heap) == 1, heap
+    run.feed([clock_push(1, date + timedelta(days=5, hours=1))])
+    assert [k for k, _ in run.kinds(run.appointments)] == ["SCHEDULED", "REMINDER", "MISSED"]
+    assert not heap
+
+
 def test_the_episode_itself_does_not_keep_its_own_appointment() -> None:
     event = f.with_appointment(
         f.exam(9, facility="79005", admitted=T0), when=T0 + timedelta(days=2), number="HK3"
