@@ -260,13 +260,14 @@ class Settings(BaseSettings):
         "records (docs/state-store.md).",
     )
     state_block_cache_mb: int = Field(
-        32,
+        16,
         ge=1,
         description="rocksdb: block cache of the worker process, in MiB, shared by every "
-        "partition database it holds (Faust's default: 2 GiB for each).",
+        "partition database it holds (Faust's default: 2 GiB for each). Reads it misses come "
+        "from the operating system's page cache; raise it where memory allows.",
     )
     state_memtables_mb: int = Field(
-        32,
+        16,
         ge=1,
         description="rocksdb: write buffers (memtables) of the worker process, in MiB, shared "
         "by every partition database it holds (a RocksDB write-buffer manager).",
