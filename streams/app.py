@@ -226,11 +226,7 @@ def create_app(
     citizens.key_serializer = register_codec()  # type: ignore[attr-defined]
     citizens.changelog_topic = citizens._new_changelog_topic()  # type: ignore[attr-defined]
     output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
-    machine = CitizenStateMachine(
-        StateConfig.from_settings(
-            settings, forget_stale_visits=settings.state_store == StateStore.MEMORY
-        )
-    )
+    machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(
         Intake(
             codec,

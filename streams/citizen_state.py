@@ -94,7 +94,7 @@ class StateConfig:
     forget_stale_visits: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Any, *, forget_stale_visits: bool = True) -> StateConfig:
+    def from_settings(cls, settings: Any) -> StateConfig:
         return cls(
             partitions=settings.kafka_partitions,
             referral_window_ms=int(settings.referral_window_days * DAY_MS),
@@ -102,7 +102,8 @@ class StateConfig:
             grace_ms=int(settings.appointment_grace_days * DAY_MS),
             lateness_ms=int(settings.allowed_lateness_hours * HOUR_MS),
             closed_retention_ms=int(settings.closed_retention_days * DAY_MS),
-            forget_stale_visits=forget_stale_visits,
+            # the memory store (EHB_STATE_STORE=memory) forgets; RocksDB keeps them on disk
+            forget_stale_visits=settings.state_store == "memory",
         )
 
 

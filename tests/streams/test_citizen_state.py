@@ -229,6 +229,15 @@ def test_decisions_do_not_depend_on_forgetting_stale_visits() -> None:
     assert indexed, "the scenarios never indexed a visit: the comparison shows nothing"
 
 
+def test_only_the_memory_store_forgets_stale_visits() -> None:
+    from ehb.settings import Settings, StateStore
+
+    assert StateConfig.from_settings(Settings(state_store=StateStore.MEMORY)).forget_stale_visits
+    assert not StateConfig.from_settings(
+        Settings(state_store=StateStore.ROCKSDB)
+    ).forget_stale_visits
+
+
 def test_replaying_processed_events_changes_nothing() -> None:
     items = _scenario(2)
     once = Run().feed(items)
