@@ -52,6 +52,7 @@ def rocks_settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         kafka_partitions=PARTITIONS,
         state_block_cache_mb=4,
+        state_memtables_mb=24,  # not the default: the test shows the setting is applied
         kafka_bootstrap="127.0.0.1:1",  # never connected to
     )
 
@@ -86,12 +87,13 @@ def test_the_setting_gives_a_rocksdict_store_sized_by_the_settings(
     # one block cache and one memtable budget for every partition database of the process
     from streams.state_store import _shared
 
-    assert _shared["memtables"].get_buffer_size() == 32 * 1024 * 1024
+    budget = rocks_settings(tmp_path).state_memtables_mb * 1024 * 1024
+    assert _shared["memtables"].get_buffer_size() == budget
     state = RocksState(store)
     for p in range(PARTITIONS):
         state.view(p)
         state.write(p, {key_of(n): {"i": 1, "n": n} for n in range(2000)})
-    assert 0 < _shared["memtables"].get_usage() <= 32 * 1024 * 1024
+    assert 0 < _shared["memtables"].get_usage() <= budget
     assert store.partition_path(2) == tmp_path / "tables" / "citizens-2.db"
     assert isinstance(as_state(store), RocksState)
 
