@@ -5,7 +5,6 @@ deployment each and run in the default suite too."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,8 +26,9 @@ pytestmark = pytest.mark.faults  # in make faults, and (not slow) in make test t
 
 BROKER = broker_corpus()
 GATEWAY = gateway_corpus()
-#: a case takes milliseconds; no hang, no allocation bomb (room left for a shared machine)
-PER_CASE_S = 5.0
+#: a case takes milliseconds: a hang or an allocation bomb fails it at this bound (pytest-timeout,
+#: not a timed assertion: a stall of a loaded machine is not a failure of the code)
+PER_CASE_S = 60.0
 
 
 def test_the_corpora_are_large_enough() -> None:
@@ -36,13 +36,12 @@ def test_the_corpora_are_large_enough() -> None:
     assert len({c.kind for c in GATEWAY}) == len(GATEWAY) >= 20
 
 
+@pytest.mark.timeout(PER_CASE_S)
 @pytest.mark.parametrize("case", BROKER, ids=[c.kind for c in BROKER])
 def test_broker_case_in_the_intake(case: BadInput) -> None:
     codec = AvroCodec()
     intake = Intake(codec, FacilityRegistry.from_reference(), CitizenKeyer(b"k" * 32), 4)
-    started = time.perf_counter()
     result = intake.process([SourceMessage(case.value, "ehb.examinations", 0, 7, 0)])
-    assert time.perf_counter() - started < PER_CASE_S
     reasons = [dead["reason"] for _, dead in result.dead_letters]
     assert len(reasons) == case.dead and set(reasons) <= case.reasons, reasons
     assert result.accepted == case.accepted
@@ -62,17 +61,16 @@ def test_broker_case_in_the_intake(case: BadInput) -> None:
     assert after.accepted == 1 and not after.dead_letters
 
 
+@pytest.mark.timeout(PER_CASE_S)
 @pytest.mark.parametrize("case", GATEWAY, ids=[c.kind for c in GATEWAY])
 def test_gateway_case_in_the_parser(case: BadFile) -> None:
     codec = AvroCodec()
-    started = time.perf_counter()
     try:
         dossier = parse_dossier(case.data)
     except DossierRejected as exc:
         reason, events = exc.reason, []
     else:
         reason, events = None, dossier.events
-    assert time.perf_counter() - started < PER_CASE_S
     assert (reason, len(events)) == (case.reason, case.episodes)
     for event in events:
         codec.encode(SUBJECTS.EXAMINATION_EVENT, event)
