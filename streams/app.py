@@ -49,7 +49,7 @@ from schemas import AvroCodec
 from schemas.reference import FacilityRegistry
 from schemas.registry import codec_for
 from schemas.topics import CITIZENS_TABLE, EXAMINATIONS, EXAMINATIONS_BY_CITIZEN
-from streams import faust_patches, member_id, metrics
+from streams import faust_patches, member_id, metrics, timer_index
 from streams.broker_watch import BrokerWatch
 from streams.citizen_state import CitizenStateMachine, StateConfig
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs
@@ -143,6 +143,7 @@ def _table_options(settings: Settings) -> dict[str, Any]:
         return {}
     mib = 1024 * 1024
     share_memory(settings.state_block_cache_mb * mib, settings.state_memtables_mb * mib)
+    timer_index.install()  # before Faust opens or recovers a partition database
     return {
         "options": {
             "driver": "rocksdict",

@@ -34,6 +34,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapp
 from pathlib import Path
 from typing import Any, Protocol
 
+from streams import timer_index
 from streams.state_codec import (
     decode_key,
     decode_value,
@@ -44,6 +45,7 @@ from streams.state_codec import (
     json_key,
 )
 from streams.state_codec import legacy as _legacy
+from streams.timer_index import is_index_key
 
 __all__ = [
     "PERSISTED_OFFSET_KEY",
@@ -310,13 +312,13 @@ class RocksPartitionView(MutableMapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         skip = self._skip
         for raw in self._db.keys():
-            if raw != skip and not self._shadowed(raw):
+            if raw != skip and not is_index_key(raw) and not self._shadowed(raw):
                 yield decode_key(raw)
 
     def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
         skip = self._skip
         for raw_key, raw in self._db.items():
-            if raw_key != skip and not self._shadowed(raw_key):
+            if raw_key != skip and not is_index_key(raw_key) and not self._shadowed(raw_key):
                 yield decode_key(raw_key), decode_value(raw)
 
     def __len__(self) -> int:
@@ -325,19 +327,12 @@ class RocksPartitionView(MutableMapping[str, Any]):
     def timer_candidates(self) -> Iterator[tuple[str, Any]]:
         """The entries that may have a timer: states holding referrals or appointments.
 
-        What rebuilds the state machine's timer index after a rebalance or restart scans the
-        whole partition; the rest (``1``, "integrated only", and states without ``"r"`` or
-        ``"a"``) is skipped without decoding it, whatever the key's format.
+        What rebuilds the state machine's timer index after a rebalance or restart reads them
+        from the database's timer index (``streams.timer_index``), not from a scan of every
+        citizen of the partition.
         """
-        skip = self._skip
-        for raw_key, raw in self._db.items():
-            if (
-                raw[:1] == b"{"
-                and (b'"r"' in raw or b'"a"' in raw)
-                and raw_key != skip
-                and not self._shadowed(raw_key)
-            ):
-                yield decode_key(raw_key), decode_value(raw)
+        for raw_key, raw in timer_index.candidates(self._db, self._skip, self._shadowed):
+            yield decode_key(raw_key), decode_value(raw)
 
 
 class RocksState:
@@ -351,6 +346,7 @@ class RocksState:
     def __init__(self, store: Any, binary_keys: bool = True) -> None:
         if not getattr(store, "use_rocksdict", False):
             raise TypeError(f"not a rocksdict-backed Faust RocksDB store: {store!r}")
+        timer_index.install()
         self.store = store
         self.binary_keys = binary_keys
 
@@ -404,14 +400,11 @@ class RocksState:
             raw = _encode_key(key)
             if not binary and (_json_key(key) is None or db.get(raw) is None):
                 raw = encode_json(key)  # json: unless the citizen has a binary key already
-            if value is None:
-                batch.delete(raw)
-            else:
-                batch.put(raw, encode_value(value))
+            timer_index.put(batch, raw, None if value is None else encode_value(value))
         for key in legacy if binary else ():
             old = _json_key(key)
             if old is not None:
-                batch.delete(old)
+                timer_index.put(batch, old, None)
         if changelog_offset is not None:
             batch.put(self.store.offset_key, str(changelog_offset).encode())
         db.write(batch)
@@ -504,10 +497,8 @@ def read_changelog(
                 key, value = message.key(), message.value()
                 if key is None:  # nothing a changelog record could apply
                     log.warning("changelog %s[%d]@%d has no key", tp.topic, tp.partition, offset)
-                elif value is None:
-                    batches[tp].delete(key)
                 else:
-                    batches[tp].put(key, value)
+                    timer_index.put(batches[tp], key, value)
                 last[tp] = offset
                 counts[tp] += 1
                 if offset == end:

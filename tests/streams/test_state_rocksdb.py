@@ -4,6 +4,7 @@ and with a worker killed (SIGKILL) mid-run and restarted on its kept local state
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from ehb.commands.local import Deployment, DeploymentFactory, wait_for_workers, wait_until
 from ehb.commands.tail import Start, TopicReader
 from schemas.topics import CITIZENS_CHANGELOG
+from streams import timer_index
 from streams.member_id import load as load_member_id
 from streams.state_store import PERSISTED_OFFSET_KEY, persisted_offsets
 from tests.streams import test_stateful
@@ -145,7 +147,8 @@ def _write_changelog(
     expected: dict[int, dict[bytes, bytes]] = {p: {} for p in range(PARTITIONS)}
     deleted: set[bytes] = set()
     for n in range(records):
-        key = f"{n % (records // 2):032x}"[::-1]  # every key twice: the second write wins
+        # every key twice: the second write wins; spread over the partitions by their first bytes
+        key = hashlib.md5(str(n % (records // 2)).encode()).hexdigest()
         p = citizen_partition(key, PARTITIONS)
         k = encode_json(key)
         if n % 97 == 0 and k in expected[p]:
@@ -153,7 +156,12 @@ def _write_changelog(
             del expected[p][k]
             deleted.add(k)
         else:
-            v = encode_json({"i": 1, "n": n}) if n % 3 else b"1"
+            # one in five with appointments: the recovery indexes it (streams.timer_index)
+            v = (
+                encode_json({"i": 1, "n": n, **({"a": {}} if n % 5 == 0 else {})})
+                if n % 3
+                else b"1"
+            )
             producer.produce(topic, v, k, partition=p)
             expected[p][k] = v
             deleted.discard(k)
@@ -227,5 +235,9 @@ def test_a_recovery_reads_a_changelog_written_in_large_batches_to_its_real_end(
             assert not missing and not wrong, (p, len(missing), len(wrong))
             assert not [k for k in deleted if db.get(k) is not None], p
             assert int(db.get(PERSISTED_OFFSET_KEY)) >= ends[p] - 1
+            # the timer index: every state that may have a timer, and complete
+            timers = [k for k, v in expected[p].items() if timer_index.may_have_timer(v)]
+            assert timers and db.get(timer_index.INDEX) is not None, p
+            assert not [k for k in timers if db.get(timer_index.INDEX + k) is None], p
         finally:
             db.close()

@@ -25,6 +25,7 @@ from schemas import AvroCodec  # noqa: E402
 from schemas.partitioning import citizen_partition  # noqa: E402
 from schemas.reference import FacilityRegistry  # noqa: E402
 from schemas.time import DAY_MS, HOUR_MS  # noqa: E402
+from streams import timer_index  # noqa: E402
 from streams.app import _faust_app, _table_options  # noqa: E402
 from streams.citizen_state import CitizenStateMachine, StateConfig, clock_key  # noqa: E402
 from streams.enrichment import enrich  # noqa: E402
@@ -70,6 +71,15 @@ def table(tmp_path: Path) -> Iterator[faust.Table]:
     )
     yield citizens
     citizens.data._dbs.clear()  # what Faust's stop does: dropping a database closes it
+
+
+def put_raw(db: Any, key: bytes, value: bytes | None) -> None:
+    """One record written to a partition database as the changelog's readers write it."""
+    import rocksdict
+
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    timer_index.put(batch, key, value)
+    db.write(batch)
 
 
 def key_of(n: int) -> str:
@@ -428,6 +438,91 @@ def test_the_timer_index_rebuilt_from_rocksdb_skips_only_citizens_without_timers
         assert CitizenStateMachine(CONFIG)._index(p, view)
 
 
+def _index_keys(db: Any) -> set[bytes]:
+    return {k for k in db.keys() if timer_index.is_index_key(k) and k != timer_index.INDEX}
+
+
+def _timer_states(p: int) -> dict[str, Any]:
+    """Citizens of partition ``p``: every third holds an open appointment."""
+    day = 1_700_000_000_000
+    appointment = ["79001", day, 0, "open", "e1", None, None, None]
+    keys = [key_of(n) for n in range(400) if citizen_partition(key_of(n), PARTITIONS) == p]
+    return {k: {"i": 1, "a": {"a1": appointment}} if i % 3 == 0 else 1 for i, k in enumerate(keys)}
+
+
+def test_the_timer_rebuild_reads_the_index_not_every_citizen(table: faust.Table) -> None:
+    """A partition database opened empty keeps an index of the citizens that may have a
+    timer, written with them: the rebuild after a restart reads those (a state written around
+    the index is not seen), and an entry whose citizen no longer has one goes at that rebuild."""
+    p = 1
+    states = _timer_states(p)
+    with_timer = {k for k, v in states.items() if v != 1}
+    state = RocksState(table.data)
+    db = state.db(p)
+    assert db.get(timer_index.INDEX) is not None  # opened empty: its index is complete
+    state.write(p, states)
+    assert _index_keys(db) == {timer_index.INDEX + encode_key(k) for k in with_timer}
+    assert set(dict(state.view(p).timer_candidates())) == with_timer
+
+    unindexed = next(k for k in states if k not in with_timer)
+    db[encode_key(unindexed)] = encode_json(states[next(iter(with_timer))])  # around the index
+    assert unindexed not in dict(state.view(p).timer_candidates())
+
+    closed = sorted(with_timer)[:2]
+    state.write(p, dict.fromkeys(closed, 1))  # their appointments are over
+    assert set(dict(state.view(p).timer_candidates())) == with_timer - set(closed)
+    assert _index_keys(db) == {timer_index.INDEX + encode_key(k) for k in with_timer - set(closed)}
+    state.write(p, {sorted(with_timer)[2]: None})
+    assert timer_index.INDEX + encode_key(sorted(with_timer)[2]) not in _index_keys(db)
+
+
+def test_a_database_written_before_the_index_is_scanned_once_and_indexed(
+    table: faust.Table,
+) -> None:
+    """A worker of an earlier version wrote no index: the first rebuild scans the database,
+    finds the same citizens, and leaves the index and its marker for the next one."""
+    p = 2
+    states = _timer_states(p)
+    state = RocksState(table.data)
+    db = state.db(p)
+    state.write(p, states)
+    expected = dict(state.view(p).timer_candidates())
+    for k in [*_index_keys(db), timer_index.INDEX]:
+        del db[k]  # as the earlier version left it
+    assert dict(state.view(p).timer_candidates()) == expected
+    assert db.get(timer_index.INDEX) is not None
+    assert _index_keys(db) == {timer_index.INDEX + encode_key(k) for k in expected}
+    assert dict(state.view(p).timer_candidates()) == expected
+
+
+def test_faust_recovery_and_replication_write_the_index(table: faust.Table) -> None:
+    """Faust's own writer of changelog records (a recovery, a standby following its
+    partitions) indexes them as the agent does, and persists the offset."""
+    from types import SimpleNamespace
+
+    p = 3
+    states = _timer_states(p)
+    topic = "t-citizens-changelog"
+    events = [
+        SimpleNamespace(
+            message=SimpleNamespace(
+                tp=TP(topic, p),
+                partition=p,
+                offset=offset,
+                key=encode_key(k),
+                value=encode_json(v),
+            )
+        )
+        for offset, (k, v) in enumerate(states.items())
+    ]
+    table.data.apply_changelog_batch(events, lambda k: k, lambda v: v)
+    db = RocksState(table.data).db(p)
+    assert _index_keys(db) == {
+        timer_index.INDEX + encode_key(k) for k, v in states.items() if v != 1
+    }
+    assert table.data.persisted_offset(TP(topic, p)) == len(states) - 1
+
+
 def test_a_member_id_is_kept_whole_or_not_at_all(tmp_path: Path) -> None:
     from streams.member_id import load, store
 
@@ -552,10 +647,11 @@ def test_a_citizen_under_both_keys_is_read_under_its_binary_one(table: faust.Tab
     b = next(key_of(n) for n in range(3, 100) if citizen_partition(key_of(n), PARTITIONS) == p)
     state = RocksState(table.data)
     db = state.db(p)
-    db[encode_json(a)] = encode_json(1)  # older: integrated only
-    db[encode_key(a)] = encode_json(with_timer)  # newer
-    db[encode_json(b)] = encode_json(with_timer)  # older: an open appointment
-    db[encode_key(b)] = encode_json(1)  # newer: closed since
+    # as every writer of the database writes (with the timer index: streams.timer_index)
+    put_raw(db, encode_json(a), encode_json(1))  # older: integrated only
+    put_raw(db, encode_key(a), encode_json(with_timer))  # newer
+    put_raw(db, encode_json(b), encode_json(with_timer))  # older: an open appointment
+    put_raw(db, encode_key(b), encode_json(1))  # newer: closed since
     view = state.view(p)
     assert view.get(a) == with_timer and view[b] == 1 and a in view and b in view
     assert sorted(view) == sorted([a, b]) and dict(view.items()) == {a: with_timer, b: 1}
