@@ -406,7 +406,7 @@ class RocksState:
             if old is not None:
                 timer_index.put(batch, old, None)
         if changelog_offset is not None:
-            batch.put(self.store.offset_key, str(changelog_offset).encode())
+            timer_index.put_offset(batch, self.store.offset_key, changelog_offset)
         db.write(batch)
 
 
@@ -469,7 +469,7 @@ def read_changelog(
             return
         db, offset_key, _, _ = todo[tp]
         batch = batches[tp]
-        batch.put(offset_key, str(last[tp]).encode())
+        timer_index.put_offset(batch, offset_key, last[tp])
         db.write(batch)
         written[tp] = last[tp]
         batches[tp] = rocksdict.WriteBatch(raw_mode=True)

@@ -10,9 +10,13 @@ the few, in the partition's own database, so the rebuild reads only them.
   (:func:`may_have_timer`: a state with ``"r"`` or ``"a"``, the same byte-level test the full
   scan makes). ``INDEX`` is ``0x02``: binary citizen keys start with ``0x01``, JSON keys with
   ``"``, Faust's offset key with ``_``; the index is one contiguous range of keys.
-* ``INDEX`` alone: the marker of a database whose index is complete. A database opened empty
-  gets it at once; one written before the index existed gets it from the first rebuild, which
-  scans it whole and writes the index it found, in one ``WriteBatch``.
+* ``INDEX`` alone: the marker of a complete index. Its value is Faust's persisted changelog
+  offset as of the last write that kept the index (empty before the first): every writer here
+  puts the offset and the marker in the same ``WriteBatch`` (:func:`put_offset`). A database
+  whose marker is missing or disagrees with its persisted offset was written by something that
+  did not keep the index (a worker of an earlier version, after a downgrade and an upgrade
+  again): the first rebuild scans it whole and writes the index it found with the marker.
+  A database opened empty is marked at once.
 
 Every writer of a partition database puts a key's index entry in the same ``WriteBatch`` as
 the key (:func:`put`): the agent (``RocksState.write``), the bulk reader (``read_changelog``)
@@ -20,9 +24,7 @@ and Faust's own recovery and standby replication (``apply_changelog_batch``, pat
 :func:`install`). The index is local only: nothing of it goes to the changelog, and a database
 rebuilt from the changelog rebuilds its index with it. An entry may outlive its citizen's last
 timer (a later value without one does not delete it): the rebuild checks each entry against
-the value it names and deletes the stale ones. A worker of a version before the index writes
-the database without it: **delete the local state directory when downgrading** past it
-(docs/state-store.md).
+the value it names and deletes the stale ones.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["INDEX", "candidates", "install", "is_index_key", "may_have_timer", "put"]
+__all__ = [
+    "INDEX",
+    "candidates",
+    "install",
+    "is_index_key",
+    "may_have_timer",
+    "put",
+    "put_offset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,13 @@ def put(batch: Any, key: bytes, value: bytes | None) -> None:
             batch.put(INDEX + key, b"")
 
 
+def put_offset(batch: Any, offset_key: bytes, offset: int) -> None:
+    """Write Faust's persisted offset into ``batch`` with the marker of a complete index."""
+    raw = str(offset).encode()
+    batch.put(offset_key, raw)
+    batch.put(INDEX, raw)
+
+
 def mark_if_empty(db: Any) -> None:
     """A database with no key yet: its index is complete from the start."""
     for _ in db.keys():
@@ -68,27 +85,34 @@ def mark_if_empty(db: Any) -> None:
     db.put(INDEX, b"")
 
 
+def is_complete(db: Any, offset_key: bytes) -> bool:
+    """Whether every write since the database's index was built kept it."""
+    marker = db.get(INDEX)
+    return marker is not None and marker == (db.get(offset_key) or b"")
+
+
 def candidates(
-    db: Any, skip: bytes, shadowed: Callable[[bytes], bool]
+    db: Any, offset_key: bytes, shadowed: Callable[[bytes], bool]
 ) -> Iterator[tuple[bytes, bytes]]:
     """The (key, value) of every entry of ``db`` that may have a timer, raw.
 
-    From the index when the database has its marker; else from a scan of every entry, after
-    which the index found is written with the marker. ``skip``: Faust's offset key;
-    ``shadowed``: whether a JSON-keyed entry is hidden by its citizen's binary one.
+    From the index when it is complete (:func:`is_complete`); else from a scan of every entry,
+    after which the index found is written with the marker. ``offset_key``: Faust's
+    persisted-offset key; ``shadowed``: whether a JSON-keyed entry is hidden by its citizen's
+    binary one.
     """
     import rocksdict
 
-    if db.get(INDEX) is None:
+    if not is_complete(db, offset_key):
         found = [
             (k, v)
             for k, v in db.items()
-            if may_have_timer(v) and k != skip and not is_index_key(k) and not shadowed(k)
+            if may_have_timer(v) and k != offset_key and not is_index_key(k) and not shadowed(k)
         ]
         batch = rocksdict.WriteBatch(raw_mode=True)
         for k, _ in found:
             batch.put(INDEX + k, b"")
-        batch.put(INDEX, b"")
+        batch.put(INDEX, db.get(offset_key) or b"")
         db.write(batch)
         log.info("timer index built: %d of a partition's entries may have a timer", len(found))
         yield from found
@@ -121,7 +145,8 @@ _installed: list[str] = []
 def install() -> None:
     """Make Faust's RocksDB store keep the index: its recovery and standby replication
     (``apply_changelog_batch``) write each record's index entry in the record's
-    ``WriteBatch``, and a partition database it opens empty is marked complete. Once per
+    ``WriteBatch``, and the persisted offset with the marker in the same batch; a partition
+    database it opens empty is marked complete. Once per
     process; Faust's implementation is otherwise kept as it is in 0.15.3."""
     if _installed:
         return
@@ -157,10 +182,11 @@ def install() -> None:
             tp, offset = msg.tp, msg.offset
             tp_offsets[tp] = offset if tp not in tp_offsets else max(offset, tp_offsets[tp])
             put(batches[msg.partition], msg.key, msg.value)
+        # the offset in its records' WriteBatch (Faust writes it after them), with the marker
+        for tp, offset in tp_offsets.items():
+            put_offset(batches[tp.partition], self.offset_key, offset)
         for partition, write in batches.items():
             self._db_for_partition(partition).write(write)
-        for tp, offset in tp_offsets.items():
-            self.set_persisted_offset(tp, offset)
 
     Store._open_for_partition = _open_for_partition  # type: ignore[method-assign]
     Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]

@@ -495,6 +495,32 @@ def test_a_database_written_before_the_index_is_scanned_once_and_indexed(
     assert dict(state.view(p).timer_candidates()) == expected
 
 
+def test_a_write_that_did_not_keep_the_index_is_found_by_the_next_rebuild(
+    table: faust.Table,
+) -> None:
+    """A worker of an earlier version writes an indexed database again (a downgrade, then an
+    upgrade): it moves the persisted offset without the marker, so the next rebuild scans the
+    database and finds the citizen it gave an appointment."""
+    import rocksdict
+
+    p = 0
+    states = _timer_states(p)
+    state = RocksState(table.data)
+    db = state.db(p)
+    state.write(p, states, changelog_offset=41)
+    assert db.get(timer_index.INDEX) == b"41"  # the marker: the offset it is complete up to
+    expected = dict(state.view(p).timer_candidates())
+    newcomer = next(k for k, v in states.items() if v == 1)
+    booked = states[next(iter(expected))]
+    older = rocksdict.WriteBatch(raw_mode=True)  # as the earlier version writes: no index
+    older.put(encode_key(newcomer), encode_json(booked))
+    older.put(table.data.offset_key, b"42")
+    db.write(older)
+    assert dict(state.view(p).timer_candidates()) == {**expected, newcomer: booked}
+    assert db.get(timer_index.INDEX) == b"42"
+    assert timer_index.INDEX + encode_key(newcomer) in _index_keys(db)
+
+
 def test_faust_recovery_and_replication_write_the_index(table: faust.Table) -> None:
     """Faust's own writer of changelog records (a recovery, a standby following its
     partitions) indexes them as the agent does, and persists the offset."""
@@ -521,6 +547,7 @@ def test_faust_recovery_and_replication_write_the_index(table: faust.Table) -> N
         timer_index.INDEX + encode_key(k) for k, v in states.items() if v != 1
     }
     assert table.data.persisted_offset(TP(topic, p)) == len(states) - 1
+    assert db.get(timer_index.INDEX) == str(len(states) - 1).encode()  # complete to there
 
 
 def test_a_member_id_is_kept_whole_or_not_at_all(tmp_path: Path) -> None:
