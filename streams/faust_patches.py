@@ -116,6 +116,7 @@ PATCHES = (
     "changelog_real_end",
     "no_negative_seek",
     "bulk_recovery",
+    "livelock_since_assignment",
 )
 
 #: topic -> crash point reached after a successful commit of its offsets (set by the app)
@@ -211,6 +212,7 @@ def install(
         ("no_ack_on_error", _patch_no_ack_on_error),
         ("commit_failure_not_recorded", _patch_commit_failure_not_recorded),
         ("no_negative_seek", _patch_no_negative_seek),
+        ("livelock_since_assignment", _patch_livelock_since_assignment),
     ):
         if name not in _installed and _enabled(name):
             apply()
@@ -864,6 +866,25 @@ def _patch_no_negative_seek() -> None:
         await seek_offsets(self, consumer, tps, offsets, title)
 
     Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
+
+
+# -- livelock_since_assignment ----------------------------------------------------------------
+def _patch_livelock_since_assignment() -> None:
+    """Faust's livelock detector (every 2.5 commit intervals) logs an ERROR for each partition
+    whose stream has had no event "since start" once the consumer has run for
+    ``stream_processing_timeout`` (300 s). Its record of events is cleared at each rebalance,
+    but "start" stays the process's start: after any rebalance of a worker up for 5 min, every
+    partition with a backlog is reported stuck until its first event arrives (eight ERRORs at
+    a standby takeover in ``make bench-state``). The clock restarts at each assignment."""
+    from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
+
+    assigned = ConsumerRebalanceListener.on_partitions_assigned
+
+    async def on_partitions_assigned(self: ConsumerRebalanceListener, tps: Any) -> None:
+        self._thread.time_started = time.monotonic()
+        await assigned(self, tps)
+
+    ConsumerRebalanceListener.on_partitions_assigned = on_partitions_assigned  # type: ignore[method-assign,assignment]
 
 
 # -- changelog_real_end -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -365,3 +366,26 @@ def test_recovery_never_seeks_below_zero() -> None:
     offsets = Offsets({a: -2, b: -1, c: 41, d: None})  # -2, None: not computed
     asyncio.run(Recovery._seek_offsets(None, Client(), {a, b, c, d}, offsets, "standby"))  # type: ignore[arg-type]
     assert sought == [{a: 0, b: 0, c: 41, d: 0}]
+
+
+# -- livelock_since_assignment ----------------------------------------------------------------
+def test_the_livelock_clock_restarts_at_each_assignment() -> None:
+    """Faust's "no event since start" is measured from the last assignment, not from the
+    process's start: a rebalance of a long-running worker reports no partition as stuck."""
+    from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
+
+    delegated: list[Any] = []
+
+    async def on_partitions_assigned(tps: Any, generation: int) -> None:
+        delegated.append((tps, generation))
+
+    thread = SimpleNamespace(
+        time_started=0.0,  # the process started long ago
+        app=SimpleNamespace(consumer_generation_id=None),
+        on_partitions_assigned=on_partitions_assigned,
+        _ensure_consumer=lambda: SimpleNamespace(_coordinator=SimpleNamespace(generation=7)),
+    )
+    before = time.monotonic()
+    asyncio.run(ConsumerRebalanceListener(thread).on_partitions_assigned([]))  # type: ignore[arg-type]
+    assert thread.time_started >= before
+    assert delegated == [(set(), 7)]
