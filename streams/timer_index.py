@@ -146,8 +146,8 @@ def install() -> None:
     """Make Faust's RocksDB store keep the index: its recovery and standby replication
     (``apply_changelog_batch``) write each record's index entry in the record's
     ``WriteBatch``, and the persisted offset with the marker in the same batch; a partition
-    database it opens empty is marked complete. Once per
-    process; Faust's implementation is otherwise kept as it is in 0.15.3."""
+    database it opens empty is marked complete. Once per process; Faust's implementation is
+    otherwise kept as it is in 0.15.3."""
     if _installed:
         return
     from collections import defaultdict
