@@ -55,7 +55,7 @@ from streams.citizen_state import CitizenStateMachine, StateConfig
 from streams.health_book_agent import HealthBookAgent, HealthBookOutputs
 from streams.intake import Intake
 from streams.intake_agent import IntakeAgent
-from streams.output import OutputProducer
+from streams.output import WORKER_LINGER_MS, OutputProducer
 from streams.progress import IntakeProgress
 from streams.routing import IntakeRoutes
 from streams.state_codec import register_codec
@@ -226,7 +226,7 @@ def create_app(
     )
     citizens.key_serializer = register_codec()  # type: ignore[attr-defined]
     citizens.changelog_topic = citizens._new_changelog_topic()  # type: ignore[attr-defined]
-    output = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
+    output = OutputProducer(producer_config(settings, **{"linger.ms": WORKER_LINGER_MS}))
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(
         Intake(
@@ -252,7 +252,9 @@ def create_app(
         output,
         settings.worker_batch_timeout_s,
         # RocksDB: the changelog's offsets are persisted with the state they carry
-        OutputProducer(producer_config(settings, **{"linger.ms": 2}), report_offsets=True)
+        OutputProducer(
+            producer_config(settings, **{"linger.ms": WORKER_LINGER_MS}), report_offsets=True
+        )
         if settings.state_store == StateStore.ROCKSDB
         else None,
         binary_keys=settings.state_key_format == StateKeyFormat.BINARY,

@@ -31,9 +31,17 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.errors import OutputError
 
-__all__ = ["OutputError", "OutputProducer"]
+__all__ = ["WORKER_LINGER_MS", "OutputError", "OutputProducer"]
 
 log = logging.getLogger(__name__)
+
+#: linger.ms of the worker's producers. Every batch ends in :meth:`OutputProducer.flush`, which
+#: sends what is queued at once (librdkafka >= 1.8 ignores the linger during a flush), so a
+#: batch's outputs leave as one record batch per partition (or as full ones) however long the
+#: batch took, rather than one every few ms while it runs: fewer, larger record batches for the
+#: broker to store and for each fetch to list (Tansu lists every one). It bounds only how long a
+#: message waits when no flush follows, and every send of the worker is followed by one.
+WORKER_LINGER_MS = 100
 
 
 class OutputProducer:
