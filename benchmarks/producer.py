@@ -6,8 +6,8 @@ Modes:
   :class:`~producers.publisher.ExaminationPublisher` can, streaming the pickled chunks from
   disk so that the process's memory is the publisher's, not the data set's. The time spent
   unpickling is measured and reported (``load_s``); it is inside the publish window.
-* ``--rate R --seconds S``: the simulated city at a steady ``R`` events/s
-  (:func:`ehb.commands.simulate.run_simulation`, as ``ehb simulate --rate``).
+* ``--events-file F --rate R --seconds S``: the first ``R * S`` events of ``F`` at a steady
+  ``R`` events/s, each sent as soon as it is due, as ``ehb simulate --rate`` does.
 
 Prints ``READY`` once connected, starts on ``GO`` (stdin), prints one JSON line at the end:
 wall-clock start (``time.time()``, before the first event is handed to the publisher), the
@@ -82,31 +82,45 @@ def publish_file(settings: Settings, path: Path, batch_size: int, durable: bool)
     }
 
 
-def publish_rate(
-    settings: Settings, rate: float, seconds: float, batch_size: int, seed: int, durable: bool
+def publish_paced(
+    settings: Settings, path: Path, rate: float, seconds: float, batch_size: int, durable: bool
 ) -> dict:
-    from ehb.commands.simulate import run_simulation
-    from simulation.simulator import SimulationConfig
-
+    """The first ``rate * seconds`` events of ``path`` at a steady ``rate``: each one handed to
+    the publisher and sent as soon as it is due, as ``ehb simulate --rate`` sends the simulated
+    city's (the same events: ``path`` holds what the simulator makes of the same seed), without
+    generating them here, on the CPU the pipeline under measurement shares."""
     events = int(rate * seconds)
-    config = SimulationConfig(events=events, seed=seed, reports=False)
     publisher = ExaminationPublisher(
         settings, batch_size=batch_size, linger_s=0.2, **_outbox_option(durable)
     )
     _warm_up(publisher)
+    chunks = iter_events(path)
     child_main_handshake()
     started = time.time()
-    summary = run_simulation(
-        settings, config, rate=rate, batch_size=batch_size, publisher=publisher
-    )
+    t0 = time.monotonic()
+    sent = 0
+    for chunk in chunks:
+        for event in chunk[: events - sent]:
+            publisher.add(event)
+            sent += 1
+            ahead = sent / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                publisher.send_pending()
+                publisher.poll(0)
+                time.sleep(ahead)
+        if sent >= events:
+            break
+    if sent < events:
+        raise SystemExit(f"{path} holds {sent} events, fewer than the {events} asked for")
+    publisher.flush()
     acked = time.time()
     publisher.close()
     return {
         "started": started,
         "acked": acked,
         "seconds": round(acked - started, 3),
-        "events": summary["events_published"],
-        "messages": summary["messages"],
+        "events": publisher.events_delivered,
+        "messages": publisher.messages_delivered,
         "errors": len(publisher.errors),
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -118,22 +132,23 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=79)
     parser.add_argument("--no-outbox", action="store_true")
     args = parser.parse_args()
     settings = Settings()
-    if args.events_file is not None:
-        result = publish_file(
-            settings, args.events_file, args.batch_size, durable=not args.no_outbox
-        )
-    else:
-        result = publish_rate(
+    if args.events_file is None:
+        parser.error("--events-file is required")
+    if args.rate:
+        result = publish_paced(
             settings,
+            args.events_file,
             args.rate,
             args.seconds,
             args.batch_size,
-            args.seed,
             durable=not args.no_outbox,
+        )
+    else:
+        result = publish_file(
+            settings, args.events_file, args.batch_size, durable=not args.no_outbox
         )
     print(json.dumps(result), flush=True)
 

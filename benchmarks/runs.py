@@ -382,8 +382,9 @@ def raw_end_to_end(ctx: Context) -> dict[str, Any]:
     }
 
 
-def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
-    """A steady ``rate`` for ``seconds`` (the simulated city, paced); publish -> committed."""
+def latency(ctx: Context, rate: float, seconds: float, events_path: Path) -> dict[str, Any]:
+    """A steady ``rate`` for ``seconds`` (the simulated city's events of ``events_path``,
+    paced); publish -> committed."""
     deployment = ctx.stack.deploy(workers=1)
     load_before = loadavg()
     expected = int(rate * seconds)
@@ -392,6 +393,8 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
         producer = ctx.producer(
             deployment,
             f"producer-{deployment.settings.topic_prefix}",
+            "--events-file",
+            str(events_path),
             "--rate",
             str(rate),
             "--seconds",
@@ -404,6 +407,7 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
         published = producer.result(timeout=seconds * 3 + 120)
         wait_accounted(deployment, expected, ctx.stall_s, ctx.say)
         peaks = watch.stop()
+        cpu = watch.cpu_seconds()
         rows, (p50, p95, p99), worst, worker_leg, sink_leg = deployment.query(LATENCY)[0]
         windows = deployment.query(LATENCY_BY_WINDOW)
     finally:
@@ -431,6 +435,7 @@ def latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
             for w, n, a, b in windows
         ],
         "peak_rss_mb": peaks,
+        "cpu_seconds": cpu,
         "load_before": load_before,
         "load_after": loadavg(),
     }

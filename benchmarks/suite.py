@@ -499,6 +499,8 @@ def run_suite(
                 f"({two['seconds']:.1f} s)"
             )
     if not skip_latency:
+        rate, seconds = params["latency_rate"], params["latency_seconds"]
+        latency_events, _ = _generate_events(int(rate * seconds), params["seed"], False, say)
         for key, context in (("latency", ctx), ("latency_durable", durable)):
             if context is None:
                 continue
@@ -507,7 +509,7 @@ def run_suite(
                 f"latency ({where}): {params['latency_rate']:,.0f} events/s for "
                 f"{params['latency_seconds']:.0f} s"
             )
-            measured = latency(context, params["latency_rate"], params["latency_seconds"])
+            measured = latency(context, rate, seconds, latency_events)
             runs[key] = [{**measured, "storage": where.split()[0]}]
             say(
                 f"latency ({where}) p50/p95/p99 {measured['p50_ms']:.0f}/"
