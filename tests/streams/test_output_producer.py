@@ -36,6 +36,23 @@ def test_flush_returns_once_everything_is_on_the_broker(deploy: DeploymentFactor
 
 
 @pytest.mark.integration
+def test_a_flush_sends_at_once_whatever_the_linger(deploy: DeploymentFactory) -> None:
+    """The worker's producers linger (``WORKER_LINGER_MS``) because each batch ends in a flush,
+    which must send what is queued without waiting the linger out: with librdkafka's longest
+    linger (15 min), a flush allowed 30 s still gets every message acknowledged."""
+    d = deploy(workers=0, sink=False, partitions=2)
+    output = OutputProducer(producer_config(d.settings, **{"linger.ms": 900_000}))
+    topic = d.settings.topic(HEALTH_BOOK)
+    for n in range(20):
+        output.produce(topic, f"v{n}".encode(), key=f"k{n}".encode())
+    assert output.flush_sync(timeout=30) == 0
+    output.close()
+    assert sorted(m.value() for m in d.read_topic(HEALTH_BOOK)) == sorted(
+        f"v{n}".encode() for n in range(20)
+    )
+
+
+@pytest.mark.integration
 def test_a_message_for_a_partition_the_topic_lacks_fails_the_producer_for_good(
     deploy: DeploymentFactory,
 ) -> None:
