@@ -133,7 +133,8 @@ class Settings(BaseSettings):
         ge=0,
         le=5000,
         description="Least time (ms) a producer waits to fill a record batch. Unset: each "
-        "client's own (5 ms; publishers 50 ms). The embedded durable broker gets 250: "
+        "client's own (5 ms; publishers 50 ms; the worker's producers 100 ms, which each "
+        "batch's flush cuts short). The embedded durable broker gets 250: "
         "Tansu reads every record batch from its object store on a fetch (~9 ms each, "
         "whatever its size), so fewer, fuller batches are what keeps consumers up to date "
         "(docs/embedded.md).",
