@@ -21,9 +21,11 @@ import inspect
 import json
 import resource
 import time
+from itertools import chain, islice
 from pathlib import Path
 
 from benchmarks.harness import child_main_handshake, iter_events
+from ehb.commands.simulate import pace
 from ehb.settings import Settings
 from producers.publisher import ExaminationPublisher
 
@@ -94,22 +96,13 @@ def publish_paced(
         settings, batch_size=batch_size, linger_s=0.2, **_outbox_option(durable)
     )
     _warm_up(publisher)
-    chunks = iter_events(path)
     child_main_handshake()
     started = time.time()
     t0 = time.monotonic()
     sent = 0
-    for chunk in chunks:
-        for event in chunk[: events - sent]:
-            publisher.add(event)
-            sent += 1
-            ahead = sent / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                publisher.send_pending()
-                publisher.poll(0)
-                time.sleep(ahead)
-        if sent >= events:
-            break
+    for sent, event in enumerate(islice(chain.from_iterable(iter_events(path)), events), 1):
+        publisher.add(event)
+        pace(publisher, sent, rate, t0)
     if sent < events:
         raise SystemExit(f"{path} holds {sent} events, fewer than the {events} asked for")
     publisher.flush()

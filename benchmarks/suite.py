@@ -505,10 +505,7 @@ def run_suite(
             if context is None:
                 continue
             where = "durable broker" if context is durable else "memory broker"
-            say(
-                f"latency ({where}): {params['latency_rate']:,.0f} events/s for "
-                f"{params['latency_seconds']:.0f} s"
-            )
+            say(f"latency ({where}): {rate:,.0f} events/s for {seconds:.0f} s")
             measured = latency(context, rate, seconds, latency_events)
             runs[key] = [{**measured, "storage": where.split()[0]}]
             say(

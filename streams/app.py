@@ -226,7 +226,9 @@ def create_app(
     )
     citizens.key_serializer = register_codec()  # type: ignore[attr-defined]
     citizens.changelog_topic = citizens._new_changelog_topic()  # type: ignore[attr-defined]
-    output = OutputProducer(producer_config(settings, **{"linger.ms": WORKER_LINGER_MS}))
+    # every send of the worker is followed by a flush, which does not wait the linger out
+    producing = producer_config(settings, **{"linger.ms": WORKER_LINGER_MS})
+    output = OutputProducer(producing)
     machine = CitizenStateMachine(StateConfig.from_settings(settings))
     intake = IntakeAgent(
         Intake(
@@ -252,9 +254,7 @@ def create_app(
         output,
         settings.worker_batch_timeout_s,
         # RocksDB: the changelog's offsets are persisted with the state they carry
-        OutputProducer(
-            producer_config(settings, **{"linger.ms": WORKER_LINGER_MS}), report_offsets=True
-        )
+        OutputProducer(producing, report_offsets=True)
         if settings.state_store == StateStore.ROCKSDB
         else None,
         binary_keys=settings.state_key_format == StateKeyFormat.BINARY,

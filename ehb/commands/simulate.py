@@ -20,7 +20,18 @@ from producers.publisher import ExaminationPublisher
 from producers.reports import DailyReportBook, ReportPublisher, pick_facilities
 from simulation.simulator import CitySimulator, SimulationConfig
 
-__all__ = ["run_simulation"]
+__all__ = ["pace", "run_simulation"]
+
+
+def pace(publisher: ExaminationPublisher, sent: int, rate: float, started: float) -> None:
+    """After the ``sent``-th event handed to ``publisher`` since ``started`` (monotonic): when
+    ahead of ``rate``, send what is pending and wait until the next event is due, so that each
+    event goes out as soon as it is due."""
+    ahead = sent / rate - (time.monotonic() - started)
+    if ahead > 0:
+        publisher.send_pending()
+        publisher.poll(0)
+        time.sleep(ahead)
 
 
 def run_simulation(
@@ -53,11 +64,7 @@ def run_simulation(
                     publisher.send_pending()
                     reports.publish(closed)
             if rate:
-                ahead = i / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    publisher.send_pending()
-                    publisher.poll(0)
-                    time.sleep(ahead)
+                pace(publisher, i, rate, started)
             if bar is not None and i % 1000 == 0:
                 bar[0].update(bar[1], completed=i)
         publisher.flush()
